@@ -1,0 +1,81 @@
+"""The `sbd` command line: a thin client of the library.
+
+`main()` runs the typer app and turns user mistakes into one line on stderr with exit
+status 2 (never a traceback); a closed stdout pipe (`| head -1`) ends quietly. The
+command modules imported below register their subcommands; they hold no math.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from sbdcli import __version__
+from sbdcli.cli._app import app, console
+from sbdcli.errors import UserError
+
+# typer bundles its own copy of click in recent releases: use whichever it raises.
+_click = importlib.import_module(typer.BadParameter.__module__)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sbd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Structural Block Diffusion toolkit."""
+
+
+def _register_commands() -> None:
+    """Import command modules for their side effect of registering on `app`."""
+    for name in ("prepare", "train", "sample", "evaluate", "demo"):
+        try:
+            importlib.import_module(f"sbdcli.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sbdcli.cli.{name}":
+                raise
+
+
+_register_commands()
+
+
+def _quiet_broken_pipe() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]sbd: error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `sbd` console script and `python -m sbdcli`."""
+    try:
+        code = app(args=argv, prog_name="sbd", standalone_mode=False)
+    except UserError as exc:
+        _error(str(exc))
+        sys.exit(2)
+    except _click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _error(exc.format_message() + hint)
+        sys.exit(2)
+    except (_click.Abort, KeyboardInterrupt):
+        console.print("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

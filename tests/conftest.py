@@ -1,0 +1,33 @@
+"""Shared test fixtures: offline hub settings, few threads, paths to ../shared when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+
+torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared, or skip the test with a clear reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{'/'.join(parts)} (present in the team checkout only)")
+    return path
+
+
+@pytest.fixture
+def fixture_dir() -> Path:
+    """The BD3-LM parity fixture directory."""
+    return shared_path("fixtures", "bd3lm-tiny")

@@ -1,0 +1,164 @@
+"""Tests for artifacts.py: atomic writes, safetensors headers, JSONL, record validation."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from sbdcli import artifacts
+from sbdcli.errors import UserError
+
+
+def make_record(i: int = 0, length: int = 6) -> dict:
+    return {
+        "id": f"s{i}",
+        "tokens": list(range(length)),
+        "confidence": [1.0] + [0.5] * (length - 1),
+        "masked": [2, 4],
+        "prompt_len": 1,
+        "nfe": 3,
+        "stages": [{"name": "draft", "block_size": 2}],
+        "text": "abc",
+        "model": "runs/x@deadbeef",
+        "step": list(range(length)),
+    }
+
+
+def test_atomic_file_keeps_old_content_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), artifacts.atomic_file(target) as handle:
+        handle.write("new partial")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "a").write_text("1")
+    with pytest.raises(ValueError), artifacts.atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise ValueError
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    with artifacts.atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_tensors_roundtrip_with_header_and_schema(tmp_path):
+    path = tmp_path / "t.safetensors"
+    artifacts.save_tensors(path, {"x": torch.arange(6).view(2, 3)}, "sbd.test", {"a": [1, 2]})
+    tensors, header = artifacts.load_tensors(path, schema="sbd.test")
+    assert torch.equal(tensors["x"], torch.arange(6).view(2, 3))
+    assert header["a"] == [1, 2]
+    with pytest.raises(UserError, match="schema 'sbd.test', expected 'other'"):
+        artifacts.load_tensors(path, schema="other")
+
+
+def test_load_tensors_rejects_garbage(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 5)
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        artifacts.load_tensors(bad)
+    with pytest.raises(UserError, match="not found"):
+        artifacts.load_tensors(tmp_path / "missing.safetensors")
+
+
+def test_jsonl_reads_lazily_and_names_bad_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\nnot json\n')
+    reader = artifacts.read_jsonl(str(path))
+    assert next(reader) == {"a": 1}
+    assert next(reader) == {"a": 2}
+    with pytest.raises(UserError, match=r"r.jsonl:4: not valid JSON"):
+        next(reader)
+
+
+def test_jsonl_stdin(monkeypatch):
+    fake = io.TextIOWrapper(io.BytesIO(b'{"x": 1}\n[1]\n'), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", fake)
+    reader = artifacts.read_jsonl("-")
+    assert next(reader) == {"x": 1}
+    with pytest.raises(UserError, match="stdin:2: expected a JSON object"):
+        next(reader)
+
+
+def test_validate_accepts_good_record():
+    rec = make_record()
+    assert artifacts.validate_record(rec, 0, vocab_size=10) is rec
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tokens": "abc"}, "field 'tokens' has the wrong type"),
+        ({"masked": [4, 2]}, "strictly ascending"),
+        ({"masked": [2, 9]}, "outside"),
+        ({"masked": [0]}, "prompt position 0"),
+        ({"confidence": [0.5] * 3}, "3 values for 6 tokens"),
+        ({"confidence": [1.5] * 6}, r"probabilities in \[0, 1\]"),
+        ({"tokens": [0, 1, 2, 3, 4, 99]}, "token id 99 is outside the vocabulary"),
+        ({"nfe": -1}, "'nfe' must be >= 0"),
+        ({"stages": [{}]}, r"stages\[0\]"),
+        ({"prompt_len": 7}, "prompt_len"),
+    ],
+)
+def test_validate_names_record_and_field(change, message):
+    rec = make_record(3)
+    rec.update(change)
+    with pytest.raises(UserError, match=message) as info:
+        artifacts.validate_record(rec, 3, vocab_size=10)
+    assert "record 3 (id 's3')" in str(info.value)
+
+
+def test_validate_missing_field():
+    rec = make_record()
+    del rec["nfe"]
+    with pytest.raises(UserError, match="missing field 'nfe'"):
+        artifacts.validate_record(rec)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".safetensors"])
+def test_records_roundtrip(tmp_path, suffix):
+    records = [make_record(0), make_record(1, length=4)]
+    records[1]["masked"] = []
+    records[1]["scores"] = [0.1, 0.2, 0.3, 0.4]
+    path = str(tmp_path / f"r{suffix}")
+    assert artifacts.write_records(iter(records), path) == 2
+    back = list(artifacts.read_records(path))
+    assert back == records
+
+
+def test_bundle_of_wrong_schema_is_rejected(tmp_path):
+    path = tmp_path / "x.safetensors"
+    artifacts.save_tensors(path, {"tokens": torch.zeros(2, 3)}, "sbd.data")
+    with pytest.raises(UserError, match="expected 'sbd.records'"):
+        list(artifacts.read_records(str(path)))
+
+
+def test_jsonl_writer_to_stdout(capsys):
+    with artifacts.JsonlWriter("-") as writer:
+        writer.write({"a": 1})
+        writer.write({"b": [1.5]})
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [{"a": 1}, {"b": [1.5]}]
+
+
+def test_failed_record_write_leaves_no_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+
+    def records():
+        yield make_record(0)
+        raise UserError("upstream failed")
+
+    with pytest.raises(UserError):
+        artifacts.write_records(records(), str(path))
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
