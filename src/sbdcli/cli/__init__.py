@@ -40,7 +40,7 @@ def root(
 
 def _register_commands() -> None:
     """Import command modules for their side effect of registering on `app`."""
-    for name in ("prepare", "train", "sample", "evaluate", "demo"):
+    for name in ("prepare", "train", "export", "sample", "evaluate", "demo"):
         try:
             importlib.import_module(f"sbdcli.cli.{name}")
         except ModuleNotFoundError as exc:
