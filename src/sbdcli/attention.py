@@ -1,0 +1,216 @@
+"""Block-diffusion attention: masks, the SDPA / FlexAttention kernels, and the KV cache.
+
+What is here
+- `block_diff_mask(L, B)`: the (2L, 2L) boolean mask of BD3-LM's vectorised training pass
+  over concat(x_t, x_0) (True = may attend), and `block_causal_mask(L, B)` for sampling.
+  Both are built once per (L, B, device) and cached; never mutate the returned tensors.
+- `attend(q, k, v, mask)`: scaled dot-product attention with a boolean mask (never an
+  additive float mask: on CPU that is ~2.4x slower), or a FlexAttention `BlockMask`.
+- `flex_block_mask(L, B, device)`: the same training mask as a cached FlexAttention
+  `BlockMask` (CUDA only; `flex_available(device)` says whether it can be used).
+- `KVCache`: preallocated per-layer keys/values for block-by-block sampling.
+
+What is not here: the network (model.py) and anything about noise or losses.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "KVCache",
+    "attend",
+    "block_causal_mask",
+    "block_diff_mask",
+    "flex_available",
+    "flex_block_mask",
+]
+
+
+# --------------------------------------------------------------------------- masks
+def _check_block(length: int, block_size: int) -> None:
+    if block_size < 1 or length % block_size != 0:
+        raise ValueError(f"block size {block_size} must be >= 1 and divide length {length}")
+
+
+def _block_diff_rule(q_idx: torch.Tensor, kv_idx: torch.Tensor, n: int, block: int) -> torch.Tensor:
+    """BD3-LM training mask M = M_BD | M_OBC | M_BC on indices into concat(x_t, x_0).
+
+    With blk(i) the block index inside its half and c(i) = [i >= n] (i is in the clean half):
+    M_BD  (block diagonal):      blk(q) == blk(k) and c(q) == c(k);
+    M_OBC (offset block causal): blk(q) >  blk(k) and c(k) and not c(q);
+    M_BC  (block causal):        blk(q) >= blk(k) and c(k) and c(q).
+    Works elementwise on broadcastable index tensors (also inside FlexAttention).
+    """
+    clean_q, clean_k = q_idx >= n, kv_idx >= n
+    blk_q = torch.where(clean_q, q_idx - n, q_idx) // block
+    blk_k = torch.where(clean_k, kv_idx - n, kv_idx) // block
+    diagonal = (blk_q == blk_k) & (clean_q == clean_k)
+    offset_causal = (blk_q > blk_k) & clean_k & ~clean_q
+    causal = (blk_q >= blk_k) & clean_k & clean_q
+    return diagonal | offset_causal | causal
+
+
+@functools.lru_cache(maxsize=64)
+def _block_diff_mask_cached(length: int, block_size: int, device: str) -> torch.Tensor:
+    idx = torch.arange(2 * length, device=device)
+    return _block_diff_rule(idx[:, None], idx[None, :], length, block_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_causal_mask_cached(length: int, block_size: int, device: str) -> torch.Tensor:
+    blk = torch.arange(length, device=device) // block_size
+    return blk[:, None] >= blk[None, :]
+
+
+def block_diff_mask(length: int, block_size: int, device: Any = "cpu") -> torch.Tensor:
+    """Training mask for concat(x_t, x_0) of length 2L (True = may attend): bool (2L, 2L).
+
+    noisy->noisy: same block; noisy->clean: strictly earlier blocks; clean->clean: same or
+    earlier blocks; clean->noisy: never. Cached per (L, B, device); treat as read-only.
+    """
+    _check_block(length, block_size)
+    return _block_diff_mask_cached(length, block_size, str(torch.device(device)))
+
+
+def block_causal_mask(length: int, block_size: int, device: Any = "cpu") -> torch.Tensor:
+    """Sampling mask over one clean stream: query i sees key j iff blk(j) <= blk(i). (L, L).
+
+    This is the clean->clean quadrant of `block_diff_mask`. Cached; treat as read-only.
+    `length` need not be a multiple of `block_size` (a partial last block is allowed).
+    """
+    if block_size < 1:
+        raise ValueError("block size must be >= 1")
+    return _block_causal_mask_cached(length, block_size, str(torch.device(device)))
+
+
+# --------------------------------------------------------------------------- FlexAttention
+def flex_available(device: Any) -> bool:
+    """True when FlexAttention can run here: a CUDA device and a torch that ships it."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _flex_block_mask_cached(length: int, block_size: int, q_len: int, device: str) -> Any:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return _block_diff_rule(q_idx, kv_idx, length, block_size)
+
+    return create_block_mask(
+        mask_mod, B=None, H=None, Q_LEN=q_len, KV_LEN=2 * length, device=device
+    )
+
+
+def flex_block_mask(length: int, block_size: int, device: Any, q_len: int | None = None) -> Any:
+    """The training mask as a cached FlexAttention BlockMask; `q_len` rows (default 2L)."""
+    _check_block(length, block_size)
+    rows = 2 * length if q_len is None else q_len
+    return _flex_block_mask_cached(length, block_size, rows, str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+# --------------------------------------------------------------------------- kernels
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | Any | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh) + log[mask]) v for q (B,H,N,Dh), k/v (B,H,T,Dh) -> (B,H,N,Dh).
+
+    `mask` is None (all visible), a boolean tensor broadcastable to (B,H,N,T) (True = may
+    attend), or a FlexAttention BlockMask (then the compiled FlexAttention kernel runs).
+    """
+    if mask is None or isinstance(mask, torch.Tensor):
+        if mask is not None and mask.dtype != torch.bool:
+            raise TypeError("attention masks must be boolean (True = may attend)")
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _compiled_flex()(q, k, v, block_mask=mask)
+
+
+# --------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Preallocated keys/values of committed tokens, one slab per layer.
+
+    `k[layer]`, `v[layer]`: (batch, n_heads, max_len, head_dim); the first `length` positions
+    are valid. Keys are stored after rotary embedding, so entries carry their absolute
+    positions and stay correct when older entries are dropped (`keep_last`).
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        head_dim: int,
+        max_len: int,
+        device: Any = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (n_layers, batch, n_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (layers, B, H, max_len, Dh)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def keys_values(
+        self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached entries of `layer` followed by the new ones: (B, H, length + N, Dh) each.
+
+        Without autograd and with room left, the new entries are written in place after
+        the valid ones (no copy of the cache); they only become valid after `append`/`advance`.
+        """
+        end = self.length + k_new.shape[2]
+        if k_new.shape[0] != self.batch:
+            raise ValueError(f"KV cache holds batch {self.batch}, got {k_new.shape[0]}")
+        if end <= self.max_len and not torch.is_grad_enabled():
+            self.k[layer, :, :, self.length : end] = k_new
+            self.v[layer, :, :, self.length : end] = v_new
+            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all = torch.cat([self.k[layer, :, :, : self.length], k_new.to(self.k.dtype)], dim=2)
+        v_all = torch.cat([self.v[layer, :, :, : self.length], v_new.to(self.v.dtype)], dim=2)
+        return k_all, v_all
+
+    def append(self, ks: list[torch.Tensor], vs: list[torch.Tensor]) -> None:
+        """Append per-layer keys/values (each (B, H, n, Dh)) after the valid entries."""
+        n = ks[0].shape[2]
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {n} > max_len {self.max_len}")
+        for layer, (k, v) in enumerate(zip(ks, vs, strict=True)):
+            self.k[layer, :, :, self.length : self.length + n] = k.detach()
+            self.v[layer, :, :, self.length : self.length + n] = v.detach()
+        self.length += n
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first `n` cached positions (n <= length)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
+        self.length = n
+
+    def keep_last(self, n: int) -> None:
+        """Keep only the last `n` cached positions, moved to the front (sliding windows)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot keep {n} of {self.length} cached positions")
+        start = self.length - n
+        self.k[:, :, :, :n] = self.k[:, :, :, start : self.length].clone()
+        self.v[:, :, :, :n] = self.v[:, :, :, start : self.length].clone()
+        self.length = n
