@@ -1,0 +1,295 @@
+"""`sbd eval genppl` and `sbd eval ppl`: thin commands over `sbdcli.evaluate`.
+
+genppl reads sample records (files, or stdin), judges them and prints a rich table on
+stderr plus one JSON object per file / stage group on stdout (or --out); --markdown prints
+the table as markdown on stdout instead of the JSON; --plot draws Gen PPL against NFE and
+seconds. ppl prints the held-out perplexity exp(NELBO) of a run with its Monte Carlo error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sbdcli.cli._app import app, console
+from sbdcli.errors import UserError
+
+eval_app = typer.Typer(
+    help="Judge samples (Gen PPL with entropy) and held-out data (test perplexity).",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")
+]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    return name
+
+
+def _read_sets(paths: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    from sbdcli.artifacts import read_records
+
+    if not paths:
+        if sys.stdin.isatty():
+            raise UserError("no input: give record files or pipe records into 'sbd eval genppl'")
+        paths = ["-"]
+    sets = []
+    for path in paths:
+        records = list(read_records(path))
+        name = "stdin" if path == "-" else path
+        if not records:
+            raise UserError(f"{name}: no records (empty input)")
+        sets.append((name, records))
+    return sets
+
+
+def _progress(total: int, what: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        f"[bold]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task(what, total=total)
+    return bar, lambda n: bar.advance(task, n)
+
+
+def _table(summaries: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from sbdcli.evaluate import table_rows, visible_columns
+
+    table = Table(title="Gen PPL", title_justify="left", show_lines=False)
+    for key, header in visible_columns(summaries):
+        table.add_column(header, justify="left" if key in ("name", "settings_short") else "right")
+    for row in table_rows(summaries):
+        table.add_row(*row)
+    console.print(table)
+
+
+def _footer(summaries: list[dict[str, Any]]) -> None:
+    from sbdcli.evaluate import ENTROPY_OVER
+
+    ev = summaries[0]["evaluator"]
+    detail = ", ".join(f"{k} {v}" for k, v in ev.items() if k not in ("kind", "path"))
+    console.print(f"evaluator: {ev['kind']} {ev.get('path', '')} {detail}".rstrip(), style="dim")
+    first = summaries[0]
+    if first.get("oracle_floor_nll_per_token") is not None:
+        console.print(
+            f"oracle floor: NLL/token {first['oracle_floor_nll_per_token']:.4f} "
+            f"(PPL {first['oracle_floor_ppl']:.4f}) from {first['oracle_floor_source']}; "
+            f"true samples' entropy {first['oracle_true_entropy_per_sample_mean']:.4f}",
+            style="dim",
+        )
+    console.print(
+        f"EOS rule '{first['eos']}'; Gen PPL (corpus) = exp(total NLL / total scored tokens), "
+        f"(mean/sample) = mean of exp(NLL_i / n_i); entropy (nats, mean per sample) over "
+        f"{ENTROPY_OVER}.",
+        style="dim",
+    )
+    for note in sorted({n for s in summaries for n in s.get("notes", [])}):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
+    from sbdcli.artifacts import JsonlWriter
+
+    if out:
+        with JsonlWriter(out) as writer:
+            for obj in objs:
+                writer.write(obj)
+    elif to_stdout:
+        for obj in objs:
+            sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+@eval_app.command("genppl")
+def genppl(
+    files: Annotated[
+        list[str] | None,
+        typer.Argument(help="Record files (JSONL or .safetensors); none or '-' reads stdin."),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="Record file to read (repeatable; '-' = stdin)."),
+    ] = None,
+    evaluator: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluator",
+            "-e",
+            help="'oracle' (synthetic language; the default for its runs), a local transformers "
+            "causal-LM directory, or an sbd run trained with --block 1.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Data directory of the records (oracle, tokenizer) when "
+            "their run directory is not reachable.",
+        ),
+    ] = None,
+    eos: Annotated[
+        str,
+        typer.Option(
+            "--eos",
+            help="EOS rule: 'skip' keeps EOS as context but never scores it (BD3-LM); "
+            "'cut' ends each sample before its first generated EOS.",
+        ),
+    ] = "skip",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Windows (or samples) per judge forward pass.")
+    ] = 16,
+    context: Annotated[
+        int | None,
+        typer.Option("--context", help="transformers judge window (default: its max length)."),
+    ] = None,
+    stride: Annotated[
+        int, typer.Option("--stride", help="Stride of windows beyond the judge's context.")
+    ] = 512,
+    per_file: Annotated[
+        bool, typer.Option("--per-file", help="One row per file instead of per stage group.")
+    ] = False,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Write the JSON summaries here (atomically).")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a plot of Gen PPL vs NFE and vs seconds (png/pdf/svg)."),
+    ] = None,
+    markdown: Annotated[
+        bool,
+        typer.Option("--markdown", help="Print the table as markdown on stdout instead of JSON."),
+    ] = False,
+    floor_samples: Annotated[
+        int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the oracle floor's samples.")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
+    from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    sets = _read_sets([*(files or []), *(inputs or [])])
+    opts = GenPplOptions(
+        evaluator=evaluator,
+        data_dir=data,
+        eos=eos,
+        device=_device(device),
+        batch_size=batch_size,
+        context=context,
+        stride=stride,
+        group=not per_file,
+        floor_samples=floor_samples,
+        seed=seed,
+    )
+    bar, advance = _progress(sum(len(r) for _, r in sets), "judging")
+    with bar:
+        summaries = evaluate_sets(sets, opts, advance)
+    _table(summaries)
+    _footer(summaries)
+    if plot is not None:
+        plot_genppl(summaries, plot)
+        console.print(f"plot written to {plot}", style="dim")
+    _write_json(summaries, out, to_stdout=not markdown)
+    if markdown:
+        sys.stdout.write(markdown_table(summaries))
+        sys.stdout.flush()
+
+
+def _ppl_inputs(run: Path, data: Path | None, block: int | None) -> tuple[Path, int]:
+    """The data directory (flag, else the run's, else ./data) and the block size."""
+    from sbdcli.artifacts import read_json
+    from sbdcli.evaluate import trained_block_sizes
+
+    if data is None:
+        cfg = (
+            read_json(run / "config.json", "run config") if (run / "config.json").is_file() else {}
+        )
+        recorded = (cfg.get("data") or {}).get("dir") if isinstance(cfg, dict) else None
+        data = Path(recorded) if recorded and Path(recorded).is_dir() else Path("data")
+    if block is None:
+        blocks = trained_block_sizes(run)
+        if not blocks:
+            raise UserError(f"cannot tell the block size {run} was trained with; pass --block")
+        block = min(blocks)
+    return data, block
+
+
+@eval_app.command("ppl")
+def ppl(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="sbd run directory (or BD3-LM/MDLM checkpoint).")
+    ] = Path("runs/latest"),
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Data directory whose val split is scored (default: the run's)."
+        ),
+    ] = None,
+    block: Annotated[
+        int | None,
+        typer.Option("--block", help="Block size B of the NELBO (default: the run's small block)."),
+    ] = None,
+    mc: Annotated[
+        int, typer.Option("--mc", help="Monte Carlo repetitions of the noise draw (K).")
+    ] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 16,
+    max_batches: Annotated[
+        int | None, typer.Option("--max-batches", help="Score only the first N batches.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise draws.")] = 0,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Write the JSON result here (atomically).")
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically."""
+    from sbdcli.evaluate import check_ppl_inputs, heldout_perplexity
+
+    if mc < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):
+        raise UserError("--mc, --batch-size and --max-batches must be >= 1")
+    data_dir, block_size = _ppl_inputs(model, data, block)
+    from sbdcli.compat import load_model
+    from sbdcli.data import load_split
+
+    net = load_model(str(model), device=_device(device))
+    rows = load_split(data_dir, "val")
+    check_ppl_inputs(net, model, data_dir, rows, block_size)
+    if max_batches is not None:
+        rows = rows[: max_batches * batch_size]
+    reps = 1 if block_size == 1 else mc
+    bar, advance = _progress(reps * rows.shape[0], f"NELBO B={block_size}")
+    with bar:
+        result = heldout_perplexity(
+            net, rows, block_size, mc=mc, batch_size=batch_size, seed=seed, progress=advance
+        ).to_dict()
+    result.update({"model": str(model), "data": str(data_dir), "split": "val", "seed": seed})
+    se = "exact" if result["exact"] else f"± {result['nelbo_stderr']:.4f} (K={mc})"
+    console.print(
+        f"val PPL {result['ppl']:.4f}  NELBO {result['nelbo_per_token']:.4f} nats/token {se}  "
+        f"{result['bits_per_token']:.4f} bits/token  B={block_size}  {result['rows']} rows",
+        highlight=False,
+    )
+    _write_json([result], out, to_stdout=True)
