@@ -1,0 +1,385 @@
+"""Block-diffusion sampling on token tensors: the draft and the revise stages of SBD.
+
+One engine, `fill_masked`, regenerates the positions flagged in `todo` block by block,
+left to right, every other token fixed and visible as context (METHOD §2, §5):
+- `draft` = `fill_masked` on a sequence that is all [MASK] after its prompt (BOS first);
+- `revise` = `fill_masked` on the `masked` positions of finished sequences; block size
+  >= length is one fully bidirectional block ("full"), smaller blocks run semi-AR.
+
+Rules this module fixes (docs/sampling.md explains them):
+- **Attention.** Block b (positions [lo, hi)) sees every earlier block and itself. With a
+  KV cache, the clean keys/values of earlier blocks that are not yet cached are written in
+  the same network call that denoises block b: the input is concat(clean pending, noisy
+  block) with a block-causal mask over the pending part and `cache_commit` = its length;
+  so there is never a separate cache-write pass and NFE counts every network call.
+  `kv_cache=False` recomputes the whole visible window at every call (reference path).
+- **Longer than the trained length L.** The window is the last L positions ending at the
+  block's end: [max(0, hi - L), hi) with window-relative positions 0.., exactly as if the
+  window were the whole sequence (BD3-LM keeps the last L - B tokens of context). When the
+  window slides the cache is rebuilt inside the next call (exact, costs no extra call).
+- **Tokens per call.** `first_hitting`: one masked position per call, chosen uniformly.
+  Otherwise `steps_per_block` S (default: the block size): a sample with r masked
+  positions left in the block after s of its calls reveals ceil(r / max(S - s, 1)).
+  Which positions: `unmask="random"` (uniform, default; the schedule of BD3-LM/MDLM reveals
+  an exchangeable random subset) or `"confident"` (highest model probability first).
+- **Categorical draw.** SUBS: the [MASK] logit is -inf. Logits -> float64 (or float32 as a
+  recorded ablation), divided by `temperature`, nucleus-truncated, Gumbel-max with the
+  sample's own `torch.Generator`. Nucleus rule (as BD3-LM): sort descending, keep the tokens
+  whose cumulative probability is <= top_p, always keep the most likely one; the token
+  whose mass crosses top_p is excluded.
+- **Snapshot confidence** of a committed token = the model's softmax probability of it at
+  temperature 1 with [MASK] suppressed, before temperature and nucleus, at the call that
+  committed it (METHOD §3). `confidence_nucleus` = its probability under the distribution
+  actually sampled (temperature + nucleus, renormalised). `step` = the sample's cumulative
+  call count at that call (1-based; 0 for prompt and untouched tokens).
+- **Reproducibility.** Every sample has its own generator and its draws depend only on
+  its own state, so a batch of n gives the same samples as n batches of 1 (up to float
+  rounding of batched matmuls), and cache/no-cache runs draw identical random numbers.
+
+Not here: record formats and model loading (pipeline.py), remasking (remask.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sbdcli.errors import UserError
+
+__all__ = [
+    "FillResult",
+    "SamplerConfig",
+    "draft",
+    "fill_masked",
+    "make_generator",
+    "nucleus_keep",
+    "revise",
+    "sample_categorical",
+]
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+UNMASK_RULES = ("random", "confident")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How one draft or revise stage samples (validated at creation)."""
+
+    block_size: int
+    """Block size B; 0 or >= the sequence length means one block over everything ("full")."""
+    steps_per_block: int | None = None
+    """Network calls per block S; None = the block size (one token per call)."""
+    first_hitting: bool = False
+    """Reveal exactly one uniformly chosen masked position per call (overrides S)."""
+    top_p: float = 0.9
+    """Nucleus mass in (0, 1]; 1 disables truncation."""
+    temperature: float = 1.0
+    """Softmax temperature (> 0) of the sampled distribution (not of the confidence)."""
+    dtype: str = "float64"
+    """Precision of probabilities and the Gumbel draw: float64, or float32 (ablation only)."""
+    unmask: str = "random"
+    """Which positions a call reveals: random (uniform) or confident (most probable first)."""
+    kv_cache: bool = True
+    """Exact KV cache for earlier blocks; False recomputes the visible window every call."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.block_size >= 0, "block size must be >= 1 (or 'full')"),
+            (self.steps_per_block is None or self.steps_per_block >= 1, "steps must be >= 1"),
+            (0.0 < self.top_p <= 1.0, f"top-p must lie in (0, 1], got {self.top_p}"),
+            (self.temperature > 0.0, f"temperature must be > 0, got {self.temperature}"),
+            (self.dtype in DTYPES, f"sampling dtype must be one of {', '.join(DTYPES)}"),
+            (self.unmask in UNMASK_RULES, f"unmask must be one of {', '.join(UNMASK_RULES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    def params(self) -> dict[str, Any]:
+        """The stage parameters recorded in a sample record."""
+        return {
+            "steps_per_block": self.steps_per_block,
+            "first_hitting": self.first_hitting,
+            "top_p": self.top_p,
+            "temperature": self.temperature,
+            "dtype": self.dtype,
+            "unmask": self.unmask,
+            "kv_cache": self.kv_cache,
+        }
+
+
+@dataclass
+class FillResult:
+    """Output of `fill_masked` for a batch of n sequences of length T."""
+
+    tokens: torch.Tensor  # (n, T) long
+    confidence: torch.Tensor  # (n, T) float64, 1.0 where nothing was committed
+    confidence_nucleus: torch.Tensor  # (n, T) float64
+    step: torch.Tensor  # (n, T) long, 0 where nothing was committed
+    nfe: torch.Tensor  # (n,) long: network calls that revealed tokens of this sample
+    stop: torch.Tensor  # (n,) long: index of the first generated EOS (-1: none / not asked)
+    committed: torch.Tensor  # (n, T) bool: positions written by this call
+
+
+# --------------------------------------------------------------------------- randomness
+def make_generator(seed: int, stage: str, index: int, rid: str, device: Any = "cpu") -> Any:
+    """A generator seeded from (seed, stage name, stage index, record id) by sha256.
+
+    Keyed by the record id so a record's draws do not depend on its batch; keyed by the
+    stage so the draft and a later revise with the same --seed draw independent numbers.
+    """
+    digest = hashlib.sha256(f"{seed}|{stage}|{index}|{rid}".encode()).digest()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return gen
+
+
+def nucleus_keep(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus (top-p) support, BD3-LM rule: keep sorted tokens with cumsum <= p, plus the top.
+
+    probs (..., V) -> bool (..., V). The token whose cumulative mass crosses p is dropped.
+    """
+    if top_p >= 1.0:
+        return torch.ones_like(probs, dtype=torch.bool)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    keep_sorted = sorted_p.cumsum(dim=-1) <= top_p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def sample_categorical(
+    logits: torch.Tensor, generator: Any, cfg: SamplerConfig, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one token per row: Gumbel-max on log q, q = nucleus(softmax(z / temperature)).
+
+    logits (k, V) raw -> token (k,) long, confidence (k,) float64 = p(token) at temperature 1
+    with [MASK] suppressed (SUBS), confidence_nucleus (k,) float64 = q(token).
+    """
+    dtype = DTYPES[cfg.dtype]
+    z = logits.to(dtype)
+    z[..., mask_id] = -math.inf  # SUBS: [MASK] is never predicted
+    log_p = torch.log_softmax(z, dim=-1)  # (k, V) model probabilities
+    z_t = z / cfg.temperature
+    keep = nucleus_keep(torch.softmax(z_t, dim=-1), cfg.top_p)
+    log_q = torch.log_softmax(z_t.masked_fill(~keep, -math.inf), dim=-1)
+    u = torch.rand(z.shape, generator=generator, dtype=dtype, device=z.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
+    token = torch.argmax(log_q + gumbel, dim=-1)  # (k,)
+    conf = log_p.gather(-1, token[:, None]).squeeze(-1).exp().double()
+    conf_n = log_q.gather(-1, token[:, None]).squeeze(-1).exp().double()
+    return token, conf, conf_n
+
+
+# --------------------------------------------------------------------------- network calls
+class _Window:
+    """Computes logits of one block given everything before it, with or without a KV cache."""
+
+    def __init__(self, model: Any, n: int, length: int, block: int, use_cache: bool) -> None:
+        self.model, self.block, self.length = model, block, length
+        self.max_len = model.config.seq_len
+        single_block = block >= length
+        self.cache = None
+        if use_cache and not single_block:
+            self.cache = model.new_cache(n, min(length, self.max_len))
+        self.start = 0  # absolute index of the first cached token
+        self.end = 0  # absolute index after the last cached token
+
+    def _block_causal(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Query i may see key j iff blk(j) <= blk(i); None when everything is visible."""
+        blk = idx // self.block
+        mask = blk[None, :] <= blk[:, None]  # (N, N)
+        return None if bool(mask.all()) else mask
+
+    def logits(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Raw logits (n, hi - lo, V) for block [lo, hi) of x (n, T)."""
+        start = max(0, hi - self.max_len)  # sliding window [start, hi)
+        device = x.device
+        if self.cache is None:
+            idx = torch.arange(start, hi, device=device)
+            out = self.model(x[:, start:hi], idx - start, self._block_causal(idx))
+            return out[:, lo - start :]
+        if start != self.start:  # the window slid: rebuild the cache inside this call
+            self.cache.truncate(0)
+            self.start = self.end = start
+        pending = lo - self.end
+        idx = torch.arange(self.end, hi, device=device)
+        mask = self._block_causal(idx)
+        if mask is not None and self.cache.length > 0:
+            seen = torch.ones(len(idx), self.cache.length, dtype=torch.bool, device=device)
+            mask = torch.cat((seen, mask), dim=1)  # (C + N, T_cache + C + N)
+        out = self.model(x[:, self.end : hi], idx - start, mask, self.cache, pending)
+        self.end = lo
+        return out[:, pending:]
+
+
+# --------------------------------------------------------------------------- the engine
+def _check_lengths(model: Any, length: int, block: int) -> None:
+    max_len = model.config.seq_len
+    if length > max_len and block > max_len:
+        raise UserError(
+            f"a block of {block} tokens exceeds the model's trained length {max_len}: a "
+            f"sequence of {length} tokens needs a block size <= {max_len} (sliding window)"
+        )
+    if getattr(model.config, "time_conditioning", False):
+        raise UserError("time-conditioned models are not supported by the sampler")
+
+
+class _State:
+    """Per-sample bookkeeping of one `fill_masked` call."""
+
+    def __init__(
+        self, x: torch.Tensor, todo: torch.Tensor, step_offset: torch.Tensor, mask_id: int
+    ) -> None:
+        n, length = x.shape
+        self.x, self.todo, self.mask_id = x, todo, mask_id
+        device = x.device
+        self.committed = torch.zeros_like(todo)
+        self.conf = torch.ones(n, length, dtype=torch.float64, device=device)
+        self.conf_n = torch.ones(n, length, dtype=torch.float64, device=device)
+        self.step = torch.zeros(n, length, dtype=torch.long, device=device)
+        self.nfe = torch.zeros(n, dtype=torch.long)
+        self.offset = step_offset.to(torch.long).cpu()
+
+
+def _reveal(
+    state: _State, i: int, logits: torch.Tensor, lo: int, calls: int, cfg: SamplerConfig, gen: Any
+) -> bool:
+    """Commit tokens of sample i in the block starting at lo; False if it had nothing to do."""
+    remaining = state.todo[i, lo : lo + logits.shape[0]].nonzero().squeeze(1)  # (r,)
+    r = remaining.numel()
+    if r == 0:
+        return False
+    steps = cfg.steps_per_block or logits.shape[0]
+    k = 1 if cfg.first_hitting else math.ceil(r / max(steps - calls, 1))
+    if cfg.unmask == "random":
+        pick = remaining[torch.randperm(r, generator=gen, device=gen.device)[:k]]
+        tok, conf, conf_n = sample_categorical(logits[pick], gen, cfg, state.mask_id)
+    else:
+        tok, conf, conf_n = sample_categorical(logits[remaining], gen, cfg, state.mask_id)
+        order = torch.argsort(conf, descending=True, stable=True)[:k].to(remaining.device)
+        pick, tok, conf, conf_n = remaining[order], tok[order], conf[order], conf_n[order]
+    pos = lo + pick
+    state.nfe[i] += 1
+    state.x[i, pos] = tok
+    state.todo[i, pos] = False
+    state.committed[i, pos] = True
+    state.conf[i, pos] = conf
+    state.conf_n[i, pos] = conf_n
+    state.step[i, pos] = int(state.offset[i] + state.nfe[i])
+    return True
+
+
+def _stop_at_eos(state: _State, hi: int, eos_id: int, stop: torch.Tensor) -> None:
+    """After a block: samples that generated EOS in [0, hi) stop (their later work is dropped)."""
+    hits = (state.x[:, :hi] == eos_id) & state.committed[:, :hi]  # (n, hi)
+    for i in range(state.x.shape[0]):
+        if stop[i] < 0 and bool(hits[i].any()):
+            stop[i] = int(hits[i].nonzero()[0, 0])
+            state.todo[i, hi:] = False
+
+
+@torch.inference_mode()
+def fill_masked(
+    model: Any,
+    tokens: torch.Tensor,
+    todo: torch.Tensor,
+    cfg: SamplerConfig,
+    generators: Sequence[Any],
+    *,
+    step_offset: torch.Tensor | None = None,
+    eos_id: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FillResult:
+    """Regenerate the positions `todo` (n, T) bool of `tokens` (n, T) block by block.
+
+    Every other position is fixed context; block b sees blocks < b and itself. Calls are
+    made while any sample has masked positions in the current block; a sample's `nfe`
+    counts the calls in which it revealed tokens. `eos_id`: a sample stops after the block
+    in which it generated EOS (`stop` holds its index). See the module docstring for rules.
+    """
+    n, length = tokens.shape
+    block = length if cfg.block_size <= 0 or cfg.block_size >= length else cfg.block_size
+    _check_lengths(model, length, block)
+    x = tokens.clone()
+    x[todo] = model.config.mask_id
+    offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
+    state = _State(x, todo.clone(), offset, model.config.mask_id)
+    stop = torch.full((n,), -1, dtype=torch.long)
+    window = _Window(model, n, length, block, cfg.kv_cache)
+    for lo in range(0, length, block):
+        hi = min(length, lo + block)
+        calls = torch.zeros(n, dtype=torch.long)
+        while bool(state.todo[:, lo:hi].any()):
+            logits = window.logits(state.x, lo, hi)  # (n, hi - lo, V)
+            for i in range(n):
+                if _reveal(state, i, logits[i], lo, int(calls[i]), cfg, generators[i]):
+                    calls[i] += 1
+            if progress is not None:
+                progress(1)
+        if eos_id is not None:
+            _stop_at_eos(state, hi, eos_id, stop)
+    return FillResult(
+        tokens=state.x,
+        confidence=state.conf,
+        confidence_nucleus=state.conf_n,
+        step=state.step,
+        nfe=state.nfe,
+        stop=stop,
+        committed=state.committed,
+    )
+
+
+# --------------------------------------------------------------------------- stages
+def draft(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    length: int,
+    cfg: SamplerConfig,
+    generators: Sequence[Any],
+    *,
+    eos_id: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FillResult:
+    """Stage 1: sample len(prompts) sequences of `length` tokens after fixed prompt prefixes.
+
+    Each prompt is a token list starting with BOS (a bare [BOS] for unconditional samples);
+    prompt tokens keep confidence 1.0 and step 0.
+    """
+    device = model_device(model)
+    n = len(prompts)
+    tokens = torch.full((n, length), model.config.mask_id, dtype=torch.long, device=device)
+    todo = torch.ones(n, length, dtype=torch.bool, device=device)
+    for i, prompt in enumerate(prompts):
+        if not 1 <= len(prompt) <= length:
+            raise UserError(f"prompt {i} has {len(prompt)} tokens; the length is {length}")
+        tokens[i, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
+        todo[i, : len(prompt)] = False
+    return fill_masked(model, tokens, todo, cfg, generators, eos_id=eos_id, progress=progress)
+
+
+def revise(
+    model: Any,
+    tokens: torch.Tensor,
+    masked: torch.Tensor,
+    cfg: SamplerConfig,
+    generators: Sequence[Any],
+    *,
+    step_offset: torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FillResult:
+    """Stage k > 1: regenerate exactly the `masked` (n, T) bool positions of finished `tokens`."""
+    return fill_masked(
+        model, tokens, masked, cfg, generators, step_offset=step_offset, progress=progress
+    )
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (CPU for parameter-free test doubles)."""
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
