@@ -201,6 +201,7 @@ class Denoiser(nn.Module):
         self.config = config
         self.attn_backend = "auto"
         self.sampling_eps: tuple[float, float] = (1e-3, 1.0)
+        self.checkpoint_header: dict[str, Any] = {}  # set by compat.load_model
         self.vocab_embed = EmbeddingLayer(config.d_model, config.vocab_size)
         self.sigma_map = TimestepEmbedder(config.cond_dim, config.freq_dim)
         self.rotary_emb = Rotary(config.head_dim, config.rope_base)

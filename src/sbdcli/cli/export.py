@@ -1,0 +1,57 @@
+"""`sbd export --format bd3lm RUN OUT`: a thin command over `sbdcli.compat.export_bd3lm`.
+
+Writes the BD3-LM Hugging Face layout (config.json + model.safetensors with `backbone.*`
+keys) so other BD3-LM tooling can load an sbd run. No math and no file formats here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sbdcli.cli._app import app, console
+from sbdcli.errors import UserError
+
+FORMATS = ("bd3lm",)
+
+
+@app.command("export")
+def export(
+    run: Annotated[str, typer.Argument(help="sbd run directory or model.safetensors to export.")],
+    out: Annotated[str, typer.Argument(help="Output directory to create.")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="Target layout (only 'bd3lm').")
+    ] = "bd3lm",
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--block-size",
+            help="block_size written to config.json (default: the run's smallest block size).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUT if it already exists and is not empty.")
+    ] = False,
+) -> None:
+    """Export a trained model to the BD3-LM Hugging Face checkpoint layout."""
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
+    from sbdcli.compat import export_bd3lm, load_model
+
+    model = load_model(run)
+    path = export_bd3lm(model, out, block_size=block_size, overwrite=force)
+    cfg = model.config
+    console.print(
+        f"wrote {path} (BD3-LM layout: {cfg.n_layers} layers, d {cfg.d_model}, "
+        f"vocab {cfg.vocab_size}, block size {_json_block(path)})",
+        highlight=False,
+    )
+
+
+def _json_block(path: object) -> int:
+    from pathlib import Path
+
+    from sbdcli.artifacts import read_json
+
+    return int(read_json(Path(str(path)) / "config.json")["block_size"])
