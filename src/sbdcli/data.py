@@ -1,0 +1,472 @@
+"""Data directories: packing token streams into rows, sharded output, manifest, loading.
+
+A data directory (written by `sbd prepare`) holds
+- `train-00000.safetensors`, ... and `val-00000.safetensors`, ...: tensor `tokens`,
+  int32 [rows, L], schema "sbd.tokens". **Every row starts with BOS.**
+- `manifest.json` (schema "sbd.data"): source, tokenizer (kind, sha256, ids), vocab_size,
+  mask_id, bos_id, eos_id, seq_len, rows/tokens/documents per split, shards, seed, command.
+- `tokenizer.json` for text tokenizers; `oracle.safetensors` for the synthetic language.
+
+Text is packed the BD3-LM/MDLM "wrap" way: documents are tokenized without special tokens,
+EOS is appended to each, everything is concatenated, and rows are [BOS] + the next L-1
+stream tokens (the reference writes [BOS] + L-2 + [EOS]; sbd keeps the contract above).
+The tail that does not fill a row is dropped and counted. Validation = the last
+`val_docs` documents (held back in a FIFO while streaming) or every (1/f)-th document
+for `val_fraction` f (evenly spread, needs no corpus size); each split is packed apart.
+Memory is bounded by one tokenization batch, one shard and the held-back validation
+documents, not by the corpus. Output is built in a temporary directory and swapped in
+only on success. Sources live in `sbdcli.sources`, tokenizers in `sbdcli.codec`, the
+language in `sbdcli.synthetic`; this module does not print.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from sbdcli import __version__
+from sbdcli.artifacts import atomic_dir, load_tensors, read_json, save_tensors, sha256_file
+from sbdcli.codec import (
+    ByteCodec,
+    Codec,
+    SyntheticCodec,
+    TokenizerCodec,
+    codec_from_manifest,
+    parse_bpe_size,
+    read_tokenizer_file,
+    train_bpe,
+)
+from sbdcli.errors import UserError
+from sbdcli.sources import Source
+
+__all__ = [
+    "Codec",
+    "load_codec",
+    "load_split",
+    "prepare_synthetic",
+    "prepare_text",
+    "read_manifest",
+]
+
+SCHEMA = "sbd.data"
+SCHEMA_VERSION = 1
+TOKENS_SCHEMA = "sbd.tokens"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+DEFAULT_SHARD_TOKENS = 1 << 24  # ~16.8M tokens = 64 MiB of int32 per shard
+BATCH_CHARS = 1 << 20  # characters of text per tokenization batch
+SYNTHETIC_CHUNK = 4096  # synthetic rows drawn per call
+
+
+class Progress(Protocol):
+    """What `prepare_text` reports: phases (with a unit and total) and advances."""
+
+    def start(self, phase: str, total: int | None, unit: str) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+# --------------------------------------------------------------------------- writing
+class ShardWriter:
+    """Collect rows (n, L) int32 of one split; write a shard each time `rows_per_shard` fill."""
+
+    def __init__(self, directory: Path, split: str, seq_len: int, rows_per_shard: int) -> None:
+        import torch  # loaded here, not at the first write, so timings exclude the import
+
+        self._torch = torch
+        self.directory, self.split, self.seq_len = directory, split, seq_len
+        self.rows_per_shard = max(1, rows_per_shard)
+        self.buffer = np.empty((self.rows_per_shard, seq_len), dtype=np.int32)  # (S, L)
+        self.filled = 0
+        self.rows = 0
+        self.shards: list[str] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append rows (n, L)."""
+        start = 0
+        while start < len(rows):
+            take = min(len(rows) - start, self.rows_per_shard - self.filled)
+            self.buffer[self.filled : self.filled + take] = rows[start : start + take]
+            self.filled += take
+            start += take
+            if self.filled == self.rows_per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.filled == 0:
+            return
+        name = f"{self.split}-{len(self.shards):05d}.safetensors"
+        tokens = self._torch.from_numpy(self.buffer[: self.filled].copy())  # (rows, L) int32
+        header = {"split": self.split, "shard": len(self.shards), "seq_len": self.seq_len}
+        save_tensors(self.directory / name, {"tokens": tokens}, TOKENS_SCHEMA, header)
+        self.shards.append(name)
+        self.rows += self.filled
+        self.filled = 0
+
+    def close(self) -> None:
+        self._flush()
+
+
+class Packer:
+    """Wrap packing: documents + EOS concatenated, rows = [BOS] + next L-1 stream tokens."""
+
+    def __init__(self, writer: ShardWriter, bos_id: int, eos_id: int) -> None:
+        self.writer, self.bos_id, self.eos_id = writer, bos_id, eos_id
+        self.body = writer.seq_len - 1
+        self.carry = np.empty(0, dtype=np.int32)
+        self.documents = 0
+        self.stream_tokens = 0
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Add documents given as flat ids (T,) and their lengths (D,); EOS goes after each."""
+        stream = np.insert(flat, np.cumsum(lengths), self.eos_id).astype(np.int32)  # (T + D,)
+        self.documents += len(lengths)
+        self.stream_tokens += len(stream)
+        stream = np.concatenate([self.carry, stream])
+        n = len(stream) // self.body
+        if n:
+            rows = np.empty((n, self.writer.seq_len), dtype=np.int32)  # (n, L)
+            rows[:, 0] = self.bos_id
+            rows[:, 1:] = stream[: n * self.body].reshape(n, self.body)
+            self.writer.add(rows)
+        self.carry = stream[n * self.body :].copy()
+
+    def finish(self) -> dict[str, int]:
+        """Write the last shard; the tail shorter than a row is dropped."""
+        self.writer.close()
+        rows = self.writer.rows
+        return {
+            "rows": rows,
+            "documents": self.documents,
+            "stream_tokens": self.stream_tokens,
+            "dropped_tokens": len(self.carry),
+        }
+
+
+def assign_splits(
+    docs: Iterable[str],
+    val_docs: int | None,
+    val_fraction: float | None,
+    max_docs: int | None = None,
+) -> Iterator[tuple[bool, str]]:
+    """(is_val, doc) in corpus order for train; the last `val_docs` come out at the end.
+
+    With `val_fraction` f, document i is validation iff floor((i+1) f) > floor(i f).
+    """
+    held: collections.deque[str] = collections.deque()
+    for i, doc in enumerate(docs):
+        if max_docs is not None and i >= max_docs:
+            break
+        if val_docs is not None:
+            held.append(doc)
+            if len(held) > val_docs:
+                yield False, held.popleft()
+        elif val_fraction:
+            yield int((i + 1) * val_fraction) > int(i * val_fraction), doc
+        else:
+            yield False, doc
+    for doc in held:
+        yield True, doc
+
+
+def _batches(pairs: Iterator[tuple[bool, str]]) -> Iterator[list[tuple[bool, str]]]:
+    batch: list[tuple[bool, str]] = []
+    chars = 0
+    for pair in pairs:
+        batch.append(pair)
+        chars += len(pair[1])
+        if chars >= BATCH_CHARS or len(batch) >= 8192:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- text corpora
+def make_codec(spec: str, split_docs: Any) -> Codec:
+    """`bytes`, `bpe:N` (trained on the training documents) or a tokenizer.json path."""
+    if spec == "bytes":
+        return ByteCodec()
+    if spec.startswith("bpe:"):
+        size = parse_bpe_size(spec)
+        docs = (doc for is_val, doc in split_docs() if not is_val)
+        tokenizer = train_bpe(docs, size)
+        return TokenizerCodec.from_tokenizer(tokenizer, "bpe", trained_vocab=size)
+    path = Path(spec)
+    tokenizer = read_tokenizer_file(path)
+    source_file = path / "tokenizer.json" if path.is_dir() else path
+    return TokenizerCodec.from_tokenizer(tokenizer, "file", source=str(source_file))
+
+
+def prepare_text(
+    out: str | os.PathLike[str],
+    source: Source,
+    tokenizer: str = "bytes",
+    seq_len: int = 1024,
+    *,
+    val_docs: int | None = None,
+    val_fraction: float | None = 0.05,
+    max_docs: int | None = None,
+    seed: int = 0,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    command: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Tokenize, pack and write a text corpus into data directory `out`; return its manifest."""
+    _check_common(seq_len, shard_tokens)
+    if val_docs is not None and val_docs < 0:
+        raise UserError("--val-docs must be >= 0")
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+        raise UserError("--val-fraction must lie in [0, 1)")
+    _check_out(out)
+
+    def split_docs(advance: Any = None) -> Iterator[tuple[bool, str]]:
+        return assign_splits(source.documents(advance), val_docs, val_fraction, max_docs)
+
+    advance = progress.advance if progress is not None else None
+    if progress is not None and tokenizer.startswith("bpe:"):
+        progress.start("training BPE", source.total, source.unit)
+    codec = make_codec(tokenizer, lambda: split_docs(advance))
+    if codec.vocab_size > np.iinfo(np.int32).max:
+        raise UserError(f"vocabulary of {codec.vocab_size} ids does not fit int32 shards")
+    with atomic_dir(out) as tmp:
+        if progress is not None:
+            progress.start("tokenizing", source.total, source.unit)
+        stats, seconds = _pack_text(tmp, codec, split_docs(advance), seq_len, shard_tokens)
+        if stats["train"]["documents"] + stats["val"]["documents"] == 0:
+            raise UserError(f"empty corpus: no documents in {_source_name(source)}")
+        if stats["train"]["rows"] == 0:
+            tokens = stats["train"]["stream_tokens"]
+            raise UserError(
+                f"corpus too small: {tokens} training tokens fill no row of --seq-len {seq_len}"
+            )
+        if isinstance(codec, TokenizerCodec):
+            codec.save(tmp / "tokenizer.json")
+            codec.info["sha256"] = sha256_file(tmp / "tokenizer.json")
+        manifest = _manifest(codec, seq_len, seed, command, source.describe(), stats)
+        manifest["split"] = {
+            "val_docs": val_docs,
+            "val_fraction": None if val_docs else val_fraction,
+        }
+        manifest["seconds"] = round(seconds, 3)
+        _write_manifest(tmp, manifest)
+    return manifest
+
+
+def _pack_text(
+    tmp: Path, codec: Codec, pairs: Iterator[tuple[bool, str]], seq_len: int, shard_tokens: int
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Tokenize batches of (is_val, doc) and pack train and val streams apart; time it."""
+    assert codec.eos_id is not None
+    rows_per_shard = max(1, shard_tokens // seq_len)
+    packers = {
+        s: Packer(ShardWriter(tmp, s, seq_len, rows_per_shard), codec.bos_id, codec.eos_id)
+        for s in SPLITS
+    }
+    started = time.perf_counter()
+    for batch in _batches(pairs):
+        flat, lengths = codec.encode_batch([doc for _, doc in batch])
+        is_val = np.fromiter((v for v, _ in batch), dtype=bool, count=len(batch))
+        if not is_val.any():
+            packers["train"].add(flat, lengths)
+            continue
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        for split, keep in (("train", ~is_val), ("val", is_val)):
+            if keep.any():
+                parts = [flat[starts[i] : starts[i + 1]] for i in np.flatnonzero(keep)]
+                packers[split].add(np.concatenate(parts), lengths[keep])
+    stats: dict[str, dict[str, Any]] = {}
+    for split, packer in packers.items():
+        stats[split] = packer.finish()
+        stats[split]["shards"] = packer.writer.shards
+    return stats, time.perf_counter() - started
+
+
+def _source_name(source: Source) -> str:
+    info = source.describe()
+    return ", ".join(info.get("paths", [])) or str(info.get("name", "the source"))
+
+
+# --------------------------------------------------------------------------- synthetic
+def prepare_synthetic(
+    out: str | os.PathLike[str],
+    spec: Any = None,
+    seq_len: int = 128,
+    *,
+    num_train: int = 16384,
+    num_val: int = 1024,
+    seed: int = 0,
+    floor_samples: int = 4096,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    command: str = "",
+) -> dict[str, Any]:
+    """Write the topic-markov language (one document per row) and its oracle into `out`."""
+    import torch
+
+    from sbdcli.synthetic import TopicMarkovSpec
+
+    spec = spec or TopicMarkovSpec()
+    _check_common(seq_len, shard_tokens)
+    if num_train < 1 or num_val < 0 or floor_samples < 1:
+        raise UserError("--num-train and --oracle-samples must be >= 1, --num-val >= 0")
+    _check_out(out)
+    # The sampler's per-step ops are small ((4096, V) gathers): one thread is ~10x faster
+    # than two on a busy machine. Restore the caller's setting afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _write_synthetic(
+            Path(out), spec, seq_len, num_train, num_val, seed, floor_samples, shard_tokens, command
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_synthetic(
+    out: Path,
+    spec: Any,
+    seq_len: int,
+    num_train: int,
+    num_val: int,
+    seed: int,
+    floor_samples: int,
+    shard_tokens: int,
+    command: str,
+) -> dict[str, Any]:
+    import torch
+
+    from sbdcli.synthetic import ORACLE_FILE, build_oracle
+
+    started = time.perf_counter()
+    oracle = build_oracle(spec, derive_seed(seed, "oracle"))
+    codec = SyntheticCodec(spec.vocab)
+    stats: dict[str, dict[str, Any]] = {}
+    with atomic_dir(out) as tmp:
+        for split, n in (("train", num_train), ("val", num_val)):
+            gen = torch.Generator().manual_seed(derive_seed(seed, split))
+            writer = ShardWriter(tmp, split, seq_len, shard_tokens // seq_len)
+            for start in range(0, n, SYNTHETIC_CHUNK):  # fixed chunks: shard size never
+                count = min(SYNTHETIC_CHUNK, n - start)  # changes the rows drawn
+                writer.add(oracle.sample(count, seq_len, gen).to(torch.int32).numpy())
+            writer.close()
+            stats[split] = {"rows": writer.rows, "documents": writer.rows, "shards": writer.shards}
+        oracle.save(tmp / ORACLE_FILE)
+        floor_gen = torch.Generator().manual_seed(derive_seed(seed, "floor"))
+        floor = oracle.reference_numbers(floor_samples, seq_len, floor_gen)
+        manifest = _manifest(codec, seq_len, seed, command, _synthetic_source(spec), stats)
+        manifest["oracle"] = {"file": ORACLE_FILE, "sha256": sha256_file(tmp / ORACLE_FILE)}
+        manifest["oracle"].update(floor)
+        manifest["seconds"] = round(time.perf_counter() - started, 3)
+        _write_manifest(tmp, manifest)
+    return manifest
+
+
+def _synthetic_source(spec: Any) -> dict[str, Any]:
+    return {"kind": "synthetic", "name": "topic-markov", **spec.to_dict()}
+
+
+def derive_seed(seed: int, tag: str) -> int:
+    """An independent 63-bit seed per purpose, so e.g. --num-train never changes val."""
+    digest = hashlib.sha256(f"sbd:{seed}:{tag}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# --------------------------------------------------------------------------- manifest
+def _check_common(seq_len: int, shard_tokens: int) -> None:
+    if seq_len < 2:
+        raise UserError(f"--seq-len must be >= 2 (got {seq_len})")
+    if shard_tokens < 1:
+        raise UserError("--shard-tokens must be >= 1")
+
+
+def _check_out(out: str | os.PathLike[str]) -> None:
+    """Refuse to replace anything but an earlier data directory (or an empty folder)."""
+    p = Path(out)
+    if p.is_file() or p.is_symlink():
+        raise UserError(f"--out {p} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()) and not (p / MANIFEST).is_file():
+        raise UserError(f"--out {p} exists and is not an sbd data directory; not replacing it")
+
+
+def _manifest(
+    codec: Codec,
+    seq_len: int,
+    seed: int,
+    command: str,
+    source: dict[str, Any],
+    stats: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    manifest = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_by": f"sbd {__version__}",
+        "source": source,
+        "tokenizer": codec.describe(),
+        "vocab_size": codec.vocab_size,
+        "mask_id": codec.mask_id,
+        "bos_id": codec.bos_id,
+        "eos_id": codec.eos_id,
+        "seq_len": seq_len,
+        "rows": {s: stats[s]["rows"] for s in SPLITS},
+        "tokens": {s: stats[s]["rows"] * seq_len for s in SPLITS},
+        "documents": {s: stats[s]["documents"] for s in SPLITS},
+        "shards": {s: stats[s]["shards"] for s in SPLITS},
+        "seed": seed,
+        "command": command,
+    }
+    if "stream_tokens" in stats["train"]:
+        manifest["stream_tokens"] = {s: stats[s]["stream_tokens"] for s in SPLITS}
+        manifest["dropped_tokens"] = {s: stats[s]["dropped_tokens"] for s in SPLITS}
+    return manifest
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2) + "\n"
+    (directory / MANIFEST).write_text(text, encoding="utf-8")
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a data directory (or of a run's `data/` copy), checked."""
+    p = Path(directory)
+    manifest = read_json(p / MANIFEST, what="data manifest")
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise UserError(f"{p / MANIFEST} is not an sbd data manifest")
+    if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise UserError(f"{p / MANIFEST} is newer than this sbd understands; upgrade sbd")
+    return manifest
+
+
+def load_split(directory: str | os.PathLike[str], split: str = "train") -> Any:
+    """All rows of a split, shards concatenated: torch int64 (rows, L)."""
+    import torch
+
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}' (choose train or val)")
+    p = Path(directory)
+    manifest = read_manifest(p)
+    names = manifest.get("shards", {}).get(split) or []
+    if not names:
+        raise UserError(f"{p} has no {split} rows")
+    parts = []
+    for name in names:
+        tensors, _ = load_tensors(p / name, schema=TOKENS_SCHEMA)
+        parts.append(tensors["tokens"])  # (rows, L) int32
+    tokens = torch.cat(parts).long()  # (R, L)
+    if tokens.shape[1] != manifest["seq_len"]:
+        found, expected = tokens.shape[1], manifest["seq_len"]
+        raise UserError(f"{p}: shards hold rows of {found} tokens, manifest says {expected}")
+    return tokens
+
+
+def load_codec(directory: str | os.PathLike[str]) -> Codec:
+    """The codec a data directory (or RUN/data) was written with."""
+    p = Path(directory)
+    return codec_from_manifest(read_manifest(p), p)
