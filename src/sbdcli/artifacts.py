@@ -154,6 +154,25 @@ def save_tensors(
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors JSON header with sorted metadata keys, in place.
+
+    safetensors writes `__metadata__` from a Rust HashMap, in a random order per call, so
+    identical tensors would get different bytes (and sha256). Same length: only reordered.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        text = raw.decode("utf-8").rstrip(" ")
+        obj = json.loads(text)
+        obj["__metadata__"] = dict(sorted(obj.get("__metadata__", {}).items()))
+        new = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(new) == len(text.encode("utf-8")):
+            handle.seek(8)
+            handle.write(new)
 
 
 def read_tensor_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
