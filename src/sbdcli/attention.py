@@ -147,8 +147,9 @@ class KVCache:
     """Preallocated keys/values of committed tokens, one slab per layer.
 
     `k[layer]`, `v[layer]`: (batch, n_heads, max_len, head_dim); the first `length` positions
-    are valid. Keys are stored after rotary embedding, so entries carry their absolute
-    positions and stay correct when older entries are dropped (`keep_last`).
+    are valid. Keys are stored after rotary embedding (they carry their absolute positions).
+    A sliding window must rebuild the cache (`truncate(0)` and re-encode the window): the
+    deeper layers' entries of kept tokens still depend on the tokens that were dropped.
     """
 
     def __init__(
@@ -204,13 +205,4 @@ class KVCache:
         """Keep only the first `n` cached positions (n <= length)."""
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
-        self.length = n
-
-    def keep_last(self, n: int) -> None:
-        """Keep only the last `n` cached positions, moved to the front (sliding windows)."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot keep {n} of {self.length} cached positions")
-        start = self.length - n
-        self.k[:, :, :, :n] = self.k[:, :, :, start : self.length].clone()
-        self.v[:, :, :, :n] = self.v[:, :, :, start : self.length].clone()
         self.length = n

@@ -1,0 +1,117 @@
+"""Tests for attention.py: training/sampling masks, the attention kernel, the KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sbdcli.attention import (
+    KVCache,
+    attend,
+    block_causal_mask,
+    block_diff_mask,
+    flex_available,
+    flex_block_mask,
+)
+
+
+def loop_block_diff_mask(length: int, block: int) -> torch.Tensor:
+    """Independent construction of the BD3-LM training mask, one entry at a time."""
+    out = torch.zeros(2 * length, 2 * length, dtype=torch.bool)
+    for q in range(2 * length):
+        for k in range(2 * length):
+            q_clean, k_clean = q >= length, k >= length
+            bq, bk = (q % length) // block, (k % length) // block
+            if not q_clean and not k_clean:
+                out[q, k] = bq == bk  # noisy -> noisy: own block
+            elif not q_clean and k_clean:
+                out[q, k] = bk < bq  # noisy -> clean: earlier blocks
+            elif q_clean and k_clean:
+                out[q, k] = bk <= bq  # clean -> clean: block causal
+    return out
+
+
+def test_mask_equals_fixture(fixture_dir):
+    ref = load_file(str(fixture_dir / "inputs.safetensors"))["block_diff_mask_2N"]
+    assert torch.equal(block_diff_mask(32, 4), ref)
+
+
+@pytest.mark.parametrize(("length", "block"), [(8, 1), (8, 2), (12, 3), (16, 4), (8, 8)])
+def test_mask_equals_loop_construction(length, block):
+    assert torch.equal(block_diff_mask(length, block), loop_block_diff_mask(length, block))
+
+
+def test_mask_is_cached_and_checks_divisibility():
+    assert block_diff_mask(16, 4) is block_diff_mask(16, 4)
+    with pytest.raises(ValueError):
+        block_diff_mask(10, 4)
+
+
+def test_block_causal_is_clean_quadrant():
+    length, block = 12, 3
+    assert torch.equal(
+        block_causal_mask(length, block), block_diff_mask(length, block)[length:, length:]
+    )
+    causal = block_causal_mask(5, 1)
+    assert torch.equal(causal, torch.ones(5, 5, dtype=torch.bool).tril())
+    assert bool(block_causal_mask(6, 6).all())
+
+
+def test_attend_matches_explicit_softmax():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
+    mask = block_causal_mask(5, 2)
+    scores = q @ k.transpose(-1, -2) / 2.0  # sqrt(Dh) = 2
+    ref = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    assert torch.allclose(attend(q, k, v, mask), ref, atol=1e-6)
+    assert torch.allclose(attend(q, k, v, None), scores.softmax(-1) @ v, atol=1e-6)
+    with pytest.raises(TypeError):
+        attend(q, k, v, torch.zeros(5, 5))
+
+
+def test_kv_cache_append_truncate():
+    cache = KVCache(n_layers=2, batch=1, n_heads=1, head_dim=2, max_len=6)
+    for step in range(3):
+        k = torch.full((1, 1, 2, 2), float(step))
+        cache.append([k, k + 10], [-k, -k - 10])
+    assert cache.length == 6 and len(cache) == 6
+    assert cache.k[1, 0, 0, :, 0].tolist() == [10, 10, 11, 11, 12, 12]
+    with pytest.raises(ValueError):
+        cache.append([k, k], [k, k])  # full
+    cache.truncate(4)
+    assert cache.length == 4
+    assert cache.k[0, 0, 0, :4, 0].tolist() == [0, 0, 1, 1]
+    cache.append([k, k], [k, k])  # overwrites positions 4, 5
+    assert cache.k[0, 0, 0, 4:6, 0].tolist() == [2, 2] and cache.length == 6
+    cache.truncate(0)
+    assert cache.length == 0
+    with pytest.raises(ValueError):
+        cache.truncate(3)
+
+
+def test_kv_cache_keys_values_in_place_and_grad_paths():
+    cache = KVCache(n_layers=1, batch=2, n_heads=1, head_dim=2, max_len=4)
+    cache.append([torch.ones(2, 1, 1, 2)], [torch.ones(2, 1, 1, 2)])
+    new = torch.full((2, 1, 2, 2), 3.0)
+    with torch.no_grad():
+        k_all, _ = cache.keys_values(0, new, new)
+    assert k_all.shape == (2, 1, 3, 2) and cache.length == 1  # written, not yet valid
+    k_grad, _ = cache.keys_values(0, new.requires_grad_(), new)
+    assert k_grad.requires_grad and k_grad[:, :, 1:].eq(3).all()
+    with pytest.raises(ValueError):
+        cache.keys_values(0, torch.zeros(3, 1, 1, 2), torch.zeros(3, 1, 1, 2))
+
+
+def test_flex_unavailable_on_cpu():
+    assert not flex_available("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention runs on CUDA only")
+def test_flex_matches_sdpa_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    length, block = 64, 4
+    q, k, v = (torch.randn(2, 2, 2 * length, 16, generator=g, device="cuda") for _ in range(3))
+    dense = attend(q, k, v, block_diff_mask(length, block, "cuda"))
+    flex = attend(q, k, v, flex_block_mask(length, block, "cuda"))
+    assert torch.allclose(dense, flex, atol=1e-4)
