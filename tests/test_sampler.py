@@ -216,14 +216,24 @@ def test_block_order_is_left_to_right():
 
 
 def test_confident_unmask_commits_the_most_probable_position_first():
+    """With a greedy nucleus every draw is the argmax, so 'confident' must commit, at every
+    call, the masked position of the block whose top probability is highest."""
     model = FakeDenoiser(seq_len=16, seed=4)
-    out = run_draft(model, [[model.config.bos_id]], 16, unmask="confident", top_p=1.0)
+    out = run_draft(model, [[model.config.bos_id]], 16, unmask="confident", top_p=1e-9)
     tokens, step = out.tokens[0], out.step[0]
-    for pos in range(1, 16):  # whatever was committed had the top probability among sampled
-        assert out.confidence[0, pos] == pytest.approx(
-            probs_at_commit(model, tokens, step, pos, 4)[tokens[pos]].item()
-        )
-    plain = run_draft(model, [[model.config.bos_id]], 16, top_p=1.0)
+    for s in range(1, int(out.nfe[0]) + 1):
+        (pos,) = (step == s).nonzero()[0].tolist()
+        lo = pos // 4 * 4
+        pending = [q for q in range(lo, lo + 4) if step[q] >= s]
+        best = {}
+        for q in pending:
+            seen = tokens.clone()
+            seen[step >= s] = model.config.mask_id
+            probs = model.probs_at(seen, torch.arange(16) < lo + 4, q)
+            best[q] = probs.max().item()
+        assert best[pos] == max(best.values())
+        assert tokens[pos] == int(probs_at_commit(model, tokens, step, pos, 4).argmax())
+    plain = run_draft(model, [[model.config.bos_id]], 16, top_p=1e-9)
     assert not torch.equal(plain.step, out.step)
 
 

@@ -155,10 +155,21 @@ def nucleus_keep(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 def sample_categorical(
     logits: torch.Tensor, generator: Any, cfg: SamplerConfig, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row: Gumbel-max on log q, q = nucleus(softmax(z / temperature)).
+    """Draw one token per row of logits (k, V) with uniforms from `generator`; see `gumbel_max`."""
+    dtype = DTYPES[cfg.dtype]
+    u = torch.rand(logits.shape, generator=generator, dtype=dtype, device=logits.device)
+    return gumbel_max(logits, u, cfg, mask_id)
 
-    logits (k, V) raw -> token (k,) long, confidence (k,) float64 = p(token) at temperature 1
-    with [MASK] suppressed (SUBS), confidence_nucleus (k,) float64 = q(token).
+
+def gumbel_max(
+    logits: torch.Tensor, u: torch.Tensor, cfg: SamplerConfig, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gumbel-max draw from q = nucleus(softmax(z / temperature)), z = SUBS(logits).
+
+    logits (k, V) raw, u (k, V) uniforms in the sampling dtype -> token (k,) long,
+    confidence (k,) float64 = p(token) at temperature 1 with [MASK] suppressed, before the
+    nucleus; confidence_nucleus (k,) float64 = q(token). argmax(log q - log(-log u)) is an
+    exact draw from q (the Gumbel-max trick).
     """
     dtype = DTYPES[cfg.dtype]
     z = logits.to(dtype)
@@ -167,8 +178,7 @@ def sample_categorical(
     z_t = z / cfg.temperature
     keep = nucleus_keep(torch.softmax(z_t, dim=-1), cfg.top_p)
     log_q = torch.log_softmax(z_t.masked_fill(~keep, -math.inf), dim=-1)
-    u = torch.rand(z.shape, generator=generator, dtype=dtype, device=z.device)
-    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
+    gumbel = -torch.log(-torch.log(u.to(dtype).clamp_min(torch.finfo(dtype).tiny)))
     token = torch.argmax(log_q + gumbel, dim=-1)  # (k,)
     conf = log_p.gather(-1, token[:, None]).squeeze(-1).exp().double()
     conf_n = log_q.gather(-1, token[:, None]).squeeze(-1).exp().double()
@@ -246,32 +256,86 @@ class _State:
         self.offset = step_offset.to(torch.long).cpu()
 
 
-def _reveal(
-    state: _State, i: int, logits: torch.Tensor, lo: int, calls: int, cfg: SamplerConfig, gen: Any
-) -> bool:
-    """Commit tokens of sample i in the block starting at lo; False if it had nothing to do."""
-    remaining = state.todo[i, lo : lo + logits.shape[0]].nonzero().squeeze(1)  # (r,)
-    r = remaining.numel()
-    if r == 0:
-        return False
-    steps = cfg.steps_per_block or logits.shape[0]
-    k = 1 if cfg.first_hitting else math.ceil(r / max(steps - calls, 1))
-    if cfg.unmask == "random":
-        pick = remaining[torch.randperm(r, generator=gen, device=gen.device)[:k]]
-        tok, conf, conf_n = sample_categorical(logits[pick], gen, cfg, state.mask_id)
+def _tokens_per_call(
+    remaining: torch.Tensor, calls: torch.Tensor, block: int, cfg: SamplerConfig
+) -> torch.Tensor:
+    """k_i = 1 (first hitting) or ceil(r_i / max(S - s_i, 1)); 0 for samples with r_i = 0."""
+    if cfg.first_hitting:
+        k = torch.ones_like(remaining)
     else:
-        tok, conf, conf_n = sample_categorical(logits[remaining], gen, cfg, state.mask_id)
-        order = torch.argsort(conf, descending=True, stable=True)[:k].to(remaining.device)
-        pick, tok, conf, conf_n = remaining[order], tok[order], conf[order], conf_n[order]
-    pos = lo + pick
-    state.nfe[i] += 1
-    state.x[i, pos] = tok
-    state.todo[i, pos] = False
-    state.committed[i, pos] = True
-    state.conf[i, pos] = conf
-    state.conf_n[i, pos] = conf_n
-    state.step[i, pos] = int(state.offset[i] + state.nfe[i])
-    return True
+        left = ((cfg.steps_per_block or block) - calls).clamp_min(1)
+        k = (remaining + left - 1) // left
+    return torch.where(remaining > 0, k, 0)
+
+
+def _uniforms(gens: Sequence[Any], counts: list[int], cols: int, dtype: Any, device: Any) -> Any:
+    """Per-sample uniforms (counts[i], cols) from sample i's own generator, stacked row-major."""
+    parts = [
+        torch.rand((c, cols), generator=gens[i], dtype=dtype, device=device)
+        for i, c in enumerate(counts)
+        if c > 0
+    ]
+    return torch.cat(parts)
+
+
+def _choose(
+    todo: torch.Tensor,
+    k: torch.Tensor,
+    logits: torch.Tensor,
+    cfg: SamplerConfig,
+    gens: Any,
+    mask_id: int,
+) -> tuple[torch.Tensor, ...]:
+    """Positions to reveal in a block and their draws: (rows, cols, token, conf, conf_n).
+
+    todo (n, N) bool, k (n,) tokens per sample, logits (n, N, V). random: sample i draws N
+    uniform keys and reveals its k_i masked positions with the smallest keys, then draws
+    Gumbel noise for them only. confident: draws for every masked position, keeps the k_i
+    with the highest model probability (ties: leftmost).
+    """
+    n, block, vocab = logits.shape
+    dtype, device = DTYPES[cfg.dtype], logits.device
+    kk = k.to(device)
+    if cfg.unmask == "random":
+        keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
+        full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
+        full[k.to(device) > 0] = keys.view(-1, block)
+        rank = full.masked_fill(~todo, 3.0).argsort(dim=1).argsort(dim=1)
+        rows, cols = (todo & (rank < kk[:, None])).nonzero(as_tuple=True)
+        u = _uniforms(gens, k.tolist(), vocab, dtype, device)
+        return rows, cols, *gumbel_max(logits[rows, cols], u, cfg, mask_id)
+    rows, cols = todo.nonzero(as_tuple=True)
+    u = _uniforms(gens, todo.sum(dim=1).tolist(), vocab, dtype, device)
+    tok, conf, conf_n = gumbel_max(logits[rows, cols], u, cfg, mask_id)
+    score = torch.full((n, block), -1.0, dtype=torch.float64, device=device)
+    score[rows, cols] = conf
+    rank = (-score).argsort(dim=1, stable=True).argsort(dim=1)
+    keep = rank[rows, cols] < kk[rows]
+    return rows[keep], cols[keep], tok[keep], conf[keep], conf_n[keep]
+
+
+def _reveal(
+    state: _State,
+    logits: torch.Tensor,
+    lo: int,
+    calls: torch.Tensor,
+    cfg: SamplerConfig,
+    gens: Sequence[Any],
+) -> torch.Tensor:
+    """One call's commits in block [lo, lo + N) for every sample; returns active (n,) bool."""
+    todo = state.todo[:, lo : lo + logits.shape[1]]  # (n, N)
+    k = _tokens_per_call(todo.sum(dim=1).cpu(), calls, logits.shape[1], cfg)  # (n,)
+    active = k > 0
+    rows, cols, tok, conf, conf_n = _choose(todo, k, logits, cfg, gens, state.mask_id)
+    state.nfe += active.long()
+    pos = lo + cols
+    state.x[rows, pos] = tok
+    state.todo[rows, pos] = False
+    state.committed[rows, pos] = True
+    state.conf[rows, pos] = conf
+    state.conf_n[rows, pos] = conf_n
+    state.step[rows, pos] = (state.offset + state.nfe).to(pos.device)[rows]
+    return active
 
 
 def _stop_at_eos(state: _State, hi: int, eos_id: int, stop: torch.Tensor) -> None:
@@ -313,12 +377,10 @@ def fill_masked(
     window = _Window(model, n, length, block, cfg.kv_cache)
     for lo in range(0, length, block):
         hi = min(length, lo + block)
-        calls = torch.zeros(n, dtype=torch.long)
+        calls = torch.zeros(n, dtype=torch.long)  # calls each sample spent on this block
         while bool(state.todo[:, lo:hi].any()):
             logits = window.logits(state.x, lo, hi)  # (n, hi - lo, V)
-            for i in range(n):
-                if _reveal(state, i, logits[i], lo, int(calls[i]), cfg, generators[i]):
-                    calls[i] += 1
+            calls += _reveal(state, logits, lo, calls, cfg, generators).long()
             if progress is not None:
                 progress(1)
         if eos_id is not None:

@@ -86,6 +86,7 @@ def _progress(what: str, total: int | None) -> Iterator[tuple[Any, Any]]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
     task = bar.add_task(what, total=total, rate="")
     calls, start = [0], time.perf_counter()

@@ -1,0 +1,288 @@
+"""Tests for `sbd draft | sbd remask | sbd revise` and `sbd generate` on a tiny random run
+directory: real subprocess pipes, streaming, `| head -1`, record contract, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fake_model import tiny_denoiser
+from sbdcli.artifacts import read_records, save_tensors, validate_record
+from sbdcli.cli import main
+
+V = 12  # content tokens of the synthetic vocabulary: BOS = 12, MASK = 13
+SBD = [sys.executable, "-m", "sbdcli"]
+
+
+def make_run(root: Path, seq_len: int = 32) -> Path:
+    """RUN/model.safetensors (random tiny Denoiser) + RUN/data/manifest.json; runs/latest."""
+    from sbdcli.compat import save_sbd_model
+
+    model = tiny_denoiser(seq_len=seq_len, vocab_size=V + 2)
+    run = root / "runs" / "r1"
+    (run / "data").mkdir(parents=True)
+    save_sbd_model(model, run / "model.safetensors", {"model_config": model.config.to_dict()})
+    manifest = {
+        "schema": "sbd.data",
+        "schema_version": 1,
+        "source": "test",
+        "tokenizer": {"kind": "synthetic", "vocab": V},
+        "vocab_size": V + 2,
+        "mask_id": V + 1,
+        "bos_id": V,
+        "eos_id": None,
+        "seq_len": seq_len,
+    }
+    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    (root / "runs" / "latest").symlink_to("r1")
+    return run
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample")
+    make_run(root)
+    return root
+
+
+@pytest.fixture
+def in_workdir(workdir, monkeypatch) -> Path:
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SBD_MODEL", raising=False)
+    return workdir
+
+
+def run_main(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return int(info.value.code or 0)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    e.pop("SBD_MODEL", None)
+    return e
+
+
+def shell(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    sbd = " ".join(SBD)
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd.replace("sbd ", f"{sbd} ")],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def comparable(recs: list[dict]) -> list[dict]:
+    """Records without wall-clock fields."""
+    out = []
+    for r in recs:
+        r = dict(r)
+        r["stages"] = [{k: v for k, v in s.items() if k != "seconds"} for s in r["stages"]]
+        out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------- pipes
+def test_literal_pipeline_through_real_pipes_equals_generate(workdir, in_workdir):
+    piped = shell("sbd draft | sbd remask --gamma 0.25 | sbd revise", workdir)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""  # no progress noise when stderr is not a terminal
+    got = records(piped.stdout)
+    assert len(got) == 16
+    generated = shell("sbd generate --stages 4,full --gammas 0.25", workdir)
+    assert generated.returncode == 0, generated.stderr
+    assert comparable(got) == comparable(records(generated.stdout))
+    for rec in got:
+        validate_record(rec, vocab_size=V + 2)
+        assert [s["name"] for s in rec["stages"]] == ["draft", "remask", "revise"]
+        assert rec["masked"] == [] and rec["prompt_len"] == 1 and rec["tokens"][0] == V
+        assert rec["nfe"] == sum(s["nfe"] for s in rec["stages"])
+        assert rec["stages"][2]["n_masked"] == 7 == rec["stages"][2]["nfe"]  # floor(.25*31)
+        assert rec["model"].startswith("runs/r1@") and len(rec["model"].split("@")[1]) == 12
+        assert rec["text"].split()[0].startswith("w")
+
+
+def test_revise_changes_exactly_the_masked_tokens(workdir, in_workdir):
+    d, m, r = (workdir / f"{x}.jsonl" for x in "dmr")
+    assert run_main(["draft", "-n", "3", "--seed", "4", "-o", str(d)]) == 0
+    assert run_main(["remask", "--gamma", "0.5", "-i", str(d), "-o", str(m)]) == 0
+    assert run_main(["revise", "--block", "8", "-i", str(m), "-o", str(r)]) == 0
+    for a, b, c in zip(*(read_records(str(p)) for p in (d, m, r)), strict=True):
+        assert b["tokens"] == a["tokens"] and len(b["masked"]) == 15
+        assert b["scores"][1:] == a["confidence"][1:]
+        worst = sorted(a["confidence"][1:])[14]
+        assert all(a["confidence"][p] <= worst for p in b["masked"])
+        keep = [i for i in range(32) if i not in b["masked"]]
+        assert all(c["tokens"][i] == a["tokens"][i] for i in keep)
+        assert all(c["confidence"][i] == a["confidence"][i] for i in keep)
+        assert all(c["step"][p] > a["nfe"] for p in b["masked"])
+        assert c["nfe"] == a["nfe"] + c["stages"][-1]["nfe"] and c["masked"] == []
+        assert c["stages"][-1]["block"] == 8
+
+
+def test_gamma_zero_revise_is_a_free_no_op(workdir, in_workdir):
+    d, r = workdir / "d0.jsonl", workdir / "r0.jsonl"
+    assert run_main(["draft", "-n", "2", "-o", str(d)]) == 0
+    res = shell(f"sbd remask --gamma 0 -i {d} | sbd revise -o {r}", workdir)
+    assert res.returncode == 0, res.stderr
+    for a, c in zip(read_records(str(d)), read_records(str(r)), strict=True):
+        assert c["tokens"] == a["tokens"] and c["nfe"] == a["nfe"]
+        assert c["stages"][-1]["nfe"] == 0
+
+
+def test_head_one_ends_quietly(workdir, in_workdir):
+    res = shell("sbd draft -n 6 --batch-size 1 | sbd remask | head -1", workdir)
+    assert res.returncode == 0
+    assert len(records(res.stdout)) == 1
+    assert "Traceback" not in res.stderr and "Error" not in res.stderr, res.stderr
+
+
+def test_remask_streams_before_its_input_ends(workdir, in_workdir):
+    d = workdir / "stream.jsonl"
+    assert run_main(["draft", "-n", "2", "-o", str(d)]) == 0
+    lines = d.read_text().splitlines()
+    proc = subprocess.Popen(
+        [*SBD, "remask", "--batch-size", "1"],
+        cwd=workdir,
+        env=env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        proc.stdin.write(lines[0] + "\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "no output while the input was still open"
+        first = json.loads(proc.stdout.readline())
+        assert first["id"] == json.loads(lines[0])["id"]
+        proc.stdin.write(lines[1] + "\n")
+        proc.stdin.close()
+        assert len(proc.stdout.read().splitlines()) == 1
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+
+
+def test_bundle_output_and_input(workdir, in_workdir):
+    b, m = workdir / "d.safetensors", workdir / "m.jsonl"
+    assert run_main(["draft", "-n", "2", "-o", str(b)]) == 0
+    assert (
+        run_main(["remask", "--strategy", "masked", "--passes", "3", "-i", str(b), "-o", str(m)])
+        == 0
+    )
+    recs = list(read_records(str(m)))
+    assert len(recs) == 2 and all(r["stages"][-1]["nfe"] == 3 for r in recs)
+    assert all(r["nfe"] == r["stages"][0]["nfe"] + 3 for r in recs)
+
+
+def test_prompts_are_fixed_prefixes(workdir, in_workdir):
+    p, d, m = workdir / "prompts.jsonl", workdir / "pd.jsonl", workdir / "pm.jsonl"
+    p.write_text('{"prompt": "w1 w2 w3", "id": "a"}\n{"prompt_tokens": [12, 5, 6]}\n')
+    assert run_main(["draft", "--prompts", str(p), "-n", "2", "-o", str(d)]) == 0
+    recs = list(read_records(str(d)))
+    assert [r["id"] for r in recs] == ["a-0", "a-1", "p2-0", "p2-1"]
+    for r in recs[:2]:
+        assert r["tokens"][:4] == [V, 1, 2, 3] and r["prompt_len"] == 4
+        assert r["confidence"][:4] == [1.0] * 4
+    assert recs[2]["tokens"][:3] == [V, 5, 6]
+    assert run_main(["remask", "--gamma", "1", "-i", str(d), "-o", str(m)]) == 0
+    for r in read_records(str(m)):
+        assert r["masked"] == list(range(r["prompt_len"], 32))
+
+
+def test_explicit_model_and_sbd_model_env(workdir, in_workdir, monkeypatch):
+    out = workdir / "env.jsonl"
+    os.rename(workdir / "runs" / "latest", workdir / "runs" / "hidden")
+    try:
+        assert run_main(["draft", "-n", "1", "-o", str(out)]) == 2
+        monkeypatch.setenv("SBD_MODEL", str(workdir / "runs" / "r1"))
+        assert run_main(["draft", "-n", "1", "-o", str(out)]) == 0
+    finally:
+        os.rename(workdir / "runs" / "hidden", workdir / "runs" / "latest")
+    assert next(read_records(str(out)))["model"].startswith("runs/r1@")
+
+
+# --------------------------------------------------------------------------- errors
+def write_jsonl(path: Path, recs: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def good_record(workdir) -> dict:
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        out = workdir / "good.jsonl"
+        assert run_main(["draft", "-n", "1", "-o", str(out)]) == 0
+        rec = next(read_records(str(out)))
+    finally:
+        os.chdir(cwd)
+    rec["masked"] = [3, 4]
+    return rec
+
+
+def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
+    long = dict(
+        rec,
+        tokens=rec["tokens"] * 2,
+        confidence=rec["confidence"] * 2,
+        step=rec["step"] * 2,
+        confidence_nucleus=rec["confidence_nucleus"] * 2,
+    )
+    wrong = workdir / "wrong.safetensors"
+    save_tensors(wrong, {"tokens": torch.zeros(2, 4, dtype=torch.int32)}, "sbd.tokens")
+    j = lambda name, r: write_jsonl(workdir / f"{name}.jsonl", [r])  # noqa: E731
+    return {
+        "vocab": ["revise", "-i", j("vocab", dict(rec, tokens=[99, *rec["tokens"][1:]]))],
+        "too long": ["revise", "-i", j("long", long)],
+        "masked range": ["revise", "-i", j("range", dict(rec, masked=[3, 40]))],
+        "masked missing": [
+            "revise",
+            "-i",
+            j("missing", {k: v for k, v in rec.items() if k != "masked"}),
+        ],
+        "gamma": ["remask", "--gamma", "1.5", "-i", j("ok", rec)],
+        "bundle schema": ["revise", "-i", str(wrong)],
+        "bad json": ["remask", "-i", str(workdir / "badjson.jsonl")],
+        "no model": ["draft", "-m", "no/such/run"],
+        "stop at eos": ["draft", "--stop-at-eos", "-n", "1"],
+        "block too big": ["draft", "--length", "64", "--block", "40"],
+        "steps": ["draft", "--steps-per-block", "0"],
+        "top-p": ["draft", "--top-p", "0"],
+        "stages": ["generate", "--stages", "4,full,full", "--gammas", "0.1,0.2,0.3"],
+        "posthoc long": ["remask", "--strategy", "posthoc", "-i", j("long2", long)],
+    }
+
+
+def test_every_user_error_is_one_line_with_exit_2(workdir, in_workdir, good_record, capsys):
+    (workdir / "badjson.jsonl").write_text("{not json\n")
+    for name, argv in bad_inputs(workdir, good_record).items():
+        out = workdir / "err-out.jsonl"
+        code = run_main([*argv, "-o", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert len(err) == 1 and "error" in err[0], (name, err)
+        assert not out.exists(), name  # no partial output file
+
+
+def test_error_in_a_real_pipe_is_one_line(workdir, in_workdir):
+    res = shell("sbd draft -n 2 | sbd remask --gamma 7", workdir)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "gamma" in res.stderr
