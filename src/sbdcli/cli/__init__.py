@@ -20,6 +20,7 @@ from sbdcli.errors import UserError
 
 # typer bundles its own copy of click in recent releases: use whichever it raises.
 _click = importlib.import_module(typer.BadParameter.__module__)
+_Abort = getattr(_click, "Abort", typer.Abort)  # typer's bundled click has no Abort of its own
 
 
 def _version(value: bool) -> None:
@@ -72,10 +73,16 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         _error(exc.format_message() + hint)
         sys.exit(2)
-    except (_click.Abort, KeyboardInterrupt):
+    except (_Abort, KeyboardInterrupt):
         console.print("interrupted")
         sys.exit(130)
     except BrokenPipeError:
         _quiet_broken_pipe()
         sys.exit(0)
+    except SystemExit:
+        # typer answers EPIPE (`| head -1`) itself: it wraps stdout and exits 1. End quietly.
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _quiet_broken_pipe()
+            sys.exit(0)
+        raise
     sys.exit(code if isinstance(code, int) else 0)
