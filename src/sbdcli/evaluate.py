@@ -34,11 +34,11 @@ from sbdcli.artifacts import atomic_path, read_json
 from sbdcli.errors import UserError
 
 EOS_MODES = ("skip", "cut")
-COST_KEYS = frozenset({"nfe", "seconds", "cache_writes", "calls", "wall_seconds", "elapsed"})
-"""Stage-entry keys that are costs (summed/averaged), not settings (grouped on)."""
-SEED_KEYS = frozenset({"seed"})
-SETTING_KEYS = ("block_size", "steps", "first_hitting", "gamma", "strategy", "scope")
-SETTING_KEYS_2 = ("top_p", "temperature", "dtype", "sampling_dtype", "passes", "threshold")
+NOT_SETTINGS = frozenset(
+    {"nfe", "seconds", "cache_writes", "seed", "batch_size", "n_masked", "model"}
+)
+"""Stage-entry keys that are costs, seeds or per-batch/per-record outcomes, not settings:
+records that differ only in these belong to the same group."""
 ENTROPY_OVER = (
     "model-vocabulary ids at scored positions (generated positions after the prompt; "
     "BOS, EOS and MASK excluded; with --eos cut only before the first EOS)"
@@ -69,8 +69,7 @@ def stage_settings(stage: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in stage.items()
-        if k not in COST_KEYS
-        and k not in SEED_KEYS
+        if k not in NOT_SETTINGS
         and not k.endswith("_seconds")
         and isinstance(v, (str, int, float, bool, type(None)))
     }
@@ -115,13 +114,18 @@ def sampler_settings(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def short_settings(settings: dict[str, Any]) -> str:
     """One line for tables: `draft B4 p0.9 float64 · remask snapshot γ0.25 · revise B128`."""
-    names = {"block_size": "B", "top_p": "p", "gamma": "γ", "steps": "S", "temperature": "T"}
+    names = {"block": "B", "block_size": "B", "top_p": "p", "gamma": "γ", "steps_per_block": "S"}
     out = []
     for st in settings["stages"]:
         bits = [str(st.get("name", "?"))]
-        for key in ("strategy", "block_size", "steps", "gamma", "top_p", "dtype"):
-            if st.get(key) is not None:
-                bits.append(f"{names.get(key, '')}{_fmt(st[key])}")
+        block = "block" if st.get("block") == "full" else "block_size"
+        for key in ("strategy", block, "steps_per_block", "gamma", "top_p", "temperature"):
+            if st.get(key) is not None and not (key == "temperature" and st[key] == 1.0):
+                bits.append(f"{names.get(key, 'T')}{_fmt(st[key])}")
+        if st.get("first_hitting"):
+            bits.append("first-hitting")
+        if st.get("dtype") is not None:
+            bits.append(str(st["dtype"]))
         seeds = st.get("seeds") or []
         if seeds:
             bits.append(f"seed {seeds[0]}" + ("…" if len(seeds) > 1 else ""))
@@ -717,10 +721,18 @@ def plot_genppl(summaries: Sequence[dict[str, Any]], path: str | Path) -> None:
     ):
         _plot_axis(ax, summaries, key, label)
     floor = next((s["oracle_floor_ppl"] for s in summaries if s.get("oracle_floor_ppl")), None)
-    if floor:
-        for ax in axes:
+    for ax in axes:
+        if floor:
             ax.axhline(floor, color="grey", ls="--", lw=1, label="oracle floor")
+        ax.set_yscale("log")
+        ax.margins(x=0.2, y=0.15)
     axes[0].legend(fontsize=7, loc="best")
+    ev = summaries[0].get("evaluator", {}) if summaries else {}
+    fig.suptitle(
+        f"Gen PPL under {ev.get('kind', '?')} {Path(str(ev.get('path', ''))).name} "
+        "(H = unigram entropy per sample, nats)",
+        fontsize=10,
+    )
     fmt = Path(path).suffix.lstrip(".") or "png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=130)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sbdcli.errors import UserError
 
@@ -211,83 +212,77 @@ class HFJudge:
         scored: Sequence[Sequence[bool]],
         progress: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Summed NLL (n,) float64 and scored-token counts (n,) of judge-id sequences."""
-        nll = np.zeros(len(seqs))
+        """Summed NLL (n,) float64 and scored-token counts (n,) of judge-id sequences.
+
+        Results stay on the device until the end (no synchronisation per batch), so the
+        host builds batch k + 1 while the device computes batch k.
+        """
+        arrays = [np.asarray(s, dtype=np.int64) for s in seqs]
         ntok = np.array([int(np.sum(s)) for s in scored], dtype=np.int64)
-        items = []  # (length, seq, begin, end, targets)
-        for i, ids in enumerate(seqs):
-            bad = [t for t in ids if not 0 <= t < self.vocab]
-            if bad:
-                raise UserError(f"sample {i}: judge token id {bad[0]} outside its vocabulary")
+        items = self._plan(arrays, scored)
+        total = torch.zeros(len(seqs), dtype=torch.float64, device=self.device)
+        left = np.bincount([it[1] for it in items], minlength=len(seqs))
+        if progress and (left == 0).any():
+            progress(int((left == 0).sum()))
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            padded = any(it[0] < chunk[0][0] for it in chunk)
+            ids, attn, rows, src, tgt, owners = (
+                torch.from_numpy(a).to(self.device, non_blocking=True)
+                for a in _batch_arrays(arrays, chunk)
+            )
+            mask = attn if padded else None  # no padding: plain causal attention (faster)
+            total.index_add_(0, owners, self._nll(ids, mask, rows, src, tgt).double())
+            for it in chunk:
+                left[it[1]] -= 1
+                if progress and left[it[1]] == 0:
+                    progress(1)
+        return total.cpu().numpy(), ntok
+
+    def _plan(
+        self, arrays: Sequence[np.ndarray], scored: Sequence[Sequence[bool]]
+    ) -> list[tuple[int, int, int, int, np.ndarray]]:
+        """Windows with at least one scored target, longest first: (len, seq, b, e, targets)."""
+        items = []
+        for i, ids in enumerate(arrays):
+            if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
+                bad = int(ids[(ids < 0) | (ids >= self.vocab)][0])
+                raise UserError(f"sample {i}: judge token id {bad} outside its vocabulary")
             flags = np.asarray(scored[i], dtype=bool)
             for b, e, f in windows(len(ids), self.context, self.stride):
                 targets = np.arange(f, e)[flags[f:e]]
                 if targets.size:
                     items.append((e - b, i, b, e, targets))
         items.sort(key=lambda it: (-it[0], it[1]))
-        left = np.bincount([it[1] for it in items], minlength=len(seqs))
-        if progress and (left == 0).any():
-            progress(int((left == 0).sum()))
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            owners, values = self._score_batch(seqs, chunk)
-            np.add.at(nll, owners, values)
-            for it in chunk:
-                left[it[1]] -= 1
-                if progress and left[it[1]] == 0:
-                    progress(1)
-        return nll, ntok
-
-    def _score_batch(
-        self, seqs: Sequence[Sequence[int]], chunk: list[tuple[Any, ...]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        width = max(it[0] for it in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)  # (B, T), right-padded
-        attn = torch.zeros(len(chunk), width, dtype=torch.long)
-        rows, src, tgt, owners = [], [], [], []
-        for r, (n, i, b, e, targets) in enumerate(chunk):
-            ids[r, :n] = torch.as_tensor(seqs[i][b:e])
-            attn[r, :n] = 1
-            rows.append(np.full(targets.size, r))
-            src.append(targets - b - 1)
-            tgt.append(np.asarray(seqs[i])[targets])
-            owners.append(np.full(targets.size, i))
-        values = self._nll(
-            ids.to(self.device),
-            attn.to(self.device),
-            torch.as_tensor(np.concatenate(rows), device=self.device),
-            torch.as_tensor(np.concatenate(src), device=self.device),
-            torch.as_tensor(np.concatenate(tgt), device=self.device),
-        )
-        return np.concatenate(owners), values
+        return items
 
     @torch.inference_mode()
     def _nll(
         self,
         ids: torch.Tensor,
-        attn: torch.Tensor,
+        attn: torch.Tensor | None,
         rows: torch.Tensor,
         src: torch.Tensor,
         tgt: torch.Tensor,
-    ) -> np.ndarray:
-        """-log p(tgt_m | window prefix) for M selected positions: float64 (M,)."""
+    ) -> torch.Tensor:
+        """-log p(tgt_m | window prefix) for M selected positions: float32 (M,) on device.
+
+        ids (B, T) right-padded with attention mask attn (B, T), or None when unpadded.
+        """
         if self.head is not None:
             h = self.base(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
             sel = h[rows, src]  # (M, d)
-            logits_of = self.head
+            head = self.head
         else:
             logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
             sel = logits[rows, src]  # (M, V)
-
-            def logits_of(x: torch.Tensor) -> torch.Tensor:
-                return x
-
+            head = torch.nn.Identity()
+        step = HEAD_CHUNK * (4 if ids.is_cuda else 1)
         out = []
-        for s in range(0, sel.shape[0], HEAD_CHUNK):
-            lg = logits_of(sel[s : s + HEAD_CHUNK]).float()  # (m, V)
-            t = tgt[s : s + HEAD_CHUNK, None]
-            out.append(torch.logsumexp(lg, -1) - lg.gather(-1, t)[:, 0])
-        return torch.cat(out).double().cpu().numpy()
+        for s in range(0, sel.shape[0], step):
+            lg = head(sel[s : s + step]).float()  # (m, V)
+            out.append(F.cross_entropy(lg, tgt[s : s + step], reduction="none"))
+        return torch.cat(out)
 
     @torch.inference_mode()
     def _split_head(self) -> tuple[Any, Any]:
@@ -304,3 +299,21 @@ class HFJudge:
             return None, None
         ok = full.shape == split.shape and torch.allclose(full, split, atol=1e-4, rtol=1e-4)
         return (body, head) if ok else (None, None)
+
+
+def _batch_arrays(
+    arrays: Sequence[np.ndarray], chunk: list[tuple[int, int, int, int, np.ndarray]]
+) -> tuple[np.ndarray, ...]:
+    """Right-padded ids (B, T), attention mask (B, T), and per target: row, source position
+    (the logits that predict it), target id and owning sample."""
+    width = max(it[0] for it in chunk)
+    ids = np.zeros((len(chunk), width), dtype=np.int64)
+    attn = np.zeros((len(chunk), width), dtype=np.int64)
+    for r, (n, i, b, e, _) in enumerate(chunk):
+        ids[r, :n] = arrays[i][b:e]
+        attn[r, :n] = 1
+    rows = np.concatenate([np.full(it[4].size, r) for r, it in enumerate(chunk)])
+    src = np.concatenate([it[4] - it[2] - 1 for it in chunk])
+    tgt = np.concatenate([arrays[it[1]][it[4]] for it in chunk])
+    owners = np.concatenate([np.full(it[4].size, it[1]) for it in chunk])
+    return ids, attn, rows, src, tgt, owners

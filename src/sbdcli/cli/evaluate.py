@@ -71,17 +71,35 @@ def _progress(total: int, what: str) -> Any:
     return bar, lambda n: bar.advance(task, n)
 
 
+TABLE_COLUMNS = (
+    ("n", "n"),
+    ("gen_ppl_corpus", "PPL corpus"),
+    ("gen_ppl_per_sample_mean", "PPL mean"),
+    ("nll_per_token", "NLL/tok"),
+    ("entropy_per_sample_mean", "entropy"),
+    ("nfe_per_sample", "NFE"),
+    ("seconds_per_sample", "s/sample"),
+    ("tokens_per_second", "tok/s"),
+)
+
+
 def _table(summaries: list[dict[str, Any]]) -> None:
+    """The rich table of numbers; names and settings listed under it by row number."""
     from rich.table import Table
 
-    from sbdcli.evaluate import table_rows, visible_columns
+    from sbdcli.evaluate import cell
 
-    table = Table(title="Gen PPL", title_justify="left", show_lines=False)
-    for key, header in visible_columns(summaries):
-        table.add_column(header, justify="left" if key in ("name", "settings_short") else "right")
-    for row in table_rows(summaries):
-        table.add_row(*row)
+    cols = [(k, h) for k, h in TABLE_COLUMNS if any(s.get(k) is not None for s in summaries)]
+    table = Table(title="Gen PPL", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    for _, header in cols:
+        table.add_column(header, justify="right", no_wrap=True)
+    for i, s in enumerate(summaries, start=1):
+        table.add_row(str(i), *(cell(s.get(k)) for k, _ in cols))
     console.print(table)
+    for i, s in enumerate(summaries, start=1):
+        console.print(f"[bold]{i}[/] {s.get('name', '')}", highlight=False, soft_wrap=True)
+        console.print(f"  {s.get('settings_short', '')}", style="dim", highlight=False)
 
 
 def _footer(summaries: list[dict[str, Any]]) -> None:

@@ -1,0 +1,183 @@
+"""Tests for `sbd eval genppl` and `sbd eval ppl`: outputs, defaults, one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbdcli.cli import main
+from test_evaluate import build_tiny_gpt2, make_record, tiny_denoiser
+
+
+def run_main(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return int(info.value.code or 0)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def one_line_error(capsys, code: int, *words: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    for w in words:
+        assert w in err[0], err[0]
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory) -> Path:
+    from sbdcli.data import prepare_synthetic
+
+    run = tmp_path_factory.mktemp("run")
+    prepare_synthetic(run / "data", seq_len=16, num_train=8, num_val=8, floor_samples=256)
+    return run
+
+
+def synth_records(run: Path, n: int = 4, seed: int = 0, stages=None) -> list[dict]:
+    from sbdcli.synthetic import load_oracle
+
+    oracle = load_oracle(run / "data")
+    rows = oracle.sample(n, 16, torch.Generator().manual_seed(seed)).tolist()
+    stages = stages or [{"name": "draft", "block_size": 4, "top_p": 0.9, "seed": seed,
+                         "nfe": 8, "seconds": 0.01}]  # fmt: skip
+    return [make_record(r, model=f"{run}@000000000000", id=f"{seed}-{i}", stages=stages)
+            for i, r in enumerate(rows)]  # fmt: skip
+
+
+def stdin_of(monkeypatch, text: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+
+# ----------------------------------------------------------------------------- genppl
+def test_piped_records_default_to_the_oracle(synth_run, monkeypatch, capsys):
+    recs = synth_records(synth_run)
+    stdin_of(monkeypatch, "".join(json.dumps(r) + "\n" for r in recs))
+    assert run_main(["eval", "genppl"]) == 0
+    cap = capsys.readouterr()
+    (obj,) = [json.loads(line) for line in cap.out.splitlines()]
+    assert obj["evaluator"]["kind"] == "oracle" and obj["n"] == 4 and obj["file"] == "stdin"
+    assert obj["tokens_scored"] == 4 * 15
+    assert {"gen_ppl_corpus", "gen_ppl_per_sample_mean", "entropy_per_sample_mean",
+            "nfe_per_sample", "tokens_per_second", "settings"} <= set(obj)  # fmt: skip
+    assert obj["settings"]["stages"][0]["top_p"] == 0.9
+    assert "oracle floor" in cap.err and "Gen PPL" in cap.err
+
+
+def test_real_pipe_into_sbd_eval_genppl(synth_run, tmp_path):
+    data = "".join(json.dumps(r) + "\n" for r in synth_records(synth_run))
+    sbd = Path(sys.executable).with_name("sbd")
+    out = subprocess.run([str(sbd), "eval", "genppl"], input=data, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["evaluator"]["kind"] == "oracle"
+
+
+def test_files_side_by_side_groups_markdown_out_and_plot(synth_run, tmp_path, capsys):
+    a = write_jsonl(tmp_path / "a.jsonl", synth_records(synth_run, seed=1))
+    revise = [{"name": "draft", "block_size": 4, "nfe": 8, "seconds": 0.01},
+              {"name": "revise", "block_size": 16, "nfe": 2, "seconds": 0.01}]  # fmt: skip
+    mixed = synth_records(synth_run, 2, seed=2) + synth_records(synth_run, 2, 3, revise)
+    b = write_jsonl(tmp_path / "b.jsonl", mixed)
+    out, plot = tmp_path / "summary.jsonl", tmp_path / "plot.png"
+    code = run_main(["eval", "genppl", str(a), str(b), "--out", str(out), "--plot", str(plot),
+                     "--markdown"])  # fmt: skip
+    assert code == 0
+    cap = capsys.readouterr()
+    objs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(o["file"], o["n"]) for o in objs] == [(str(a), 4), (str(b), 2), (str(b), 2)]
+    assert objs[2]["group"].startswith("draft(block_size=4) → revise(block_size=16)")
+    table = [line for line in cap.out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 3 and "Gen PPL (corpus)" in table[0]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transformers_evaluator_on_record_text(tmp_path, capsys):
+    gpt2 = build_tiny_gpt2(tmp_path / "gpt2")
+    recs = [make_record([0, 1, 2], text="the cat sat on the mat", id="a"),
+            make_record([0, 1, 2], text="a dog<|endoftext|>ran", id="b")]  # fmt: skip
+    f = write_jsonl(tmp_path / "r.jsonl", recs)
+    assert run_main(["eval", "genppl", "-i", str(f), "--evaluator", str(gpt2)]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["evaluator"]["kind"] == "transformers" and obj["evaluator"]["context"] == 32
+    assert obj["gen_ppl_corpus"] > 1 and obj["n_scored"] == 2
+
+
+# ----------------------------------------------------------------------------- errors
+def test_missing_evaluator_for_non_synthetic_records(tmp_path, capsys):
+    f = write_jsonl(tmp_path / "r.jsonl", [make_record([0, 5, 6], text="hi")])
+    one_line_error(capsys, run_main(["eval", "genppl", str(f)]), "--evaluator is required")
+
+
+def test_empty_input_is_one_line(tmp_path, capsys):
+    f = tmp_path / "empty.jsonl"
+    f.write_text("")
+    one_line_error(capsys, run_main(["eval", "genppl", str(f), "-e", "oracle"]), "no records")
+
+
+def test_evaluator_without_causal_lm(tmp_path, capsys):
+    f = write_jsonl(tmp_path / "r.jsonl", [make_record([0, 5, 6], text="hi")])
+    bad = tmp_path / "notlm"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "vit"}')
+    code = run_main(["eval", "genppl", str(f), "-e", str(bad)])
+    one_line_error(capsys, code, "not a causal language model")
+    code = run_main(["eval", "genppl", str(f), "-e", str(tmp_path / "nope")])
+    one_line_error(capsys, code, "no such file or directory")
+
+
+def test_oracle_refuses_records_of_another_tokenizer(synth_run, tmp_path, capsys):
+    recs = synth_records(synth_run, 2)
+    recs[1]["tokens"][3] = 200
+    f = write_jsonl(tmp_path / "r.jsonl", recs)
+    code = run_main(["eval", "genppl", str(f), "--data", str(synth_run / "data")])
+    one_line_error(capsys, code, "different tokenizer")
+
+
+def test_bad_eos_rule(synth_run, tmp_path, capsys):
+    f = write_jsonl(tmp_path / "r.jsonl", synth_records(synth_run, 1))
+    one_line_error(capsys, run_main(["eval", "genppl", str(f), "--eos", "drop"]), "--eos")
+
+
+# ----------------------------------------------------------------------------- ppl
+def save_run(run: Path, model, data_dir: Path, block: int) -> Path:
+    """A minimal sbd run directory: model.safetensors + config.json + data/ copy."""
+    import shutil
+
+    from sbdcli.compat import save_sbd_model
+
+    run.mkdir(parents=True)
+    save_sbd_model(model, run / "model.safetensors", {})
+    cfg = {"model": model.config.to_dict(), "data": {"dir": str(data_dir)},
+           "train": {"block_small": block, "block_large": block, "mix_lambda": 0.0}}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(cfg))
+    shutil.copytree(data_dir, run / "data", ignore=shutil.ignore_patterns("*.safetensors"))
+    return run
+
+
+def test_eval_ppl_block1_matches_library_and_errors(synth_run, tmp_path, capsys):
+    from sbdcli.data import load_split
+    from sbdcli.evaluate import heldout_perplexity
+
+    data = synth_run / "data"
+    model = tiny_denoiser(vocab=66, length=16, seed=3)
+    run = save_run(tmp_path / "run1", model, data, block=1)
+    assert run_main(["eval", "ppl", "-m", str(run), "--data", str(data), "--mc", "2"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    want = heldout_perplexity(model, load_split(data, "val"), 1)
+    assert obj["exact"] and obj["block_size"] == 1
+    assert obj["nelbo_per_token"] == pytest.approx(want.nelbo, rel=1e-5)
+    code = run_main(["eval", "ppl", "-m", str(run), "--data", str(data), "--block", "3"])
+    one_line_error(capsys, code, "must divide")
+    small = save_run(tmp_path / "run2", tiny_denoiser(vocab=40, length=16), data, block=1)
+    code = run_main(["eval", "ppl", "-m", str(small), "--data", str(data)])
+    one_line_error(capsys, code, "different tokenizer")
