@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from sbdcli.attention import (
     KVCache,
+    _block_diff_rule,
     attend,
     block_causal_mask,
     block_diff_mask,
@@ -105,6 +106,32 @@ def test_kv_cache_keys_values_in_place_and_grad_paths():
 
 def test_flex_unavailable_on_cpu():
     assert not flex_available("cpu")
+
+
+def test_flex_block_mask_encodes_the_same_rule():
+    length, block = 16, 4
+    block_mask = flex_block_mask(length, block, "cpu")
+    assert block_mask is flex_block_mask(length, block, "cpu")  # cached
+    idx = torch.arange(2 * length)
+    dense = block_mask.mask_mod(0, 0, idx[:, None], idx[None, :])
+    assert torch.equal(dense, block_diff_mask(length, block))
+    rows = flex_block_mask(length, block, "cpu", q_len=length)
+    assert rows.shape[-2:] == (length, 2 * length)
+
+
+@pytest.mark.slow
+def test_flex_block_mask_builds_inside_torch_compile():
+    """Regression: the mask rule must trace through inductor (no == between booleans)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        return _block_diff_rule(q, k, 16, 4)
+
+    def build(x):
+        return x + 1, create_block_mask(mask_mod, None, None, 32, 32, device="cpu")
+
+    _, compiled = torch.compile(build)(torch.zeros(1))
+    assert compiled.shape[-2:] == (32, 32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention runs on CUDA only")

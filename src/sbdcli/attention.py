@@ -49,7 +49,8 @@ def _block_diff_rule(q_idx: torch.Tensor, kv_idx: torch.Tensor, n: int, block: i
     clean_q, clean_k = q_idx >= n, kv_idx >= n
     blk_q = torch.where(clean_q, q_idx - n, q_idx) // block
     blk_k = torch.where(clean_k, kv_idx - n, kv_idx) // block
-    diagonal = (blk_q == blk_k) & (clean_q == clean_k)
+    # no == between booleans: inductor's range analysis rejects it inside torch.compile
+    diagonal = (blk_q == blk_k) & ((clean_q & clean_k) | ~(clean_q | clean_k))
     offset_causal = (blk_q > blk_k) & clean_k & ~clean_q
     causal = (blk_q >= blk_k) & clean_k & clean_q
     return diagonal | offset_causal | causal
