@@ -227,12 +227,21 @@ def main() -> None:
     ap.add_argument("--out", help="write this run's markdown table here")
     ap.add_argument("--include", nargs="*", default=[], help="markdown files to append")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md section")
+    ap.add_argument("--render", help="only render rows saved by --jsonl (no measurement)")
+    ap.add_argument("--machine", help="machine line for --render (default: this one)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import machine, write_section
 
+    if args.render:
+        rows = [json.loads(line) for line in Path(args.render).read_text().splitlines()]
+        body = f"Machine: {args.machine or machine()}.\n\n{table(rows)}\n"
+        if args.out:
+            Path(args.out).write_text(body)
+        print(body)
+        return
     rows = []
     for shape, length, n in parse_grid(args.grid):
         r = row(shape, length, n, args.vocab, args.device, not args.no_ar)

@@ -384,3 +384,17 @@ def test_stop_at_eos_stops_the_sample_after_its_block():
 def test_bad_sampler_config_is_a_user_error(kw):
     with pytest.raises(UserError):
         sp.SamplerConfig(block_size=4, **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cache_matches_recomputation_and_generators_stay_on_device():
+    model = tiny_denoiser().cuda()
+    bos = model.config.bos_id
+    out = {}
+    for kv in (True, False):
+        cfg = sp.SamplerConfig(block_size=4, steps_per_block=2, kv_cache=kv)
+        g = [sp.make_generator(0, "draft", 0, f"r{i}", "cuda") for i in range(3)]
+        out[kv] = sp.draft(model, [[bos], [bos, 5], [bos, 1, 2]], 44, cfg, g)
+    assert out[True].tokens.is_cuda
+    assert torch.equal(out[True].tokens, out[False].tokens)
+    torch.testing.assert_close(out[True].confidence, out[False].confidence, rtol=0, atol=1e-5)

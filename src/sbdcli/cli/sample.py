@@ -165,9 +165,13 @@ def _draft_setup(
 
 def _read_batches(path: str, batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """Records from JSONL (lazily) or a bundle, in batches; empty input is an error."""
+    import sys
+
     from sbdcli.artifacts import read_records
     from sbdcli.pipeline import batched
 
+    if path == "-" and sys.stdin.isatty():
+        raise UserError("no input: pipe records in (sbd draft | ...) or pass -i FILE")
     empty = True
     for batch in batched(read_records(path, validate=False), batch_size):
         empty = False
