@@ -1,7 +1,7 @@
 """`sbd demo`: the end-to-end job on the embedded topic-markov language.
 
-For now it prepares the synthetic default into RUN/data (reused when already there) and
-prints its summary; training, drafting and revision join it as those commands land.
+A thin client of `sbdcli.demo.run_demo`: it renders progress and the final table on
+stderr. See the library module for the steps and the artifacts.
 """
 
 from __future__ import annotations
@@ -13,48 +13,87 @@ import typer
 
 from sbdcli.cli._app import app, console
 
-QUICK = {"num_train": 2048, "num_val": 256, "floor_samples": 1024}
-FULL = {"num_train": 16384, "num_val": 1024, "floor_samples": 4096}
+COLUMNS = (
+    ("stage", "stage"),
+    ("strategy", "strategy"),
+    ("gamma", "gamma"),
+    ("gen_ppl_corpus", "oracle Gen PPL"),
+    ("gen_ppl_per_sample_mean", "mean per-sample PPL"),
+    ("entropy_per_sample_mean", "entropy (nats)"),
+    ("nfe_per_sample", "NFE"),
+    ("seconds_per_sample", "s / sample"),
+)
 
 
-def demo_data(data_dir: Path, seed: int, fresh: bool, quick: bool) -> dict[str, Any]:
-    """Prepare (or reuse) the synthetic default data for the demo; return its manifest."""
-    from sbdcli.data import prepare_synthetic, read_manifest
-    from sbdcli.errors import UserError
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
-    sizes = QUICK if quick else FULL
-    if not fresh and (data_dir / "manifest.json").is_file():
-        try:
-            manifest = read_manifest(data_dir)
-        except UserError:
-            manifest = {}
-        same = (
-            manifest.get("source", {}).get("kind") == "synthetic"
-            and manifest.get("seed") == seed
-            and manifest.get("rows", {}).get("train") == sizes["num_train"]
-        )
-        if same:
-            console.print(f"reusing {data_dir} (pass --fresh to rebuild)")
-            return manifest
-    command = f"sbd prepare --out {data_dir} --seed {seed} --num-train {sizes['num_train']}"
-    with console.status("preparing the topic-markov language"):
-        return prepare_synthetic(data_dir, seed=seed, command=command, **sizes)
+
+def results_table(rows: list[dict[str, Any]]) -> Any:
+    """A rich table of the demo's result rows, with the oracle floor in the caption."""
+    from rich.table import Table
+
+    floor = next((r.get("oracle_floor_ppl") for r in rows if r.get("oracle_floor_ppl")), None)
+    entropy = next((r.get("oracle_true_entropy_per_sample_mean") for r in rows), None)
+    caption = f"oracle floor: PPL {_cell(floor)}, entropy {_cell(entropy)} nats (true samples)"
+    table = Table(title="Structural Block Diffusion on topic-markov", caption=caption)
+    for _, header in COLUMNS:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*(_cell(row.get(key)) for key, _ in COLUMNS))
+    return table
+
+
+def _train_progress(progress: Any, task: Any) -> Any:
+    def update(info: Any) -> None:
+        progress.update(task, completed=info.step, loss=f"{info.loss:.3f}")
+
+    return update
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Demo run directory.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed for data (and later training).")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Demo directory.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every step.")] = 0,
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Rebuild everything instead of reusing it.")
+        bool, typer.Option("--fresh", help="Rebuild every step instead of reusing it.")
     ] = False,
     quick: Annotated[
-        bool, typer.Option("--quick", help="A smaller, faster demo (for tests and CI).")
+        bool, typer.Option("--quick", help="A reduced budget (tests and CI).")
     ] = False,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Training steps (default 1500; quick 120).")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("-n", "--samples", help="Samples per setting (256; quick 16).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Run the demo on the embedded topic-markov language (currently: prepare its data)."""
-    from sbdcli.cli.prepare import summary_table
+    """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    data_dir = out / "data"
-    manifest = demo_data(data_dir, seed, fresh, quick)
-    console.print(summary_table(manifest, data_dir))
+    from sbdcli.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("training", total=cfg.n_steps, loss="–")
+        rows = run_demo(
+            cfg,
+            log=lambda msg: console.print(f"[dim]·[/] {msg}"),
+            train_progress=_train_progress(progress, task),
+            step=lambda msg: console.print(f"[dim]·[/] {msg}"),
+        )
+    console.print(results_table(rows))
+    console.print(f"artifacts, results.md and pareto.png in {out}")
