@@ -98,6 +98,7 @@ def comparable(recs: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- pipes
+@pytest.mark.slow
 def test_literal_pipeline_through_real_pipes_equals_generate(workdir, in_workdir):
     piped = shell("sbd draft | sbd remask --gamma 0.25 | sbd revise", workdir)
     assert piped.returncode == 0, piped.stderr
@@ -145,6 +146,7 @@ def test_gamma_zero_revise_is_a_free_no_op(workdir, in_workdir):
         assert c["stages"][-1]["nfe"] == 0
 
 
+@pytest.mark.slow
 def test_head_one_ends_quietly(workdir, in_workdir):
     res = shell("sbd draft -n 6 --batch-size 1 | sbd remask | head -1", workdir)
     assert res.returncode == 0
@@ -152,6 +154,7 @@ def test_head_one_ends_quietly(workdir, in_workdir):
     assert "Traceback" not in res.stderr and "Error" not in res.stderr, res.stderr
 
 
+@pytest.mark.slow
 def test_remask_streams_before_its_input_ends(workdir, in_workdir):
     d = workdir / "stream.jsonl"
     assert run_main(["draft", "-n", "2", "-o", str(d)]) == 0
@@ -266,6 +269,7 @@ def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
         "block too big": ["draft", "--length", "64", "--block", "40"],
         "steps": ["draft", "--steps-per-block", "0"],
         "top-p": ["draft", "--top-p", "0"],
+        "device": ["draft", "--device", "tpu"],
         "stages": ["generate", "--stages", "4,full,full", "--gammas", "0.1,0.2,0.3"],
         "posthoc long": ["remask", "--strategy", "posthoc", "-i", j("long2", long)],
     }

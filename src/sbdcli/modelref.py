@@ -95,6 +95,10 @@ def resolve_device(device: str) -> str:
     """'auto' = CUDA when available, else CPU."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available")
+    if not device.startswith(("cpu", "cuda", "mps")):
+        raise UserError(f"unknown --device {device!r} (cpu, cuda, or auto)")
     return device
 
 
