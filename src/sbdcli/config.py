@@ -94,3 +94,154 @@ def preset(name: str, vocab_size: int, mask_id: int, seq_len: int, **overrides: 
     values: dict[str, Any] = dict(PRESETS[name])
     values.update(overrides)
     return ModelConfig(vocab_size=vocab_size, mask_id=mask_id, seq_len=seq_len, **values)
+
+
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: optimisation, mix-scale block sizes, noise interval, bookkeeping.
+
+    Defaults are the paper's fine-tuning recipe (BD3-LM optimiser: AdamW, lr 3e-4, no weight
+    decay, 2,500 warmup steps, constant schedule, EMA 0.9999; Mix(4, 1024), lambda 0.1).
+    `train_config(preset)` swaps in defaults that suit a preset (`tiny` trains on a CPU).
+    """
+
+    preset: str = "small"
+    """Model preset used when training from scratch (ignored with `init`)."""
+    steps: int = 40_000
+    """Optimizer steps to run in total (a resumed run continues up to this count)."""
+    batch_size: int = 16
+    """Rows per process per micro-batch."""
+    global_batch: int | None = None
+    """Rows per optimizer step over all processes; gradient accumulation makes up the rest.
+    None: batch_size x processes (no accumulation)."""
+    lr: float = 3e-4
+    """Peak learning rate of AdamW."""
+    warmup: int = 2_500
+    """Linear warmup steps from 0 to `lr`."""
+    schedule: str = "constant"
+    """After warmup: `constant`, or `cosine` decay to `min_lr_ratio * lr` at `steps`."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine schedule as a fraction of `lr`."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (BD3-LM: 0)."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.999
+    """AdamW second-moment decay."""
+    adam_eps: float = 1e-8
+    """AdamW denominator epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 turns clipping off)."""
+    ema: float = 0.9999
+    """EMA decay of the weights that are saved, validated and sampled (0 turns EMA off)."""
+    ema_warmup: bool = True
+    """Use decay min(ema, (1 + n) / (10 + n)) after n updates (as BD3-LM/MDLM), so short
+    runs are not dominated by the initial weights."""
+    block_small: int = 4
+    """Small block size of the mix-scale distribution (or the single block size)."""
+    block_large: int = 1024
+    """Large block size; a size >= L means one global block (clamped to L)."""
+    mix_lambda: float = 0.1
+    """Probability of a large-block step: P_B = (1 - lambda) delta(small) + lambda delta(large)."""
+    eps_min: float = 1e-3
+    """Lower end of the training noise interval (mask probability t)."""
+    eps_max: float = 1.0
+    """Upper end of the training noise interval."""
+    clip_search: bool = False
+    """At each validation, pick the clipped noise interval that minimises the variance of
+    the loss estimate on validation batches (BD3-LM var_min) and train with it."""
+    resample: bool = False
+    """Redraw masks whose realised masked fraction falls outside the noise interval."""
+    seed: int = 0
+    """Seed of the model init, the data order, the block-size draws and the noise."""
+    val_every: int = 1_000
+    """Validate every this many steps (0: only at the end)."""
+    val_rows: int = 256
+    """Validation rows used per evaluation (0: the whole split)."""
+    save_every: int = 1_000
+    """Write the resume state and the EMA model every this many steps (0: only at the end)."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast on GPUs, fp32 on CPU), `fp32` or `bf16`."""
+    device: str = "auto"
+    """`auto`, `cpu` or `cuda` (distributed launches pick the device per process)."""
+    init: str | None = None
+    """Initial weights: an sbd run directory or a BD3-LM/MDLM checkpoint directory."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch size must be >= 1"),
+            (
+                self.global_batch is None or self.global_batch >= self.batch_size,
+                "global batch must be >= the per-process batch size",
+            ),
+            (self.lr > 0, "learning rate must be > 0"),
+            (self.warmup >= 0, "warmup must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]"),
+            (self.weight_decay >= 0, "weight decay must be >= 0"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "AdamW betas must lie in [0, 1)"),
+            (self.grad_clip >= 0, "grad clip must be >= 0"),
+            (0.0 <= self.ema < 1.0, "EMA decay must lie in [0, 1)"),
+            (self.block_small >= 1 and self.block_large >= 1, "block sizes must be >= 1"),
+            (self.block_small <= self.block_large, "mix block sizes must be ordered small,large"),
+            (0.0 <= self.mix_lambda <= 1.0, "lambda must lie in [0, 1]"),
+            (0.0 < self.eps_min <= self.eps_max <= 1.0, "need 0 < eps_min <= eps_max <= 1"),
+            (self.val_every >= 0 and self.save_every >= 0, "val/save intervals must be >= 0"),
+            (self.val_rows >= 0, "val rows must be >= 0"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"invalid training config: {message}")
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """The distinct block sizes this run can draw (before clamping to L)."""
+        if self.mix_lambda == 0.0:
+            return (self.block_small,)
+        if self.mix_lambda == 1.0:
+            return (self.block_large,)
+        return tuple(sorted({self.block_small, self.block_large}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserError(f"unknown training config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "steps": 1500,
+        "batch_size": 32,
+        "lr": 2e-3,
+        "warmup": 100,
+        "val_every": 250,
+        "save_every": 500,
+    },
+    "small": {},
+    "medium": {"batch_size": 8},
+}
+"""Training defaults per model preset on top of the `TrainConfig` field defaults."""
+
+
+def train_config(preset_name: str = "tiny", **overrides: Any) -> TrainConfig:
+    """A `TrainConfig` with the defaults of a preset, then `overrides` (None means default)."""
+    if preset_name not in TRAIN_PRESETS:
+        raise UserError(f"unknown preset '{preset_name}' (choose from {', '.join(TRAIN_PRESETS)})")
+    values: dict[str, Any] = {"preset": preset_name, **TRAIN_PRESETS[preset_name]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)

@@ -1,0 +1,250 @@
+"""`sbd train`: mix-scale block-diffusion training of a denoiser on a data directory.
+
+Thin client of `sbdcli.train`: turns flags into a `TrainConfig` (or reopens a run with
+`--resume`), draws a progress bar with loss, tokens/s and ETA on stderr, prints validation
+lines and a final table next to the oracle floor. Works unchanged under `torchrun` /
+`accelerate launch` (only process 0 prints). No training logic here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from sbdcli.cli._app import app, console
+from sbdcli.errors import UserError
+
+
+def parse_mix(text: str) -> tuple[int, int]:
+    """'4,1024' -> (4, 1024); anything else is a UserError."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise UserError(f"bad --mix '{text}': expected two block sizes like 4,1024")
+    small, large = sorted(int(p) for p in parts)
+    return small, large
+
+
+def block_fields(mix: str | None, mix_lambda: float | None, block: int | None) -> dict[str, Any]:
+    """TrainConfig fields for `--mix a,b --lambda x` or `--block B` (empty: defaults)."""
+    if block is not None and (mix is not None or mix_lambda is not None):
+        raise UserError("use either --block B or --mix a,b [--lambda x], not both")
+    if block is not None:
+        if block < 1:
+            raise UserError(f"--block must be >= 1 (got {block})")
+        return {"block_small": block, "block_large": block, "mix_lambda": 0.0}
+    fields: dict[str, Any] = {}
+    if mix is not None:
+        fields["block_small"], fields["block_large"] = parse_mix(mix)
+    if mix_lambda is not None:
+        fields["mix_lambda"] = mix_lambda
+    return fields
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  B {task.fields[block]:>4}"),
+        TextColumn("{task.fields[tps]:>9,.0f} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def _val_line(step: int, val: dict[int, float], reference: dict[str, float]) -> str:
+    parts = [f"B={b}: {v:.4f}" for b, v in sorted(val.items())]
+    floor = reference.get("oracle_floor")
+    tail = f"  (oracle floor {floor:.4f})" if floor is not None else ""
+    return f"step {step}: val NELBO/token " + ", ".join(parts) + tail
+
+
+def summary_table(summary: Any) -> Table:
+    """Validation NELBO per block size beside the oracle references, as a rich table."""
+    table = Table(title=f"{summary.run_dir} (step {summary.step})", title_justify="left")
+    table.add_column("validation")
+    table.add_column("nats/token", justify="right")
+    for block, value in sorted(summary.val.items()):
+        table.add_row(f"NELBO, B = {block}", f"{value:.4f}")
+    names = {"oracle_floor": "oracle floor (manifest)", "oracle_val_nll": "oracle NLL, val rows"}
+    for key, label in names.items():
+        if key in summary.reference:
+            table.add_row(label, f"{summary.reference[key]:.4f}")
+    table.add_row("processes", str(summary.processes))
+    table.add_row("seconds", f"{summary.seconds:.0f}")
+    return table
+
+
+def _fit(trainer: Any) -> Any:
+    """Run the loop under a progress bar; validation lines are printed above it."""
+    cfg = trainer.cfg
+    smooth: list[float] = []
+    with _progress_bar() as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=trainer.progress_state.step,
+                            loss=float("nan"), block=0, tps=0.0)  # fmt: skip
+
+        def report(info: Any) -> None:
+            smooth.append(info.loss if not smooth else 0.9 * smooth[-1] + 0.1 * info.loss)
+            bar.update(task, completed=info.step, loss=smooth[-1], block=info.block_size,
+                       tps=info.tokens_per_s)  # fmt: skip
+            if info.val is not None:
+                bar.console.print(_val_line(info.step, info.val, trainer.reference))
+
+        return trainer.fit(report)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Data directory from 'sbd prepare' (default ./data)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<time>)."),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="Model size: tiny, small or medium (default tiny)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps in total.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Rows per process per micro-batch.")
+    ] = None,
+    global_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--global-batch",
+            help="Rows per optimizer step over all processes (gradient accumulation).",
+        ),
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warmup steps.")] = None,
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="After warmup: constant or cosine.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data, noise.")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="Start from an sbd run or a BD3-LM/MDLM checkpoint dir."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run --out (default ./runs/latest) exactly."),
+    ] = False,
+    mix: Annotated[
+        str | None,
+        typer.Option("--mix", help="Mix-scale block sizes 'small,large' (default 4,1024)."),
+    ] = None,
+    mix_lambda: Annotated[
+        float | None,
+        typer.Option("--lambda", help="Probability of a large-block step (default 0.1)."),
+    ] = None,
+    block: Annotated[
+        int | None, typer.Option("--block", help="Train a single block size instead of a mix.")
+    ] = None,
+    eps_min: Annotated[
+        float | None,
+        typer.Option("--eps-min", help="Lower end of the noise interval (default 1e-3)."),
+    ] = None,
+    eps_max: Annotated[
+        float | None, typer.Option("--eps-max", help="Upper end of the noise interval (default 1).")
+    ] = None,
+    clip_search: Annotated[
+        bool | None,
+        typer.Option("--clip-search", help="Pick the least-variance noise interval at each val."),
+    ] = None,
+    resample: Annotated[
+        bool | None,
+        typer.Option("--resample", help="Redraw masks whose masked fraction leaves the interval."),
+    ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option("--ema", help="EMA decay of the saved weights (0: off; default 0.9999)."),
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option("--val-every", help="Validate every N steps (0: at the end).")
+    ] = None,
+    val_rows: Annotated[
+        int | None, typer.Option("--val-rows", help="Validation rows per evaluation (0: all).")
+    ] = None,
+    save_every: Annotated[
+        int | None, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu or cuda (default auto).")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="auto (bf16 on GPU), fp32 or bf16.")
+    ] = None,
+) -> None:
+    """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
+    from sbdcli.config import train_config
+    from sbdcli.train import resume_config, setup
+
+    given: dict[str, Any] = {
+        "steps": steps, "batch_size": batch_size, "global_batch": global_batch, "lr": lr,
+        "warmup": warmup, "schedule": schedule, "seed": seed, "init": init,
+        "eps_min": eps_min, "eps_max": eps_max, "clip_search": clip_search,
+        "resample": resample, "ema": ema, "val_every": val_every, "val_rows": val_rows,
+        "save_every": save_every, "device": device, "precision": precision,
+        **block_fields(mix, mix_lambda, block),
+    }  # fmt: skip
+    if resume:
+        run = out if out is not None else Path("runs") / "latest"
+        cfg = resume_config(run, preset=preset, **given)
+        data_dir = data if data is not None else Path(_saved_data_dir(run))
+    else:
+        cfg = train_config(preset or "tiny", **given)
+        data_dir = data if data is not None else Path("data")
+    trainer = setup(cfg, data_dir, out, resume=resume)
+    if trainer.is_main:
+        for note in trainer.notes:
+            console.print(f"note: {note}")
+        _describe(trainer)
+    try:
+        summary = _fit(trainer)
+    except KeyboardInterrupt:
+        if trainer.is_main:
+            console.print(
+                f"checkpoint written to {trainer.run_dir}/state; continue with "
+                f"'sbd train --resume --out {trainer.run_dir}'"
+            )
+        raise
+    if trainer.is_main:
+        console.print(summary_table(summary))
+
+
+def _saved_data_dir(run: Path) -> str:
+    from sbdcli.artifacts import read_json
+
+    saved = read_json(run / "config.json", "run config")
+    return str(saved.get("data", {}).get("dir", "data"))
+
+
+def _describe(trainer: Any) -> None:
+    cfg, mc = trainer.cfg, trainer.model_config
+    params = sum(p.numel() for p in trainer.denoiser.parameters())
+    sizes = "/".join(str(b) for b in trainer.sizes)
+    mix = f"Mix({sizes}) lambda {cfg.mix_lambda}" if len(trainer.sizes) > 1 else f"B = {sizes}"
+    console.print(
+        f"run {trainer.run_dir}: {params / 1e6:.2f}M params ({mc.n_layers} layers, d "
+        f"{mc.d_model}), L = {trainer.length}, {mix}, global batch {trainer.global_batch} = "
+        f"{cfg.batch_size} x {trainer.processes} process(es) x {trainer.accum} accumulation, "
+        f"lr {cfg.lr:g}, {cfg.steps} steps",
+        highlight=False,
+    )

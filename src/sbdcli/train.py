@@ -1,0 +1,836 @@
+"""Mix-scale block-diffusion training (METHOD §4-5) on `accelerate`, and the run directory.
+
+`setup(config, data_dir, out)` builds a `Trainer`: it reads the data manifest, builds or
+loads the denoiser, creates (or reopens, with `resume=True`) the run directory and wraps
+everything in an `Accelerator` (one process, or DDP/FSDP under `torchrun` /
+`accelerate launch`). `Trainer.fit(progress)` runs the loop:
+
+- per optimizer step, the block size B ~ (1 - lambda) delta(B_small) + lambda delta(B_large);
+- the noise (one antithetic t per (row, block) and the masks) is drawn for the whole global
+  batch from one generator shared by all processes, then sliced per process and
+  micro-batch, so 2 processes x b rows and 1 process x 2b rows compute the same step;
+- loss `loss.block_nelbo`, gradient accumulation up to `global_batch`, grad clip, AdamW,
+  warmup then constant or cosine, EMA of the weights;
+- validation NELBO (EMA weights, t in [1e-3, 1]) at every block size in use, optional
+  variance-minimising clip search, checkpoints, exact resume, Ctrl-C checkpoint.
+
+Run directory (`RUN/`): `model.safetensors` (EMA weights), `config.json`, `data/` (copies of
+the manifest, tokenizer and oracle), `metrics.jsonl`, `state/` (resume state, safetensors
+and JSON only). `runs/latest` points at the newest run under the runs root.
+
+Not here: the network (model.py), the loss (loss.py), the state pieces (trainstate.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbdcli import artifacts
+from sbdcli.config import ModelConfig, TrainConfig, preset
+from sbdcli.errors import UserError
+from sbdcli.trainstate import (
+    EMA,
+    BlockSizeSampler,
+    DataOrder,
+    flatten_optimizer_state,
+    lr_at,
+    resolve_block_sizes,
+    seed_for,
+    unflatten_optimizer_state,
+)
+
+RUN_SCHEMA = "sbd.run"
+STATE_SCHEMA = "sbd.train_state"
+TOKENS_SCHEMA = "sbd.tokens"
+DATA_COPIES = ("manifest.json", "tokenizer.json", "oracle.safetensors")
+RESUMABLE_CHANGES = ("steps", "val_every", "save_every", "val_rows", "device")
+"""Training-config fields a resumed run may change; every other field must stay."""
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after each optimizer step (and each validation)."""
+
+    step: int
+    steps: int
+    loss: float
+    block_size: int
+    lr: float
+    tokens_per_s: float
+    elapsed_s: float
+    val: dict[int, float] | None = None
+
+
+@dataclass
+class TrainSummary:
+    """The outcome of `Trainer.fit`."""
+
+    run_dir: Path
+    step: int
+    val: dict[int, float]
+    reference: dict[str, float]
+    processes: int
+    seconds: float
+    is_main: bool
+
+
+# --------------------------------------------------------------------------- data
+class TokenRows:
+    """Rows (int32 `tokens` [rows, L]) of one split, read lazily from its safetensors shards."""
+
+    def __init__(self, data_dir: Path, split: str, manifest: dict[str, Any]) -> None:
+        from safetensors import safe_open
+
+        names = manifest.get("shards", {}).get(split)
+        paths = (
+            [data_dir / n for n in names]
+            if names
+            else sorted(data_dir.glob(f"{split}*.safetensors"))
+        )
+        if not paths or not all(p.is_file() for p in paths):
+            raise UserError(f"{data_dir} lacks its {split} rows (run 'sbd prepare' again)")
+        self._shards = []
+        counts = []
+        for path in paths:
+            schema = artifacts.read_tensor_metadata(path).get("schema")
+            if schema != TOKENS_SCHEMA:
+                raise UserError(f"{path} has schema '{schema}', expected '{TOKENS_SCHEMA}'")
+            handle = safe_open(str(path), framework="pt")
+            view = handle.get_slice("tokens")
+            self._shards.append((handle, view))
+            counts.append(int(view.get_shape()[0]))
+        self.seq_len = int(self._shards[0][1].get_shape()[1])
+        self.starts = torch.tensor([0, *counts]).cumsum(0)  # (n_shards + 1,)
+        self.n_rows = int(self.starts[-1])
+
+    def get(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows at global indices `index` (n,) as int64 (n, L)."""
+        shard = torch.searchsorted(self.starts, index, right=True) - 1
+        rows = []
+        for s, i in zip(shard.tolist(), index.tolist(), strict=True):
+            local = i - int(self.starts[s])
+            rows.append(self._shards[s][1][local : local + 1])
+        return torch.cat(rows).long() if rows else torch.empty(0, self.seq_len, dtype=torch.long)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n rows (all when n is 0 or too large), int64 (n, L)."""
+        n = self.n_rows if n <= 0 else min(n, self.n_rows)
+        return self.get(torch.arange(n))
+
+
+def read_data_manifest(data_dir: Path) -> dict[str, Any]:
+    """The data directory's manifest; a missing one is a UserError that says what to run."""
+    from sbdcli.data import read_manifest
+
+    if not (data_dir / "manifest.json").is_file():
+        raise UserError(f"no data at {data_dir}: manifest.json missing (run 'sbd prepare' first)")
+    return read_manifest(data_dir)
+
+
+def reference_numbers(
+    data_dir: Path, manifest: dict[str, Any], val_rows: torch.Tensor
+) -> dict[str, float]:
+    """Oracle references for validation NELBO (synthetic data only): the manifest's floor
+    (NLL per token of fresh true samples) and the exact oracle NLL per token of the
+    validation rows themselves."""
+    out: dict[str, float] = {}
+    floor = (manifest.get("oracle") or {}).get("nll_per_token")
+    if isinstance(floor, (int, float)):
+        out["oracle_floor"] = float(floor)
+    if (data_dir / "oracle.safetensors").is_file():
+        from sbdcli.synthetic import load_oracle
+
+        nll = -load_oracle(data_dir / "oracle.safetensors").log_likelihood(val_rows)  # (N,)
+        out["oracle_val_nll"] = float(nll.sum() / (val_rows.shape[0] * (val_rows.shape[1] - 1)))
+    return out
+
+
+# --------------------------------------------------------------------------- noise
+def draw_noise(
+    rows: int,
+    length: int,
+    block: int,
+    generator: torch.Generator,
+    eps: tuple[float, float],
+    resample: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block levels t (rows, L / block) and masks (rows, L) for a whole (global) batch.
+
+    The same draws as `loss.block_nelbo` makes internally (antithetic t per (row, block),
+    mask token i with probability t, BOS never), made once per global batch so that how the
+    batch is split over processes and micro-batches does not change the step.
+    """
+    from sbdcli.schedule import resample_masks, sample_masks, sample_t
+
+    t = sample_t(rows, length // block, generator=generator, eps_min=eps[0], eps_max=eps[1])
+    t_tok = t.repeat_interleave(block, dim=1)  # (rows, L)
+    masked = sample_masks(t_tok, generator)
+    if resample:
+        masked = resample_masks(masked, t_tok, block, eps[0], eps[1], generator)
+    return t, masked
+
+
+class _TrainForward(torch.nn.Module):
+    """Routes forward() to `Denoiser.train_logits`, so DDP/FSDP wrappers see a forward call."""
+
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(
+        self, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int, sigma: Any = None
+    ) -> torch.Tensor:
+        return self.denoiser.train_logits(x_t, x_0, block_size, sigma=sigma)  # (B, L, V)
+
+
+class _LossView:
+    """What `block_nelbo` needs of a model (`.config`, `.train_logits`), via the wrapper."""
+
+    def __init__(self, wrapped: torch.nn.Module, config: ModelConfig) -> None:
+        self.wrapped, self.config = wrapped, config
+
+    def train_logits(self, x_t: Any, x_0: Any, block_size: int, sigma: Any = None) -> Any:
+        return self.wrapped(x_t, x_0, block_size, sigma)
+
+
+# --------------------------------------------------------------------------- run directory
+def new_run_dir(runs_root: Path, preset_name: str) -> Path:
+    """A fresh `runs_root/<preset>-<YYYYmmdd-HHMMSS>[-n]` path (not created)."""
+    base = f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = runs_root / base, 1
+    while path.exists():
+        n += 1
+        path = runs_root / f"{base}-{n}"
+    return path
+
+
+def point_latest(run_dir: Path, runs_root: Path) -> None:
+    """Make `runs_root/latest` a relative symlink to `run_dir` when the run lives there."""
+    if run_dir.resolve().parent != runs_root.resolve():
+        return
+    link = runs_root / "latest"
+    tmp = runs_root / f".latest.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+
+
+def resume_config(run_dir: Path, **changes: Any) -> TrainConfig:
+    """The training config saved in `run_dir`, with the allowed `changes` applied.
+
+    Changing anything but steps, val/save intervals, val rows or device is a UserError:
+    a resumed run must continue the same optimisation.
+    """
+    if not (run_dir / "state" / "trainer.json").is_file():
+        raise UserError(f"{run_dir} holds no resume state (state/trainer.json)")
+    saved = artifacts.read_json(run_dir / "config.json", "run config")
+    base = TrainConfig.from_dict(saved["train"])
+    values = base.to_dict()
+    for key, value in changes.items():
+        if value is None or value == values.get(key):
+            continue
+        if key not in RESUMABLE_CHANGES:
+            flag = key.replace("_", "-")
+            raise UserError(f"cannot change --{flag} when resuming (the run used {values[key]})")
+        values[key] = value
+    return TrainConfig(**values)
+
+
+def _copy_data_files(data_dir: Path, run_dir: Path) -> None:
+    target = run_dir / "data"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in DATA_COPIES:
+        src = data_dir / name
+        if src.is_file():
+            with artifacts.atomic_path(target / name) as tmp:
+                shutil.copyfile(src, tmp)
+
+
+# --------------------------------------------------------------------------- signals
+class _StopFlag:
+    """Set by SIGINT/SIGTERM while training; the loop stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a 2nd Ctrl-C is hard
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- trainer
+@dataclass
+class _Progress:
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    eps: dict[int, list[float]] = field(default_factory=dict)
+    last_val: dict[int, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """A prepared training run; see the module docstring. Build it with `setup`."""
+
+    def __init__(self, cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool) -> None:
+        self.cfg, self.data_dir, self.run_dir = cfg, data_dir, run_dir
+        self.notes: list[str] = []
+        self.accelerator = _make_accelerator(cfg)
+        acc = self.accelerator
+        self.is_main, self.processes, self.rank = (
+            acc.is_main_process,
+            acc.num_processes,
+            acc.process_index,
+        )
+        self.manifest = read_data_manifest(data_dir)
+        self.train_rows = TokenRows(data_dir, "train", self.manifest)
+        self.length = self.train_rows.seq_len
+        small, large, notes = resolve_block_sizes(cfg.block_small, cfg.block_large, self.length)
+        self.notes += notes
+        self.sizes = sorted({small} | ({large} if cfg.mix_lambda > 0 else set()))
+        if cfg.mix_lambda >= 1.0:
+            self.sizes = [large]
+        self.sampler = BlockSizeSampler(small, large, cfg.mix_lambda, seed_for(cfg.seed, "blocks"))
+        self.accum = _accumulation(cfg, self.processes)
+        self.global_batch = cfg.batch_size * self.processes * self.accum
+        self.denoiser = _build_model(cfg, self.manifest, self.length, self.notes)
+        self.model_config: ModelConfig = self.denoiser.config
+        self.val_rows = TokenRows(data_dir, "val", self.manifest).head(cfg.val_rows)
+        if self.val_rows.shape[0] == 0:
+            raise UserError(f"{data_dir} has no validation rows (prepare it with --num-val > 0)")
+        self.reference = reference_numbers(data_dir, self.manifest, self.val_rows)
+        self._prepare()
+        self.order = DataOrder(self.train_rows.n_rows, cfg.seed)
+        self.noise = torch.Generator().manual_seed(seed_for(cfg.seed, "noise"))
+        torch.manual_seed(seed_for(cfg.seed, "dropout", self.rank))
+        self.progress_state = _Progress(eps={b: [cfg.eps_min, cfg.eps_max] for b in self.sizes})
+        if resume:
+            self._load_state()
+        elif self.is_main:
+            self._write_run_files()
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ construction
+    def _prepare(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        wrapper = _TrainForward(self.denoiser)
+        decay, no_decay = [], []
+        for name, p in wrapper.named_parameters():
+            (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps
+        )
+        self.model, self.optimizer = acc.prepare(wrapper, optimizer)
+        self.denoiser = acc.unwrap_model(self.model).denoiser
+        self.loss_view = _LossView(self.model, self.model_config)
+        self.named = dict(self.denoiser.named_parameters())
+        self.ema = EMA(self.named, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _copy_data_files(self.data_dir, self.run_dir)
+        manifest_sha = artifacts.sha256_file(self.data_dir / "manifest.json")
+        config = {
+            "schema": RUN_SCHEMA,
+            "schema_version": 1,
+            "model": self.model_config.to_dict(),
+            "train": self.cfg.to_dict(),
+            "data": {
+                "dir": str(self.data_dir.resolve()),
+                "manifest_sha256": manifest_sha,
+                "seq_len": self.length,
+                "vocab_size": self.model_config.vocab_size,
+                "train_rows": self.train_rows.n_rows,
+                "val_rows_used": int(self.val_rows.shape[0]),
+                "source": self.manifest.get("source"),
+            },
+            "processes": self.processes,
+            "distributed_type": str(self.accelerator.distributed_type.value),
+            "mixed_precision": self.accelerator.mixed_precision,
+            "global_batch": self.global_batch,
+            "gradient_accumulation": self.accum,
+            "block_sizes": self.sizes,
+            "reference": self.reference,
+        }
+        artifacts.write_json(self.run_dir / "config.json", config)
+        (self.run_dir / "metrics.jsonl").touch()
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, progress: Callable[[StepInfo], None] | None = None) -> TrainSummary:
+        """Train up to `cfg.steps`; on SIGINT/SIGTERM save and raise KeyboardInterrupt."""
+        cfg, st = self.cfg, self.progress_state
+        stop = _StopFlag()
+        start = time.perf_counter() - st.elapsed_s
+        with stop.installed():
+            while st.step < cfg.steps:
+                info = self._step()
+                st.elapsed_s = time.perf_counter() - start
+                info.elapsed_s = st.elapsed_s
+                if _due(st.step, cfg.val_every, cfg.steps):
+                    info.val = self.validate()
+                self._log(info)
+                if progress is not None and self.is_main:
+                    progress(info)
+                if self._agreed(stop.requested):
+                    self.save()
+                    raise KeyboardInterrupt
+                if _due(st.step, cfg.save_every, cfg.steps):
+                    self.save()
+        if not st.last_val:
+            st.last_val = self.validate()
+        return TrainSummary(
+            self.run_dir,
+            st.step,
+            dict(st.last_val),
+            dict(self.reference),
+            self.processes,
+            st.elapsed_s,
+            self.is_main,
+        )
+
+    def _step(self) -> StepInfo:
+        """One optimizer step: block size, LR, gradients, clip, AdamW, EMA, bookkeeping."""
+        cfg, st = self.cfg, self.progress_state
+        t0 = time.perf_counter()
+        block = self.sampler.draw()
+        lr = lr_at(st.step, cfg.lr, cfg.warmup, cfg.steps, cfg.schedule, cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.forward_backward(block)
+        if cfg.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.named)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"training loss became {loss} at step {st.step + 1}")
+        st.step += 1
+        st.tokens += self.global_batch * self.length
+        tokens_per_s = self.global_batch * self.length / max(time.perf_counter() - t0, 1e-9)
+        return StepInfo(st.step, cfg.steps, loss, block, lr, tokens_per_s, 0.0)
+
+    def forward_backward(self, block: int) -> float:
+        """Gradients of the current step's global batch at block size `block`.
+
+        Draws the step's noise for the whole global batch, runs this process's micro-batches
+        (`.grad` ends up averaged over processes, summed over micro-batches / accumulation)
+        and returns the loss averaged over the global batch. Advances the noise stream.
+        """
+        cfg, st, acc = self.cfg, self.progress_state, self.accelerator
+        eps = tuple(st.eps.get(block, [cfg.eps_min, cfg.eps_max]))
+        t, masked = draw_noise(self.global_batch, self.length, block, self.noise, eps, cfg.resample)
+        index = self.order.rows(st.step * self.global_batch, self.global_batch)
+        self.model.train()
+        total = torch.zeros((), device=acc.device)
+        for k in range(self.accum):
+            lo = (k * self.processes + self.rank) * cfg.batch_size
+            sl = slice(lo, lo + cfg.batch_size)
+            total += self._micro_step(index[sl], t[sl], masked[sl], block, k)
+        return float(acc.reduce(total / self.accum, reduction="mean"))
+
+    def _micro_step(
+        self, index: torch.Tensor, t: torch.Tensor, masked: torch.Tensor, block: int, k: int
+    ) -> torch.Tensor:
+        from sbdcli.loss import block_nelbo
+
+        acc = self.accelerator
+        x0 = self.train_rows.get(index).to(acc.device)  # (b, L)
+        x_t = torch.where(masked.to(acc.device), self.model_config.mask_id, x0)
+        last = k == self.accum - 1
+        sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+        with sync, acc.autocast():
+            out = block_nelbo(self.loss_view, x0, block, t=t.to(acc.device), x_t=x_t)
+            acc.backward(out.loss / self.accum)
+        return out.loss.detach()
+
+    def _agreed(self, flag: bool) -> bool:
+        """True on every process when any process saw a stop request."""
+        if self.processes == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+
+    def _log(self, info: StepInfo) -> None:
+        if not self.is_main:
+            return
+        record: dict[str, Any] = {
+            "step": info.step,
+            "loss": info.loss,
+            "block_size": info.block_size,
+            "lr": info.lr,
+            "tokens_per_s": info.tokens_per_s,
+            "tokens": self.progress_state.tokens,
+            "elapsed_s": info.elapsed_s,
+            "processes": self.processes,
+        }
+        if info.val is not None:
+            record["val_nelbo"] = {str(b): v for b, v in info.val.items()}
+            record.update(self.reference)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ validation
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[torch.nn.Module]:
+        """The denoiser with EMA weights swapped in (its own weights when EMA is off)."""
+        scope = self.ema.swapped_into(self.named) if self.ema else contextlib.nullcontext()
+        with scope:
+            yield self.denoiser
+
+    @torch.no_grad()
+    def validate(self) -> dict[int, float]:
+        """Validation NELBO per token (t in [1e-3, 1], EMA weights) at each block size in use.
+
+        The noise for all validation rows is drawn from one fixed seed, so every evaluation
+        (and any number of processes) sees the same corruption; rows are split over processes.
+        """
+        from sbdcli.loss import block_nelbo
+
+        acc, rows = self.accelerator, self.val_rows
+        out: dict[int, float] = {}
+        mine = torch.arange(self.rank, rows.shape[0], self.processes)
+        with self.ema_weights() as model:
+            model.eval()
+            for block in self.sizes:
+                gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", block))
+                t, masked = draw_noise(rows.shape[0], self.length, block, gen, (1e-3, 1.0), False)
+                total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+                for chunk in mine.split(self.cfg.batch_size):
+                    x0 = rows[chunk].to(acc.device)
+                    x_t = torch.where(masked[chunk].to(acc.device), self.model_config.mask_id, x0)
+                    with acc.autocast():
+                        res = block_nelbo(model, x0, block, t=t[chunk].to(acc.device), x_t=x_t)
+                    total[0] += res.token_nelbo[:, 1:].double().sum()
+                    total[1] += x0.shape[0] * (self.length - 1)
+                total = acc.reduce(total, reduction="sum")
+                out[block] = float(total[0] / total[1].clamp_min(1))
+            if self.cfg.clip_search:
+                self._clip_search(model)
+            model.train()
+        self.progress_state.last_val = out
+        return out
+
+    def _clip_search(self, model: torch.nn.Module) -> None:
+        """BD3-LM var_min: per block size, the interval with the least loss variance."""
+        from sbdcli.loss import clip_search
+
+        rows = self.val_rows[: 4 * self.cfg.batch_size]
+        batches = list(rows.to(self.accelerator.device).split(self.cfg.batch_size))
+        for block in self.sizes:
+            gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", 10_000 + block))
+            found = clip_search(model, batches, block, generator=gen, resample=self.cfg.resample)
+            self.progress_state.eps[block] = [found.eps_min, found.eps_max]
+        model.sampling_eps = tuple(self.progress_state.eps[self.sizes[0]])
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """Write `model.safetensors` (EMA weights) and `state/` (resume state); all ranks call."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        raw = _strip(get_model_state_dict(self.model, options=opts))  # copies, not aliases
+        with self.ema_weights():
+            ema = _strip(get_model_state_dict(self.model, options=opts))
+        optim = get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=opts)
+        rng = self._gather_rng()
+        if self.is_main:
+            self._write_state(raw, ema, optim, rng)
+        self.accelerator.wait_for_everyone()
+
+    def _gather_rng(self) -> dict[str, torch.Tensor]:
+        """Every process's global torch (and CUDA) RNG state, gathered to all processes."""
+        mine = [torch.get_rng_state()]
+        if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
+            mine.append(torch.cuda.get_rng_state(self.accelerator.device))
+        flat = torch.cat(mine)  # (n,) uint8
+        sizes = [m.numel() for m in mine]
+        if self.processes > 1:
+            flat = self.accelerator.gather(flat.to(self.accelerator.device)).cpu()
+        flat = flat.view(self.processes, -1)
+        out: dict[str, torch.Tensor] = {}
+        for rank in range(self.processes):
+            parts = flat[rank].split(sizes)
+            out[f"torch.rank{rank}"] = parts[0].clone()
+            if len(parts) > 1:
+                out[f"cuda.rank{rank}"] = parts[1].clone()
+        return out
+
+    def _write_state(
+        self,
+        raw: dict[str, torch.Tensor],
+        ema: dict[str, torch.Tensor],
+        optim: dict[str, Any],
+        rng: dict[str, torch.Tensor],
+    ) -> None:
+        from sbdcli.compat import save_sbd_model
+
+        st = self.progress_state
+        tensors, optim_meta = flatten_optimizer_state(optim)
+        rng = {**rng, "blocks": self.sampler.state(), "noise": self.noise.get_state()}
+        trainer = {
+            "schema": STATE_SCHEMA,
+            "schema_version": 1,
+            "step": st.step,
+            "data_position": st.step * self.global_batch,
+            "tokens": st.tokens,
+            "elapsed_s": st.elapsed_s,
+            "eps": {str(b): v for b, v in st.eps.items()},
+            "last_val": {str(b): v for b, v in st.last_val.items()},
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "processes": self.processes,
+            "global_batch": self.global_batch,
+            "optimizer": optim_meta,
+        }
+        with artifacts.atomic_dir(self.run_dir / "state") as tmp:
+            artifacts.save_tensors(tmp / "model.safetensors", raw, f"{STATE_SCHEMA}.model")
+            artifacts.save_tensors(tmp / "ema.safetensors", ema, f"{STATE_SCHEMA}.ema")
+            artifacts.save_tensors(tmp / "optimizer.safetensors", tensors, f"{STATE_SCHEMA}.optim")
+            artifacts.save_tensors(tmp / "rng.safetensors", rng, f"{STATE_SCHEMA}.rng")
+            artifacts.write_json(tmp / "trainer.json", trainer)
+        header = {
+            "step": st.step,
+            "ema": self.cfg.ema,
+            "weights": "ema" if self.ema else "raw",
+            "sampling_eps": {str(b): v for b, v in st.eps.items()},
+            "block_sizes": self.sizes,
+            "val_nelbo": {str(b): v for b, v in st.last_val.items()},
+            "data": {"source": self.manifest.get("source"), "seq_len": self.length},
+        }
+        save_sbd_model(
+            _cpu_denoiser(self.model_config, ema), self.run_dir / "model.safetensors", header
+        )
+
+    def _load_state(self) -> None:
+        """Restore model, EMA, optimizer, schedule position, RNG streams and data position."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        state_dir = self.run_dir / "state"
+        trainer = artifacts.read_json(state_dir / "trainer.json", "resume state")
+        if trainer.get("schema") != STATE_SCHEMA:
+            raise UserError(f"{state_dir / 'trainer.json'} is not an sbd training state")
+        if trainer["global_batch"] != self.global_batch:
+            raise UserError(
+                f"the run used a global batch of {trainer['global_batch']} rows; this launch "
+                f"gives {self.global_batch}: pass --global-batch {trainer['global_batch']}"
+            )
+        opts = StateDictOptions(full_state_dict=True)
+        ema, _ = artifacts.load_tensors(state_dir / "ema.safetensors", f"{STATE_SCHEMA}.ema")
+        raw, _ = artifacts.load_tensors(state_dir / "model.safetensors", f"{STATE_SCHEMA}.model")
+        set_model_state_dict(self.model, _prefix(ema), options=opts)
+        if self.ema is not None:
+            self.ema = EMA(self.named, self.cfg.ema, self.cfg.ema_warmup)
+            self.ema.updates = int(trainer["ema_updates"])
+        set_model_state_dict(self.model, _prefix(raw), options=opts)
+        optim_t, _ = artifacts.load_tensors(state_dir / "optimizer.safetensors")
+        optim = unflatten_optimizer_state(optim_t, trainer["optimizer"])
+        set_optimizer_state_dict(self.model, self.optimizer.optimizer, optim, options=opts)
+        self._load_rng(state_dir, trainer)
+        st = self.progress_state
+        st.step, st.tokens, st.elapsed_s = trainer["step"], trainer["tokens"], trainer["elapsed_s"]
+        st.eps.update({int(b): v for b, v in trainer["eps"].items()})
+        st.last_val = {int(b): v for b, v in trainer.get("last_val", {}).items()}
+        if self.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", st.step)
+        self.notes.append(f"resuming {self.run_dir} at step {st.step}")
+
+    def _load_rng(self, state_dir: Path, trainer: dict[str, Any]) -> None:
+        rng, _ = artifacts.load_tensors(state_dir / "rng.safetensors", f"{STATE_SCHEMA}.rng")
+        self.sampler.load_state(rng["blocks"])
+        self.noise.set_state(rng["noise"])
+        key = f"torch.rank{self.rank}"
+        if trainer["processes"] != self.processes or key not in rng:
+            self.notes.append(
+                f"the run had {trainer['processes']} processes, now {self.processes}: dropout "
+                "RNG streams restart (the data order and noise continue exactly)"
+            )
+            return
+        torch.set_rng_state(rng[key])
+        cuda_key = f"cuda.rank{self.rank}"
+        if cuda_key in rng and self.accelerator.device.type == "cuda":
+            torch.cuda.set_rng_state(rng[cuda_key], self.accelerator.device)
+
+
+def _cpu_denoiser(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A CPU `Denoiser` holding a full state dict (to write `model.safetensors` from)."""
+    from sbdcli.model import Denoiser
+
+    with torch.device("meta"):
+        model = Denoiser(config)
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- helpers
+def _due(step: int, every: int, steps: int) -> bool:
+    return step == steps or (every > 0 and step % every == 0)
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str = "denoiser.") -> dict[str, torch.Tensor]:
+    """CPU copies without the wrapper's prefix (state dicts may alias live parameters)."""
+    return {k.removeprefix(prefix): v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _prefix(state: dict[str, torch.Tensor], prefix: str = "denoiser.") -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v for k, v in state.items()}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint being resumed (a crash after it)."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    with artifacts.atomic_file(path) as handle:
+        handle.write("".join(f"{ln}\n" for ln in kept))
+
+
+def _accumulation(cfg: TrainConfig, processes: int) -> int:
+    per_pass = cfg.batch_size * processes
+    if cfg.global_batch is None:
+        return 1
+    if cfg.global_batch % per_pass:
+        raise UserError(
+            f"global batch {cfg.global_batch} is not a multiple of batch size {cfg.batch_size} "
+            f"x {processes} process(es) = {per_pass}"
+        )
+    return cfg.global_batch // per_pass
+
+
+def _make_accelerator(cfg: TrainConfig) -> Any:
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise UserError("--device cuda requested but no CUDA device is available")
+    on_cpu = cfg.device == "cpu" or not cuda
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "no" if on_cpu else "bf16"
+    return Accelerator(cpu=on_cpu, mixed_precision="no" if precision == "fp32" else precision)
+
+
+def _build_model(
+    cfg: TrainConfig, manifest: dict[str, Any], length: int, notes: list[str]
+) -> torch.nn.Module:
+    """A fresh denoiser from the preset (seeded), or the weights of `cfg.init`."""
+    vocab, mask_id = int(manifest["vocab_size"]), int(manifest["mask_id"])
+    if cfg.init is not None:
+        from sbdcli.compat import load_model
+
+        model = load_model(cfg.init)
+        got = model.config
+        if got.vocab_size != vocab or got.mask_id != mask_id:
+            raise UserError(
+                f"--init {cfg.init} has vocab {got.vocab_size} (mask {got.mask_id}) but the data "
+                f"has vocab {vocab} (mask {mask_id})"
+            )
+        if got.seq_len != length:
+            notes.append(f"--init model was trained at L = {got.seq_len}; training at L = {length}")
+            model.config = dataclasses.replace(got, seq_len=length)
+        return model.train()
+    from sbdcli.model import Denoiser
+
+    config = preset(
+        cfg.preset,
+        vocab_size=vocab,
+        mask_id=mask_id,
+        seq_len=length,
+        bos_id=manifest.get("bos_id"),
+        eos_id=manifest.get("eos_id"),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.seed, "init"))
+        return Denoiser(config).train()
+
+
+def setup(
+    cfg: TrainConfig,
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    runs_root: str | os.PathLike[str] = "runs",
+) -> Trainer:
+    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<time>`), or, with
+    `resume`, the existing run `out` (default `runs_root/latest`)."""
+    data, root = Path(data_dir), Path(runs_root)
+    if not (data / "manifest.json").is_file():
+        raise UserError(f"no data at {data}: manifest.json missing (run 'sbd prepare' first)")
+    if resume:
+        run_dir = Path(out) if out is not None else root / "latest"
+        if not (run_dir / "state" / "trainer.json").is_file():
+            raise UserError(f"nothing to resume at {run_dir} (no state/trainer.json)")
+        run_dir = run_dir.resolve() if run_dir.is_symlink() else run_dir
+    else:
+        run_dir = Path(out) if out is not None else _agreed_name(root, cfg.preset)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"run directory {run_dir} exists and is not empty (use --resume)")
+    trainer = Trainer(cfg, data, run_dir, resume)
+    if trainer.is_main:
+        point_latest(run_dir, root)
+    return trainer
+
+
+def _agreed_name(root: Path, preset_name: str) -> Path:
+    """A new run path chosen by process 0 and shared with every process of the launch."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return new_run_dir(root, preset_name)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()  # joins the launch's process group
+    box = [new_run_dir(root, preset_name).name]
+    broadcast_object_list(box, from_process=0)
+    return root / box[0]
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    runs_root: str | os.PathLike[str] = "runs",
+    progress: Callable[[StepInfo], None] | None = None,
+) -> TrainSummary:
+    """`setup(...)` then `fit(progress)`: train a model and return the summary."""
+    return setup(cfg, data_dir, out, resume=resume, runs_root=runs_root).fit(progress)
