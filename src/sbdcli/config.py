@@ -225,12 +225,12 @@ class TrainConfig:
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "steps": 1500,
+        "steps": 1200,
         "batch_size": 32,
-        "lr": 2e-3,
+        "lr": 3e-3,
         "warmup": 100,
-        "val_every": 250,
-        "save_every": 500,
+        "val_every": 200,
+        "save_every": 400,
     },
     "small": {},
     "medium": {"batch_size": 8},

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -42,23 +40,33 @@ import torch
 from sbdcli import artifacts
 from sbdcli.config import ModelConfig, TrainConfig, preset
 from sbdcli.errors import UserError
+from sbdcli.rundir import (
+    TokenRows,
+    append_metrics,
+    copy_data_files,
+    new_run_dir,
+    point_latest,
+    read_data_manifest,
+    reference_numbers,
+    resume_config,
+    truncate_metrics,
+)
 from sbdcli.trainstate import (
     EMA,
     BlockSizeSampler,
     DataOrder,
     flatten_optimizer_state,
     lr_at,
+    read_state,
     resolve_block_sizes,
     seed_for,
     unflatten_optimizer_state,
+    write_state,
 )
 
+__all__ = ["StepInfo", "TrainSummary", "Trainer", "draw_noise", "resume_config", "setup", "train"]
+
 RUN_SCHEMA = "sbd.run"
-STATE_SCHEMA = "sbd.train_state"
-TOKENS_SCHEMA = "sbd.tokens"
-DATA_COPIES = ("manifest.json", "tokenizer.json", "oracle.safetensors")
-RESUMABLE_CHANGES = ("steps", "val_every", "save_every", "val_rows", "device")
-"""Training-config fields a resumed run may change; every other field must stay."""
 
 
 @dataclass
@@ -86,77 +94,6 @@ class TrainSummary:
     processes: int
     seconds: float
     is_main: bool
-
-
-# --------------------------------------------------------------------------- data
-class TokenRows:
-    """Rows (int32 `tokens` [rows, L]) of one split, read lazily from its safetensors shards."""
-
-    def __init__(self, data_dir: Path, split: str, manifest: dict[str, Any]) -> None:
-        from safetensors import safe_open
-
-        names = manifest.get("shards", {}).get(split)
-        paths = (
-            [data_dir / n for n in names]
-            if names
-            else sorted(data_dir.glob(f"{split}*.safetensors"))
-        )
-        if not paths or not all(p.is_file() for p in paths):
-            raise UserError(f"{data_dir} lacks its {split} rows (run 'sbd prepare' again)")
-        self._shards = []
-        counts = []
-        for path in paths:
-            schema = artifacts.read_tensor_metadata(path).get("schema")
-            if schema != TOKENS_SCHEMA:
-                raise UserError(f"{path} has schema '{schema}', expected '{TOKENS_SCHEMA}'")
-            handle = safe_open(str(path), framework="pt")
-            view = handle.get_slice("tokens")
-            self._shards.append((handle, view))
-            counts.append(int(view.get_shape()[0]))
-        self.seq_len = int(self._shards[0][1].get_shape()[1])
-        self.starts = torch.tensor([0, *counts]).cumsum(0)  # (n_shards + 1,)
-        self.n_rows = int(self.starts[-1])
-
-    def get(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows at global indices `index` (n,) as int64 (n, L)."""
-        shard = torch.searchsorted(self.starts, index, right=True) - 1
-        rows = []
-        for s, i in zip(shard.tolist(), index.tolist(), strict=True):
-            local = i - int(self.starts[s])
-            rows.append(self._shards[s][1][local : local + 1])
-        return torch.cat(rows).long() if rows else torch.empty(0, self.seq_len, dtype=torch.long)
-
-    def head(self, n: int) -> torch.Tensor:
-        """The first n rows (all when n is 0 or too large), int64 (n, L)."""
-        n = self.n_rows if n <= 0 else min(n, self.n_rows)
-        return self.get(torch.arange(n))
-
-
-def read_data_manifest(data_dir: Path) -> dict[str, Any]:
-    """The data directory's manifest; a missing one is a UserError that says what to run."""
-    from sbdcli.data import read_manifest
-
-    if not (data_dir / "manifest.json").is_file():
-        raise UserError(f"no data at {data_dir}: manifest.json missing (run 'sbd prepare' first)")
-    return read_manifest(data_dir)
-
-
-def reference_numbers(
-    data_dir: Path, manifest: dict[str, Any], val_rows: torch.Tensor
-) -> dict[str, float]:
-    """Oracle references for validation NELBO (synthetic data only): the manifest's floor
-    (NLL per token of fresh true samples) and the exact oracle NLL per token of the
-    validation rows themselves."""
-    out: dict[str, float] = {}
-    floor = (manifest.get("oracle") or {}).get("nll_per_token")
-    if isinstance(floor, (int, float)):
-        out["oracle_floor"] = float(floor)
-    if (data_dir / "oracle.safetensors").is_file():
-        from sbdcli.synthetic import load_oracle
-
-        nll = -load_oracle(data_dir / "oracle.safetensors").log_likelihood(val_rows)  # (N,)
-        out["oracle_val_nll"] = float(nll.sum() / (val_rows.shape[0] * (val_rows.shape[1] - 1)))
-    return out
 
 
 # --------------------------------------------------------------------------- noise
@@ -206,59 +143,16 @@ class _LossView:
     def train_logits(self, x_t: Any, x_0: Any, block_size: int, sigma: Any = None) -> Any:
         return self.wrapped(x_t, x_0, block_size, sigma)
 
+    @property
+    def training(self) -> bool:
+        return self.wrapped.training
 
-# --------------------------------------------------------------------------- run directory
-def new_run_dir(runs_root: Path, preset_name: str) -> Path:
-    """A fresh `runs_root/<preset>-<YYYYmmdd-HHMMSS>[-n]` path (not created)."""
-    base = f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = runs_root / base, 1
-    while path.exists():
-        n += 1
-        path = runs_root / f"{base}-{n}"
-    return path
+    def train(self, mode: bool = True) -> _LossView:
+        self.wrapped.train(mode)
+        return self
 
-
-def point_latest(run_dir: Path, runs_root: Path) -> None:
-    """Make `runs_root/latest` a relative symlink to `run_dir` when the run lives there."""
-    if run_dir.resolve().parent != runs_root.resolve():
-        return
-    link = runs_root / "latest"
-    tmp = runs_root / f".latest.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)
-
-
-def resume_config(run_dir: Path, **changes: Any) -> TrainConfig:
-    """The training config saved in `run_dir`, with the allowed `changes` applied.
-
-    Changing anything but steps, val/save intervals, val rows or device is a UserError:
-    a resumed run must continue the same optimisation.
-    """
-    if not (run_dir / "state" / "trainer.json").is_file():
-        raise UserError(f"{run_dir} holds no resume state (state/trainer.json)")
-    saved = artifacts.read_json(run_dir / "config.json", "run config")
-    base = TrainConfig.from_dict(saved["train"])
-    values = base.to_dict()
-    for key, value in changes.items():
-        if value is None or value == values.get(key):
-            continue
-        if key not in RESUMABLE_CHANGES:
-            flag = key.replace("_", "-")
-            raise UserError(f"cannot change --{flag} when resuming (the run used {values[key]})")
-        values[key] = value
-    return TrainConfig(**values)
-
-
-def _copy_data_files(data_dir: Path, run_dir: Path) -> None:
-    target = run_dir / "data"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in DATA_COPIES:
-        src = data_dir / name
-        if src.is_file():
-            with artifacts.atomic_path(target / name) as tmp:
-                shutil.copyfile(src, tmp)
+    def eval(self) -> _LossView:
+        return self.train(False)
 
 
 # --------------------------------------------------------------------------- signals
@@ -359,7 +253,7 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _copy_data_files(self.data_dir, self.run_dir)
+        copy_data_files(self.data_dir, self.run_dir)
         manifest_sha = artifacts.sha256_file(self.data_dir / "manifest.json")
         config = {
             "schema": RUN_SCHEMA,
@@ -498,16 +392,19 @@ class Trainer:
         if info.val is not None:
             record["val_nelbo"] = {str(b): v for b, v in info.val.items()}
             record.update(self.reference)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_metrics(self.run_dir / "metrics.jsonl", record)
 
     # ------------------------------------------------------------------ validation
     @contextlib.contextmanager
-    def ema_weights(self) -> Iterator[torch.nn.Module]:
-        """The denoiser with EMA weights swapped in (its own weights when EMA is off)."""
+    def ema_weights(self) -> Iterator[_LossView]:
+        """The model (as `block_nelbo` sees it) with EMA weights swapped in, in eval mode."""
         scope = self.ema.swapped_into(self.named) if self.ema else contextlib.nullcontext()
         with scope:
-            yield self.denoiser
+            self.model.eval()
+            try:
+                yield self.loss_view
+            finally:
+                self.model.train()
 
     @torch.no_grad()
     def validate(self) -> dict[int, float]:
@@ -516,34 +413,39 @@ class Trainer:
         The noise for all validation rows is drawn from one fixed seed, so every evaluation
         (and any number of processes) sees the same corruption; rows are split over processes.
         """
-        from sbdcli.loss import block_nelbo
-
-        acc, rows = self.accelerator, self.val_rows
         out: dict[int, float] = {}
-        mine = torch.arange(self.rank, rows.shape[0], self.processes)
         with self.ema_weights() as model:
-            model.eval()
             for block in self.sizes:
-                gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", block))
-                t, masked = draw_noise(rows.shape[0], self.length, block, gen, (1e-3, 1.0), False)
-                total = torch.zeros(2, dtype=torch.float64, device=acc.device)
-                for chunk in mine.split(self.cfg.batch_size):
-                    x0 = rows[chunk].to(acc.device)
-                    x_t = torch.where(masked[chunk].to(acc.device), self.model_config.mask_id, x0)
-                    with acc.autocast():
-                        res = block_nelbo(model, x0, block, t=t[chunk].to(acc.device), x_t=x_t)
-                    total[0] += res.token_nelbo[:, 1:].double().sum()
-                    total[1] += x0.shape[0] * (self.length - 1)
-                total = acc.reduce(total, reduction="sum")
-                out[block] = float(total[0] / total[1].clamp_min(1))
+                out[block] = self._val_nelbo(model, block)
             if self.cfg.clip_search:
                 self._clip_search(model)
-            model.train()
         self.progress_state.last_val = out
         return out
 
-    def _clip_search(self, model: torch.nn.Module) -> None:
-        """BD3-LM var_min: per block size, the interval with the least loss variance."""
+    def _val_nelbo(self, model: _LossView, block: int) -> float:
+        from sbdcli.loss import block_nelbo
+
+        acc, rows, mask_id = self.accelerator, self.val_rows, self.model_config.mask_id
+        gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", block))
+        t, masked = draw_noise(rows.shape[0], self.length, block, gen, (1e-3, 1.0), False)
+        total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (sum, tokens)
+        for chunk in torch.arange(self.rank, rows.shape[0], self.processes).split(
+            self.cfg.batch_size
+        ):
+            x0 = rows[chunk].to(acc.device)  # (b, L)
+            x_t = torch.where(masked[chunk].to(acc.device), mask_id, x0)
+            with acc.autocast():
+                res = block_nelbo(model, x0, block, t=t[chunk].to(acc.device), x_t=x_t)
+            total[0] += res.token_nelbo[:, 1:].double().sum()
+            total[1] += x0.shape[0] * (self.length - 1)
+        total = acc.reduce(total, reduction="sum")
+        return float(total[0] / total[1].clamp_min(1))
+
+    def _clip_search(self, model: _LossView) -> None:
+        """BD3-LM var_min: per block size, the interval with the least loss variance, found
+        on up to 4 validation batches (process 0's choice is used by every process)."""
+        from accelerate.utils import broadcast
+
         from sbdcli.loss import clip_search
 
         rows = self.val_rows[: 4 * self.cfg.batch_size]
@@ -551,8 +453,11 @@ class Trainer:
         for block in self.sizes:
             gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", 10_000 + block))
             found = clip_search(model, batches, block, generator=gen, resample=self.cfg.resample)
-            self.progress_state.eps[block] = [found.eps_min, found.eps_max]
-        model.sampling_eps = tuple(self.progress_state.eps[self.sizes[0]])
+            pair = torch.tensor([found.eps_min, found.eps_max], device=self.accelerator.device)
+            if self.processes > 1:
+                pair = broadcast(pair, from_process=0)
+            self.progress_state.eps[block] = [float(v) for v in pair.tolist()]
+        self.denoiser.sampling_eps = tuple(self.progress_state.eps[self.sizes[0]])
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -604,8 +509,6 @@ class Trainer:
         tensors, optim_meta = flatten_optimizer_state(optim)
         rng = {**rng, "blocks": self.sampler.state(), "noise": self.noise.get_state()}
         trainer = {
-            "schema": STATE_SCHEMA,
-            "schema_version": 1,
             "step": st.step,
             "data_position": st.step * self.global_batch,
             "tokens": st.tokens,
@@ -617,12 +520,8 @@ class Trainer:
             "global_batch": self.global_batch,
             "optimizer": optim_meta,
         }
-        with artifacts.atomic_dir(self.run_dir / "state") as tmp:
-            artifacts.save_tensors(tmp / "model.safetensors", raw, f"{STATE_SCHEMA}.model")
-            artifacts.save_tensors(tmp / "ema.safetensors", ema, f"{STATE_SCHEMA}.ema")
-            artifacts.save_tensors(tmp / "optimizer.safetensors", tensors, f"{STATE_SCHEMA}.optim")
-            artifacts.save_tensors(tmp / "rng.safetensors", rng, f"{STATE_SCHEMA}.rng")
-            artifacts.write_json(tmp / "trainer.json", trainer)
+        groups = {"model": raw, "ema": ema, "optimizer": tensors, "rng": rng}
+        write_state(self.run_dir / "state", groups, trainer)
         header = {
             "step": st.step,
             "ema": self.cfg.ema,
@@ -644,37 +543,30 @@ class Trainer:
             set_optimizer_state_dict,
         )
 
-        state_dir = self.run_dir / "state"
-        trainer = artifacts.read_json(state_dir / "trainer.json", "resume state")
-        if trainer.get("schema") != STATE_SCHEMA:
-            raise UserError(f"{state_dir / 'trainer.json'} is not an sbd training state")
+        groups, trainer = read_state(self.run_dir / "state")
         if trainer["global_batch"] != self.global_batch:
             raise UserError(
                 f"the run used a global batch of {trainer['global_batch']} rows; this launch "
                 f"gives {self.global_batch}: pass --global-batch {trainer['global_batch']}"
             )
         opts = StateDictOptions(full_state_dict=True)
-        ema, _ = artifacts.load_tensors(state_dir / "ema.safetensors", f"{STATE_SCHEMA}.ema")
-        raw, _ = artifacts.load_tensors(state_dir / "model.safetensors", f"{STATE_SCHEMA}.model")
-        set_model_state_dict(self.model, _prefix(ema), options=opts)
+        set_model_state_dict(self.model, _prefix(groups["ema"]), options=opts)
         if self.ema is not None:
             self.ema = EMA(self.named, self.cfg.ema, self.cfg.ema_warmup)
             self.ema.updates = int(trainer["ema_updates"])
-        set_model_state_dict(self.model, _prefix(raw), options=opts)
-        optim_t, _ = artifacts.load_tensors(state_dir / "optimizer.safetensors")
-        optim = unflatten_optimizer_state(optim_t, trainer["optimizer"])
+        set_model_state_dict(self.model, _prefix(groups["model"]), options=opts)
+        optim = unflatten_optimizer_state(groups["optimizer"], trainer["optimizer"])
         set_optimizer_state_dict(self.model, self.optimizer.optimizer, optim, options=opts)
-        self._load_rng(state_dir, trainer)
+        self._load_rng(groups["rng"], trainer)
         st = self.progress_state
         st.step, st.tokens, st.elapsed_s = trainer["step"], trainer["tokens"], trainer["elapsed_s"]
         st.eps.update({int(b): v for b, v in trainer["eps"].items()})
         st.last_val = {int(b): v for b, v in trainer.get("last_val", {}).items()}
         if self.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", st.step)
+            truncate_metrics(self.run_dir / "metrics.jsonl", st.step)
         self.notes.append(f"resuming {self.run_dir} at step {st.step}")
 
-    def _load_rng(self, state_dir: Path, trainer: dict[str, Any]) -> None:
-        rng, _ = artifacts.load_tensors(state_dir / "rng.safetensors", f"{STATE_SCHEMA}.rng")
+    def _load_rng(self, rng: dict[str, torch.Tensor], trainer: dict[str, Any]) -> None:
         self.sampler.load_state(rng["blocks"])
         self.noise.set_state(rng["noise"])
         key = f"torch.rank{self.rank}"
@@ -712,15 +604,6 @@ def _strip(state: dict[str, torch.Tensor], prefix: str = "denoiser.") -> dict[st
 
 def _prefix(state: dict[str, torch.Tensor], prefix: str = "denoiser.") -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": v for k, v in state.items()}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint being resumed (a crash after it)."""
-    if not path.is_file():
-        return
-    kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    with artifacts.atomic_file(path) as handle:
-        handle.write("".join(f"{ln}\n" for ln in kept))
 
 
 def _accumulation(cfg: TrainConfig, processes: int) -> int:

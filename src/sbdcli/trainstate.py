@@ -6,10 +6,12 @@
 - `EMA`: exponential moving average of the weights (what is saved, validated, sampled).
 - `flatten_optimizer_state` / `unflatten_optimizer_state`: an optimizer state dict as
   safetensors tensors plus a JSON remainder, so resume state never needs pickle.
+- `write_state` / `read_state`: the resume state directory (`RUN/state/`): one
+  safetensors file per group (model, ema, optimizer, rng) and `trainer.json`.
 - `seed_for`: independent seeds for the named random streams of one run.
 
 Everything here is deterministic from its seed and a counter, so a resumed run continues
-exactly. This module holds no training loop (see `train.py`) and writes no files.
+exactly. This module holds no training loop (see `train.py`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from sbdcli import artifacts
 from sbdcli.errors import UserError
+
+STATE_SCHEMA = "sbd.train_state"
+STATE_GROUPS = ("model", "ema", "optimizer", "rng")
 
 STREAMS = {"init": 1, "blocks": 2, "data": 3, "noise": 4, "val": 5, "dropout": 6}
 """Random streams of a run; each gets its own seed from (run seed, stream, index)."""
@@ -215,3 +222,26 @@ def unflatten_optimizer_state(
             group["betas"] = tuple(group["betas"])
         groups.append(group)
     return {"state": state, "param_groups": groups}
+
+
+# --------------------------------------------------------------------------- state directory
+def write_state(
+    state_dir: Path, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]
+) -> None:
+    """Write `state_dir/<group>.safetensors` for each group and `trainer.json`, replacing an
+    earlier state only once the new one is complete."""
+    with artifacts.atomic_dir(state_dir) as tmp:
+        for name in STATE_GROUPS:
+            artifacts.save_tensors(tmp / f"{name}.safetensors", groups[name], STATE_SCHEMA)
+        artifacts.write_json(tmp / "trainer.json", {"schema": STATE_SCHEMA, **meta})
+
+
+def read_state(state_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """The tensor groups and the JSON of a state directory written by `write_state`."""
+    meta = artifacts.read_json(state_dir / "trainer.json", "resume state")
+    if not isinstance(meta, dict) or meta.get("schema") != STATE_SCHEMA:
+        raise UserError(f"{state_dir / 'trainer.json'} is not an sbd training state")
+    groups = {}
+    for name in STATE_GROUPS:
+        groups[name], _ = artifacts.load_tensors(state_dir / f"{name}.safetensors", STATE_SCHEMA)
+    return groups, meta
