@@ -1,4 +1,4 @@
-"""Tests for `sbd prepare` and `sbd demo`: sources, manifest, one-line errors, no partial dirs."""
+"""Tests for `sbd prepare`: sources, manifest, one-line errors, no partial directories."""
 
 from __future__ import annotations
 
@@ -200,6 +200,7 @@ def test_failed_prepare_keeps_the_previous_directory(tmp_path):
 
 
 # --------------------------------------------------------------------------- process level
+@pytest.mark.slow
 def test_python_dash_m_prepare_writes_nothing_to_stdout(tmp_path):
     path, docs = corpus(tmp_path)
     out = tmp_path / "data"
@@ -217,17 +218,3 @@ def test_python_dash_m_prepare_writes_nothing_to_stdout(tmp_path):
     codec = load_codec(out)
     stream = load_split(out)[:, 1:].flatten().tolist()
     assert codec.decode(stream).startswith(docs[0] + "<eos>" + docs[1] + "<eos>")
-
-
-def test_demo_prepares_then_reuses_the_synthetic_data(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert run(["demo", "--quick", "--out", str(out)]) == 0
-    m = read_manifest(out / "data")
-    assert m["source"]["kind"] == "synthetic" and m["rows"]["train"] == 2048
-    capsys.readouterr()
-    stamp = (out / "data" / "manifest.json").stat().st_mtime_ns
-    assert run(["demo", "--quick", "--out", str(out)]) == 0
-    assert "reusing" in capsys.readouterr().err
-    assert (out / "data" / "manifest.json").stat().st_mtime_ns == stamp
-    assert run(["demo", "--quick", "--fresh", "--out", str(out)]) == 0
-    assert (out / "data" / "manifest.json").stat().st_mtime_ns != stamp

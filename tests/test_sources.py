@@ -63,8 +63,9 @@ def test_missing_and_non_utf8_inputs_are_user_errors(tmp_path):
 
 def test_jsonl_field_and_errors(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"text": d, "n": i}) for i, d in enumerate(DOCS)) + "\n")
-    assert collect(JsonlFiles([str(path)])) == DOCS
+    lines = [json.dumps({"text": d, "n": i}) for i, d in enumerate(DOCS)]
+    path.write_text("\n".join([*lines, "", json.dumps({"text": " ", "n": 9})]) + "\n")
+    assert collect(JsonlFiles([str(path)])) == DOCS  # blank lines and documents skipped
     with pytest.raises(UserError, match=r"d.jsonl:1: no field 'body' \(fields: n, text\)"):
         collect(JsonlFiles([str(path)], "body"))
     with pytest.raises(UserError, match="field 'n' is not a string"):

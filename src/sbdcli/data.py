@@ -26,7 +26,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,7 +105,7 @@ class ShardWriter:
         if self.filled == 0:
             return
         name = f"{self.split}-{len(self.shards):05d}.safetensors"
-        tokens = self._torch.from_numpy(self.buffer[: self.filled].copy())  # (rows, L) int32
+        tokens = self._torch.from_numpy(self.buffer[: self.filled])  # (rows, L) int32, a view
         header = {"split": self.split, "shard": len(self.shards), "seq_len": self.seq_len}
         save_tensors(self.directory / name, {"tokens": tokens}, TOKENS_SCHEMA, header)
         self.shards.append(name)
@@ -191,7 +192,7 @@ def _batches(pairs: Iterator[tuple[bool, str]]) -> Iterator[list[tuple[bool, str
 
 
 # --------------------------------------------------------------------------- text corpora
-def make_codec(spec: str, split_docs: Any) -> Codec:
+def make_codec(spec: str, split_docs: Callable[[], Iterator[tuple[bool, str]]]) -> Codec:
     """`bytes`, `bpe:N` (trained on the training documents) or a tokenizer.json path."""
     if spec == "bytes":
         return ByteCodec()
@@ -228,7 +229,7 @@ def prepare_text(
         raise UserError("--val-fraction must lie in [0, 1)")
     _check_out(out)
 
-    def split_docs(advance: Any = None) -> Iterator[tuple[bool, str]]:
+    def split_docs(advance: Callable[[int], None] | None) -> Iterator[tuple[bool, str]]:
         return assign_splits(source.documents(advance), val_docs, val_fraction, max_docs)
 
     advance = progress.advance if progress is not None else None
@@ -254,7 +255,7 @@ def prepare_text(
         manifest = _manifest(codec, seq_len, seed, command, source.describe(), stats)
         manifest["split"] = {
             "val_docs": val_docs,
-            "val_fraction": None if val_docs else val_fraction,
+            "val_fraction": val_fraction if val_docs is None else None,
         }
         manifest["seconds"] = round(seconds, 3)
         _write_manifest(tmp, manifest)
@@ -264,7 +265,11 @@ def prepare_text(
 def _pack_text(
     tmp: Path, codec: Codec, pairs: Iterator[tuple[bool, str]], seq_len: int, shard_tokens: int
 ) -> tuple[dict[str, dict[str, Any]], float]:
-    """Tokenize batches of (is_val, doc) and pack train and val streams apart; time it."""
+    """Tokenize batches of (is_val, doc) and pack train and val streams apart; time it.
+
+    One batch is tokenized in a worker thread (the Rust tokenizer releases the GIL and
+    uses every core) while this thread reads the next batch and packs the previous one.
+    """
     assert codec.eos_id is not None
     rows_per_shard = max(1, shard_tokens // seq_len)
     packers = {
@@ -272,22 +277,35 @@ def _pack_text(
         for s in SPLITS
     }
     started = time.perf_counter()
-    for batch in _batches(pairs):
-        flat, lengths = codec.encode_batch([doc for _, doc in batch])
-        is_val = np.fromiter((v for v, _ in batch), dtype=bool, count=len(batch))
-        if not is_val.any():
-            packers["train"].add(flat, lengths)
-            continue
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        for split, keep in (("train", ~is_val), ("val", is_val)):
-            if keep.any():
-                parts = [flat[starts[i] : starts[i + 1]] for i in np.flatnonzero(keep)]
-                packers[split].add(np.concatenate(parts), lengths[keep])
+    in_flight: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for batch in _batches(pairs):
+            is_val = np.fromiter((v for v, _ in batch), dtype=bool, count=len(batch))
+            in_flight.append((is_val, pool.submit(codec.encode_batch, [d for _, d in batch])))
+            if len(in_flight) > 1:
+                is_val, future = in_flight.popleft()
+                _pack_batch(packers, is_val, *future.result())
+        for is_val, future in in_flight:
+            _pack_batch(packers, is_val, *future.result())
     stats: dict[str, dict[str, Any]] = {}
     for split, packer in packers.items():
         stats[split] = packer.finish()
         stats[split]["shards"] = packer.writer.shards
     return stats, time.perf_counter() - started
+
+
+def _pack_batch(
+    packers: dict[str, Packer], is_val: np.ndarray, flat: np.ndarray, lengths: np.ndarray
+) -> None:
+    """Send each document of an encoded batch (flat ids (T,), lengths (D,)) to its split."""
+    if not is_val.any():
+        packers["train"].add(flat, lengths)
+        return
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    for split, keep in (("train", ~is_val), ("val", is_val)):
+        if keep.any():
+            parts = [flat[starts[i] : starts[i + 1]] for i in np.flatnonzero(keep)]
+            packers[split].add(np.concatenate(parts), lengths[keep])
 
 
 def _source_name(source: Source) -> str:

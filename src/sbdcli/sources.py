@@ -132,8 +132,8 @@ class JsonlFiles(Source):
                 for lineno, line in enumerate(handle, start=1):
                     if advance is not None:
                         advance(len(line))
-                    if line.strip():
-                        yield self._field(line, path, lineno)
+                    if line.strip() and (doc := self._field(line, path, lineno)).strip():
+                        yield doc
         except OSError as exc:
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -167,7 +167,11 @@ LOCAL_BUILDERS = {
 
 
 class HFDataset(Source):
-    """A `datasets.load_dataset` split: a hub name, a local folder, or local data files."""
+    """A `datasets.load_dataset` split: a hub name, a local folder, or local data files.
+
+    `datasets` >= 4 no longer runs loading scripts, so the script-based `openwebtext` fails;
+    its parquet copy `Skylion007/openwebtext` (or local parquet files) works.
+    """
 
     unit = "docs"
 
@@ -250,7 +254,8 @@ class HFDataset(Source):
                 if not isinstance(value, str):
                     kind = type(value).__name__
                     raise UserError(f"dataset field '{self.field}' holds {kind}, not text")
-                yield value
+                if value.strip():  # blank documents are skipped, as in text files
+                    yield value
 
     def describe(self) -> dict[str, Any]:
         return {

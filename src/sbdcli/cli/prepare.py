@@ -199,7 +199,8 @@ def prepare(
         str | None,
         typer.Option(
             "--dataset",
-            help="datasets.load_dataset name (hub), local folder, or parquet/json/arrow file.",
+            help="datasets.load_dataset name (hub, e.g. Skylion007/openwebtext), local folder, "
+            "or parquet/json/arrow file.",
         ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Dataset configuration name.")] = None,
