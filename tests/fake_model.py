@@ -10,8 +10,10 @@ visible, so it shows whether a sampler lets a block see its right context.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 
@@ -183,3 +185,13 @@ def tiny_denoiser(seq_len: int = 32, vocab_size: int = 40, seed: int = 0) -> tor
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run a test with one torch thread: these tests multiply tiny matrices, where one thread
+    is fastest, and two threads on oversubscribed shared cores can be 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_model import tiny_denoiser
+from fake_model import one_thread, tiny_denoiser  # noqa: F401 (autouse fixture)
 from sbdcli.artifacts import read_records, save_tensors, validate_record
 from sbdcli.cli import main
 
@@ -229,14 +229,16 @@ def write_jsonl(path: Path, recs: list[dict]) -> str:
 
 @pytest.fixture(scope="module")
 def good_record(workdir) -> dict:
-    cwd = os.getcwd()
+    cwd, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(workdir)
+    torch.set_num_threads(1)
     try:
         out = workdir / "good.jsonl"
         assert run_main(["draft", "-n", "1", "-o", str(out)]) == 0
         rec = next(read_records(str(out)))
     finally:
         os.chdir(cwd)
+        torch.set_num_threads(threads)
     rec["masked"] = [3, 4]
     return rec
 

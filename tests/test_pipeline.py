@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fake_model import FakeDenoiser
+from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
 from sbdcli import sampler as sp
 from sbdcli.config import ModelConfig
@@ -89,15 +89,6 @@ def train_tiny(oracle, length: int, steps: int) -> Denoiser:
 @pytest.mark.slow
 def test_snapshot_revision_lowers_oracle_nll_of_a_trained_model():
     """Smoke check (fixed seeds): draft 2 tokens/call, snapshot remask 0.25, full revise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest (and kind to shared CPUs)
-    try:
-        check_revision_lowers_nll()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def check_revision_lowers_nll() -> None:
     length = 32
     oracle = build_oracle(TopicMarkovSpec(vocab=16, topics=4, fanout=3), seed=0)
     ref = pl.ModelRef(train_tiny(oracle, length, steps=150), "tiny", "000000000000")

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from fake_model import CopyRightDenoiser, FakeDenoiser, tiny_denoiser
+from fake_model import CopyRightDenoiser, FakeDenoiser, one_thread, tiny_denoiser  # noqa: F401 (autouse fixture)
 from sbdcli import sampler as sp
 from sbdcli.errors import UserError
 
