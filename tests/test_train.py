@@ -314,3 +314,15 @@ def test_init_from_run_and_vocab_mismatch(tmp_path, data_dir):
     prepare_synthetic(other, spec, 32, num_train=16, num_val=8, floor_samples=8)
     with pytest.raises(UserError, match="vocab"):
         setup(tiny(init=str(base.run_dir)), other, tmp_path / "bad")
+
+
+def test_clip_search_sets_the_training_interval_and_checkpoint_header(tmp_path, data_dir):
+    from sbdcli.loss import clip_intervals
+
+    cfg = tiny(steps=2, val_every=2, val_rows=4, clip_search=True, block_small=8, mix_lambda=0)
+    summary = train(cfg, data_dir, tmp_path / "clip", runs_root=tmp_path)
+    state = json.loads((summary.run_dir / "state" / "trainer.json").read_text())
+    lo, hi = state["eps"]["8"]
+    assert (lo, hi) in clip_intervals(8)
+    _, header = artifacts.load_tensors(summary.run_dir / "model.safetensors")
+    assert header["sampling_eps"] == {"8": [lo, hi]}

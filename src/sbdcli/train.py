@@ -453,7 +453,8 @@ class Trainer:
         for block in self.sizes:
             gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", 10_000 + block))
             found = clip_search(model, batches, block, generator=gen, resample=self.cfg.resample)
-            pair = torch.tensor([found.eps_min, found.eps_max], device=self.accelerator.device)
+            pair = torch.tensor([found.eps_min, found.eps_max], dtype=torch.float64)
+            pair = pair.to(self.accelerator.device)
             if self.processes > 1:
                 pair = broadcast(pair, from_process=0)
             self.progress_state.eps[block] = [float(v) for v in pair.tolist()]

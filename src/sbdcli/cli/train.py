@@ -92,15 +92,18 @@ def summary_table(summary: Any) -> Table:
 def _fit(trainer: Any) -> Any:
     """Run the loop under a progress bar; validation lines are printed above it."""
     cfg = trainer.cfg
-    smooth: list[float] = []
+    smooth: list[float] = []  # running averages of loss and tokens/s
     with _progress_bar() as bar:
         task = bar.add_task("train", total=cfg.steps, completed=trainer.progress_state.step,
                             loss=float("nan"), block=0, tps=0.0)  # fmt: skip
 
         def report(info: Any) -> None:
-            smooth.append(info.loss if not smooth else 0.9 * smooth[-1] + 0.1 * info.loss)
-            bar.update(task, completed=info.step, loss=smooth[-1], block=info.block_size,
-                       tps=info.tokens_per_s)  # fmt: skip
+            new = [info.loss, info.tokens_per_s]
+            smooth[:] = (
+                new if not smooth else [0.9 * a + 0.1 * b for a, b in zip(smooth, new, strict=True)]
+            )
+            bar.update(task, completed=info.step, loss=smooth[0], block=info.block_size,
+                       tps=smooth[1])  # fmt: skip
             if info.val is not None:
                 bar.console.print(_val_line(info.step, info.val, trainer.reference))
 
@@ -239,8 +242,8 @@ def _saved_data_dir(run: Path) -> str:
 def _describe(trainer: Any) -> None:
     cfg, mc = trainer.cfg, trainer.model_config
     params = sum(p.numel() for p in trainer.denoiser.parameters())
-    sizes = "/".join(str(b) for b in trainer.sizes)
-    mix = f"Mix({sizes}) lambda {cfg.mix_lambda}" if len(trainer.sizes) > 1 else f"B = {sizes}"
+    sizes = ", ".join(str(b) for b in trainer.sizes)
+    mix = f"Mix({sizes}), lambda {cfg.mix_lambda}" if len(trainer.sizes) > 1 else f"B = {sizes}"
     console.print(
         f"run {trainer.run_dir}: {params / 1e6:.2f}M params ({mc.n_layers} layers, d "
         f"{mc.d_model}), L = {trainer.length}, {mix}, global batch {trainer.global_batch} = "

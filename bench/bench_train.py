@@ -1,0 +1,229 @@
+"""Benchmark training throughput: block-diffusion steps against a plain causal-LM step.
+
+For each model (`tiny`: 2 layers d 128; `d384`: 6 layers d 384, 6 heads) and L in {128, 512},
+the same `Denoiser` (same blocks, same weights) runs one full training step (forward,
+backward, grad clip, AdamW) as
+- `causal`: next-token cross-entropy with a causal boolean mask on x alone (L tokens);
+- `B=4`: the vectorised block NELBO over concat(x_t, x_0) (2L tokens, block-diffusion mask);
+- `B=L`: the block NELBO with one global block (bidirectional on x_t alone, L tokens);
+- `mix`: Mix(4, L), lambda 0.1, derived from the two as tokens / (0.9 t_4 + 0.1 t_L);
+- `loop`: the real `sbd train` loop (Trainer.fit: Mix(4, L) lambda 0.1, data reads, noise
+  draws, EMA), median step over a short run.
+Steps are timed round-robin (fair under a changing machine load), best of `--repeats`.
+Tokens/s counts the L input tokens of each row. Peak memory: the peak RSS of a fresh
+process that builds the model and runs 3 steps of that kind, minus its RSS after a warm-up
+step of a small throw-away model (library initialisation is not counted).
+Vocabulary: the synthetic default's 66 tokens (the output layer does not dominate).
+Targets: B=L >= 0.9x causal, B=4 >= 0.45x causal.
+
+Usage: python bench/bench_train.py [--repeats 4] [--threads 2] [--models tiny,d384]
+       [--lengths 128,512] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._report import machine, write_section
+from sbdcli.config import ModelConfig, preset, train_config
+from sbdcli.loss import block_nelbo
+from sbdcli.model import Denoiser
+
+MODELS = {
+    "tiny": {"preset": "tiny", "overrides": {}},
+    "d384": {"preset": "tiny", "overrides": {"n_layers": 6, "d_model": 384, "n_heads": 6}},
+}
+TOKENS_PER_STEP = 4096
+MODES = ("causal", "B=4", "B=L")
+
+
+def model_config(name: str, length: int) -> ModelConfig:
+    spec = MODELS[name]
+    return preset(spec["preset"], vocab_size=66, mask_id=65, seq_len=length, **spec["overrides"])
+
+
+def make_step(model: Denoiser, opt: torch.optim.Optimizer, mode: str, x: torch.Tensor):
+    """One full training step of `mode` on rows x (b, L) -> a zero-argument callable."""
+    length = x.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L)
+    positions = torch.arange(length)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        if mode == "causal":
+            logits = model(x, positions, attn_mask=causal)  # (b, L, V)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+        else:
+            block = 4 if mode == "B=4" else length
+            loss = block_nelbo(model, x, block, generator=gen).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+def build(name: str, length: int) -> tuple[Denoiser, torch.optim.Optimizer, torch.Tensor]:
+    torch.manual_seed(0)
+    model = Denoiser(model_config(name, length)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, 64, (TOKENS_PER_STEP // length, length))
+    x[:, 0] = 64  # BOS
+    return model, opt, x
+
+
+def time_modes(name: str, length: int, repeats: int) -> dict[str, float]:
+    """Best seconds per step of each mode, measured round-robin on one model."""
+    model, opt, x = build(name, length)
+    steps = {mode: make_step(model, opt, mode, x) for mode in MODES}
+    for fn in steps.values():
+        fn()
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(repeats):
+        for mode, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            times[mode].append(time.perf_counter() - start)
+    return {mode: min(ts) for mode, ts in times.items()}
+
+
+def time_loop(name: str, length: int, steps: int, root: Path) -> float:
+    """Median seconds per optimizer step of the real training loop (Mix(4, L), lambda 0.1),
+    starting from the benchmark model (saved and passed as `init`)."""
+    from sbdcli.compat import save_sbd_model
+    from sbdcli.data import prepare_synthetic
+    from sbdcli.train import setup
+
+    data = root / f"syn{length}"
+    if not data.exists():
+        prepare_synthetic(data, seq_len=length, num_train=256, num_val=8, floor_samples=8)
+    ckpt = save_sbd_model(
+        Denoiser(model_config(name, length)), root / f"{name}-{length}.safetensors"
+    )
+    cfg = train_config(
+        "tiny", steps=steps, batch_size=TOKENS_PER_STEP // length, lr=1e-4, val_every=0,
+        save_every=0, val_rows=8, device="cpu", init=str(ckpt),
+    )  # fmt: skip
+    trainer = setup(cfg, data, root / f"run-{name}-{length}")
+    per_token: list[float] = []
+    trainer.fit(lambda info: per_token.append(1.0 / max(info.tokens_per_s, 1e-9)))
+    return statistics.median(per_token[1:]) * TOKENS_PER_STEP
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def memory_worker(name: str, length: int, mode: str) -> None:
+    """Child process: print the peak RSS growth (MiB) of building the model and running 3
+    steps of `mode`, over the RSS after a warm-up step of a throw-away small model (so that
+    library initialisation is not counted)."""
+    warm_model, warm_opt, warm_x = build("tiny", 32)
+    make_step(warm_model, warm_opt, mode, warm_x[:2])()
+    del warm_model, warm_opt, warm_x
+    base = rss_kib()
+    model, opt, x = build(name, length)
+    step = make_step(model, opt, mode, x)
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+
+
+def peak_memory(name: str, length: int, mode: str, threads: int) -> float:
+    cmd = [sys.executable, __file__, "--worker", name, str(length), mode]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
+
+
+def measure(name: str, length: int, args: argparse.Namespace, data_root: Path) -> list[dict]:
+    best = time_modes(name, length, args.repeats)
+    best["mix"] = 0.9 * best["B=4"] + 0.1 * best["B=L"]
+    best["loop"] = time_loop(name, length, args.loop_steps, data_root)
+    rows = []
+    for mode in (*MODES, "mix", "loop"):
+        mem = peak_memory(name, length, mode, args.threads) if mode in MODES else None
+        rows.append({
+            "model": name, "L": length, "mode": mode, "tok_s": TOKENS_PER_STEP / best[mode],
+            "ratio": best["causal"] / best[mode], "peak_mib": mem,
+        })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | L | step | tokens/s | vs causal | peak MiB |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        mem = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
+        lines.append(
+            f"| {r['model']} | {r['L']} | {r['mode']} | {r['tok_s']:,.0f} | "
+            f"{r['ratio']:.2f}x | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=4, help="timed rounds per mode")
+    parser.add_argument("--loop-steps", type=int, default=6, help="steps of the real loop")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--models", default="tiny,d384", help="comma list of: tiny, d384")
+    parser.add_argument("--lengths", default="128,512", help="comma list of L")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write docs")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        memory_worker(args.worker[0], int(args.worker[1]), args.worker[2])
+        return
+    started = time.perf_counter()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            for length in (int(v) for v in args.lengths.split(",")):
+                rows += measure(name, length, args, Path(tmp))
+                print(table(rows[-5:]), flush=True)
+    command = "python bench/bench_train.py " + shlex.join(sys.argv[1:])
+    body = "\n".join([
+        "## Training throughput (CPU): block diffusion vs a causal-LM step",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Machine: {machine()}  ",
+        f"Rows of {TOKENS_PER_STEP} tokens per step (batch = {TOKENS_PER_STEP} / L), "
+        f"vocab 66, fp32, full step (forward, backward, clip, AdamW); best of {args.repeats} "
+        "round-robin rounds; `mix` = Mix(4, L) lambda 0.1 from the B=4 and B=L times; "
+        "`loop` = the real training loop (median step). Peak MiB: peak RSS growth of a fresh "
+        "process building the model and running 3 steps (after a small warm-up step). "
+        "Targets: B=L >= 0.9x causal, B=4 >= 0.45x causal. "
+        f"Runtime {time.perf_counter() - started:.0f} s.",
+        "",
+        table(rows),
+    ])  # fmt: skip
+    print(body)
+    if not args.no_write:
+        write_section("train", body)
+
+
+if __name__ == "__main__":
+    main()
