@@ -326,3 +326,11 @@ def test_clip_search_sets_the_training_interval_and_checkpoint_header(tmp_path, 
     assert (lo, hi) in clip_intervals(8)
     _, header = artifacts.load_tensors(summary.run_dir / "model.safetensors")
     assert header["sampling_eps"] == {"8": [lo, hi]}
+
+
+def test_noise_interval_per_block_size(tmp_path, data_dir):
+    trainer = setup(tiny(eps_min=0.3, large_eps_min=0.01), data_dir, tmp_path / "eps")
+    assert trainer.progress_state.eps == {4: [0.3, 1.0], 32: [0.01, 1.0]}
+    single = setup(tiny(block_small=8, mix_lambda=0.0, eps_min=0.3), data_dir, tmp_path / "one")
+    assert single.progress_state.eps == {8: [0.3, 1.0]}
+    assert train_config("tiny").eps_min == 0.25 and train_config("small").eps_min == 1e-3

@@ -149,9 +149,14 @@ class TrainConfig:
     mix_lambda: float = 0.1
     """Probability of a large-block step: P_B = (1 - lambda) delta(small) + lambda delta(large)."""
     eps_min: float = 1e-3
-    """Lower end of the training noise interval (mask probability t)."""
+    """Lower end of the noise interval (mask probability t) of small-block steps."""
     eps_max: float = 1.0
-    """Upper end of the training noise interval."""
+    """Upper end of the noise interval of small-block steps."""
+    large_eps_min: float = 1e-3
+    """Lower end of the noise interval of large-block steps. Kept wide by default: the
+    global block revises drafts with few masked tokens (small t)."""
+    large_eps_max: float = 1.0
+    """Upper end of the noise interval of large-block steps."""
     clip_search: bool = False
     """At each validation, pick the clipped noise interval that minimises the variance of
     the loss estimate on validation batches (BD3-LM var_min) and train with it."""
@@ -193,6 +198,10 @@ class TrainConfig:
             (self.block_small <= self.block_large, "mix block sizes must be ordered small,large"),
             (0.0 <= self.mix_lambda <= 1.0, "lambda must lie in [0, 1]"),
             (0.0 < self.eps_min <= self.eps_max <= 1.0, "need 0 < eps_min <= eps_max <= 1"),
+            (
+                0.0 < self.large_eps_min <= self.large_eps_max <= 1.0,
+                "need 0 < large eps_min <= large eps_max <= 1",
+            ),
             (self.val_every >= 0 and self.save_every >= 0, "val/save intervals must be >= 0"),
             (self.val_rows >= 0, "val rows must be >= 0"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
@@ -224,11 +233,12 @@ class TrainConfig:
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
+    "tiny": {  # from scratch on a CPU: see docs/results.md (training on the synthetic default)
         "steps": 1200,
         "batch_size": 32,
         "lr": 3e-3,
         "warmup": 100,
+        "eps_min": 0.25,
         "val_every": 200,
         "save_every": 400,
     },

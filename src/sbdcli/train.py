@@ -224,7 +224,7 @@ class Trainer:
         self.order = DataOrder(self.train_rows.n_rows, cfg.seed)
         self.noise = torch.Generator().manual_seed(seed_for(cfg.seed, "noise"))
         torch.manual_seed(seed_for(cfg.seed, "dropout", self.rank))
-        self.progress_state = _Progress(eps={b: [cfg.eps_min, cfg.eps_max] for b in self.sizes})
+        self.progress_state = _Progress(eps=_initial_eps(cfg, small, large, self.sizes))
         if resume:
             self._load_state()
         elif self.is_main:
@@ -343,7 +343,7 @@ class Trainer:
         and returns the loss averaged over the global batch. Advances the noise stream.
         """
         cfg, st, acc = self.cfg, self.progress_state, self.accelerator
-        eps = tuple(st.eps.get(block, [cfg.eps_min, cfg.eps_max]))
+        eps = tuple(st.eps[block])
         t, masked = draw_noise(self.global_batch, self.length, block, self.noise, eps, cfg.resample)
         index = self.order.rows(st.step * self.global_batch, self.global_batch)
         self.model.train()
@@ -594,6 +594,16 @@ def _cpu_denoiser(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.
 
 
 # --------------------------------------------------------------------------- helpers
+def _initial_eps(
+    cfg: TrainConfig, small: int, large: int, sizes: list[int]
+) -> dict[int, list[float]]:
+    """Noise interval per block size in use: small-block steps use [eps_min, eps_max],
+    large-block steps [large_eps_min, large_eps_max] (single-size runs: the former)."""
+    eps = {b: [cfg.large_eps_min, cfg.large_eps_max] for b in sizes if b == large}
+    eps.update({b: [cfg.eps_min, cfg.eps_max] for b in sizes if b == small})
+    return eps
+
+
 def _due(step: int, every: int, steps: int) -> bool:
     return step == steps or (every > 0 and step % every == 0)
 

@@ -51,6 +51,15 @@ def block_fields(mix: str | None, mix_lambda: float | None, block: int | None) -
     return fields
 
 
+def parse_interval(text: str) -> tuple[float, float]:
+    """'0.001,1' -> (0.001, 1.0); anything else is a UserError."""
+    try:
+        lo, hi = (float(p) for p in text.split(","))
+    except ValueError:
+        raise UserError(f"bad --eps-large '{text}': expected two numbers like 0.001,1") from None
+    return lo, hi
+
+
 def _progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]train[/]"),
@@ -162,10 +171,20 @@ def train(
     ] = None,
     eps_min: Annotated[
         float | None,
-        typer.Option("--eps-min", help="Lower end of the noise interval (default 1e-3)."),
+        typer.Option(
+            "--eps-min",
+            help="Lower end of the small-block noise interval (default 1e-3; tiny: 0.25).",
+        ),
     ] = None,
     eps_max: Annotated[
-        float | None, typer.Option("--eps-max", help="Upper end of the noise interval (default 1).")
+        float | None,
+        typer.Option("--eps-max", help="Upper end of the small-block noise interval (default 1)."),
+    ] = None,
+    eps_large: Annotated[
+        str | None,
+        typer.Option(
+            "--eps-large", help="Noise interval 'lo,hi' of large-block steps (default 0.001,1)."
+        ),
     ] = None,
     clip_search: Annotated[
         bool | None,
@@ -207,6 +226,8 @@ def train(
         "save_every": save_every, "device": device, "precision": precision,
         **block_fields(mix, mix_lambda, block),
     }  # fmt: skip
+    if eps_large is not None:
+        given["large_eps_min"], given["large_eps_max"] = parse_interval(eps_large)
     if resume:
         run = out if out is not None else Path("runs") / "latest"
         cfg = resume_config(run, preset=preset, **given)
