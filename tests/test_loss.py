@@ -146,9 +146,11 @@ def test_same_generator_seed_reproduces():
     assert torch.equal(a.token_nelbo, b.token_nelbo) and torch.equal(a.masked, b.masked)
 
 
-def test_block_size_must_divide_length():
+def test_block_size_must_divide_length_and_fixed_x_t_needs_t():
     with pytest.raises(UserError):
         block_nelbo(random_model(), clean_rows(1, 0), 3)
+    with pytest.raises(ValueError):
+        block_nelbo(random_model(), clean_rows(1, 0), 4, x_t=clean_rows(1, 0))
 
 
 def test_resample_keeps_block_fractions_inside_interval():

@@ -105,7 +105,9 @@ def _load_sbd(path: Path, device: str) -> Denoiser:
     return _finish(_build(config, tensors, path), device, header)
 
 
-def save_sbd_model(model: torch.nn.Module, path: str | Path, header: dict[str, Any] | None = None):
+def save_sbd_model(
+    model: torch.nn.Module, path: str | Path, header: dict[str, Any] | None = None
+) -> Path:
     """Write `model` to `path` (a .safetensors file, or a directory -> DIR/model.safetensors).
 
     Header: {"model_config": ModelConfig.to_dict(), "sampling_eps": [lo, hi]} updated with

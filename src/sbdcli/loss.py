@@ -107,7 +107,7 @@ def block_nelbo(
     """One antithetic Monte-Carlo estimate of the block NELBO of clean rows x0 (B, L).
 
     block_size >= L is one global block (MDLM). `t` fixes the block levels ((B, n_blocks) or
-    per token (B, L)); `x_t` fixes the noisy input (then the mask is x_t == [MASK]).
+    per token (B, L)); `x_t` (with `t`) fixes the noisy input (the mask is x_t == [MASK]).
     `resample` redraws blocks whose masked fraction falls outside [eps_min, eps_max].
     """
     batch, length = x0.shape
@@ -115,6 +115,8 @@ def block_nelbo(
     if block < 1 or length % block:
         raise UserError(f"block size {block_size} must divide the sequence length {length}")
     mask_id = model.config.mask_id
+    if x_t is not None and t is None:
+        raise ValueError("a fixed x_t needs its block levels t")
     if t is None:
         t = sample_t(batch, length // block, generator=generator, eps_min=eps_min,
                      eps_max=eps_max, device=x0.device)  # fmt: skip

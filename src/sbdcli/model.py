@@ -252,9 +252,11 @@ class Denoiser(nn.Module):
         positions are read out (the last layer skips the other queries).
         """
         last = attn_mask
-        per_row = isinstance(attn_mask, torch.Tensor) and attn_mask.dim() >= 2
-        if n_out is not None and per_row and attn_mask.shape[-2] > 1:
-            last = attn_mask[..., :n_out, :]
+        if n_out is not None and attn_mask is not None:
+            if not isinstance(attn_mask, torch.Tensor):
+                raise ValueError("n_out needs a boolean tensor mask (or None)")
+            if attn_mask.dim() >= 2 and attn_mask.shape[-2] > 1:
+                last = attn_mask[..., :n_out, :]
         return self._run(tokens, positions, attn_mask, last, kv_cache, cache_commit, sigma, n_out)
 
     def _run(

@@ -37,21 +37,15 @@ def export(
     """Export a trained model to the BD3-LM Hugging Face checkpoint layout."""
     if format not in FORMATS:
         raise UserError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
+    from sbdcli.artifacts import read_json
     from sbdcli.compat import export_bd3lm, load_model
 
     model = load_model(run)
     path = export_bd3lm(model, out, block_size=block_size, overwrite=force)
     cfg = model.config
+    written = read_json(path / "config.json", "exported config")
     console.print(
         f"wrote {path} (BD3-LM layout: {cfg.n_layers} layers, d {cfg.d_model}, "
-        f"vocab {cfg.vocab_size}, block size {_json_block(path)})",
+        f"vocab {cfg.vocab_size}, block size {written['block_size']})",
         highlight=False,
     )
-
-
-def _json_block(path: object) -> int:
-    from pathlib import Path
-
-    from sbdcli.artifacts import read_json
-
-    return int(read_json(Path(str(path)) / "config.json")["block_size"])
