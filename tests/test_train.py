@@ -178,14 +178,21 @@ def test_draw_noise_equals_the_draws_block_nelbo_makes(data_dir):
 
 
 # --------------------------------------------------------------------------- the loop
-def test_tiny_model_loss_drops_on_synthetic_data(tmp_path, data_dir):
-    cfg = tiny(steps=80, batch_size=16, val_every=0, lr=5e-3, warmup=10, ema=0.0)
-    first = setup(cfg, data_dir, tmp_path / "r0")
-    start = first.validate()
-    summary = first.fit()
+def test_tiny_model_loss_drops_on_synthetic_data(tmp_path):
+    """A deterministic-chain member of the topic-markov family (1 topic, 1 successor): the
+    NELBO can only fall far below its start by using context, and it does in 40 steps."""
+    from sbdcli.data import prepare_synthetic
+    from sbdcli.synthetic import TopicMarkovSpec
+
+    chain = TopicMarkovSpec(vocab=16, topics=1, fanout=1, eps=0.0)
+    prepare_synthetic(tmp_path / "chain", chain, 32, num_train=512, num_val=32, floor_samples=8)
+    cfg = tiny(steps=40, batch_size=16, val_rows=32, val_every=0, lr=3e-3, warmup=10, ema=0.0)
+    trainer = setup(cfg, tmp_path / "chain", tmp_path / "run")
+    start = trainer.validate()  # the same corruption as the final validation
+    summary = trainer.fit()
     for block in (4, 32):
-        assert summary.val[block] < start[block] - 0.4, (start, summary.val)
-    assert summary.reference["oracle_floor"] < min(summary.val.values())
+        assert summary.val[block] < 0.5 * start[block], (start, summary.val)
+    assert summary.reference["oracle_floor"] == 0.0  # the chain is deterministic
 
 
 def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path, data_dir):
