@@ -212,7 +212,7 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path, data_
     assert len(metrics(part)) == 3
     train(resume_config(part), data_dir, part, resume=True, runs_root=tmp_path)
 
-    keys = ("step", "loss", "block_size", "lr", "tokens", "val_nelbo")
+    keys = ("step", "loss", "block_size", "lr", "tokens", "grad_norm", "val_nelbo")
     got = [{k: r.get(k) for k in keys} for r in metrics(part)]
     want = [{k: r.get(k) for k in keys} for r in metrics(full)]
     assert got == want

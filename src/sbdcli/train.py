@@ -80,6 +80,7 @@ class StepInfo:
     lr: float
     tokens_per_s: float
     elapsed_s: float
+    grad_norm: float | None = None
     val: dict[int, float] | None = None
 
 
@@ -194,32 +195,23 @@ class Trainer:
     """A prepared training run; see the module docstring. Build it with `setup`."""
 
     def __init__(self, cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool) -> None:
+        """Build everything; this seeds the global torch RNG (dropout) per process."""
         self.cfg, self.data_dir, self.run_dir = cfg, data_dir, run_dir
         self.notes: list[str] = []
-        self.accelerator = _make_accelerator(cfg)
-        acc = self.accelerator
-        self.is_main, self.processes, self.rank = (
-            acc.is_main_process,
-            acc.num_processes,
-            acc.process_index,
-        )
-        self.manifest = read_data_manifest(data_dir)
-        self.train_rows = TokenRows(data_dir, "train", self.manifest)
-        self.length = self.train_rows.seq_len
+        self.accelerator = acc = _make_accelerator(cfg)
+        self.is_main, self.processes = acc.is_main_process, acc.num_processes
+        self.rank = acc.process_index
+        self._setup_data()
         small, large, notes = resolve_block_sizes(cfg.block_small, cfg.block_large, self.length)
         self.notes += notes
-        self.sizes = sorted({small} | ({large} if cfg.mix_lambda > 0 else set()))
-        if cfg.mix_lambda >= 1.0:
-            self.sizes = [large]
+        self.sizes = [large] if cfg.mix_lambda >= 1.0 else sorted({small, large})
+        if cfg.mix_lambda == 0.0:
+            self.sizes = [small]
         self.sampler = BlockSizeSampler(small, large, cfg.mix_lambda, seed_for(cfg.seed, "blocks"))
         self.accum = _accumulation(cfg, self.processes)
         self.global_batch = cfg.batch_size * self.processes * self.accum
         self.denoiser = _build_model(cfg, self.manifest, self.length, self.notes)
         self.model_config: ModelConfig = self.denoiser.config
-        self.val_rows = TokenRows(data_dir, "val", self.manifest).head(cfg.val_rows)
-        if self.val_rows.shape[0] == 0:
-            raise UserError(f"{data_dir} has no validation rows (prepare it with --num-val > 0)")
-        self.reference = reference_numbers(data_dir, self.manifest, self.val_rows)
         self._prepare()
         self.order = DataOrder(self.train_rows.n_rows, cfg.seed)
         self.noise = torch.Generator().manual_seed(seed_for(cfg.seed, "noise"))
@@ -227,12 +219,26 @@ class Trainer:
         self.progress_state = _Progress(eps=_initial_eps(cfg, small, large, self.sizes))
         if resume:
             self._load_state()
-        elif self.is_main:
+        if self.is_main:
             self._write_run_files()
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ construction
+    def _setup_data(self) -> None:
+        """Manifest, lazily read training rows, the validation rows and the references."""
+        self.manifest = read_data_manifest(self.data_dir)
+        self.train_rows = TokenRows(self.data_dir, "train", self.manifest)
+        self.length = self.train_rows.seq_len
+        if self.length != int(self.manifest["seq_len"]):
+            raise UserError(f"{self.data_dir}: rows of {self.length} tokens, manifest says "
+                            f"{self.manifest['seq_len']}")  # fmt: skip
+        self.val_rows = TokenRows(self.data_dir, "val", self.manifest).head(self.cfg.val_rows)
+        if self.val_rows.shape[0] == 0:
+            raise UserError(f"{self.data_dir} has no validation rows (prepare with --num-val > 0)")
+        self.reference = reference_numbers(self.data_dir, self.manifest, self.val_rows)
+
     def _prepare(self) -> None:
+        """AdamW (no decay on gains, biases, embeddings), accelerate wrapping, EMA."""
         cfg, acc = self.cfg, self.accelerator
         wrapper = _TrainForward(self.denoiser)
         decay, no_decay = [], []
@@ -252,6 +258,8 @@ class Trainer:
         self.ema = EMA(self.named, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
 
     def _write_run_files(self) -> None:
+        """`config.json` (model, training config, data provenance, processes) and `data/`;
+        rewritten on resume, so they describe the run as it continues."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         copy_data_files(self.data_dir, self.run_dir)
         manifest_sha = artifacts.sha256_file(self.data_dir / "manifest.json")
@@ -322,8 +330,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = self.forward_backward(block)
+        norm = None
         if cfg.grad_clip > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
@@ -333,7 +342,8 @@ class Trainer:
         st.step += 1
         st.tokens += self.global_batch * self.length
         tokens_per_s = self.global_batch * self.length / max(time.perf_counter() - t0, 1e-9)
-        return StepInfo(st.step, cfg.steps, loss, block, lr, tokens_per_s, 0.0)
+        grad_norm = None if norm is None else float(norm)
+        return StepInfo(st.step, cfg.steps, loss, block, lr, tokens_per_s, 0.0, grad_norm)
 
     def forward_backward(self, block: int) -> float:
         """Gradients of the current step's global batch at block size `block`.
@@ -385,6 +395,7 @@ class Trainer:
             "block_size": info.block_size,
             "lr": info.lr,
             "tokens_per_s": info.tokens_per_s,
+            "grad_norm": info.grad_norm,
             "tokens": self.progress_state.tokens,
             "elapsed_s": info.elapsed_s,
             "processes": self.processes,
@@ -545,6 +556,10 @@ class Trainer:
         )
 
         groups, trainer = read_state(self.run_dir / "state")
+        saved = artifacts.read_json(self.run_dir / "config.json", "run config")
+        sha = artifacts.sha256_file(self.data_dir / "manifest.json")
+        if saved.get("data", {}).get("manifest_sha256") != sha:
+            self.notes.append(f"the data at {self.data_dir} differs from the run's original data")
         if trainer["global_batch"] != self.global_batch:
             raise UserError(
                 f"the run used a global batch of {trainer['global_batch']} rows; this launch "
