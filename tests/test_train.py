@@ -229,6 +229,8 @@ def test_resume_refuses_changed_optimisation(tmp_path, data_dir):
     assert resume_config(run, steps=4).steps == 4
     with pytest.raises(UserError, match="--lr"):
         resume_config(run, lr=1.0)
+    with pytest.raises(UserError, match="--mix/--block"):
+        resume_config(run, block_small=8)
     with pytest.raises(UserError, match="nothing to resume"):
         setup(tiny(), data_dir, tmp_path / "none", resume=True)
 

@@ -34,6 +34,14 @@ RESUMABLE_CHANGES = (
     "steps", "val_every", "save_every", "val_rows", "device", "batch_size", "global_batch",
 )  # fmt: skip
 """Training-config fields a resumed run may change; every other field must stay."""
+FLAGS = {
+    "block_small": "--mix/--block",
+    "block_large": "--mix/--block",
+    "mix_lambda": "--lambda",
+    "large_eps_min": "--eps-large",
+    "large_eps_max": "--eps-large",
+}
+"""Command-line flags of the training-config fields whose flag is not the field's name."""
 
 
 class TokenRows:
@@ -131,8 +139,9 @@ def point_latest(run_dir: Path, runs_root: Path) -> None:
 def resume_config(run_dir: Path, **changes: Any) -> TrainConfig:
     """The training config saved in `run_dir`, with the allowed `changes` applied.
 
-    Changing anything but steps, val/save intervals, val rows or device is a UserError:
-    a resumed run must continue the same optimisation.
+    Changing anything but the step count, the val/save intervals, the val rows, the device
+    or how the (unchanged) global batch is split is a UserError: a resumed run must continue
+    the same optimisation.
     """
     if not (run_dir / "state" / "trainer.json").is_file():
         raise UserError(f"{run_dir} holds no resume state (state/trainer.json)")
@@ -143,13 +152,14 @@ def resume_config(run_dir: Path, **changes: Any) -> TrainConfig:
         if value is None or value == values.get(key):
             continue
         if key not in RESUMABLE_CHANGES:
-            flag = key.replace("_", "-")
-            raise UserError(f"cannot change --{flag} when resuming (the run used {values[key]})")
+            flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+            raise UserError(f"cannot change {flag} when resuming (the run used {values[key]})")
         values[key] = value
     return TrainConfig(**values)
 
 
 def copy_data_files(data_dir: Path, run_dir: Path) -> None:
+    """Copy the manifest, tokenizer and oracle (those present) into `run_dir/data`."""
     target = run_dir / "data"
     target.mkdir(parents=True, exist_ok=True)
     for name in DATA_COPIES:
