@@ -181,3 +181,15 @@ def test_eval_ppl_block1_matches_library_and_errors(synth_run, tmp_path, capsys)
     small = save_run(tmp_path / "run2", tiny_denoiser(vocab=40, length=16), data, block=1)
     code = run_main(["eval", "ppl", "-m", str(small), "--data", str(data)])
     one_line_error(capsys, code, "different tokenizer")
+
+
+def test_unfinished_samples(synth_run, tmp_path, capsys):
+    recs = synth_records(synth_run, 2)
+    recs[0]["masked"] = [3, 5]  # remasked, not revised: scored as they are, with a note
+    f = write_jsonl(tmp_path / "pending.jsonl", recs)
+    assert run_main(["eval", "genppl", str(f)]) == 0
+    cap = capsys.readouterr()
+    assert "remask without revise" in json.loads(cap.out)["notes"][0]
+    recs[1]["tokens"][4] = 65  # [MASK] of the synthetic language
+    f = write_jsonl(tmp_path / "masked.jsonl", recs)
+    one_line_error(capsys, run_main(["eval", "genppl", str(f)]), "holds [MASK] at position 4")

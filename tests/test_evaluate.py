@@ -458,7 +458,7 @@ def test_markdown_and_plot(tmp_path):
     md = markdown_table(rows)
     lines = md.splitlines()
     assert lines[0].startswith("| file / group | n | Gen PPL (corpus) | Gen PPL (mean/sample)")
-    assert "| a.jsonl | 4 | 5 | 6 |" in md and "entropy in nats" in md
+    assert "| a.jsonl | 4 | 5.000 | 6.000 | 3.500 | 32.00 |" in md and "entropy in nats" in md
     out = tmp_path / "p.png"
     plot_genppl(rows, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -114,14 +114,15 @@ def sampler_settings(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def short_settings(settings: dict[str, Any]) -> str:
     """One line for tables: `draft B4 p0.9 float64 · remask snapshot γ0.25 · revise B128`."""
-    names = {"block": "B", "block_size": "B", "top_p": "p", "gamma": "γ", "steps_per_block": "S"}
+    names = {"strategy": "", "block": "B", "block_size": "B", "top_p": "p", "gamma": "γ"}
+    names.update(steps_per_block="S", temperature="T")
     out = []
     for st in settings["stages"]:
         bits = [str(st.get("name", "?"))]
         block = "block" if st.get("block") == "full" else "block_size"
         for key in ("strategy", block, "steps_per_block", "gamma", "top_p", "temperature"):
             if st.get(key) is not None and not (key == "temperature" and st[key] == 1.0):
-                bits.append(f"{names.get(key, 'T')}{_fmt(st[key])}")
+                bits.append(f"{names[key]}{_fmt(st[key])}")
         if st.get("first_hitting"):
             bits.append("first-hitting")
         if st.get("dtype") is not None:
@@ -659,7 +660,7 @@ COLUMNS = (
     ("gen_ppl_corpus", "Gen PPL (corpus)"),
     ("gen_ppl_per_sample_mean", "Gen PPL (mean/sample)"),
     ("nll_per_token", "NLL/tok"),
-    ("oracle_floor_nll_per_token", "oracle floor"),
+    ("oracle_floor_nll_per_token", "oracle floor (NLL/tok)"),
     ("entropy_per_sample_mean", "entropy"),
     ("nfe_per_sample", "NFE"),
     ("seconds_per_sample", "s/sample"),
@@ -673,7 +674,9 @@ def cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+        if abs(value) >= 1e6:
+            return f"{value:.3e}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:#.4g}".rstrip(".")
     return str(value)
 
 
@@ -852,6 +855,25 @@ def _records_codec(records: Sequence[dict[str, Any]], data_dir: Path | None) -> 
     return None
 
 
+def check_finished(records: Sequence[dict[str, Any]], info: VocabInfo) -> list[str]:
+    """Refuse samples that still hold [MASK]; note remasked-but-unrevised records."""
+    if info.mask_id is not None:
+        for i, rec in enumerate(records):
+            if info.mask_id in rec["tokens"]:
+                pos = rec["tokens"].index(info.mask_id)
+                raise UserError(
+                    f"record {i} (id {rec['id']!r}) holds [MASK] at position {pos}: "
+                    "not a finished sample"
+                )
+    pending = sum(1 for r in records if r["masked"])
+    if not pending:
+        return []
+    return [
+        f"{pending} records still list masked positions (remask without revise): "
+        "their current tokens were scored"
+    ]
+
+
 def evaluate_sets(
     sets: Sequence[tuple[str, list[dict[str, Any]]]],
     opts: GenPplOptions,
@@ -864,6 +886,7 @@ def evaluate_sets(
     if not every:
         raise UserError("no records to evaluate (empty input)")
     info = vocab_info(every, opts.data_dir)
+    notes = check_finished(every, info)
     judge = make_judge(opts, every, info)
     summaries = []
     for name, recs in sets:
@@ -877,6 +900,7 @@ def evaluate_sets(
                 scores = judge.score(grp, progress)
             summary = {"file": name, "group": label}
             summary["name"] = name if len(groups) == 1 else f"{name} · {label}"
+            scores.notes = [*scores.notes, *notes]
             summary.update(summarize(grp, scores, info, opts.eos, judge.describe()))
             if isinstance(judge, OracleJudge):
                 length = max(len(r["tokens"]) for r in grp)

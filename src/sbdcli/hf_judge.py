@@ -23,7 +23,8 @@ It is not the place for oracle or sbd-model judges (evaluate.py) and it never pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,22 @@ def _short(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars or info logs while loading (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_causal_lm(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) from a local transformers directory, fp32, eval; else UserError."""
     p = Path(path)
@@ -76,10 +93,13 @@ def load_causal_lm(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
         raise UserError(
             f"evaluator {p}: model type '{cfg.model_type}' is not a causal language model"
         )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"evaluator {p}: cannot load the causal LM ({_short(exc)})") from None
+    with _quiet_transformers():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                p, dtype=torch.float32, local_files_only=True
+            )
+        except Exception as exc:
+            raise UserError(f"evaluator {p}: cannot load the causal LM ({_short(exc)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
     except Exception as exc:
