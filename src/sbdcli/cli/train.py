@@ -60,7 +60,7 @@ def parse_interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _progress_bar() -> Progress:
+def _progress_bar(show: bool) -> Progress:
     return Progress(
         TextColumn("[bold]train[/]"),
         BarColumn(bar_width=24),
@@ -71,7 +71,7 @@ def _progress_bar() -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=not console.is_terminal,
+        disable=not (show and console.is_terminal),
     )
 
 
@@ -102,7 +102,7 @@ def _fit(trainer: Any) -> Any:
     """Run the loop under a progress bar; validation lines are printed above it."""
     cfg = trainer.cfg
     smooth: list[float] = []  # running averages of loss and tokens/s
-    with _progress_bar() as bar:
+    with _progress_bar(trainer.is_main) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=trainer.progress_state.step,
                             loss=float("nan"), block=0, tps=0.0)  # fmt: skip
 
