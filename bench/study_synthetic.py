@@ -13,6 +13,7 @@ Steps (each reuses finished artifacts under --out):
     python bench/study_synthetic.py train --lam 0 --steps N &     # run in parallel
     python bench/study_synthetic.py sample --shard 0/2 &          # sampling grid, 2 shards
     python bench/study_synthetic.py sample --shard 1/2 &
+    python bench/study_synthetic.py timing                        # min-of-3 stage timings
     python bench/study_synthetic.py report                        # oracle eval + doc
 `all` runs every step in one process. Seeds vary the sampling (and remasking) only:
 both models are trained once, with training seed 0.
@@ -90,11 +91,10 @@ def grid(seeds: tuple[int, ...]) -> list[Group]:
     for seed in seeds:
         groups.append(Group("mix", 2, seed, tuple(main)))
         frontier = (Revise("snapshot", 0.25, 0), Revise("snapshot", 0.5, 0))
-        frontier += (Revise("snapshot", 1.0, 0),)
         groups.append(Group("mix", 4, seed, frontier))
         groups.append(Group("mix", 1, seed, frontier))
         single = (Revise("snapshot", 0.1, 0), Revise("snapshot", 0.25, 0))
-        single += (Revise("snapshot", 0.5, 0), Revise("random", 0.25, 0))
+        single += (Revise("snapshot", 0.5, 0),)
         groups.append(Group("single", 2, seed, single))
     return groups
 
@@ -298,7 +298,7 @@ def frontier(agg: dict, x: str) -> list[tuple[str, int, str]]:
     ]
 
 
-def plot(agg: dict, path: Path, floor: float | None) -> None:
+def plot(agg: dict, path: Path, floor: float | None, n_seeds: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,7 +335,7 @@ def plot(agg: dict, path: Path, floor: float | None) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(
         "λ=0.1 model: o draft only, s snapshot revise, ^ other remask strategies "
-        "(mean ± std over 3 sampling seeds)",
+        f"(mean ± std over {n_seeds} sampling seeds)",
         fontsize=9,
     )
     with atomic_path(path) as tmp:
@@ -446,6 +446,22 @@ def verdicts(agg: dict) -> list[str]:
     return lines
 
 
+def model_lines(out: Path) -> list[str]:
+    """Last validation NELBO (nats/token, per block size) of each trained model."""
+    lines = ["| model | steps | val NELBO/token by block size | oracle val NLL/token |"]
+    lines.append("|---|---|---|---|")
+    for name, lam in MODELS.items():
+        vals = [
+            json.loads(x)
+            for x in (out / name / "metrics.jsonl").read_text().splitlines()
+            if "val_nelbo" in x
+        ]
+        last = vals[-1]
+        nelbo = ", ".join(f"B={b}: {v:.3f}" for b, v in last["val_nelbo"].items())
+        lines.append(f"| λ = {lam:g} | {last['step']} | {nelbo} | {last['oracle_val_nll']:.3f} |")
+    return lines
+
+
 def _fmt_keys(keys: list[tuple[str, int, str]]) -> str:
     return ", ".join(_label(*k) for k in keys)
 
@@ -475,6 +491,10 @@ def section(agg: dict, args: argparse.Namespace, floor: float, floor_nll: float)
         *args.commands,
         "```",
         "",
+        "Trained models (last validation, EMA weights):",
+        "",
+        *model_lines(args.out),
+        "",
         "### a. Stage 2 (snapshot γ = 0.25 + one global revise block) vs the draft",
     ]
     keys = [
@@ -503,7 +523,7 @@ def section(agg: dict, args: argparse.Namespace, floor: float, floor_nll: float)
     out += ["", "### e. Mix-scale (λ = 0.1) vs single-scale B = 4 (λ = 0), same steps", ""]
     single = ("single", 2, "only")
     for lam_key, base in (("mix", mix2), ("single", single)):
-        names = ["only", "snapshot-g0.1-bL", g25, "snapshot-g0.5-bL", "random-g0.25-bL"]
+        names = ["only", "snapshot-g0.1-bL", g25, "snapshot-g0.5-bL"]
         out += table(agg, [(lam_key, 2, n) for n in names], base)
         out.append("")
     out += ["### f. The frontier (λ = 0.1 model, every setting above)", ""]
@@ -566,6 +586,12 @@ def write_section(doc: Path, text: str) -> None:
         handle.write(new)
 
 
+def cmd_timing(args: argparse.Namespace) -> None:
+    from sbdcli import artifacts
+
+    artifacts.write_json(args.out / "timed.json", timed_costs(args.out, batch=args.time_batch))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from sbdcli import artifacts
 
@@ -573,15 +599,22 @@ def cmd_report(args: argparse.Namespace) -> None:
     artifacts.write_json(args.out / "study-rows.json", rows)
     agg = aggregate(rows)
     floor, floor_nll = rows[0]["oracle_floor_ppl"], rows[0]["oracle_floor_nll_per_token"]
-    args.commands = COMMANDS.format(steps=args.steps, n=args.n).splitlines()
+    args.commands = COMMANDS.format(
+        steps=args.steps, n=args.n, seeds=",".join(map(str, args.seeds))
+    ).splitlines()
     args.commands = [c for c in args.commands if c]
-    args.timed = timed_costs(args.out, batch=args.time_batch)
+    if args.train_history:
+        args.commands.insert(1, f"# this run: {args.train_history}")
+    timed = args.out / "timed.json"
+    if not timed.is_file():
+        cmd_timing(args)
+    args.timed = json.loads(timed.read_text())
     text = section(agg, args, floor, floor_nll)
     text += "\n" + "\n".join(verdicts(agg)) + "\n"
     if args.notes and args.notes.is_file():
         text += "\n" + args.notes.read_text()
     write_section(args.doc, text)
-    plot(agg, args.doc.parent / "results-frontier.png", floor)
+    plot(agg, args.doc.parent / "results-frontier.png", floor, len(args.seeds))
     artifacts.write_json(
         args.out / "study-agg.json", {"|".join(map(str, k)): v for k, v in agg.items()}
     )
@@ -592,20 +625,21 @@ python bench/study_synthetic.py prepare   # = sbd prepare --synthetic topic-mark
 python bench/study_synthetic.py train --lam 0.1 --steps {steps} &
 python bench/study_synthetic.py train --lam 0 --steps {steps} &
 wait
-python bench/study_synthetic.py sample --n {n} --seeds 0,1,2 --shard 0/2 &
-python bench/study_synthetic.py sample --n {n} --seeds 0,1,2 --shard 1/2 &
+python bench/study_synthetic.py sample --n {n} --seeds {seeds} --shard 0/2 &
+python bench/study_synthetic.py sample --n {n} --seeds {seeds} --shard 1/2 &
 wait
-python bench/study_synthetic.py report --n {n} --seeds 0,1,2 --steps {steps} --notes NOTES.md
+python bench/study_synthetic.py timing   # min-of-3 stage timings (runs/study/timed.json)
+python bench/study_synthetic.py report --n {n} --seeds {seeds} --steps {steps}
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("prepare", "train", "sample", "report", "all"))
+    parser.add_argument("step", choices=("prepare", "train", "sample", "timing", "report", "all"))
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact dir")
     parser.add_argument("--lam", type=float, default=0.1, help="train: mix-scale lambda")
-    parser.add_argument("--steps", type=int, default=450, help="train: optimizer steps")
-    parser.add_argument("--n", type=int, default=512, help="samples per setting and seed")
+    parser.add_argument("--steps", type=int, default=600, help="train: optimizer steps")
+    parser.add_argument("--n", type=int, default=256, help="samples per setting and seed")
     parser.add_argument(
         "--seeds",
         type=lambda s: tuple(int(x) for x in s.split(",")),
@@ -614,6 +648,7 @@ def main() -> None:
     )
     parser.add_argument("--shard", default="0/1", help="sample: this shard i/k of the grid")
     parser.add_argument("--notes", type=Path, default=None, help="report: appended text")
+    parser.add_argument("--train-history", default="", help="report: how training ran")
     parser.add_argument("--time-batch", type=int, default=64, help="report: timing batch")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args()
@@ -628,6 +663,8 @@ def main() -> None:
             cmd_train(args)
     if args.step in ("sample", "all"):
         cmd_sample(args)
+    if args.step == "timing":
+        cmd_timing(args)
     if args.step in ("report", "all"):
         cmd_report(args)
 
