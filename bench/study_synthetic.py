@@ -14,6 +14,7 @@ Steps (each reuses finished artifacts under --out):
     python bench/study_synthetic.py sample --shard 0/2 &          # sampling grid, 2 shards
     python bench/study_synthetic.py sample --shard 1/2 &
     python bench/study_synthetic.py timing                        # min-of-3 stage timings
+    python bench/study_synthetic.py eval                          # oracle scores of every set
     python bench/study_synthetic.py report                        # oracle eval + doc
 `all` runs every step in one process. Seeds vary the sampling (and remasking) only:
 both models are trained once, with training seed 0.
@@ -592,11 +593,20 @@ def cmd_timing(args: argparse.Namespace) -> None:
     artifacts.write_json(args.out / "timed.json", timed_costs(args.out, batch=args.time_batch))
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def cmd_eval(args: argparse.Namespace) -> None:
     from sbdcli import artifacts
 
     rows = evaluate_all(args.out, args.seeds, args.n)
     artifacts.write_json(args.out / "study-rows.json", rows)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sbdcli import artifacts
+
+    rows_path = args.out / "study-rows.json"
+    if not rows_path.is_file():
+        cmd_eval(args)
+    rows = json.loads(rows_path.read_text())
     agg = aggregate(rows)
     floor, floor_nll = rows[0]["oracle_floor_ppl"], rows[0]["oracle_floor_nll_per_token"]
     args.commands = COMMANDS.format(
@@ -628,14 +638,18 @@ wait
 python bench/study_synthetic.py sample --n {n} --seeds {seeds} --shard 0/2 &
 python bench/study_synthetic.py sample --n {n} --seeds {seeds} --shard 1/2 &
 wait
-python bench/study_synthetic.py timing   # min-of-3 stage timings (runs/study/timed.json)
+python bench/study_synthetic.py timing &  # min-of-3 stage timings (runs/study/timed.json)
+python bench/study_synthetic.py eval --n {n} --seeds {seeds} &  # oracle (study-rows.json)
+wait
 python bench/study_synthetic.py report --n {n} --seeds {seeds} --steps {steps}
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("prepare", "train", "sample", "timing", "report", "all"))
+    parser.add_argument(
+        "step", choices=("prepare", "train", "sample", "timing", "eval", "report", "all")
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact dir")
     parser.add_argument("--lam", type=float, default=0.1, help="train: mix-scale lambda")
     parser.add_argument("--steps", type=int, default=600, help="train: optimizer steps")
@@ -665,6 +679,8 @@ def main() -> None:
         cmd_sample(args)
     if args.step == "timing":
         cmd_timing(args)
+    if args.step == "eval":
+        cmd_eval(args)
     if args.step in ("report", "all"):
         cmd_report(args)
 
