@@ -236,7 +236,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {  # from scratch on a CPU: see docs/results.md (training on the synthetic default)
         "steps": 1200,
         "batch_size": 32,
-        "lr": 3e-3,
+        "lr": 2e-3,
         "warmup": 100,
         "eps_min": 0.25,
         "val_every": 200,
