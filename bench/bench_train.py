@@ -10,9 +10,10 @@ backward, grad clip, AdamW) as
 - `loop`: the real `sbd train` loop (Trainer.fit: Mix(4, L) lambda 0.1, data reads, noise
   draws, EMA), median step over a short run.
 Steps are timed round-robin (fair under a changing machine load), best of `--repeats`.
-Tokens/s counts the L input tokens of each row. Peak memory: the peak RSS of a fresh
-process that builds the model and runs 3 steps of that kind, minus its RSS after a warm-up
-step of a small throw-away model (library initialisation is not counted).
+Tokens/s counts the L input tokens of each row. Peak memory: in a fresh process, the
+RSS high-water mark while building the model and running 3 steps of that kind, minus the
+RSS before (after a warm-up step of a small throw-away model, so that imports and library
+initialisation are not counted).
 Vocabulary: the synthetic default's 66 tokens (the output layer does not dominate).
 Targets: B=L >= 0.9x causal, B=4 >= 0.45x causal.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -127,25 +127,30 @@ def time_loop(name: str, length: int, steps: int, root: Path) -> float:
     return statistics.median(per_token[1:]) * TOKENS_PER_STEP
 
 
-def rss_kib() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_worker(name: str, length: int, mode: str) -> None:
-    """Child process: print the peak RSS growth (MiB) of building the model and running 3
-    steps of `mode`, over the RSS after a warm-up step of a throw-away small model (so that
-    library initialisation is not counted)."""
+    """Child process: print the peak RSS growth (MiB) while building the model and running
+    3 steps of `mode`: the RSS high-water mark is reset (Linux clear_refs) after a warm-up
+    step of a small throw-away model, so imports and library initialisation do not count."""
     warm_model, warm_opt, warm_x = build("tiny", 32)
     make_step(warm_model, warm_opt, mode, warm_x[:2])()
     del warm_model, warm_opt, warm_x
-    base = rss_kib()
+    base = status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset VmHWM to the current RSS
     model, opt, x = build(name, length)
     step = make_step(model, opt, mode, x)
     for _ in range(3):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+    print(json.dumps({"peak_mib": (status_kib("VmHWM") - base) / 1024}))
 
 
 def peak_memory(name: str, length: int, mode: str, threads: int) -> float:
