@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"mix": 0.1, "single": 0.0}
 """Run name -> mix-scale lambda (probability of a whole-sequence block step)."""
 DRAFT_BLOCK = 4
+BOS = 64  # topic-markov: V = 64 words, BOS = 64 (checked against the manifest)
 REVISE_TOKENS_PER_CALL = 2
 GAMMAS = (0.1, 0.25, 0.5, 0.75, 1.0)
 REVISE_BLOCKS = (4, 16, 64, 0)  # 0 = the whole sequence (L)
@@ -215,6 +216,9 @@ def evaluate_all(out: Path, seeds: tuple[int, ...], n: int) -> list[dict[str, An
     """Oracle summary of every sample file: one row per (model, draft, setting, seed)."""
     from sbdcli import artifacts
     from sbdcli import evaluate as ev
+    from sbdcli.data import read_manifest
+
+    assert int(read_manifest(out / "data")["bos_id"]) == BOS
 
     opts = ev.GenPplOptions(evaluator="oracle", data_dir=out / "data", group=False, seed=0)
     rows = []
@@ -223,13 +227,17 @@ def evaluate_all(out: Path, seeds: tuple[int, ...], n: int) -> list[dict[str, An
             path = _set_path(out, g, name)
             if not _complete(path, n):
                 continue
-            recs = list(artifacts.read_records(str(path)))
+            every = list(artifacts.read_records(str(path)))
+            # the sampler can emit BOS after position 0, which the oracle rejects: such
+            # samples are dropped and counted (reported beside the tables)
+            recs = [r for r in every if BOS not in r["tokens"][r["prompt_len"] :]]
             (s,) = ev.evaluate_sets([(path.name, recs)], opts)
             keep = ("nll_per_token", "gen_ppl_corpus", "entropy_per_sample_mean")
             keep += ("nfe_per_sample", "seconds_per_sample", "oracle_floor_ppl")
             keep += ("oracle_floor_nll_per_token",)
             row = {k: s.get(k) for k in keep}
             row.update(model=g.model, draft=g.steps, setting=name, seed=g.seed, n=len(recs))
+            row["dropped"] = len(every) - len(recs)
             rows.append(row)
     return rows
 
@@ -492,6 +500,11 @@ def section(agg: dict, args: argparse.Namespace, floor: float, floor_nll: float)
         *args.commands,
         "```",
         "",
+        "Samples containing BOS after position 0 (emitted by the sampler; the oracle "
+        "rejects them) were dropped before scoring: "
+        + ("; ".join(args.dropped) if args.dropped else "none")
+        + f" (of {args.n} per file).",
+        "",
         "Trained models (last validation, EMA weights):",
         "",
         *model_lines(args.out),
@@ -608,6 +621,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         cmd_eval(args)
     rows = json.loads(rows_path.read_text())
     agg = aggregate(rows)
+    dropped = [
+        f"{r['model']} S={r['draft']} {r['setting']} seed {r['seed']}: {r['dropped']}"
+        for r in rows
+        if r.get("dropped")
+    ]
+    args.dropped = dropped
     floor, floor_nll = rows[0]["oracle_floor_ppl"], rows[0]["oracle_floor_nll_per_token"]
     args.commands = COMMANDS.format(
         steps=args.steps, n=args.n, seeds=",".join(map(str, args.seeds))
