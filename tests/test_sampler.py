@@ -151,6 +151,20 @@ def test_mask_token_is_never_sampled():
     torch.testing.assert_close(conf, torch.full((200,), 0.2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("eos_is_bos", [False, True])
+def test_bos_is_never_sampled_unless_it_doubles_as_eos(eos_is_bos):
+    from dataclasses import replace
+
+    model = tiny_denoiser(seed=3)
+    bos = model.config.vocab_size - 2
+    model.config = replace(model.config, bos_id=bos, eos_id=bos if eos_is_bos else None)
+    with torch.no_grad():
+        model.output_layer.linear.bias[bos] = 30.0  # BOS would win every draw
+    out = run_draft(model, [[bos]] * 3, 16)
+    generated = out.tokens[:, 1:]
+    assert (generated == bos).all() if eos_is_bos else not (generated == bos).any()
+
+
 # --------------------------------------------------------------------------- confidence
 def probs_at_commit(model, tokens, step, pos, block):
     """Rebuild the sequence as the model saw it when `pos` was committed; score it."""

@@ -198,6 +198,14 @@ class _Window:
             self.cache = model.new_cache(n, min(length, self.max_len))
         self.start = 0  # absolute index of the first cached token
         self.end = 0  # absolute index after the last cached token
+        bos, eos = getattr(model.config, "bos_id", None), getattr(model.config, "eos_id", None)
+        # A BOS distinct from EOS only ever opens a row in training data: never sample it.
+        self.suppress = bos if bos is not None and bos != eos else None
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        if self.suppress is not None:
+            out[..., self.suppress] = -math.inf
+        return out
 
     def _block_causal(self, idx: torch.Tensor) -> torch.Tensor | None:
         """Query i may see key j iff blk(j) <= blk(i); None when everything is visible."""
@@ -212,7 +220,7 @@ class _Window:
         if self.cache is None:
             idx = torch.arange(start, hi, device=device)
             out = self.model(x[:, start:hi], idx - start, self._block_causal(idx))
-            return out[:, lo - start :]
+            return self._finish(out[:, lo - start :])
         if start != self.start:  # the window slid: rebuild the cache inside this call
             self.cache.truncate(0)
             self.start = self.end = start
@@ -224,7 +232,7 @@ class _Window:
             mask = torch.cat((seen, mask), dim=1)  # (C + N, T_cache + C + N)
         out = self.model(x[:, self.end : hi], idx - start, mask, self.cache, pending)
         self.end = lo
-        return out[:, pending:]
+        return self._finish(out[:, pending:])
 
 
 # --------------------------------------------------------------------------- the engine
