@@ -112,14 +112,20 @@ class FakeDenoiser(torch.nn.Module):
             kv_cache.append(tokens[:, :cache_commit], pos[:, :cache_commit])
         return (h % 97).float() / self.scale
 
-    def probs_at(self, tokens: torch.Tensor, visible: torch.Tensor, query: int) -> torch.Tensor:
+    def probs_at(
+        self, tokens: torch.Tensor, visible: torch.Tensor, query: int, sampler: bool = False
+    ) -> torch.Tensor:
         """Independent reference: SUBS probabilities (float64) at `query` of one sequence
-        tokens (T,) given a boolean `visible` (T,) set of keys, positions = indices."""
+        tokens (T,) given a boolean `visible` (T,) set of keys, positions = indices.
+        `sampler`: as the sampler draws, a BOS distinct from EOS suppressed too."""
         idx = visible.nonzero().squeeze(1)
         contrib = self.W[tokens[idx]] * (1 + idx % 3)[:, None]
         h = contrib.sum(0) + self.P[query]
         logits = ((h % 97).float() / self.scale).double()
         logits[self.config.mask_id] = float("-inf")
+        bos, eos = self.config.bos_id, self.config.eos_id
+        if sampler and bos is not None and bos != eos:
+            logits[bos] = float("-inf")
         return torch.softmax(logits, dim=-1)
 
 

@@ -173,7 +173,7 @@ def probs_at_commit(model, tokens, step, pos, block):
     seen = tokens.clone()
     seen[(step >= s)] = model.config.mask_id
     visible = torch.arange(len(tokens)) < hi
-    return model.probs_at(seen, visible, pos)
+    return model.probs_at(seen, visible, pos, sampler=True)
 
 
 def test_snapshot_confidence_is_model_probability_at_commit_time():
@@ -243,7 +243,7 @@ def test_confident_unmask_commits_the_most_probable_position_first():
         for q in pending:
             seen = tokens.clone()
             seen[step >= s] = model.config.mask_id
-            probs = model.probs_at(seen, torch.arange(16) < lo + 4, q)
+            probs = model.probs_at(seen, torch.arange(16) < lo + 4, q, sampler=True)
             best[q] = probs.max().item()
         assert best[pos] == max(best.values())
         assert tokens[pos] == int(probs_at_commit(model, tokens, step, pos, 4).argmax())
