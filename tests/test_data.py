@@ -154,6 +154,18 @@ def test_prepare_text_trains_bpe_on_training_documents_only(tmp_path):
     assert len(codec.encode("zzzzzzzz")) > 1  # the held-out documents were not seen
 
 
+def test_worker_processes_write_the_same_rows(tmp_path):
+    write_corpus(tmp_path / "c.txt", 300)
+    src = TextFiles([str(tmp_path / "c.txt")])
+    one = prepare_text(tmp_path / "one", src, "bpe:300", 16, val_docs=7, workers=1)
+    two = prepare_text(tmp_path / "two", src, "bpe:300", 16, val_docs=7, workers=2)
+    assert one["rows"] == two["rows"] and one["tokenizer"] == two["tokenizer"]
+    for split in ("train", "val"):
+        assert torch.equal(load_split(tmp_path / "one", split), load_split(tmp_path / "two", split))
+    with pytest.raises(UserError, match="--workers must be >= 1"):
+        prepare_text(tmp_path / "zero", src, "bytes", 16, workers=0)
+
+
 def test_datasets_path_equals_jsonl_path(tmp_path, monkeypatch):
     import datasets
 

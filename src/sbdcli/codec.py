@@ -207,10 +207,7 @@ class TokenizerCodec(Codec):
         return self._names
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._batch(list(texts), add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, count=len(encodings))
-        ids = itertools.chain.from_iterable(e.ids for e in encodings)
-        return np.fromiter(ids, np.int32, count=int(lengths.sum())), lengths
+        return _ids_of(self._batch(list(texts), add_special_tokens=False))
 
     def _decode_run(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -225,6 +222,41 @@ class TokenizerCodec(Codec):
             shutil.copyfile(source, path)
         else:
             self.tokenizer.save(str(path), pretty=False)
+
+
+def _ids_of(encodings: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Encodings -> (flat ids int32 (T,), lengths int64 (D,))."""
+    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, count=len(encodings))
+    ids = itertools.chain.from_iterable(e.ids for e in encodings)
+    return np.fromiter(ids, np.int32, count=int(lengths.sum())), lengths
+
+
+# Worker processes (`sbdcli.data` runs a pool of them for large corpora): one tokenizer each,
+# single-threaded, encoding sub-batches of WORKER_DOCS documents (cheapest per token).
+WORKER_DOCS = 512
+_worker_tokenizer: Any = None
+
+
+def init_worker(tokenizer_json: str) -> None:
+    """Process-pool initializer: load the tokenizer, one core per process."""
+    global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
+
+
+def encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`TokenizerCodec.encode_batch` inside a worker set up by `init_worker`."""
+    tok = _worker_tokenizer
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    parts = [
+        _ids_of(encode(texts[i : i + WORKER_DOCS], add_special_tokens=False))
+        for i in range(0, len(texts), WORKER_DOCS)
+    ]
+    if not parts:
+        return np.empty(0, np.int32), np.empty(0, np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def read_tokenizer_file(path: str | os.PathLike[str]) -> Any:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,8 @@ from sbdcli.codec import (
     SyntheticCodec,
     TokenizerCodec,
     codec_from_manifest,
+    encode_in_worker,
+    init_worker,
     parse_bpe_size,
     read_tokenizer_file,
     train_bpe,
@@ -218,10 +221,17 @@ def prepare_text(
     max_docs: int | None = None,
     seed: int = 0,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    workers: int = 1,
     command: str = "",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Tokenize, pack and write a text corpus into data directory `out`; return its manifest."""
+    """Tokenize, pack and write a text corpus into data directory `out`; return its manifest.
+
+    `workers` > 1 tokenizes in that many processes; 1 (default) in this process with the
+    tokenizer's own threads, which was faster on 2 cores (docs/benchmarks.md).
+    """
+    if workers < 1:
+        raise UserError("--workers must be >= 1")
     _check_common(seq_len, shard_tokens)
     if val_docs is not None and val_docs < 0:
         raise UserError("--val-docs must be >= 0")
@@ -241,7 +251,8 @@ def prepare_text(
     with atomic_dir(out) as tmp:
         if progress is not None:
             progress.start("tokenizing", source.total, source.unit)
-        stats, seconds = _pack_text(tmp, codec, split_docs(advance), seq_len, shard_tokens)
+        pairs = split_docs(advance)
+        stats, seconds = _pack_text(tmp, codec, pairs, seq_len, shard_tokens, workers)
         if stats["train"]["documents"] + stats["val"]["documents"] == 0:
             raise UserError(f"empty corpus: no documents in {_source_name(source)}")
         if stats["train"]["rows"] == 0:
@@ -263,12 +274,18 @@ def prepare_text(
 
 
 def _pack_text(
-    tmp: Path, codec: Codec, pairs: Iterator[tuple[bool, str]], seq_len: int, shard_tokens: int
+    tmp: Path,
+    codec: Codec,
+    pairs: Iterator[tuple[bool, str]],
+    seq_len: int,
+    shard_tokens: int,
+    workers: int,
 ) -> tuple[dict[str, dict[str, Any]], float]:
     """Tokenize batches of (is_val, doc) and pack train and val streams apart; time it.
 
-    One batch is tokenized in a worker thread (the Rust tokenizer releases the GIL and
-    uses every core) while this thread reads the next batch and packs the previous one.
+    Batches are tokenized elsewhere (worker processes, or one thread running the Rust
+    tokenizer's own threads) while this thread reads ahead and packs finished batches in
+    order; at most workers + 1 batches are in flight.
     """
     assert codec.eos_id is not None
     rows_per_shard = max(1, shard_tokens // seq_len)
@@ -276,13 +293,14 @@ def _pack_text(
         s: Packer(ShardWriter(tmp, s, seq_len, rows_per_shard), codec.bos_id, codec.eos_id)
         for s in SPLITS
     }
-    started = time.perf_counter()
     in_flight: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool, encode = _encoder(codec, workers)
+    started = time.perf_counter()
+    with pool:
         for batch in _batches(pairs):
             is_val = np.fromiter((v for v, _ in batch), dtype=bool, count=len(batch))
-            in_flight.append((is_val, pool.submit(codec.encode_batch, [d for _, d in batch])))
-            if len(in_flight) > 1:
+            in_flight.append((is_val, pool.submit(encode, [d for _, d in batch])))
+            while len(in_flight) > max(1, workers):
                 is_val, future = in_flight.popleft()
                 _pack_batch(packers, is_val, *future.result())
         for is_val, future in in_flight:
@@ -292,6 +310,23 @@ def _pack_text(
         stats[split] = packer.finish()
         stats[split]["shards"] = packer.writer.shards
     return stats, time.perf_counter() - started
+
+
+def _encoder(codec: Codec, workers: int) -> tuple[Executor, Callable[..., Any]]:
+    """Worker processes for `tokenizers` codecs when workers > 1, else one thread.
+
+    Processes scale where the tokenizer's own threads do not: each converts its ids to
+    arrays without sharing a GIL, and each is scheduled like any process on a busy machine.
+    """
+    if workers > 1 and isinstance(codec, TokenizerCodec):
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded parent
+            initializer=init_worker,
+            initargs=(codec.tokenizer.to_str(),),
+        )
+        return pool, encode_in_worker
+    return ThreadPoolExecutor(max_workers=1), codec.encode_batch
 
 
 def _pack_batch(

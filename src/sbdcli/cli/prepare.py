@@ -30,7 +30,7 @@ from sbdcli.errors import UserError
 DEFAULT_SHARD_TOKENS = 1 << 24
 SYNTHETIC_FLAGS = ("num_train", "num_val", "oracle_samples", "vocab", "topics", "fanout", "alpha")
 SYNTHETIC_FLAGS += ("eps",)
-TEXT_FLAGS = ("tokenizer", "val_docs", "val_fraction", "max_docs")
+TEXT_FLAGS = ("tokenizer", "val_docs", "val_fraction", "max_docs", "workers")
 
 
 # --------------------------------------------------------------------------- progress
@@ -258,6 +258,14 @@ def prepare(
     shard_tokens: Annotated[
         int, typer.Option("--shard-tokens", help="Tokens per output shard (bounds memory).")
     ] = DEFAULT_SHARD_TOKENS,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Tokenizer processes; 1 = this process with the tokenizer's own threads "
+            "(fastest on few cores), more for many-core machines.",
+        ),
+    ] = 1,
 ) -> None:
     """Build a data directory: token rows that start with BOS, a manifest and a tokenizer."""
     params = dict(ctx.params)
@@ -309,6 +317,7 @@ def _prepare_text(out: Path, kind: str, p: dict[str, Any], command: str) -> dict
             max_docs=p["max_docs"],
             seed=p["seed"],
             shard_tokens=p["shard_tokens"],
+            workers=p["workers"],
             command=command,
             progress=progress,
         )
