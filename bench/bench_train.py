@@ -191,7 +191,8 @@ MISS_NOTE = (
     "kernel cannot skip masked blocks), on top of 2x the linear-layer work; at L = 512 the "
     "attention share is large enough to push the step past 2.2x. Splitting the pass into "
     "x_0 queries over x_0 keys (L x L) and x_t queries over [x_0, x_t] keys (L x 2L) would "
-    "cut that attention by a quarter; FlexAttention's block sparsity (GPU) cuts it by half."
+    "cut that attention by a quarter; FlexAttention's block sparsity (GPU) skips most of it "
+    "(only about a quarter of the 2L x 2L mask is visible)."
 )
 
 
