@@ -343,3 +343,23 @@ def test_noise_interval_per_block_size(tmp_path, data_dir):
     single = setup(tiny(block_small=8, mix_lambda=0.0, eps_min=0.3), data_dir, tmp_path / "one")
     assert single.progress_state.eps == {8: [0.3, 1.0]}
     assert train_config("tiny").eps_min == 0.25 and train_config("small").eps_min == 1e-3
+
+
+def test_init_from_a_bd3lm_checkpoint_directory(tmp_path, fixture_dir):
+    """`init` accepts the published BD3-LM layout (config.json + backbone.* safetensors)."""
+    from sbdcli.data import prepare_synthetic
+    from sbdcli.synthetic import TopicMarkovSpec
+
+    spec = TopicMarkovSpec(vocab=1022, topics=1)  # vocab 1024 with BOS and [MASK] = 1023
+    prepare_synthetic(tmp_path / "d", spec, 32, num_train=16, num_val=4, floor_samples=4)
+    trainer = setup(
+        tiny(init=str(fixture_dir), steps=1, val_rows=4), tmp_path / "d", tmp_path / "r"
+    )
+    reference = load_file(fixture_dir / "model.safetensors")
+    state = trainer.denoiser.state_dict()
+    for name, value in reference.items():
+        if name.startswith("backbone."):
+            assert torch.equal(state[name.removeprefix("backbone.")], value.float()), name
+    trainer.fit()
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
+    assert (saved["n_layers"], saved["d_model"], saved["vocab_size"]) == (2, 64, 1024)
