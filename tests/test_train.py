@@ -363,3 +363,13 @@ def test_init_from_a_bd3lm_checkpoint_directory(tmp_path, fixture_dir):
     trainer.fit()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
     assert (saved["n_layers"], saved["d_model"], saved["vocab_size"]) == (2, 64, 1024)
+
+
+def test_divergence_is_one_clear_error_before_the_update(tmp_path, data_dir):
+    trainer = setup(tiny(steps=3), data_dir, tmp_path / "nan")
+    before = {n: p.detach().clone() for n, p in trainer.denoiser.named_parameters()}
+    trainer.forward_backward = lambda block: float("nan")
+    with pytest.raises(UserError, match="diverged: loss nan at step 1"):
+        trainer.fit()
+    after = dict(trainer.denoiser.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)

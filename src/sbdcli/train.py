@@ -330,6 +330,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = self.forward_backward(block)
+        if not math.isfinite(loss):  # before the update: the saved state stays usable
+            raise UserError(
+                f"training diverged: loss {loss} at step {st.step + 1} (try a lower --lr or "
+                f"a longer --warmup; the last checkpoint is in {self.run_dir / 'state'})"
+            )
         norm = None
         if cfg.grad_clip > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -337,8 +342,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.named)
-        if not math.isfinite(loss):
-            raise RuntimeError(f"training loss became {loss} at step {st.step + 1}")
         st.step += 1
         st.tokens += self.global_batch * self.length
         tokens_per_s = self.global_batch * self.length / max(time.perf_counter() - t0, 1e-9)
@@ -374,8 +377,9 @@ class Trainer:
         x_t = torch.where(masked.to(acc.device), self.model_config.mask_id, x0)
         last = k == self.accum - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
-        with sync, acc.autocast():
-            out = block_nelbo(self.loss_view, x0, block, t=t.to(acc.device), x_t=x_t)
+        with sync:
+            with acc.autocast():
+                out = block_nelbo(self.loss_view, x0, block, t=t.to(acc.device), x_t=x_t)
             acc.backward(out.loss / self.accum)
         return out.loss.detach()
 
