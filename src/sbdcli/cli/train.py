@@ -26,6 +26,15 @@ from sbdcli.cli._app import app, console
 from sbdcli.errors import UserError
 
 
+def _defaults(field: str) -> str:
+    """'(tiny 1200, small 40000, medium 40000)': a field's default per preset, for help text."""
+    from sbdcli.config import TRAIN_PRESETS, TrainConfig
+
+    base = TrainConfig.__dataclass_fields__[field].default
+    values = ", ".join(f"{name} {spec.get(field, base):g}" for name, spec in TRAIN_PRESETS.items())
+    return f"({values})"
+
+
 def parse_mix(text: str) -> tuple[int, int]:
     """'4,1024' -> (4, 1024); anything else is a UserError."""
     parts = [p.strip() for p in text.split(",")]
@@ -133,9 +142,14 @@ def train(
         str | None,
         typer.Option("--preset", help="Model size: tiny, small or medium (default tiny)."),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps in total.")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help=f"Optimizer steps in total {_defaults('steps')}.")
+    ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Rows per process per micro-batch.")
+        int | None,
+        typer.Option(
+            "--batch-size", help=f"Rows per process per micro-batch {_defaults('batch_size')}."
+        ),
     ] = None,
     global_batch: Annotated[
         int | None,
@@ -144,8 +158,12 @@ def train(
             help="Rows per optimizer step over all processes (gradient accumulation).",
         ),
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warmup steps.")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help=f"Peak learning rate {_defaults('lr')}.")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help=f"Linear warmup steps {_defaults('warmup')}.")
+    ] = None,
     schedule: Annotated[
         str | None, typer.Option("--schedule", help="After warmup: constant or cosine.")
     ] = None,
