@@ -1,0 +1,248 @@
+"""Benchmark `sbd prepare`: throughput with the GPT-2 tokenizer and peak memory vs corpus size.
+
+Corpus: ../shared/data/tinyshakespeare.txt repeated 20x (~22 MB, ~144k short documents
+split on blank lines) and 200x (~220 MB), written to a temporary directory and deleted.
+1. Tokenize only, in-process: a plain Python loop calling `Tokenizer.encode` per document,
+   and `encode_batch_fast` over batches (context), on documents already in memory.
+2. The whole `prepare` (read, split, tokenize, pack, write shards) in-process, timed
+   around `sbdcli.data.prepare_text` (torch already imported).
+3. Peak RSS of `python -m sbdcli prepare` in a child process at both corpus sizes, with
+   the default shard size and with smaller shards, read via getrusage(RUSAGE_CHILDREN)
+   in a fresh wrapper process per run.
+Tokens/s counts document tokens (EOS excluded) for every line, so the numbers compare.
+
+Run: .venv/bin/python bench/bench_prepare.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TOKENIZER = SHARED / "gpt2-tokenizer" / "tokenizer.json"
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench._report import machine, write_section  # noqa: E402
+
+WRAPPER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - start
+if proc.returncode != 0:
+    sys.exit(proc.stderr)
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+print(json.dumps({"rss_mib": rss / 1024, "wall": wall}))
+"""
+
+
+def make_corpus(directory: Path, copies: int) -> Path:
+    """tinyshakespeare repeated `copies` times; a blank line between copies."""
+    text = (SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8").strip("\n")
+    path = directory / f"shakespeare-x{copies}.txt"
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(copies):
+            handle.write(text + "\n\n")
+    return path
+
+
+def best_of(reps: int, fn):
+    """(wall seconds, CPU seconds of all threads, result) of the fastest of `reps` runs."""
+    runs = []
+    for _ in range(reps):
+        start, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        runs.append((time.perf_counter() - start, time.process_time() - cpu, result))
+    return min(runs, key=lambda r: r[0])
+
+
+def tokenize_only(corpus: Path, reps: int) -> dict[str, float]:
+    """Tokens/s of a per-document encode loop and of batched encode, documents in memory."""
+    from tokenizers import Tokenizer
+
+    from sbdcli.sources import TextFiles
+
+    docs = list(TextFiles([str(corpus)]).documents())
+    tok = Tokenizer.from_file(str(TOKENIZER))
+
+    def loop() -> int:
+        return sum(len(tok.encode(d, add_special_tokens=False).ids) for d in docs)
+
+    def batched() -> int:
+        total = 0
+        for i in range(0, len(docs), 4096):
+            total += sum(len(e.ids) for e in tok.encode_batch_fast(docs[i : i + 4096]))
+        return total
+
+    t_loop, c_loop, n = best_of(reps, loop)
+    t_batch, c_batch, n_batch = best_of(reps, batched)
+    assert n == n_batch
+    return {
+        "docs": len(docs),
+        "tokens": n,
+        "loop": n / t_loop,
+        "loop_cpu": n / c_loop,
+        "batch": n / t_batch,
+        "batch_cpu": n / c_batch,
+    }
+
+
+def whole_prepare(corpus: Path, out: Path, reps: int, workers: int) -> dict[str, float]:
+    """Tokens/s of the in-process `prepare_text` (read, split, tokenize, pack, write)."""
+    import torch  # noqa: F401  (imported before timing, like a running `sbd`)
+
+    from sbdcli.data import prepare_text
+    from sbdcli.sources import TextFiles
+
+    def run() -> dict:
+        return prepare_text(out, TextFiles([str(corpus)]), str(TOKENIZER), 1024, workers=workers)
+
+    seconds, cpu, manifest = best_of(reps, run)
+    docs = manifest["documents"]["train"] + manifest["documents"]["val"]
+    tokens = manifest["stream_tokens"]["train"] + manifest["stream_tokens"]["val"] - docs
+    return {"tokens": tokens, "docs": docs, "rate": tokens / seconds, "cpu": tokens / cpu}
+
+
+def peak_rss(corpus: Path, out: Path, shard_tokens: int | None) -> dict[str, float]:
+    """Peak RSS and wall time of `python -m sbdcli prepare` in a child process."""
+    cmd = [sys.executable, "-m", "sbdcli", "prepare", "--text", str(corpus)]
+    cmd += ["--tokenizer", str(TOKENIZER), "--out", str(out)]
+    if shard_tokens is not None:
+        cmd += ["--shard-tokens", str(shard_tokens)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare failed: {proc.stderr}")
+    result = json.loads(proc.stdout)
+    manifest = json.loads((out / "manifest.json").read_text())
+    result["tokens"] = sum(manifest["stream_tokens"].values()) - sum(manifest["documents"].values())
+    result["shards"] = len(manifest["shards"]["train"]) + len(manifest["shards"]["val"])
+    return result
+
+
+def baseline_rss() -> float:
+    """Peak RSS of a child that only imports what `sbd prepare` imports."""
+    code = "import torch, tokenizers, numpy, sbdcli.data, sbdcli.cli"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(proc.stdout)["rss_mib"]
+
+
+def report(sizes: dict, tok: dict, prep: dict, pool: dict, mem: list, base: float, cmd: str) -> str:
+    copies, small_mb = sizes["small"]
+    speedup = prep["rate"] / tok["loop"]
+    lines = [
+        "## prepare: GPT-2 tokenizer throughput and memory",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {machine()}  ",
+        "Numbers are from a **shared 2-core machine** (other jobs were running: 1-min load "
+        f"average {sizes['load'][0]:.1f} at the start, {sizes['load'][1]:.1f} at the end): "
+        "expect noise; each in-process line is the best of its repetitions.",
+        "",
+        f"Corpus: tinyshakespeare x{copies} = {small_mb:.1f} MB, {tok['docs']:,} documents "
+        f"(split on blank lines), {tok['tokens']:,} GPT-2 tokens. Tokens/s count document "
+        "tokens (EOS excluded) on every line.",
+        "",
+        "| what (in-process) | tokens/s (wall) | vs loop | tokens per CPU-second |",
+        "|---|---:|---:|---:|",
+        f"| Python loop, `Tokenizer.encode` per document (tokenize only) | "
+        f"{tok['loop'] / 1e6:.2f}M | 1.00x | {tok['loop_cpu'] / 1e6:.2f}M |",
+        f"| `encode_batch_fast`, 4096 docs per call (tokenize only) | "
+        f"{tok['batch'] / 1e6:.2f}M | {tok['batch'] / tok['loop']:.2f}x | "
+        f"{tok['batch_cpu'] / 1e6:.2f}M |",
+        f"| whole `prepare`: read, split, tokenize, pack, write shards | "
+        f"{prep['rate'] / 1e6:.2f}M | **{speedup:.2f}x** | {prep['cpu'] / 1e6:.2f}M |",
+        f"| whole `prepare --workers 2` (two tokenizer processes) | "
+        f"{pool['rate'] / 1e6:.2f}M | {pool['rate'] / tok['loop']:.2f}x | "
+        f"{pool['cpu'] / 1e6:.2f}M (parent only) |",
+        "",
+        "Tokens per CPU-second (all threads) is the cost side: the whole prepare spends "
+        f"{tok['batch_cpu'] / prep['cpu']:.2f}x the CPU per token of batched tokenization "
+        f"alone and {tok['loop_cpu'] / prep['cpu']:.2f}x that of the loop. Its wall-clock "
+        "gain over the loop can only come from a second free core (the Rust tokenizer "
+        "threads, with reading and packing overlapped in another thread), so it shrinks to "
+        "nothing when other jobs hold the cores.",
+        "",
+        f"Target: whole prepare >= 1.5x the loop: **{'met' if speedup >= 1.5 else 'NOT met'}** "
+        f"({speedup:.2f}x).",
+        "",
+        "Peak RSS of `python -m sbdcli prepare --text CORPUS --tokenizer gpt2 "
+        "[--shard-tokens N]` (child process, includes interpreter start and imports; "
+        f"importing alone peaks at {base:.0f} MiB):",
+        "",
+        "| corpus | --shard-tokens | shards | peak RSS | wall (CLI) | tokens/s (CLI) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for size, shard, r in mem:
+        label = "default (16.8M)" if shard is None else f"{shard / 1e6:.1f}M"
+        lines.append(
+            f"| {sizes[size][1]:.0f} MB | {label} | {r['shards']} | {r['rss_mib']:.0f} MiB | "
+            f"{r['wall']:.1f} s | {r['tokens'] / r['wall'] / 1e6:.2f}M |"
+        )
+    lines += [
+        "",
+        "Memory is bounded by one tokenization batch (~1M characters), one shard buffer "
+        "(int32) plus the bytes safetensors builds to write it, and any --val-docs held back; "
+        "not by the corpus. A 10x larger corpus costs no more memory once it fills a shard. "
+        f"Worker processes (`--workers 2`) ran at {pool['rate'] / prep['rate']:.2f}x the "
+        "default in-process path here (the Rust tokenizer already uses every core), and "
+        "lost to it in every run during development on these 2 cores, so `--workers` "
+        "defaults to 1; worker processes are for many-core machines, where one Python "
+        "thread converting every token id to an array would become the limit.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2x and 4x copies, one rep")
+    args = parser.parse_args()
+    if not TOKENIZER.is_file():
+        raise SystemExit(f"needs {TOKENIZER}")
+    small_copies, big_copies, reps = (2, 4, 1) if args.quick else (20, 200, 3)
+    small_shard = 1 << 22
+    with tempfile.TemporaryDirectory(prefix="sbd-bench-prepare-") as tmp:
+        d = Path(tmp)
+        load_start = os.getloadavg()[0]
+        paths = {"small": make_corpus(d, small_copies), "big": make_corpus(d, big_copies)}
+        sizes: dict = {
+            "small": (small_copies, paths["small"].stat().st_size / 1e6),
+            "big": (big_copies, paths["big"].stat().st_size / 1e6),
+        }
+        tok = tokenize_only(paths["small"], reps)
+        prep = whole_prepare(paths["small"], d / "out", reps, workers=1)
+        pool = whole_prepare(paths["small"], d / "out", reps, workers=2)
+        mem = [
+            (size, shard, peak_rss(paths[size], d / "cli-out", shard))
+            for shard in (None, small_shard)
+            for size in ("small", "big")
+        ]
+        base = baseline_rss()
+    sizes["load"] = (load_start, os.getloadavg()[0])
+    cmd = "python bench/bench_prepare.py" + (" --quick" if args.quick else "")
+    body = report(sizes, tok, prep, pool, mem, base, cmd)
+    print(body)
+    if not args.quick:
+        write_section("prepare", body)
+
+
+if __name__ == "__main__":
+    main()
