@@ -162,3 +162,19 @@ def test_failed_record_write_leaves_no_file(tmp_path):
         artifacts.write_records(records(), str(path))
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_outputs_honour_umask_not_private_temp_modes(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with artifacts.atomic_file(tmp_path / "f.txt") as handle:
+            handle.write("x")
+        with artifacts.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -47,6 +47,21 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 # --------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | os.PathLike[str], target: Path, directory: bool = False) -> None:
+    """Give a temporary file or directory the usual permissions, then rename it into place.
+
+    mkstemp/mkdtemp create private (0600/0700) entries; a normal write would honour umask.
+    """
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+    os.replace(tmp, target)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary sibling of `path` for writing; rename it over `path` on success.
@@ -61,7 +76,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         encoding = None if "b" in mode else "utf-8"
         with open(tmp, mode, encoding=encoding) as handle:
             yield handle
-        os.replace(tmp, target)
+        _publish(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -77,7 +92,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, target)
+        _publish(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -103,7 +118,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-    os.replace(tmp, target)
+    _publish(tmp, target, directory=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
