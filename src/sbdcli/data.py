@@ -68,6 +68,7 @@ SPLITS = ("train", "val")
 DEFAULT_SHARD_TOKENS = 1 << 24  # ~16.8M tokens = 64 MiB of int32 per shard
 BATCH_CHARS = 1 << 20  # characters of text per tokenization batch
 SYNTHETIC_CHUNK = 4096  # synthetic rows drawn per call
+IN_PROCESS_THREADS = 2  # one batch in the Rust tokenizer while the last one becomes arrays
 
 
 class Progress(Protocol):
@@ -300,7 +301,7 @@ def _pack_text(
         for batch in _batches(pairs):
             is_val = np.fromiter((v for v, _ in batch), dtype=bool, count=len(batch))
             in_flight.append((is_val, pool.submit(encode, [d for _, d in batch])))
-            while len(in_flight) > max(1, workers):
+            while len(in_flight) > max(2, workers):
                 is_val, future = in_flight.popleft()
                 _pack_batch(packers, is_val, *future.result())
         for is_val, future in in_flight:
@@ -326,7 +327,7 @@ def _encoder(codec: Codec, workers: int) -> tuple[Executor, Callable[..., Any]]:
             initargs=(codec.tokenizer.to_str(),),
         )
         return pool, encode_in_worker
-    return ThreadPoolExecutor(max_workers=1), codec.encode_batch
+    return ThreadPoolExecutor(max_workers=IN_PROCESS_THREADS), codec.encode_batch
 
 
 def _pack_batch(
