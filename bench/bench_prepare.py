@@ -5,7 +5,8 @@ split on blank lines) and 200x (~220 MB), written to a temporary directory and d
 1. Tokenize only, in-process: a plain Python loop calling `Tokenizer.encode` per document,
    and `encode_batch_fast` over batches (context), on documents already in memory.
 2. The whole `prepare` (read, split, tokenize, pack, write shards) in-process, timed
-   around `sbdcli.data.prepare_text` (torch already imported).
+   around `sbdcli.data.prepare_text` (torch already imported), with and without worker
+   processes. Steps 1 and 2 run round-robin, best of 3 rounds each.
 3. Peak RSS of `python -m sbdcli prepare` in a child process at both corpus sizes, with
    the default shard size and with smaller shards, read via getrusage(RUSAGE_CHILDREN)
    in a fresh wrapper process per run.
@@ -55,20 +56,16 @@ def make_corpus(directory: Path, copies: int) -> Path:
     return path
 
 
-def best_of(reps: int, fn):
-    """(wall seconds, CPU seconds of all threads, result) of the fastest of `reps` runs."""
-    runs = []
-    for _ in range(reps):
-        start, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        runs.append((time.perf_counter() - start, time.process_time() - cpu, result))
-    return min(runs, key=lambda r: r[0])
+def throughput(corpus: Path, out: Path, reps: int) -> dict[str, dict[str, float]]:
+    """Tokens/s (wall) and tokens per CPU-second of each method, best of `reps` rounds.
 
-
-def tokenize_only(corpus: Path, reps: int) -> dict[str, float]:
-    """Tokens/s of a per-document encode loop and of batched encode, documents in memory."""
+    The methods run round-robin (loop, batch, prepare, prepare --workers 2, loop, ...) so
+    that all of them meet the same background load on a shared machine.
+    """
+    import torch  # noqa: F401  (imported before timing, like a running `sbd`)
     from tokenizers import Tokenizer
 
+    from sbdcli.data import prepare_text
     from sbdcli.sources import TextFiles
 
     docs = list(TextFiles([str(corpus)]).documents())
@@ -83,33 +80,23 @@ def tokenize_only(corpus: Path, reps: int) -> dict[str, float]:
             total += sum(len(e.ids) for e in tok.encode_batch_fast(docs[i : i + 4096]))
         return total
 
-    t_loop, c_loop, n = best_of(reps, loop)
-    t_batch, c_batch, n_batch = best_of(reps, batched)
-    assert n == n_batch
-    return {
-        "docs": len(docs),
-        "tokens": n,
-        "loop": n / t_loop,
-        "loop_cpu": n / c_loop,
-        "batch": n / t_batch,
-        "batch_cpu": n / c_batch,
-    }
+    def prepare(workers: int) -> int:
+        m = prepare_text(out, TextFiles([str(corpus)]), str(TOKENIZER), 1024, workers=workers)
+        return sum(m["stream_tokens"].values()) - sum(m["documents"].values())  # no EOS
 
-
-def whole_prepare(corpus: Path, out: Path, reps: int, workers: int) -> dict[str, float]:
-    """Tokens/s of the in-process `prepare_text` (read, split, tokenize, pack, write)."""
-    import torch  # noqa: F401  (imported before timing, like a running `sbd`)
-
-    from sbdcli.data import prepare_text
-    from sbdcli.sources import TextFiles
-
-    def run() -> dict:
-        return prepare_text(out, TextFiles([str(corpus)]), str(TOKENIZER), 1024, workers=workers)
-
-    seconds, cpu, manifest = best_of(reps, run)
-    docs = manifest["documents"]["train"] + manifest["documents"]["val"]
-    tokens = manifest["stream_tokens"]["train"] + manifest["stream_tokens"]["val"] - docs
-    return {"tokens": tokens, "docs": docs, "rate": tokens / seconds, "cpu": tokens / cpu}
+    methods = {"loop": loop, "batch": batched, "prepare": lambda: prepare(1)}
+    methods["workers2"] = lambda: prepare(2)
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(reps):
+        for name, fn in methods.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            tokens = fn()
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            if name not in best or tokens / wall > best[name]["rate"]:
+                best[name] = {"rate": tokens / wall, "cpu": tokens / cpu, "tokens": tokens}
+    assert len({b["tokens"] for b in best.values()}) == 1, "methods disagree on token counts"
+    best["loop"]["docs"] = len(docs)
+    return best
 
 
 def peak_rss(corpus: Path, out: Path, shard_tokens: int | None) -> dict[str, float]:
@@ -145,9 +132,10 @@ def baseline_rss() -> float:
     return json.loads(proc.stdout)["rss_mib"]
 
 
-def report(sizes: dict, tok: dict, prep: dict, pool: dict, mem: list, base: float, cmd: str) -> str:
+def report(sizes: dict, speed: dict, mem: list, base: float, cmd: str) -> str:
     copies, small_mb = sizes["small"]
-    speedup = prep["rate"] / tok["loop"]
+    loop, batch, prep, pool = (speed[k] for k in ("loop", "batch", "prepare", "workers2"))
+    speedup = prep["rate"] / loop["rate"]
     lines = [
         "## prepare: GPT-2 tokenizer throughput and memory",
         "",
@@ -155,28 +143,29 @@ def report(sizes: dict, tok: dict, prep: dict, pool: dict, mem: list, base: floa
         f"Machine: {machine()}  ",
         "Numbers are from a **shared 2-core machine** (other jobs were running: 1-min load "
         f"average {sizes['load'][0]:.1f} at the start, {sizes['load'][1]:.1f} at the end): "
-        "expect noise; each in-process line is the best of its repetitions.",
+        "expect noise. The in-process methods ran round-robin, best of "
+        f"{sizes['reps']} rounds each.",
         "",
-        f"Corpus: tinyshakespeare x{copies} = {small_mb:.1f} MB, {tok['docs']:,} documents "
-        f"(split on blank lines), {tok['tokens']:,} GPT-2 tokens. Tokens/s count document "
+        f"Corpus: tinyshakespeare x{copies} = {small_mb:.1f} MB, {loop['docs']:,} documents "
+        f"(split on blank lines), {loop['tokens']:,} GPT-2 tokens. Tokens/s count document "
         "tokens (EOS excluded) on every line.",
         "",
         "| what (in-process) | tokens/s (wall) | vs loop | tokens per CPU-second |",
         "|---|---:|---:|---:|",
         f"| Python loop, `Tokenizer.encode` per document (tokenize only) | "
-        f"{tok['loop'] / 1e6:.2f}M | 1.00x | {tok['loop_cpu'] / 1e6:.2f}M |",
+        f"{loop['rate'] / 1e6:.2f}M | 1.00x | {loop['cpu'] / 1e6:.2f}M |",
         f"| `encode_batch_fast`, 4096 docs per call (tokenize only) | "
-        f"{tok['batch'] / 1e6:.2f}M | {tok['batch'] / tok['loop']:.2f}x | "
-        f"{tok['batch_cpu'] / 1e6:.2f}M |",
+        f"{batch['rate'] / 1e6:.2f}M | {batch['rate'] / loop['rate']:.2f}x | "
+        f"{batch['cpu'] / 1e6:.2f}M |",
         f"| whole `prepare`: read, split, tokenize, pack, write shards | "
         f"{prep['rate'] / 1e6:.2f}M | **{speedup:.2f}x** | {prep['cpu'] / 1e6:.2f}M |",
         f"| whole `prepare --workers 2` (two tokenizer processes) | "
-        f"{pool['rate'] / 1e6:.2f}M | {pool['rate'] / tok['loop']:.2f}x | "
-        f"{pool['cpu'] / 1e6:.2f}M (parent only) |",
+        f"{pool['rate'] / 1e6:.2f}M | {pool['rate'] / loop['rate']:.2f}x | "
+        "(in child processes) |",
         "",
         "Tokens per CPU-second (all threads) is the cost side: the whole prepare spends "
-        f"{tok['batch_cpu'] / prep['cpu']:.2f}x the CPU per token of batched tokenization "
-        f"alone and {tok['loop_cpu'] / prep['cpu']:.2f}x that of the loop. Its wall-clock "
+        f"{batch['cpu'] / prep['cpu']:.2f}x the CPU per token of batched tokenization "
+        f"alone and {loop['cpu'] / prep['cpu']:.2f}x that of the loop. Its wall-clock "
         "gain over the loop can only come from a second free core (the Rust tokenizer "
         "threads, with reading and packing overlapped in another thread), so it shrinks to "
         "nothing when other jobs hold the cores.",
@@ -203,10 +192,11 @@ def report(sizes: dict, tok: dict, prep: dict, pool: dict, mem: list, base: floa
         "(int32) plus the bytes safetensors builds to write it, and any --val-docs held back; "
         "not by the corpus. A 10x larger corpus costs no more memory once it fills a shard. "
         f"Worker processes (`--workers 2`) ran at {pool['rate'] / prep['rate']:.2f}x the "
-        "default in-process path here (the Rust tokenizer already uses every core), and "
-        "lost to it in every run during development on these 2 cores, so `--workers` "
-        "defaults to 1; worker processes are for many-core machines, where one Python "
-        "thread converting every token id to an array would become the limit.",
+        "default in-process path in this run; under heavier load, and on small corpora where "
+        "starting the processes dominates, they ran at 0.5-0.7x of it during development, so "
+        "`--workers` defaults to 1 (the Rust tokenizer already uses every core). More "
+        "workers are for many-core machines, where one Python thread converting every token "
+        "id to an array would become the limit.",
     ]
     return "\n".join(lines)
 
@@ -227,9 +217,7 @@ def main() -> None:
             "small": (small_copies, paths["small"].stat().st_size / 1e6),
             "big": (big_copies, paths["big"].stat().st_size / 1e6),
         }
-        tok = tokenize_only(paths["small"], reps)
-        prep = whole_prepare(paths["small"], d / "out", reps, workers=1)
-        pool = whole_prepare(paths["small"], d / "out", reps, workers=2)
+        speed = throughput(paths["small"], d / "out", reps)
         mem = [
             (size, shard, peak_rss(paths[size], d / "cli-out", shard))
             for shard in (None, small_shard)
@@ -237,8 +225,9 @@ def main() -> None:
         ]
         base = baseline_rss()
     sizes["load"] = (load_start, os.getloadavg()[0])
+    sizes["reps"] = reps
     cmd = "python bench/bench_prepare.py" + (" --quick" if args.quick else "")
-    body = report(sizes, tok, prep, pool, mem, base, cmd)
+    body = report(sizes, speed, mem, base, cmd)
     print(body)
     if not args.quick:
         write_section("prepare", body)
