@@ -230,14 +230,13 @@ def run_group(args: argparse.Namespace, group: Group, ref: Any) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from sbdcli import pipeline
 
-    refs = {
-        m: pipeline.load_model_ref(model_dir(args, m, args.seed), args.device) for m in MODELS
-    }
+    refs = {m: pipeline.load_model_ref(model_dir(args, m, args.seed), args.device) for m in MODELS}
     for g in grid():
         start = time.perf_counter()
         run_group(args, g, refs[g.model])
         took = time.perf_counter() - start
-        print(f"{args.dataset} {g.model}-s{args.seed} {g.draft_name}: {took:.0f} s", file=sys.stderr)
+        name = f"{args.dataset} {g.model}-s{args.seed} {g.draft_name}"
+        print(f"{name}: {took:.0f} s", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- eval
@@ -747,9 +746,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "step", choices=("prepare", "train", "sample", "eval", "timing", "report")
-    )
+    parser.add_argument("step", choices=("prepare", "train", "sample", "eval", "timing", "report"))
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE, help="tinyshakespeare.txt")
