@@ -45,6 +45,7 @@ GAMMAS = (0.1, 0.25, 0.5, 0.75, 1.0)
 REVISE_BLOCKS = (4, 16, 64, 0)  # 0 = the whole sequence (L)
 STRATEGIES = ("snapshot", "random", "posthoc", "masked")
 DRAFT_STEPS = (4, 2, 1)  # calls per block of 4: 1, 2 and 4 tokens per call
+EXTRA_STEPS = 3  # the supplementary draft (seed-0 models only): 4/3 tokens per call
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,12 @@ def grid() -> list[Group]:
         Group("single", 4, ()),
         Group("single", 1, ()),
     ]
+
+
+def extra_grid() -> list[Group]:
+    """Supplementary groups (seed-0 λ = 0.1 model only): a draft between 1 and 2 tok/call."""
+    revises = (Revise("snapshot", 0.1, 0, 4), Revise("snapshot", 0.25, 0))
+    return [Group("mix", EXTRA_STEPS, (*revises, Revise("masked", 0.25, 0)))]
 
 
 # --------------------------------------------------------------------------- paths
@@ -252,7 +259,9 @@ def _judge_options(args: argparse.Namespace) -> Any:
     )
 
 
-def evaluate_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+def evaluate_all(
+    args: argparse.Namespace, groups: list[Group] | None = None
+) -> list[dict[str, Any]]:
     """Judge summary of every sample file: one row per (model, draft, setting, seed)."""
     from sbdcli import artifacts
     from sbdcli import evaluate as ev
@@ -263,7 +272,7 @@ def evaluate_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     opts = _judge_options(args)
     rows = []
     for seed in args.seeds:
-        for g in grid():
+        for g in grid() if groups is None else groups:
             for name in ["only", *[r.name for r in g.revises]]:
                 path = set_path(args, seed, g, name)
                 if not _complete(path, args.n):
@@ -291,6 +300,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from sbdcli import artifacts
 
     artifacts.write_json(ds_dir(args) / "rows.json", evaluate_all(args))
+
+
+def cmd_extra(args: argparse.Namespace) -> None:
+    """Sample and judge the supplementary groups with the seed-0 λ = 0.1 model."""
+    from sbdcli import artifacts, pipeline
+
+    args.seed, args.seeds = 0, (0,)
+    ref = pipeline.load_model_ref(model_dir(args, "mix", 0), args.device)
+    for g in extra_grid():
+        run_group(args, g, ref)
+    artifacts.write_json(ds_dir(args) / "rows-extra.json", evaluate_all(args, extra_grid()))
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str, Any]]:
@@ -341,7 +361,7 @@ def timed_costs(args: argparse.Namespace, repeats: int = 3) -> dict[str, float]:
         return min(times) / batch
 
     costs: dict[str, float] = {}
-    for steps in DRAFT_STEPS:
+    for steps in (*DRAFT_STEPS, EXTRA_STEPS):
         scfg = SamplerConfig(block_size=DRAFT_BLOCK, steps_per_block=steps)
         costs[f"draft-s{steps}"] = best(
             lambda c=scfg: pipeline.draft_batch(ref, prompts, length, c, 0)
@@ -352,7 +372,7 @@ def timed_costs(args: argparse.Namespace, repeats: int = 3) -> dict[str, float]:
         costs[f"remask-{strategy}"] = best(
             lambda c=rcfg: pipeline.remask_batch([dict(r) for r in drafts], c, ref)
         )
-    revises = {r for g in grid() for r in g.revises if r.block == 0}
+    revises = {r for g in grid() + extra_grid() for r in g.revises if r.block == 0}
     for rev in sorted({(r.gamma, r.tpc) for r in revises}):
         setting = Revise("snapshot", rev[0], 0, rev[1])
         rem = pipeline.remask_batch(
@@ -403,13 +423,15 @@ def modelled_seconds(agg: dict, costs: dict[str, float]) -> dict[tuple, float]:
 
 
 # --------------------------------------------------------------------------- report
-def _pm(value: tuple[float, float], digits: int = 2) -> str:
+def _pm(value: tuple[float, float], digits: int = 2, spread: bool = True) -> str:
+    if not spread:
+        return f"{value[0]:.{digits}f}"
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
 def label(key: tuple[str, int, str]) -> str:
     model, steps, setting = key
-    draft = f"λ={MODELS[model]:g} draft {DRAFT_BLOCK // steps} tok/call"
+    draft = f"λ={MODELS[model]:g} draft {DRAFT_BLOCK / steps:.3g} tok/call"
     if setting == "only":
         return draft
     m = re.match(r"(\w+)-g([\d.]+)-b(\w+?)(?:-t(\d+))?$", setting)
@@ -434,9 +456,11 @@ def table(
             lines.append(f"| {label(key)} | (not run) |")
             continue
         a = agg[key]
+        many = len(a["seeds"]) > 1
         line = (
-            f"| {label(key)} | {_pm(a['gen_ppl_corpus'])} | {_pm(a['nll_per_token'], 3)} | "
-            f"{_pm(a['entropy_per_sample_mean'], 3)} | {a['nfe_per_sample']:.1f} |"
+            f"| {label(key)} | {_pm(a['gen_ppl_corpus'], 2, many)} | "
+            f"{_pm(a['nll_per_token'], 3, many)} | "
+            f"{_pm(a['entropy_per_sample_mean'], 3, many)} | {a['nfe_per_sample']:.1f} |"
         )
         for s in secs.values():
             line += f" {s[key]:.4f} |" if key in s else " – |"
@@ -475,6 +499,17 @@ def compare(agg: dict, a: tuple, b: tuple) -> str:
     if agree and abs(d.mean()) > 2 * se:
         word = "lower" if d.mean() < 0 else "higher"
     return f"{word} ({ma:.2f} vs {mb:.2f}; ΔNLL {d.mean():+.3f} ± {se:.3f} SE)"
+
+
+def _vs(agg: dict, a: tuple, b: tuple) -> str:
+    """`compare` of a vs b, naming both settings and their calls."""
+    if a not in agg or b not in agg:
+        return f"{label(a)} vs {label(b)}: not measured"
+    calls = (agg[a]["nfe_per_sample"], agg[b]["nfe_per_sample"])
+    return (
+        f"{label(a)} ({calls[0]:.0f} calls) vs {label(b)} ({calls[1]:.0f} calls): "
+        f"{compare(agg, a, b)}"
+    )
 
 
 def frontier(points: dict[tuple, float], agg: dict) -> list[tuple]:
@@ -527,28 +562,26 @@ def verdicts(agg: dict, costs: dict[str, dict[tuple, float]]) -> list[str]:
         f"Revision on the λ = 0 model (snapshot γ = 0.25 vs its draft): "
         f"{compare(agg, ('single', 2, g25), ('single', 2, 'only'))}; after the same "
         f"revision, λ = 0.1 vs λ = 0: {compare(agg, ('mix', 2, g25), ('single', 2, g25))}.",
-        f"- f. At 64 calls, 2 tok/call draft vs 4 tok/call draft + snapshot γ = 0.5 revise "
-        f"(~96 calls): {compare(agg, d2, ('mix', 1, 'snapshot-g0.5-bL'))}; 1 tok/call draft "
-        f"(128 calls) vs 2 tok/call draft + snapshot γ = 1 revise (~128 calls): "
-        f"{compare(agg, ('mix', 4, 'only'), ('mix', 2, 'snapshot-g1-bL'))}; as an add-on to "
-        f"the best draft (1 tok/call + snapshot γ = 0.25 vs 1 tok/call alone): "
-        f"{compare(agg, ('mix', 4, g25), ('mix', 4, 'only'))}.",
+        f"- f. Matched calls: {_vs(agg, d2, ('mix', 1, 'snapshot-g0.5-bL'))}; "
+        f"{_vs(agg, ('mix', 4, 'only'), ('mix', 2, 'snapshot-g1-bL'))}. As an add-on to the "
+        f"best draft: {_vs(agg, ('mix', 4, 'snapshot-g0.1-bL-t4'), ('mix', 4, 'only'))}; "
+        f"{_vs(agg, ('mix', 4, 'masked-g0.25-bL'), ('mix', 4, 'only'))}.",
     ]
     for name, points in costs.items():
         keys = frontier(points, agg)
         revised = [k for k in keys if k[2] != "only"]
         lines.append(
             f"- f. Pareto-optimal in ({name}, Gen PPL), λ = 0.1: "
-            + ", ".join(label(k) for k in keys)
-            + f" — {len(revised)} of {len(keys)} use revision."
+            + "; ".join(label(k) for k in keys)
+            + f" ({len(revised)} of {len(keys)} use revision)."
         )
     return lines
 
 
 def model_lines(args: argparse.Namespace) -> list[str]:
     """Last validation NELBO (nats/token, per block size) of each trained model."""
-    lines = ["| model | seed | steps | val NELBO/token by block size | oracle val NLL |"]
-    lines.append("|---|---|---|---|---|")
+    head = "| model | seed | steps trained | last validation at | val NELBO/token by block size |"
+    lines = [head + " oracle NLL, same rows |", "|---|---|---|---|---|---|"]
     root = ds_dir(args) / "models"
     for run in sorted(p for p in root.iterdir() if re.fullmatch(r"\w+-s\d+", p.name)):
         vals = [
@@ -563,35 +596,68 @@ def model_lines(args: argparse.Namespace) -> list[str]:
         oracle = last.get("oracle_val_nll")
         kind, seed = run.name.rsplit("-s", 1)
         lines.append(
-            f"| {kind} | {seed} | {last['step']} | {nelbo} | "
+            f"| {kind} | {seed} | {_steps_done(run)} | {last['step']} | {nelbo} | "
             f"{'–' if oracle is None else f'{oracle:.3f}'} |"
         )
     return lines
 
 
-def _timing_note(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[tuple, float]]]:
-    """Stage-timing table lines and, per device, modelled seconds of every setting."""
-    rows_path = ds_dir(args) / "rows.json"
-    agg = aggregate(json.loads(rows_path.read_text()))
-    lines, secs = [], {}
-    for kind in ("cuda", "cpu"):
+def stage_costs(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """One table of the stage timings per device, and the timings per device name."""
+    info, costs = {}, {}
+    for kind, name in (("cuda", "GPU"), ("cpu", "CPU")):
         path = ds_dir(args) / f"timed-{kind}.json"
-        if not path.is_file():
-            continue
-        timed = json.loads(path.read_text())
-        info, costs = timed["info"], timed["costs"]
-        name = "GPU" if kind == "cuda" else "CPU"
-        secs[name] = modelled_seconds(agg, costs)
-        lines += [
-            f"{name} stage timings: {info['device']}, batch {info['batch']}, "
-            f"{info['threads']} torch thread(s), min of 3 repeats, seed-0 λ = 0.1 model:",
-            "",
-            "| stage | s/sample |",
-            "|---|---|",
-            *[f"| {k} | {v:.5f} |" for k, v in costs.items()],
-            "",
-        ]
-    return lines, secs
+        if path.is_file():
+            timed = json.loads(path.read_text())
+            info[name], costs[name] = timed["info"], timed["costs"]
+    if not costs:
+        return [], {}
+    lines = [
+        "Stage timings, seconds per sample, min of 3 repeats on one batch, seed-0 λ = 0.1 "
+        "model: "
+        + "; ".join(
+            f"{n} = {i['device']}, batch {i['batch']}, {i['threads']} torch CPU thread(s)"
+            for n, i in info.items()
+        )
+        + ".",
+        "",
+        "| stage | " + " | ".join(costs) + " |",
+        "|---" * (1 + len(costs)) + "|",
+    ]
+    stages = list(dict.fromkeys(k for c in costs.values() for k in c))
+    for k in stages:
+        cells = [f"{c[k]:.5f}" if k in c else "–" for c in costs.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return [*lines, ""], costs
+
+
+def supplement(args: argparse.Namespace, costs: dict[str, dict[str, float]]) -> list[str]:
+    """Seed-0 table with the extra draft (4/3 tok/call) beside every λ = 0.1 setting."""
+    path = ds_dir(args) / "rows-extra.json"
+    if not path.is_file():
+        return []
+    rows = [r for r in json.loads((ds_dir(args) / "rows.json").read_text()) if r["seed"] == 0]
+    agg = aggregate(rows + json.loads(path.read_text()))
+    secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
+    keys = sorted((k for k in agg if k[0] == "mix"), key=lambda k: agg[k]["nfe_per_sample"])
+    out = [
+        "### f (supplement). Every λ = 0.1 setting with one more draft, 4/3 tok/call "
+        "(seed-0 model only, no ±)",
+        "",
+        *table(agg, keys, None, secs),
+        "",
+    ]
+    points = {"NFE": {k: agg[k]["nfe_per_sample"] for k in agg}}
+    points.update({f"{k} seconds": v for k, v in secs.items()})
+    for name, pts in points.items():
+        best = frontier(pts, agg)
+        used = sum(k[2] != "only" for k in best)
+        out.append(
+            f"- Pareto-optimal in ({name}, Gen PPL), seed-0 model: "
+            + "; ".join(label(k) for k in best)
+            + f" ({used} of {len(best)} use revision)."
+        )
+    return [*out, ""]
 
 
 def section(args: argparse.Namespace) -> str:
@@ -599,7 +665,8 @@ def section(args: argparse.Namespace) -> str:
     ds = DATASETS[args.dataset]
     rows = json.loads((ds_dir(args) / "rows.json").read_text())
     agg = aggregate(rows)
-    timing_lines, secs = _timing_note(args)
+    timing_lines, costs = stage_costs(args)
+    secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
     floor = rows[0].get("oracle_floor_ppl")
     seeds = sorted({r["seed"] for r in rows})
     n = min(r["n"] for r in rows)
@@ -659,10 +726,11 @@ def section(args: argparse.Namespace) -> str:
     out += ["", "### f. The frontier (λ = 0.1 model, every setting, by NFE)", ""]
     keys = sorted((k for k in agg if k[0] == "mix"), key=lambda k: agg[k]["nfe_per_sample"])
     out += table(agg, keys, None, secs)
-    out += ["", f"![Gen PPL vs NFE and seconds](results-frontier-{ds.name}.png)", ""]
+    out += ["", *supplement(args, costs)]
+    out += [f"![Gen PPL vs NFE and seconds](results-frontier-{ds.name}.png)", ""]
     nfe = {k: a["nfe_per_sample"] for k, a in agg.items()}
-    costs = {"NFE": nfe, **{f"{k} seconds": v for k, v in secs.items()}}
-    out += verdicts(agg, costs)
+    points = {"NFE": nfe, **{f"{k} seconds": v for k, v in secs.items()}}
+    out += verdicts(agg, points)
     return "\n".join(out) + "\n"
 
 
@@ -676,7 +744,8 @@ def plot(args: argparse.Namespace) -> None:
 
     rows = json.loads((ds_dir(args) / "rows.json").read_text())
     agg = aggregate(rows)
-    _, secs = _timing_note(args)
+    _, costs = stage_costs(args)
+    secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
     axes_spec = [("NFE per sample", {k: a["nfe_per_sample"] for k, a in agg.items()})]
     axes_spec += [(f"{name} seconds per sample (stage timings)", s) for name, s in secs.items()]
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(6 * len(axes_spec), 4.5))
@@ -689,7 +758,7 @@ def plot(args: argparse.Namespace) -> None:
                 marker = "o" if k[2] == "only" else ("s" if "snapshot" in k[2] else "^")
                 y, e = a["gen_ppl_corpus"]
                 ax.errorbar(xs[k], y, yerr=e, fmt=marker, color=f"C{i}", ms=5, capsize=2)
-            ax.plot([], [], "o", color=f"C{i}", label=f"draft {DRAFT_BLOCK // steps} tok/call")
+            ax.plot([], [], "o", color=f"C{i}", label=f"draft {DRAFT_BLOCK / steps:.3g} tok/call")
         floor = rows[0].get("oracle_floor_ppl")
         if floor:
             ax.axhline(floor, color="grey", ls="--", lw=1, label="oracle floor")
@@ -746,7 +815,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("prepare", "train", "sample", "eval", "timing", "report"))
+    steps = ("prepare", "train", "sample", "eval", "extra", "timing", "report")
+    parser.add_argument("step", choices=steps)
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE, help="tinyshakespeare.txt")
@@ -778,6 +848,7 @@ def main() -> None:
         "train": cmd_train,
         "sample": cmd_sample,
         "eval": cmd_eval,
+        "extra": cmd_extra,
         "timing": cmd_timing,
         "report": cmd_report,
     }
