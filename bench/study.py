@@ -638,7 +638,9 @@ def supplement(args: argparse.Namespace, costs: dict[str, dict[str, float]]) -> 
         return []
     rows = [r for r in json.loads((ds_dir(args) / "rows.json").read_text()) if r["seed"] == 0]
     agg = aggregate(rows + json.loads(path.read_text()))
-    secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
+    # only devices whose timings include the extra draft: a frontier must see every draft
+    full = {k: c for k, c in costs.items() if f"draft-s{EXTRA_STEPS}" in c}
+    secs = {k: modelled_seconds(agg, c) for k, c in full.items()}
     keys = sorted((k for k in agg if k[0] == "mix"), key=lambda k: agg[k]["nfe_per_sample"])
     out = [
         "### f (supplement). Every λ = 0.1 setting with one more draft, 4/3 tok/call "
@@ -765,6 +767,7 @@ def plot(args: argparse.Namespace) -> None:
         ax.set_xlabel(xl)
         ax.set_ylabel("Gen PPL")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(
@@ -795,8 +798,10 @@ def write_section(doc: Path, marker: str, text: str) -> None:
 
 
 COMMANDS = """
-bash bench/study_run.sh runs/study   # prepare, train (3 seeds x 2 lambdas [+ judge]), sample, eval
-python bench/study.py timing --dataset {dataset} --device cpu   # CPU stage timings
+STEPS=5000 N=512 BATCH=512 TRAIN_S=240 SAMPLE_S=150 EVAL_S=80 TIME_S=60 DEVICE=cuda \\
+  bash bench/study_run.sh runs/study  # both datasets: prepare, train, sample, judge, GPU timings
+python bench/study.py extra --dataset {dataset} --device cpu   # 4/3 tok/call, seed-0 model
+python bench/study.py timing --dataset {dataset} --device cpu  # CPU stage timings
 python bench/study.py report --dataset {dataset}
 """
 
@@ -806,8 +811,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.history:
         args.commands.insert(1, f"# this run: {args.history}")
     text = section(args)
-    if args.notes and args.notes.is_file():
-        text += "\n" + args.notes.read_text()
+    notes = args.notes or ROOT / "bench" / "study_notes" / f"{args.dataset}.md"
+    if notes.is_file():
+        text += "\n" + notes.read_text()
     write_section(args.doc, f"study-{args.dataset}", text)
     plot(args)
 
@@ -834,7 +840,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--time-batch", type=int, default=64, help="timing: batch")
-    parser.add_argument("--notes", type=Path, default=None, help="report: appended text")
+    parser.add_argument(
+        "--notes", type=Path, default=None, help="report: text to append (bench/study_notes/D.md)"
+    )
     parser.add_argument("--history", default="", help="report: how the run went")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")
     return parser.parse_args(argv)
