@@ -66,7 +66,7 @@ def demo(
         bool, typer.Option("--quick", help="A reduced budget (tests and CI).")
     ] = False,
     steps: Annotated[
-        int | None, typer.Option("--steps", help="Training steps (default 400; quick 120).")
+        int | None, typer.Option("--steps", help="Training steps (default 1200; quick 120).")
     ] = None,
     samples: Annotated[
         int | None, typer.Option("-n", "--samples", help="Samples per setting (256; quick 16).")
