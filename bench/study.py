@@ -333,7 +333,9 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str
 
 
 # --------------------------------------------------------------------------- timing
-def timed_costs(args: argparse.Namespace, repeats: int = 3) -> dict[str, float]:
+def timed_costs(
+    args: argparse.Namespace, repeats: int = 3, drafts: tuple[int, ...] | None = None
+) -> dict[str, float]:
     """Min-of-`repeats` seconds per sample of each stage on one batch (robust to load).
 
     Uses the seed-0 λ = 0.1 model; the stages are those of the grid (drafts at 1, 2, 4
@@ -361,11 +363,13 @@ def timed_costs(args: argparse.Namespace, repeats: int = 3) -> dict[str, float]:
         return min(times) / batch
 
     costs: dict[str, float] = {}
-    for steps in (*DRAFT_STEPS, EXTRA_STEPS):
+    for steps in (*DRAFT_STEPS, EXTRA_STEPS) if drafts is None else drafts:
         scfg = SamplerConfig(block_size=DRAFT_BLOCK, steps_per_block=steps)
         costs[f"draft-s{steps}"] = best(
             lambda c=scfg: pipeline.draft_batch(ref, prompts, length, c, 0)
         )
+    if drafts is not None:
+        return costs
     drafts = pipeline.draft_batch(ref, prompts, length, SamplerConfig(DRAFT_BLOCK, 2), 0)
     for strategy in STRATEGIES:
         rcfg = pipeline.RemaskConfig(gamma=0.25, strategy=strategy, seed=0)
@@ -393,9 +397,16 @@ def cmd_timing(args: argparse.Namespace) -> None:
     from sbdcli import artifacts
 
     kind = "cuda" if args.device == "cuda" else "cpu"
-    costs = timed_costs(args)
+    path = ds_dir(args) / f"timed-{kind}.json"
     info = {"device": _device_name(kind), "batch": args.time_batch, "threads": args.threads}
-    artifacts.write_json(ds_dir(args) / f"timed-{kind}.json", {"info": info, "costs": costs})
+    if args.draft_steps:  # add drafts to an existing timing of the same device and batch
+        old = json.loads(path.read_text())
+        if old["info"] != info:
+            raise SystemExit(f"{path} was timed with {old['info']}, not {info}")
+        costs = {**old["costs"], **timed_costs(args, drafts=args.draft_steps)}
+    else:
+        costs = timed_costs(args)
+    artifacts.write_json(path, {"info": info, "costs": costs})
 
 
 def _device_name(kind: str) -> str:
@@ -840,6 +851,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--time-batch", type=int, default=64, help="timing: batch")
+    parser.add_argument(
+        "--draft-steps",
+        type=lambda x: tuple(int(v) for v in x.split(",")),
+        default=None,
+        help="timing: only these drafts (steps per block), added to the existing timing",
+    )
     parser.add_argument(
         "--notes", type=Path, default=None, help="report: text to append (bench/study_notes/D.md)"
     )
