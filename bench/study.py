@@ -701,8 +701,8 @@ def section(args: argparse.Namespace) -> str:
         "differences are judged paired (same model, same draft). Draft B(1) = 4 with an "
         "exact KV cache, nucleus top-p 0.9; revise blocks reveal 2 tokens per call unless "
         f"a row says otherwise. Judge: {judge}."
-        + (f" Oracle floor (true samples): Gen PPL {floor:.3f}." if floor else ""),
-        f" Samples dropped for a BOS after position 0: {dropped}.",
+        + (f" Oracle floor (true samples): Gen PPL {floor:.3f}." if floor else "")
+        + f" Samples dropped for a BOS after position 0: {dropped}.",
         "",
         "Commands:",
         "```bash",
