@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from sbdcli.attention import (
+    HalvesMask,
     KVCache,
     _block_diff_rule,
     attend,
@@ -47,6 +48,29 @@ def test_mask_is_cached_and_checks_divisibility():
     assert block_diff_mask(16, 4) is block_diff_mask(16, 4)
     with pytest.raises(ValueError):
         block_diff_mask(10, 4)
+
+
+@pytest.mark.parametrize(("length", "block"), [(8, 1), (12, 4), (16, 8)])
+def test_clean_queries_never_see_noisy_keys(length, block):
+    assert not bool(block_diff_mask(length, block)[length:, :length].any())
+
+
+@pytest.mark.parametrize(("length", "block"), [(8, 2), (12, 4)])
+def test_halves_mask_matches_the_dense_mask_values_and_gradients(length, block):
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 3, 2 * length, 8)
+    q, k, v = (torch.randn(shape, generator=gen, requires_grad=True) for _ in range(3))
+    halves = HalvesMask.of(length, block, "cpu")
+    dense = attend(q, k, v, block_diff_mask(length, block))
+    split = attend(q, k, v, halves)
+    torch.testing.assert_close(split, dense, rtol=0, atol=1e-6)
+    grads_dense = torch.autograd.grad(dense.square().sum(), (q, k, v))
+    grads_split = torch.autograd.grad(split.square().sum(), (q, k, v))
+    for a, b in zip(grads_split, grads_dense, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    noisy_only = attend(q[:, :, :length], k, v, halves)  # the last layer: x_t queries only
+    torch.testing.assert_close(noisy_only, dense[:, :, :length], rtol=0, atol=1e-6)
+    assert HalvesMask.of(length, block, "cpu") is halves
 
 
 def test_block_causal_is_clean_quadrant():

@@ -5,7 +5,9 @@ What is here
   over concat(x_t, x_0) (True = may attend), and `block_causal_mask(L, B)` for sampling.
   Both are built once per (L, B, device) and cached; never mutate the returned tensors.
 - `attend(q, k, v, mask)`: scaled dot-product attention with a boolean mask (never an
-  additive float mask: on CPU that is ~2.4x slower), or a FlexAttention `BlockMask`.
+  additive float mask: on CPU that is ~2.4x slower), a `HalvesMask` (the training mask
+  split so the x_0 queries skip the x_t keys they can never see), or a FlexAttention
+  `BlockMask`.
 - `flex_block_mask(L, B, device)`: the same training mask as a cached FlexAttention
   `BlockMask` (CUDA only; `flex_available(device)` says whether it can be used).
 - `KVCache`: preallocated per-layer keys/values for block-by-block sampling.
@@ -16,12 +18,14 @@ What is not here: the network (model.py) and anything about noise or losses.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "HalvesMask",
     "KVCache",
     "attend",
     "block_causal_mask",
@@ -128,14 +132,48 @@ def _compiled_flex() -> Any:
 
 
 # --------------------------------------------------------------------------- kernels
+@dataclass(frozen=True)
+class HalvesMask:
+    """`block_diff_mask(L, B)` as its two useful halves, for dense (SDPA) kernels.
+
+    x_0 queries never see x_t keys (rows L.. of the mask are False on columns ..L), so
+    their attention runs over the L clean keys only: 3L^2 score entries instead of 4L^2.
+    `noisy`: (L, 2L) rows of the x_t queries; `clean`: (L, L) x_0 queries on x_0 keys.
+    """
+
+    length: int
+    noisy: torch.Tensor
+    clean: torch.Tensor
+
+    @classmethod
+    def of(cls, length: int, block_size: int, device: Any) -> HalvesMask:
+        """The cached halves of `block_diff_mask(length, block_size)` (do not mutate)."""
+        return _halves_cached(length, block_size, str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=64)
+def _halves_cached(length: int, block_size: int, device: str) -> HalvesMask:
+    full = block_diff_mask(length, block_size, device)
+    return HalvesMask(length, full[:length], full[length:, length:].contiguous())
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | Any | None
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(Dh) + log[mask]) v for q (B,H,N,Dh), k/v (B,H,T,Dh) -> (B,H,N,Dh).
 
     `mask` is None (all visible), a boolean tensor broadcastable to (B,H,N,T) (True = may
-    attend), or a FlexAttention BlockMask (then the compiled FlexAttention kernel runs).
+    attend), a `HalvesMask` (T = 2L keys; N = 2L queries, or the L x_t queries alone), or
+    a FlexAttention BlockMask (then the compiled FlexAttention kernel runs).
     """
+    if isinstance(mask, HalvesMask):
+        n = mask.length
+        top = F.scaled_dot_product_attention(q[:, :, :n], k, v, attn_mask=mask.noisy)
+        if q.shape[2] == n:
+            return top
+        kc, vc = k[:, :, n:], v[:, :, n:]
+        bottom = F.scaled_dot_product_attention(q[:, :, n:], kc, vc, attn_mask=mask.clean)
+        return torch.cat((top, bottom), dim=2)
     if mask is None or isinstance(mask, torch.Tensor):
         if mask is not None and mask.dtype != torch.bool:
             raise TypeError("attention masks must be boolean (True = may attend)")

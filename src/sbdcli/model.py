@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbdcli.attention import (
+    HalvesMask,
     KVCache,
     attend,
     block_causal_mask,
-    block_diff_mask,
     flex_available,
     flex_block_mask,
 )
@@ -323,8 +323,7 @@ class Denoiser(nn.Module):
             full = flex_block_mask(length, block_size, device)
             last = flex_block_mask(length, block_size, device, q_len=length)
         else:
-            full = block_diff_mask(length, block_size, device)
-            last = full[:length]
+            full = last = HalvesMask.of(length, block_size, device)
         return self._run(tokens, positions, full, last, None, 0, sigma, length)
 
     def sample_logits(
