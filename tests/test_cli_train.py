@@ -150,3 +150,25 @@ def test_torchrun_two_processes_on_cpu(workdir):
     assert config["distributed_type"] == "MULTI_CPU"
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["processes"] for r in records] == [2, 2]
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_first_step(workdir):
+    """`--compile` (inductor through accelerate) gives the eager run's first-step loss.
+
+    Each run is its own process: accelerate keeps one dynamo setting per process.
+    """
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        run = workdir / f"compile-{name}"
+        cmd = [sys.executable, "-m", "sbdcli", "train", "--out", str(run), *FAST]
+        cmd += ["--block", "4", "--val-every", "0", "--seed", "3", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        config = json.loads((run / "config.json").read_text())
+        assert config["train"]["compile"] is (name == "compiled")
+        records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records if "loss" in r]
+    assert len(losses["compiled"]) == 2
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)

@@ -72,6 +72,7 @@ def _block_causal_mask_cached(length: int, block_size: int, device: str) -> torc
     return blk[:, None] >= blk[None, :]
 
 
+@torch.compiler.disable  # cached in eager; not traced by torch.compile
 def block_diff_mask(length: int, block_size: int, device: Any = "cpu") -> torch.Tensor:
     """Training mask for concat(x_t, x_0) of length 2L (True = may attend): bool (2L, 2L).
 
@@ -82,6 +83,7 @@ def block_diff_mask(length: int, block_size: int, device: Any = "cpu") -> torch.
     return _block_diff_mask_cached(length, block_size, str(torch.device(device)))
 
 
+@torch.compiler.disable  # cached in eager; not traced by torch.compile
 def block_causal_mask(length: int, block_size: int, device: Any = "cpu") -> torch.Tensor:
     """Sampling mask over one clean stream: query i sees key j iff blk(j) <= blk(i). (L, L).
 
@@ -117,6 +119,7 @@ def _flex_block_mask_cached(length: int, block_size: int, q_len: int, device: st
     )
 
 
+@torch.compiler.disable  # cached in eager; not traced by torch.compile
 def flex_block_mask(length: int, block_size: int, device: Any, q_len: int | None = None) -> Any:
     """The training mask as a cached FlexAttention BlockMask; `q_len` rows (default 2L)."""
     _check_block(length, block_size)
@@ -146,6 +149,7 @@ class HalvesMask:
     clean: torch.Tensor
 
     @classmethod
+    @torch.compiler.disable  # cached in eager; not traced by torch.compile
     def of(cls, length: int, block_size: int, device: Any) -> HalvesMask:
         """The cached halves of `block_diff_mask(length, block_size)` (do not mutate)."""
         return _halves_cached(length, block_size, str(torch.device(device)))

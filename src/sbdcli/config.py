@@ -174,6 +174,9 @@ class TrainConfig:
     """`auto` (bf16 autocast on GPUs, fp32 on CPU), `fp32` or `bf16`."""
     device: str = "auto"
     """`auto`, `cpu` or `cuda` (distributed launches pick the device per process)."""
+    compile: bool = False
+    """Compile the training forward with torch.compile (inductor, through accelerate);
+    the first steps of each block size are slow while it compiles."""
     init: str | None = None
     """Initial weights: an sbd run directory or a BD3-LM/MDLM checkpoint directory."""
 

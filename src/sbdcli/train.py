@@ -658,7 +658,11 @@ def _make_accelerator(cfg: TrainConfig) -> Any:
     precision = cfg.precision
     if precision == "auto":
         precision = "no" if on_cpu else "bf16"
-    return Accelerator(cpu=on_cpu, mixed_precision="no" if precision == "fp32" else precision)
+    return Accelerator(
+        cpu=on_cpu,
+        mixed_precision="no" if precision == "fp32" else precision,
+        dynamo_backend="inductor" if cfg.compile else "no",
+    )
 
 
 def _build_model(

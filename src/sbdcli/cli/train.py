@@ -231,6 +231,10 @@ def train(
     precision: Annotated[
         str | None, typer.Option("--precision", help="auto (bf16 on GPU), fp32 or bf16.")
     ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option("--compile", help="torch.compile the training forward (slow first steps)."),
+    ] = None,
 ) -> None:
     """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
     from sbdcli.config import train_config
@@ -242,7 +246,7 @@ def train(
         "eps_min": eps_min, "eps_max": eps_max, "clip_search": clip_search,
         "resample": resample, "ema": ema, "val_every": val_every, "val_rows": val_rows,
         "save_every": save_every, "device": device, "precision": precision,
-        **block_fields(mix, mix_lambda, block),
+        "compile": compile_model, **block_fields(mix, mix_lambda, block),
     }  # fmt: skip
     if eps_large is not None:
         given["large_eps_min"], given["large_eps_max"] = parse_interval(eps_large)
