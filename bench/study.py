@@ -140,10 +140,18 @@ def set_path(args: argparse.Namespace, seed: int, group: Group, name: str) -> Pa
     return folder / f"{group.draft_name}-{name}.jsonl"
 
 
-def _complete(path: Path, n: int) -> bool:
+def _records(path: Path, n: int) -> list[dict[str, Any]] | None:
+    """The records of a finished sample file (exactly n of them), else None."""
     from sbdcli import artifacts
 
-    return path.is_file() and sum(1 for _ in artifacts.read_records(str(path))) == n
+    if not path.is_file():
+        return None
+    records = list(artifacts.read_records(str(path)))
+    return records if len(records) == n else None
+
+
+def _complete(path: Path, n: int) -> bool:
+    return _records(path, n) is not None
 
 
 def _steps_done(run: Path) -> int:
@@ -263,7 +271,6 @@ def evaluate_all(
     args: argparse.Namespace, groups: list[Group] | None = None
 ) -> list[dict[str, Any]]:
     """Judge summary of every sample file: one row per (model, draft, setting, seed)."""
-    from sbdcli import artifacts
     from sbdcli import evaluate as ev
     from sbdcli.data import read_manifest
 
@@ -275,9 +282,9 @@ def evaluate_all(
         for g in grid() if groups is None else groups:
             for name in ["only", *[r.name for r in g.revises]]:
                 path = set_path(args, seed, g, name)
-                if not _complete(path, args.n):
+                every = _records(path, args.n)
+                if every is None:
                     continue
-                every = list(artifacts.read_records(str(path)))
                 # a BOS after position 0 (which the sampler suppresses when BOS != EOS)
                 # would be rejected by the oracle: such samples are dropped and counted
                 recs = [
@@ -481,12 +488,17 @@ def table(
     return lines
 
 
+def _seed_diffs(agg: dict, a: tuple, b: tuple, metric: str) -> np.ndarray:
+    """Per-model differences a - b of `metric` over the seeds both settings have."""
+    xa, xb = agg[a][metric + "_by_seed"], agg[b][metric + "_by_seed"]
+    return np.array([xa[s] - xb[s] for s in xa if s in xb], dtype=float)
+
+
 def _paired(agg: dict, a: tuple, b: tuple, metric: str) -> str:
     """Mean ± std over models of the per-model difference a - b of `metric`."""
     if a not in agg or b not in agg:
         return "–"
-    xa, xb = agg[a][metric + "_by_seed"], agg[b][metric + "_by_seed"]
-    d = np.array([xa[s] - xb[s] for s in xa if s in xb], dtype=float)
+    d = _seed_diffs(agg, a, b, metric)
     if len(d) == 0:
         return "–"
     std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
@@ -501,8 +513,7 @@ def compare(agg: dict, a: tuple, b: tuple) -> str:
     """
     if a not in agg or b not in agg:
         return "not measured"
-    xa, xb = agg[a]["nll_per_token_by_seed"], agg[b]["nll_per_token_by_seed"]
-    d = np.array([xa[s] - xb[s] for s in xa if s in xb], dtype=float)
+    d = _seed_diffs(agg, a, b, "nll_per_token")
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
     agree = bool(np.all(d < 0) or np.all(d > 0))
     ma, mb = agg[a]["gen_ppl_corpus"][0], agg[b]["gen_ppl_corpus"][0]
@@ -673,13 +684,29 @@ def supplement(args: argparse.Namespace, costs: dict[str, dict[str, float]]) -> 
     return [*out, ""]
 
 
-def section(args: argparse.Namespace) -> str:
+@dataclass(frozen=True)
+class Measured:
+    """What a report reads once: judged rows, their aggregate, stage timings per device."""
+
+    rows: list[dict[str, Any]]
+    agg: dict[tuple[str, int, str], dict[str, Any]]
+    timing_lines: list[str]
+    costs: dict[str, dict[str, float]]
+    secs: dict[str, dict[tuple, float]]
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> Measured:
+        rows = json.loads((ds_dir(args) / "rows.json").read_text())
+        agg = aggregate(rows)
+        timing_lines, costs = stage_costs(args)
+        secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
+        return cls(rows, agg, timing_lines, costs, secs)
+
+
+def section(args: argparse.Namespace, m: Measured) -> str:
     """The markdown of one dataset's study section (every number from rows.json)."""
     ds = DATASETS[args.dataset]
-    rows = json.loads((ds_dir(args) / "rows.json").read_text())
-    agg = aggregate(rows)
-    timing_lines, costs = stage_costs(args)
-    secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
+    rows, agg, timing_lines, costs, secs = m.rows, m.agg, m.timing_lines, m.costs, m.secs
     floor = rows[0].get("oracle_floor_ppl")
     seeds = sorted({r["seed"] for r in rows})
     n = min(r["n"] for r in rows)
@@ -747,7 +774,7 @@ def section(args: argparse.Namespace) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(args: argparse.Namespace) -> None:
+def plot(args: argparse.Namespace, m: Measured) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -755,10 +782,7 @@ def plot(args: argparse.Namespace) -> None:
 
     from sbdcli.artifacts import atomic_path
 
-    rows = json.loads((ds_dir(args) / "rows.json").read_text())
-    agg = aggregate(rows)
-    _, costs = stage_costs(args)
-    secs = {k: modelled_seconds(agg, c) for k, c in costs.items()}
+    rows, agg, secs = m.rows, m.agg, m.secs
     axes_spec = [("NFE per sample", {k: a["nfe_per_sample"] for k, a in agg.items()})]
     axes_spec += [(f"{name} seconds per sample (stage timings)", s) for name, s in secs.items()]
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(6 * len(axes_spec), 4.5))
@@ -821,12 +845,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     args.commands = [c for c in COMMANDS.format(dataset=args.dataset).splitlines() if c]
     if args.history:
         args.commands.insert(1, f"# this run: {args.history}")
-    text = section(args)
+    measured = Measured.load(args)
+    text = section(args, measured)
     notes = args.notes or ROOT / "bench" / "study_notes" / f"{args.dataset}.md"
     if notes.is_file():
         text += "\n" + notes.read_text()
     write_section(args.doc, f"study-{args.dataset}", text)
-    plot(args)
+    plot(args, measured)
 
 
 # --------------------------------------------------------------------------- main
