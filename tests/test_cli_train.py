@@ -163,11 +163,14 @@ def test_compile_trains_the_same_first_step(workdir):
         run = workdir / f"compile-{name}"
         cmd = [sys.executable, "-m", "sbdcli", "train", "--out", str(run), *FAST]
         cmd += ["--block", "4", "--val-every", "0", "--seed", "3", *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cache = workdir / f"inductor-{name}"  # inductor writes its generated kernels here
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(cache)}
         out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-3000:]
         config = json.loads((run / "config.json").read_text())
         assert config["train"]["compile"] is (name == "compiled")
+        compiled = cache.is_dir() and any(p.is_file() for p in cache.rglob("*"))
+        assert compiled is (name == "compiled")  # a no-op flag would leave no kernels
         records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [r["loss"] for r in records if "loss" in r]
     assert len(losses["compiled"]) == 2
