@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import machine, write_section
 from sbdcli.evaluate import OracleJudge, SbdJudge, VocabInfo
-from sbdcli.hf_judge import HFJudge
+from sbdcli.evaluate.hf_judge import HFJudge
 
 
 def sync(device: str) -> None:

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sbdcli.attention import block_diff_mask
 from sbdcli.config import preset
-from sbdcli.loss import block_nelbo
+from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.model import Denoiser
+from sbdcli.model.attention import block_diff_mask
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 

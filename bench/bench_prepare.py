@@ -66,7 +66,7 @@ def throughput(corpus: Path, out: Path, reps: int) -> dict[str, dict[str, float]
     from tokenizers import Tokenizer
 
     from sbdcli.data import prepare_text
-    from sbdcli.sources import TextFiles
+    from sbdcli.data.sources import TextFiles
 
     docs = list(TextFiles([str(corpus)]).documents())
     tok = Tokenizer.from_file(str(TOKENIZER))

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sbdcli import remask as rm
-from sbdcli import sampler as sp
 from sbdcli.config import ModelConfig
+from sbdcli.diffusion import remask as rm
+from sbdcli.diffusion import sampler as sp
 from sbdcli.model import Denoiser
 
 SHAPES = {

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import machine, write_section
 from sbdcli.config import ModelConfig, preset, train_config
-from sbdcli.loss import block_nelbo
+from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.model import Denoiser
 
 MODELS = {
@@ -91,8 +91,8 @@ def build(name: str, length: int) -> tuple[Denoiser, torch.optim.Optimizer, torc
 def loop_step(name: str, length: int, root: Path):
     """One optimizer step of the real training loop at B = 4 (`Trainer._step`: data reads,
     noise draws, forward/backward, clip, AdamW, EMA) on the benchmark model."""
-    from sbdcli.compat import save_sbd_model
     from sbdcli.data import prepare_synthetic
+    from sbdcli.model.checkpoint import save_sbd_model
     from sbdcli.train import setup
 
     data = root / f"syn{length}"

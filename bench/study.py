@@ -162,7 +162,7 @@ def _steps_done(run: Path) -> int:
 # --------------------------------------------------------------------------- steps
 def cmd_prepare(args: argparse.Namespace) -> None:
     from sbdcli.data import prepare_synthetic, prepare_text
-    from sbdcli.sources import TextFiles
+    from sbdcli.data.sources import TextFiles
 
     data = ds_dir(args) / "data"
     if (data / "manifest.json").is_file():
@@ -216,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def run_group(args: argparse.Namespace, group: Group, ref: Any) -> None:
     """Draft n samples, then every revise of the group; reuse complete files."""
     from sbdcli import artifacts, pipeline
-    from sbdcli.sampler import SamplerConfig
+    from sbdcli.diffusion.sampler import SamplerConfig
 
     seed, n, length = args.seed, args.n, ref.model.config.seq_len
     dpath = set_path(args, seed, group, "only")
@@ -349,7 +349,7 @@ def timed_costs(
     tokens per call; each remask strategy at γ = 0.25; each global revise (γ, tokens/call)).
     """
     from sbdcli import pipeline
-    from sbdcli.sampler import SamplerConfig
+    from sbdcli.diffusion.sampler import SamplerConfig
 
     ref = pipeline.load_model_ref(model_dir(args, "mix", 0), args.device)
     length, batch = ref.model.config.seq_len, args.time_batch

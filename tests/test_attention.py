@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sbdcli.attention import (
+from sbdcli.model.attention import (
     HalvesMask,
     KVCache,
     _block_diff_rule,

@@ -44,7 +44,7 @@ def synth_run(tmp_path_factory) -> Path:
 
 
 def synth_records(run: Path, n: int = 4, seed: int = 0, stages=None) -> list[dict]:
-    from sbdcli.synthetic import load_oracle
+    from sbdcli.data.synthetic import load_oracle
 
     oracle = load_oracle(run / "data")
     rows = oracle.sample(n, 16, torch.Generator().manual_seed(seed)).tolist()
@@ -153,7 +153,7 @@ def save_run(run: Path, model, data_dir: Path, block: int) -> Path:
     """A minimal sbd run directory: model.safetensors + config.json + data/ copy."""
     import shutil
 
-    from sbdcli.compat import save_sbd_model
+    from sbdcli.model.checkpoint import save_sbd_model
 
     run.mkdir(parents=True)
     save_sbd_model(model, run / "model.safetensors", {})

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sbdcli.cli import main
-from sbdcli.compat import load_model, save_sbd_model
 from sbdcli.config import ModelConfig
 from sbdcli.model import Denoiser
+from sbdcli.model.checkpoint import load_model, save_sbd_model
 
 
 def run_main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import torch
 from conftest import shared_path
 from sbdcli.cli import main
 from sbdcli.data import load_codec, load_split, read_manifest
-from sbdcli.synthetic import load_oracle
+from sbdcli.data.synthetic import load_oracle
 
 SMALL_SYNTH = ["--num-train", "64", "--num-val", "16", "--oracle-samples", "32"]
 

@@ -23,7 +23,7 @@ SBD = [sys.executable, "-m", "sbdcli"]
 
 def make_run(root: Path, seq_len: int = 32) -> Path:
     """RUN/model.safetensors (random tiny Denoiser) + RUN/data/manifest.json; runs/latest."""
-    from sbdcli.compat import save_sbd_model
+    from sbdcli.model.checkpoint import save_sbd_model
 
     model = tiny_denoiser(seq_len=seq_len, vocab_size=V + 2)
     run = root / "runs" / "r1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import shared_path
-from sbdcli.codec import (
+from sbdcli.data.codec import (
     ByteCodec,
     SyntheticCodec,
     TokenizerCodec,

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sbdcli
-from sbdcli.compat import export_bd3lm, load_model, save_sbd_model
 from sbdcli.config import ModelConfig
 from sbdcli.errors import UserError
 from sbdcli.model import Denoiser
+from sbdcli.model.checkpoint import export_bd3lm, load_model, save_sbd_model
 
 
 def random_model(seed: int = 0, **overrides) -> Denoiser:

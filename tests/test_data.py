@@ -10,7 +10,6 @@ import torch
 
 from conftest import shared_path
 from sbdcli.artifacts import load_tensors, sha256_file
-from sbdcli.codec import ByteCodec
 from sbdcli.data import (
     Packer,
     ShardWriter,
@@ -21,9 +20,10 @@ from sbdcli.data import (
     prepare_text,
     read_manifest,
 )
+from sbdcli.data.codec import ByteCodec
+from sbdcli.data.sources import HFDataset, JsonlFiles, TextFiles
+from sbdcli.data.synthetic import TopicMarkovSpec, load_oracle
 from sbdcli.errors import UserError
-from sbdcli.sources import HFDataset, JsonlFiles, TextFiles
-from sbdcli.synthetic import TopicMarkovSpec, load_oracle
 
 MANIFEST_KEYS = {
     "schema",

@@ -30,7 +30,7 @@ from sbdcli.evaluate import (
     stage_signature,
     unigram_entropy,
 )
-from sbdcli.hf_judge import HFJudge, windows
+from sbdcli.evaluate.hf_judge import HFJudge, windows
 
 # ----------------------------------------------------------------------------- helpers
 EOT = "<|endoftext|>"
@@ -180,7 +180,7 @@ def test_hf_judge_text_eos_rules(judge):
 
 
 def test_hf_judge_codec_path_splits_at_eos_and_skips_prompt(gpt2_dir):
-    from sbdcli.codec import ByteCodec
+    from sbdcli.data.codec import ByteCodec
 
     codec = ByteCodec()
     bos, eos = codec.bos_id, codec.eos_id
@@ -240,7 +240,7 @@ def independent_oracle_loglik(path: Path, row: list[int]) -> float:
 
 
 def test_oracle_nll_equals_independent_computation(synth_run):
-    from sbdcli.synthetic import load_oracle
+    from sbdcli.data.synthetic import load_oracle
 
     oracle = load_oracle(synth_run / "data" / "oracle.safetensors")
     rows = oracle.sample(6, 16, torch.Generator().manual_seed(3)).tolist()
@@ -372,7 +372,7 @@ def test_heldout_ppl_monte_carlo_has_a_standard_error():
 def test_heldout_ppl_on_parity_fixture_equals_reference_nelbo(fixture_dir):
     from safetensors.torch import load_file
 
-    from sbdcli.compat import load_model
+    from sbdcli.model.checkpoint import load_model
 
     inputs = load_file(str(fixture_dir / "inputs.safetensors"))
     outputs = load_file(str(shared_path("fixtures", "bd3lm-tiny", "outputs.safetensors")))

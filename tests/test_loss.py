@@ -11,8 +11,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sbdcli.config import ModelConfig
+from sbdcli.diffusion.loss import (
+    block_nelbo,
+    clip_intervals,
+    clip_search,
+    subs_log_probs,
+    token_nelbo,
+)
 from sbdcli.errors import UserError
-from sbdcli.loss import block_nelbo, clip_intervals, clip_search, subs_log_probs, token_nelbo
 from sbdcli.model import Denoiser
 
 V, MASK, L = 32, 31, 16
@@ -43,7 +49,7 @@ def log_p_without_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 # --------------------------------------------------------------------------- fixture parity
 def fixture_parts(fixture_dir):
-    from sbdcli.compat import load_model
+    from sbdcli.model.checkpoint import load_model
 
     inputs = load_file(str(fixture_dir / "inputs.safetensors"))
     outputs = load_file(str(fixture_dir / "outputs.safetensors"))

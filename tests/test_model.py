@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from sbdcli.config import ModelConfig
-from sbdcli.loss import block_nelbo
+from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.model import Denoiser
 
 TOL = 1e-4

@@ -8,11 +8,11 @@ import torch
 
 from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
-from sbdcli import sampler as sp
 from sbdcli.config import ModelConfig
-from sbdcli.loss import block_nelbo
+from sbdcli.data.synthetic import TopicMarkovSpec, build_oracle
+from sbdcli.diffusion import sampler as sp
+from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.model import Denoiser
-from sbdcli.synthetic import TopicMarkovSpec, build_oracle
 
 
 def test_parse_stages():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
-from sbdcli import remask as rm
+from sbdcli.diffusion import remask as rm
 from sbdcli.errors import UserError
 
 FAKE = FakeDenoiser(vocab_size=12, seq_len=32, seed=7)

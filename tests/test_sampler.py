@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fake_model import CopyRightDenoiser, FakeDenoiser, one_thread, tiny_denoiser  # noqa: F401 (autouse fixture)
-from sbdcli import sampler as sp
+from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
 
 

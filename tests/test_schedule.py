@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sbdcli.schedule import LogLinearSchedule, resample_masks, sample_masks, sample_t
+from sbdcli.diffusion.schedule import LogLinearSchedule, resample_masks, sample_masks, sample_t
 
 
 def test_log_linear_schedule_formulas():

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-import sbdcli.sources as sources
+import sbdcli.data.sources as sources
+from sbdcli.data.sources import HFDataset, JsonlFiles, TextFiles, expand_paths
 from sbdcli.errors import UserError
-from sbdcli.sources import HFDataset, JsonlFiles, TextFiles, expand_paths
 
 TEXT = "First doc\nline two\n\n\nSecond doc\n  \n\t\nThird, ünïcode\r\n\r\nFourth\n"
 DOCS = ["First doc\nline two", "Second doc", "Third, ünïcode", "Fourth"]

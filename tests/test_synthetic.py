@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 
-from sbdcli.errors import UserError
-from sbdcli.synthetic import (
+from sbdcli.data.synthetic import (
     Oracle,
     TopicMarkovSpec,
     build_oracle,
@@ -18,6 +17,7 @@ from sbdcli.synthetic import (
     sparse_rows,
     unigram_entropy,
 )
+from sbdcli.errors import UserError
 
 SMALL = TopicMarkovSpec(vocab=5, topics=3, fanout=2, alpha=0.3, eps=0.05)
 

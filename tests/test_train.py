@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 
 from sbdcli import artifacts
 from sbdcli.config import TrainConfig, train_config
+from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.errors import UserError
-from sbdcli.loss import block_nelbo
 from sbdcli.train import draw_noise, resume_config, setup, train
-from sbdcli.trainstate import (
+from sbdcli.train.state import (
     EMA,
     BlockSizeSampler,
     DataOrder,
@@ -183,7 +183,7 @@ def test_tiny_model_loss_drops_on_synthetic_data(tmp_path):
     """A deterministic-chain member of the topic-markov family (1 topic, 1 successor): the
     NELBO can only fall far below its start by using context, and it does in 40 steps."""
     from sbdcli.data import prepare_synthetic
-    from sbdcli.synthetic import TopicMarkovSpec
+    from sbdcli.data.synthetic import TopicMarkovSpec
 
     chain = TopicMarkovSpec(vocab=16, topics=1, fanout=1, eps=0.0)
     prepare_synthetic(tmp_path / "chain", chain, 32, num_train=512, num_val=32, floor_samples=8)
@@ -319,7 +319,7 @@ def test_no_pickle_anywhere_in_a_run(tmp_path, data_dir):
 
 def test_init_from_run_and_vocab_mismatch(tmp_path, data_dir):
     from sbdcli.data import prepare_synthetic
-    from sbdcli.synthetic import TopicMarkovSpec
+    from sbdcli.data.synthetic import TopicMarkovSpec
 
     base = train(tiny(steps=2), data_dir, tmp_path / "base", runs_root=tmp_path)
     tuned = setup(tiny(init=str(base.run_dir)), data_dir, tmp_path / "tuned")
@@ -333,7 +333,7 @@ def test_init_from_run_and_vocab_mismatch(tmp_path, data_dir):
 
 
 def test_clip_search_sets_the_training_interval_and_checkpoint_header(tmp_path, data_dir):
-    from sbdcli.loss import clip_intervals
+    from sbdcli.diffusion.loss import clip_intervals
 
     cfg = tiny(steps=2, val_every=2, val_rows=4, clip_search=True, block_small=8, mix_lambda=0)
     summary = train(cfg, data_dir, tmp_path / "clip", runs_root=tmp_path)
@@ -355,7 +355,7 @@ def test_noise_interval_per_block_size(tmp_path, data_dir):
 def test_init_from_a_bd3lm_checkpoint_directory(tmp_path, fixture_dir):
     """`init` accepts the published BD3-LM layout (config.json + backbone.* safetensors)."""
     from sbdcli.data import prepare_synthetic
-    from sbdcli.synthetic import TopicMarkovSpec
+    from sbdcli.data.synthetic import TopicMarkovSpec
 
     spec = TopicMarkovSpec(vocab=1022, topics=1)  # vocab 1024 with BOS and [MASK] = 1023
     prepare_synthetic(tmp_path / "d", spec, 32, num_train=16, num_val=4, floor_samples=4)

@@ -20,6 +20,6 @@ def load_model(path: str, device: str = "cpu") -> Any:
 
     The returned denoiser carries its `.config` (a `ModelConfig`).
     """
-    from sbdcli.compat import load_model as _load
+    from sbdcli.model.checkpoint import load_model as _load
 
     return _load(path, device=device)

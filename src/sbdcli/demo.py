@@ -169,7 +169,7 @@ def _reusable(path: Path, cfg: DemoConfig) -> bool:
 def demo_draft(cfg: DemoConfig, ref: Any, log: Log) -> list[dict[str, Any]]:
     """Draft n samples with block B(1) (reused when OUT/draft.jsonl is complete)."""
     from sbdcli import pipeline
-    from sbdcli.sampler import SamplerConfig
+    from sbdcli.diffusion.sampler import SamplerConfig
 
     path = cfg.out / "draft.jsonl"
     if _reusable(path, cfg):
@@ -192,7 +192,7 @@ def demo_revise(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Remask the drafts with (strategy, gamma), revise with one global block."""
     from sbdcli import pipeline
-    from sbdcli.sampler import SamplerConfig
+    from sbdcli.diffusion.sampler import SamplerConfig
 
     path = cfg.out / f"revise-{strategy}-g{gamma:g}.jsonl"
     if _reusable(path, cfg):

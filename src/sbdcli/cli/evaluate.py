@@ -289,8 +289,8 @@ def ppl(
     if mc < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise UserError("--mc, --batch-size and --max-batches must be >= 1")
     data_dir, block_size = _ppl_inputs(model, data, block)
-    from sbdcli.compat import load_model
     from sbdcli.data import load_split
+    from sbdcli.model.checkpoint import load_model
 
     net = load_model(str(model), device=_device(device))
     rows = load_split(data_dir, "val")

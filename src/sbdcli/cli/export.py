@@ -1,4 +1,4 @@
-"""`sbd export --format bd3lm RUN OUT`: a thin command over `sbdcli.compat.export_bd3lm`.
+"""`sbd export --format bd3lm RUN OUT`: a thin command over `sbdcli.model.checkpoint.export_bd3lm`.
 
 Writes the BD3-LM Hugging Face layout (config.json + model.safetensors with `backbone.*`
 keys) so other BD3-LM tooling can load an sbd run. No math and no file formats here.
@@ -38,7 +38,7 @@ def export(
     if format not in FORMATS:
         raise UserError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
     from sbdcli.artifacts import read_json
-    from sbdcli.compat import export_bd3lm, load_model
+    from sbdcli.model.checkpoint import export_bd3lm, load_model
 
     model = load_model(run)
     path = export_bd3lm(model, out, block_size=block_size, overwrite=force)

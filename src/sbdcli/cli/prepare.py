@@ -167,7 +167,7 @@ def _choose_source(ctx: typer.Context, p: dict[str, Any]) -> str:
 
 
 def _open_source(kind: str, p: dict[str, Any]) -> Any:
-    from sbdcli.sources import HFDataset, JsonlFiles, TextFiles
+    from sbdcli.data.sources import HFDataset, JsonlFiles, TextFiles
 
     if kind == "text":
         return TextFiles(p["text"], p["doc_sep"])
@@ -282,7 +282,7 @@ def prepare(
 
 def _prepare_synthetic(out: Path, p: dict[str, Any], command: str) -> dict[str, Any]:
     from sbdcli.data import prepare_synthetic
-    from sbdcli.synthetic import TopicMarkovSpec
+    from sbdcli.data.synthetic import TopicMarkovSpec
 
     spec = TopicMarkovSpec(p["vocab"], p["topics"], p["fanout"], p["alpha"], p["eps"])
     with console.status("sampling the topic-markov language"):

@@ -101,9 +101,9 @@ def _progress(what: str, total: int | None) -> Iterator[tuple[Any, Any]]:
 
 
 def _block(text: str) -> int:
-    from sbdcli.pipeline import _parse_block
+    from sbdcli.pipeline import parse_block
 
-    return _parse_block(text)
+    return parse_block(text)
 
 
 def _sampler_cfg(
@@ -116,7 +116,7 @@ def _sampler_cfg(
     unmask: str,
     no_kv_cache: bool,
 ) -> Any:
-    from sbdcli.sampler import SamplerConfig
+    from sbdcli.diffusion.sampler import SamplerConfig
 
     return SamplerConfig(
         block_size=block,

@@ -10,7 +10,7 @@ Four kinds, each described by the `tokenizer` entry of a data manifest:
 
 Documents are encoded without special tokens (the packer appends EOS). Ids the tokenizer
 file does not know (the appended [MASK]) are decoded by name. This module does not read
-corpora or write data directories (see `sbdcli.sources`, `sbdcli.data`).
+corpora or write data directories (see `sbdcli.data.sources`, `sbdcli.data`).
 """
 
 from __future__ import annotations

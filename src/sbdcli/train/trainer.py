@@ -38,20 +38,13 @@ from typing import Any
 import torch
 
 from sbdcli import artifacts
+from sbdcli.artifacts.rundir import RunDir, new_run_dir, point_latest
 from sbdcli.config import ModelConfig, TrainConfig, preset
+from sbdcli.data.datadir import TokenRows, read_data_manifest
+from sbdcli.data.synthetic import oracle_references
 from sbdcli.errors import UserError
-from sbdcli.rundir import (
-    TokenRows,
-    append_metrics,
-    copy_data_files,
-    new_run_dir,
-    point_latest,
-    read_data_manifest,
-    reference_numbers,
-    resume_config,
-    truncate_metrics,
-)
-from sbdcli.trainstate import (
+from sbdcli.train.build import resume_config
+from sbdcli.train.state import (
     EMA,
     BlockSizeSampler,
     DataOrder,
@@ -65,8 +58,6 @@ from sbdcli.trainstate import (
 )
 
 __all__ = ["StepInfo", "TrainSummary", "Trainer", "draw_noise", "resume_config", "setup", "train"]
-
-RUN_SCHEMA = "sbd.run"
 
 
 @dataclass
@@ -112,7 +103,7 @@ def draw_noise(
     mask token i with probability t, BOS never), made once per global batch so that how the
     batch is split over processes and micro-batches does not change the step.
     """
-    from sbdcli.schedule import resample_masks, sample_masks, sample_t
+    from sbdcli.diffusion.schedule import resample_masks, sample_masks, sample_t
 
     t = sample_t(rows, length // block, generator=generator, eps_min=eps[0], eps_max=eps[1])
     t_tok = t.repeat_interleave(block, dim=1)  # (rows, L)
@@ -197,6 +188,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool) -> None:
         """Build everything; this seeds the global torch RNG (dropout) per process."""
         self.cfg, self.data_dir, self.run_dir = cfg, data_dir, run_dir
+        self.run = RunDir(run_dir)
         self.notes: list[str] = []
         self.accelerator = acc = _make_accelerator(cfg)
         self.is_main, self.processes = acc.is_main_process, acc.num_processes
@@ -235,7 +227,7 @@ class Trainer:
         self.val_rows = TokenRows(self.data_dir, "val", self.manifest).head(self.cfg.val_rows)
         if self.val_rows.shape[0] == 0:
             raise UserError(f"{self.data_dir} has no validation rows (prepare with --num-val > 0)")
-        self.reference = reference_numbers(self.data_dir, self.manifest, self.val_rows)
+        self.reference = oracle_references(self.data_dir, self.manifest, self.val_rows)
 
     def _prepare(self) -> None:
         """AdamW (no decay on gains, biases, embeddings), accelerate wrapping, EMA."""
@@ -261,11 +253,9 @@ class Trainer:
         """`config.json` (model, training config, data provenance, processes) and `data/`;
         rewritten on resume, so they describe the run as it continues."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        copy_data_files(self.data_dir, self.run_dir)
+        self.run.copy_data_files(self.data_dir)
         manifest_sha = artifacts.sha256_file(self.data_dir / "manifest.json")
         config = {
-            "schema": RUN_SCHEMA,
-            "schema_version": 1,
             "model": self.model_config.to_dict(),
             "train": self.cfg.to_dict(),
             "data": {
@@ -285,8 +275,8 @@ class Trainer:
             "block_sizes": self.sizes,
             "reference": self.reference,
         }
-        artifacts.write_json(self.run_dir / "config.json", config)
-        (self.run_dir / "metrics.jsonl").touch()
+        self.run.write_config(config)
+        self.run.metrics_path.touch()
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress: Callable[[StepInfo], None] | None = None) -> TrainSummary:
@@ -370,7 +360,7 @@ class Trainer:
     def _micro_step(
         self, index: torch.Tensor, t: torch.Tensor, masked: torch.Tensor, block: int, k: int
     ) -> torch.Tensor:
-        from sbdcli.loss import block_nelbo
+        from sbdcli.diffusion.loss import block_nelbo
 
         acc = self.accelerator
         x0 = self.train_rows.get(index).to(acc.device)  # (b, L)
@@ -407,7 +397,7 @@ class Trainer:
         if info.val is not None:
             record["val_nelbo"] = {str(b): v for b, v in info.val.items()}
             record.update(self.reference)
-        append_metrics(self.run_dir / "metrics.jsonl", record)
+        self.run.append_metrics(record)
 
     # ------------------------------------------------------------------ validation
     @contextlib.contextmanager
@@ -438,7 +428,7 @@ class Trainer:
         return out
 
     def _val_nelbo(self, model: _LossView, block: int) -> float:
-        from sbdcli.loss import block_nelbo
+        from sbdcli.diffusion.loss import block_nelbo
 
         acc, rows, mask_id = self.accelerator, self.val_rows, self.model_config.mask_id
         gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", block))
@@ -461,7 +451,7 @@ class Trainer:
         on up to 4 validation batches (process 0's choice is used by every process)."""
         from accelerate.utils import broadcast
 
-        from sbdcli.loss import clip_search
+        from sbdcli.diffusion.loss import clip_search
 
         rows = self.val_rows[: 4 * self.cfg.batch_size]
         batches = list(rows.to(self.accelerator.device).split(self.cfg.batch_size))
@@ -519,7 +509,7 @@ class Trainer:
         optim: dict[str, Any],
         rng: dict[str, torch.Tensor],
     ) -> None:
-        from sbdcli.compat import save_sbd_model
+        from sbdcli.model.checkpoint import save_sbd_model
 
         st = self.progress_state
         tensors, optim_meta = flatten_optimizer_state(optim)
@@ -560,7 +550,7 @@ class Trainer:
         )
 
         groups, trainer = read_state(self.run_dir / "state")
-        saved = artifacts.read_json(self.run_dir / "config.json", "run config")
+        saved = self.run.config()
         sha = artifacts.sha256_file(self.data_dir / "manifest.json")
         if saved.get("data", {}).get("manifest_sha256") != sha:
             self.notes.append(f"the data at {self.data_dir} differs from the run's original data")
@@ -583,7 +573,7 @@ class Trainer:
         st.eps.update({int(b): v for b, v in trainer["eps"].items()})
         st.last_val = {int(b): v for b, v in trainer.get("last_val", {}).items()}
         if self.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", st.step)
+            self.run.truncate_metrics(st.step)
         self.notes.append(f"resuming {self.run_dir} at step {st.step}")
 
     def _load_rng(self, rng: dict[str, torch.Tensor], trainer: dict[str, Any]) -> None:
@@ -671,7 +661,7 @@ def _build_model(
     """A fresh denoiser from the preset (seeded), or the weights of `cfg.init`."""
     vocab, mask_id = int(manifest["vocab_size"]), int(manifest["mask_id"])
     if cfg.init is not None:
-        from sbdcli.compat import load_model
+        from sbdcli.model.checkpoint import load_model
 
         model = load_model(cfg.init)
         got = model.config

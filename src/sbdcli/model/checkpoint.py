@@ -23,7 +23,7 @@ import torch
 from sbdcli import artifacts
 from sbdcli.config import ModelConfig
 from sbdcli.errors import UserError
-from sbdcli.model import Denoiser
+from sbdcli.model.denoiser import Denoiser
 
 __all__ = ["export_bd3lm", "hf_model_config", "load_model", "save_sbd_model"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from sbdcli.diffusion.schedule import LogLinearSchedule, resample_masks, sample_masks, sample_t
 from sbdcli.errors import UserError
-from sbdcli.schedule import LogLinearSchedule, resample_masks, sample_masks, sample_t
 
 __all__ = [
     "ClipSearch",

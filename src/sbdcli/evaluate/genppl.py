@@ -322,7 +322,7 @@ class OracleJudge:
     kind = "oracle"
 
     def __init__(self, data_dir: Path, manifest: dict[str, Any] | None = None) -> None:
-        from sbdcli.synthetic import load_oracle
+        from sbdcli.data.synthetic import load_oracle
 
         path = data_dir / "oracle.safetensors"
         if not path.is_file():
@@ -461,7 +461,7 @@ class SbdJudge:
     @classmethod
     def load(cls, run: Path, device: str = "cpu", batch_size: int = 8) -> SbdJudge:
         """The judge of an sbd run directory (or BD3-LM/MDLM checkpoint directory)."""
-        from sbdcli.compat import load_model
+        from sbdcli.model.checkpoint import load_model
 
         model = load_model(str(run), device=device)
         cfg = model.config
@@ -507,7 +507,7 @@ class SbdJudge:
     @torch.inference_mode()
     def token_logprobs(self, x0: torch.Tensor) -> torch.Tensor:
         """log p(x0_i | x0_<i) for every position i >= 1: (B, L) float32 (position 0 = 0)."""
-        from sbdcli.loss import subs_log_probs
+        from sbdcli.diffusion.loss import subs_log_probs
 
         x_t = torch.full_like(x0, self.config.mask_id)
         x_t[:, 0] = x0[:, 0]
@@ -590,7 +590,7 @@ def heldout_perplexity(
     `t` ((N, n_blocks) or (N, L)) and `x_t` (N, L) fix the noise instead (one repetition),
     e.g. to reproduce a reference implementation's numbers.
     """
-    from sbdcli.loss import block_nelbo
+    from sbdcli.diffusion.loss import block_nelbo
 
     exact = block_size == 1 and t is None and x_t is None
     reps = 1 if exact or t is not None or x_t is not None else mc
@@ -831,7 +831,7 @@ def make_judge(opts: GenPplOptions, records: Sequence[dict[str, Any]], info: Voc
         judge = SbdJudge.load(path if path.is_dir() else path.parent, opts.device, opts.batch_size)
         judge.check(records, info)
         return judge
-    from sbdcli.hf_judge import HFJudge
+    from sbdcli.evaluate.hf_judge import HFJudge
 
     return HFJudge(
         path,

@@ -1,29 +1,21 @@
-"""Data directories: packing token streams into rows, sharded output, manifest, loading.
-
-A data directory (written by `sbd prepare`) holds
-- `train-00000.safetensors`, ... and `val-00000.safetensors`, ...: tensor `tokens`,
-  int32 [rows, L], schema "sbd.tokens". **Every row starts with BOS.**
-- `manifest.json` (schema "sbd.data"): source, tokenizer (kind, sha256, ids), vocab_size,
-  mask_id, bos_id, eos_id, seq_len, rows/tokens/documents per split, shards, seed, command.
-- `tokenizer.json` for text tokenizers; `oracle.safetensors` for the synthetic language.
+"""`sbd prepare`: packing token streams into rows of a data directory (layout: datadir.py).
 
 Text is packed the BD3-LM/MDLM "wrap" way: documents are tokenized without special tokens,
 EOS is appended to each, everything is concatenated, and rows are [BOS] + the next L-1
-stream tokens (the reference writes [BOS] + L-2 + [EOS]; sbd keeps the contract above).
+stream tokens (the reference writes [BOS] + L-2 + [EOS]; sbd keeps every row BOS-first).
 The tail that does not fill a row is dropped and counted. Validation = the last
 `val_docs` documents (held back in a FIFO while streaming) or every (1/f)-th document
 for `val_fraction` f (evenly spread, needs no corpus size); each split is packed apart.
 Memory is bounded by one tokenization batch, one shard and the held-back validation
 documents, not by the corpus. Output is built in a temporary directory and swapped in
-only on success. Sources live in `sbdcli.sources`, tokenizers in `sbdcli.codec`, the
-language in `sbdcli.synthetic`; this module does not print.
+only on success. Sources live in sources.py, tokenizers in codec.py, the language in
+synthetic.py; this module does not print.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import multiprocessing
 import os
 import time
@@ -34,37 +26,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sbdcli import __version__
-from sbdcli.artifacts import atomic_dir, load_tensors, read_json, save_tensors, sha256_file
-from sbdcli.codec import (
+from sbdcli.artifacts import atomic_dir, save_tensors, sha256_file
+from sbdcli.data.codec import (
     ByteCodec,
     Codec,
     SyntheticCodec,
     TokenizerCodec,
-    codec_from_manifest,
     encode_in_worker,
     init_worker,
     parse_bpe_size,
     read_tokenizer_file,
     train_bpe,
 )
+from sbdcli.data.datadir import MANIFEST, SPLITS, TOKENS_SCHEMA, build_manifest, write_manifest
+from sbdcli.data.sources import Source
 from sbdcli.errors import UserError
-from sbdcli.sources import Source
 
-__all__ = [
-    "Codec",
-    "load_codec",
-    "load_split",
-    "prepare_synthetic",
-    "prepare_text",
-    "read_manifest",
-]
+__all__ = ["derive_seed", "make_codec", "prepare_synthetic", "prepare_text"]
 
-SCHEMA = "sbd.data"
-SCHEMA_VERSION = 1
-TOKENS_SCHEMA = "sbd.tokens"
-MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
 DEFAULT_SHARD_TOKENS = 1 << 24  # ~16.8M tokens = 64 MiB of int32 per shard
 BATCH_CHARS = 1 << 20  # characters of text per tokenization batch
 SYNTHETIC_CHUNK = 4096  # synthetic rows drawn per call
@@ -264,13 +243,13 @@ def prepare_text(
         if isinstance(codec, TokenizerCodec):
             codec.save(tmp / "tokenizer.json")
             codec.info["sha256"] = sha256_file(tmp / "tokenizer.json")
-        manifest = _manifest(codec, seq_len, seed, command, source.describe(), stats)
+        manifest = build_manifest(codec, seq_len, seed, command, source.describe(), stats)
         manifest["split"] = {
             "val_docs": val_docs,
             "val_fraction": val_fraction if val_docs is None else None,
         }
         manifest["seconds"] = round(seconds, 3)
-        _write_manifest(tmp, manifest)
+        write_manifest(tmp, manifest)
     return manifest
 
 
@@ -365,7 +344,7 @@ def prepare_synthetic(
     """Write the topic-markov language (one document per row) and its oracle into `out`."""
     import torch
 
-    from sbdcli.synthetic import TopicMarkovSpec
+    from sbdcli.data.synthetic import TopicMarkovSpec
 
     spec = spec or TopicMarkovSpec()
     _check_common(seq_len, shard_tokens)
@@ -397,7 +376,7 @@ def _write_synthetic(
 ) -> dict[str, Any]:
     import torch
 
-    from sbdcli.synthetic import ORACLE_FILE, build_oracle
+    from sbdcli.data.synthetic import ORACLE_FILE, build_oracle
 
     started = time.perf_counter()
     oracle = build_oracle(spec, derive_seed(seed, "oracle"))
@@ -415,11 +394,11 @@ def _write_synthetic(
         oracle.save(tmp / ORACLE_FILE)
         floor_gen = torch.Generator().manual_seed(derive_seed(seed, "floor"))
         floor = oracle.reference_numbers(floor_samples, seq_len, floor_gen)
-        manifest = _manifest(codec, seq_len, seed, command, _synthetic_source(spec), stats)
+        manifest = build_manifest(codec, seq_len, seed, command, _synthetic_source(spec), stats)
         manifest["oracle"] = {"file": ORACLE_FILE, "sha256": sha256_file(tmp / ORACLE_FILE)}
         manifest["oracle"].update(floor)
         manifest["seconds"] = round(time.perf_counter() - started, 3)
-        _write_manifest(tmp, manifest)
+        write_manifest(tmp, manifest)
     return manifest
 
 
@@ -448,79 +427,3 @@ def _check_out(out: str | os.PathLike[str]) -> None:
         raise UserError(f"--out {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()) and not (p / MANIFEST).is_file():
         raise UserError(f"--out {p} exists and is not an sbd data directory; not replacing it")
-
-
-def _manifest(
-    codec: Codec,
-    seq_len: int,
-    seed: int,
-    command: str,
-    source: dict[str, Any],
-    stats: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    manifest = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created_by": f"sbd {__version__}",
-        "source": source,
-        "tokenizer": codec.describe(),
-        "vocab_size": codec.vocab_size,
-        "mask_id": codec.mask_id,
-        "bos_id": codec.bos_id,
-        "eos_id": codec.eos_id,
-        "seq_len": seq_len,
-        "rows": {s: stats[s]["rows"] for s in SPLITS},
-        "tokens": {s: stats[s]["rows"] * seq_len for s in SPLITS},
-        "documents": {s: stats[s]["documents"] for s in SPLITS},
-        "shards": {s: stats[s]["shards"] for s in SPLITS},
-        "seed": seed,
-        "command": command,
-    }
-    if "stream_tokens" in stats["train"]:
-        manifest["stream_tokens"] = {s: stats[s]["stream_tokens"] for s in SPLITS}
-        manifest["dropped_tokens"] = {s: stats[s]["dropped_tokens"] for s in SPLITS}
-    return manifest
-
-
-def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=2) + "\n"
-    (directory / MANIFEST).write_text(text, encoding="utf-8")
-
-
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a data directory (or of a run's `data/` copy), checked."""
-    p = Path(directory)
-    manifest = read_json(p / MANIFEST, what="data manifest")
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise UserError(f"{p / MANIFEST} is not an sbd data manifest")
-    if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise UserError(f"{p / MANIFEST} is newer than this sbd understands; upgrade sbd")
-    return manifest
-
-
-def load_split(directory: str | os.PathLike[str], split: str = "train") -> Any:
-    """All rows of a split, shards concatenated: torch int64 (rows, L)."""
-    import torch
-
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}' (choose train or val)")
-    p = Path(directory)
-    manifest = read_manifest(p)
-    names = manifest.get("shards", {}).get(split) or []
-    if not names:
-        raise UserError(f"{p} has no {split} rows")
-    parts = []
-    for name in names:
-        tensors, _ = load_tensors(p / name, schema=TOKENS_SCHEMA)
-        parts.append(tensors["tokens"])  # (rows, L) int32
-    tokens = torch.cat(parts).long()  # (R, L)
-    if tokens.shape[1] != manifest["seq_len"]:
-        found, expected = tokens.shape[1], manifest["seq_len"]
-        raise UserError(f"{p}: shards hold rows of {found} tokens, manifest says {expected}")
-    return tokens
-
-
-def load_codec(directory: str | os.PathLike[str]) -> Codec:
-    """The codec a data directory (or RUN/data) was written with."""
-    p = Path(directory)
-    return codec_from_manifest(read_manifest(p), p)

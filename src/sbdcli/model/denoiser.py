@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbdcli.attention import (
+from sbdcli.config import ModelConfig
+from sbdcli.model.attention import (
     HalvesMask,
     KVCache,
     attend,
@@ -33,7 +34,6 @@ from sbdcli.attention import (
     flex_available,
     flex_block_mask,
 )
-from sbdcli.config import ModelConfig
 
 __all__ = ["Denoiser"]
 

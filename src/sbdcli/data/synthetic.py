@@ -319,3 +319,19 @@ def load_oracle(path: str | os.PathLike[str]) -> Oracle:
     if not bool((sums.abs() < 1e-9).all()):
         raise UserError(f"{p}: oracle distributions are not normalised")
     return oracle
+
+
+def oracle_references(
+    data_dir: Path, manifest: dict[str, Any], val_rows: torch.Tensor
+) -> dict[str, float]:
+    """Oracle references for validation NELBO (synthetic data only): the manifest's floor
+    (NLL per token of fresh true samples) and the exact oracle NLL per token of the
+    validation rows themselves."""
+    out: dict[str, float] = {}
+    floor = (manifest.get("oracle") or {}).get("nll_per_token")
+    if isinstance(floor, (int, float)):
+        out["oracle_floor"] = float(floor)
+    if (data_dir / ORACLE_FILE).is_file():
+        nll = -load_oracle(data_dir / ORACLE_FILE).log_likelihood(val_rows)  # (N,)
+        out["oracle_val_nll"] = float(nll.sum() / (val_rows.shape[0] * (val_rows.shape[1] - 1)))
+    return out

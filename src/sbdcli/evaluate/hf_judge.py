@@ -208,7 +208,7 @@ class HFJudge:
     def score(
         self, records: Sequence[dict[str, Any]], progress: Callable[[int], None] | None = None
     ):  # -> evaluate.Scores
-        from sbdcli.evaluate import Scores
+        from sbdcli.evaluate.genppl import Scores
 
         if self.codec is not None:
             self._check_vocab(records)

@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from sbdcli import remask as rm
-from sbdcli import sampler as sp
 from sbdcli.artifacts import read_jsonl, validate_record
+from sbdcli.diffusion import remask as rm
+from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
-from sbdcli.modelref import (  # re-exported: the pipeline's public API
+from sbdcli.pipeline.modelref import (  # re-exported: the pipeline's public API
     ModelCache,
     ModelRef,
     default_model_path,
@@ -375,7 +375,7 @@ def parse_stages(stages: str, gammas: str) -> tuple[int, list[tuple[float, int]]
     values = [s.strip() for s in gammas.split(",") if s.strip()]
     if len(parts) < 1:
         raise UserError("--stages needs at least the draft block size")
-    blocks = [_parse_block(s) for s in parts]
+    blocks = [parse_block(s) for s in parts]
     if len(values) == 1 and len(blocks) > 2:
         values = values * (len(blocks) - 1)
     if len(values) != len(blocks) - 1:
@@ -389,7 +389,7 @@ def parse_stages(stages: str, gammas: str) -> tuple[int, list[tuple[float, int]]
     return blocks[0], list(zip(gs, blocks[1:], strict=True))
 
 
-def _parse_block(text: str) -> int:
+def parse_block(text: str) -> int:
     """'full' -> 0 (one block over the whole sequence), else a positive integer."""
     if text == "full":
         return 0

@@ -1,0 +1,67 @@
+"""File formats, and nothing else: what sbd writes and reads, never what it means.
+
+- files.py: atomic writes (temporary name, then rename), JSON, JSONL streams, hashing;
+- tensors.py: safetensors with a schema name, a version and a JSON header;
+- records.py: the sample record (docs/records.md) as JSONL streams or `.safetensors` bundles;
+- rundir.py: the whole run directory layout (`RUN/config.json`, metrics, state, `latest`).
+
+Imports only config and errors from sbd; no model, no sampling, no torch models.
+"""
+
+from __future__ import annotations
+
+from sbdcli.artifacts.files import (
+    JsonlWriter,
+    atomic_dir,
+    atomic_file,
+    atomic_path,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+)
+from sbdcli.artifacts.records import (
+    RECORD_SCHEMA,
+    RECORD_SCHEMA_VERSION,
+    RecordWriter,
+    load_record_bundle,
+    read_records,
+    save_record_bundle,
+    validate_record,
+    write_records,
+)
+from sbdcli.artifacts.rundir import (
+    RunDir,
+    parse_model_field,
+    run_dir_of_records,
+)
+from sbdcli.artifacts.tensors import (
+    load_tensors,
+    read_tensor_metadata,
+    save_tensors,
+)
+
+__all__ = [
+    "RECORD_SCHEMA",
+    "RECORD_SCHEMA_VERSION",
+    "JsonlWriter",
+    "RecordWriter",
+    "RunDir",
+    "atomic_dir",
+    "atomic_file",
+    "atomic_path",
+    "load_record_bundle",
+    "load_tensors",
+    "parse_model_field",
+    "read_json",
+    "read_jsonl",
+    "read_records",
+    "read_tensor_metadata",
+    "run_dir_of_records",
+    "save_record_bundle",
+    "save_tensors",
+    "sha256_file",
+    "validate_record",
+    "write_json",
+    "write_records",
+]

@@ -1,0 +1,195 @@
+"""Plain files: atomic writes, JSON, hashing, JSONL streams.
+
+- `atomic_file` / `atomic_path` / `atomic_dir`: write under a temporary name and rename, so a
+  failure never leaves a partial file or directory and never destroys what was there;
+- `read_json` / `write_json`, `sha256_file`;
+- `read_jsonl` / `JsonlWriter`: newline-delimited JSON, `-` meaning stdin/stdout, read lazily
+  line by line and written line by line (flushed, so pipes stream).
+
+Not here: what the JSON means (records.py, rundir.py) or tensors (tensors.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from sbdcli.errors import UserError
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | os.PathLike[str], target: Path, directory: bool = False) -> None:
+    """Give a temporary file or directory the usual permissions, then rename it into place.
+
+    mkstemp/mkdtemp create private (0600/0700) entries; a normal write would honour umask.
+    """
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+    os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of `path` for writing; rename it over `path` on success.
+
+    On any exception the temporary file is removed and `path` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as handle:
+            yield handle
+        _publish(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `path` for a writer that wants a file name."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _publish(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory under a temporary name; swap it in for `path` on success.
+
+    An existing `path` is replaced only after the new one is complete; on failure the
+    temporary directory is removed and `path` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    _publish(tmp, target, directory=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_file(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Read a JSON file; a missing or malformed file is a `UserError` naming `what`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} {p} is not valid JSON: {exc}") from None
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- JSONL
+def _open_text_in(path: str) -> IO[str]:
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"input file not found: {p}")
+    try:
+        return open(p, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: {exc.strerror}") from None
+
+
+def read_jsonl(path: str = "-") -> Iterator[dict[str, Any]]:
+    """Yield one JSON object per non-empty line, lazily; bad lines are a `UserError`."""
+    name = "stdin" if path == "-" else str(path)
+    handle = _open_text_in(path)
+    try:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{name}:{lineno}: expected a JSON object per line")
+            yield obj
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: not UTF-8 text") from None
+    finally:
+        if path != "-":
+            handle.close()
+
+
+class JsonlWriter:
+    """Write JSON objects one per line to stdout (`-`) or atomically to a file.
+
+    Use as a context manager; on an exception a file target is left untouched.
+    Each line is flushed so a downstream stage can start on the first record.
+    """
+
+    def __init__(self, path: str = "-") -> None:
+        self.path = path
+        self._ctx: contextlib.AbstractContextManager[IO[Any]] | None = None
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> JsonlWriter:
+        if self.path == "-":
+            self._handle = sys.stdout
+        else:
+            self._ctx = atomic_file(self.path)
+            self._handle = self._ctx.__enter__()
+        return self
+
+    def write(self, obj: dict[str, Any]) -> None:
+        assert self._handle is not None, "JsonlWriter used outside its context"
+        self._handle.write(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
+        self._handle.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)

@@ -1,0 +1,199 @@
+"""The run directory `RUN/`: its whole layout, in one place that every reader uses.
+
+    RUN/config.json      what was trained: model config, training config, data provenance
+    RUN/model.safetensors  the weights to sample from (EMA when enabled)
+    RUN/metrics.jsonl    one JSON line per optimizer step (validation on some)
+    RUN/data/            copies of the data's manifest, tokenizer and oracle
+    RUN/state/           exact resume state; state/trainer.json holds the step counters
+    runs/latest          a relative symlink to the newest run under `runs/`
+
+`RunDir` names these files and reads them (`config`, `trained_block_sizes`,
+`finished_steps`, ...); `run_dir_of_records` finds the run a record set came from.
+Not here: what training does with them (train/) or the tensors inside state/ (train/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sbdcli.artifacts.files import atomic_file, atomic_path, read_json, write_json
+from sbdcli.errors import UserError
+
+RUN_SCHEMA = "sbd.run"
+DATA_COPIES = ("manifest.json", "tokenizer.json", "oracle.safetensors")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and readers of one run directory (nothing is created until written)."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def data_dir(self) -> Path:
+        """The run's copies of its data files (manifest, tokenizer, oracle)."""
+        return self.path / "data"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "state"
+
+    @property
+    def trainer_state_path(self) -> Path:
+        return self.state_dir / "trainer.json"
+
+    # ------------------------------------------------------------------ config.json
+    def has_config(self) -> bool:
+        return self.config_path.is_file()
+
+    def config(self) -> dict[str, Any]:
+        """RUN/config.json (a UserError when missing or unreadable)."""
+        obj = read_json(self.config_path, "run config")
+        if not isinstance(obj, dict):
+            raise UserError(f"{self.config_path} is not a run config (expected an object)")
+        return obj
+
+    def config_or_empty(self) -> dict[str, Any]:
+        return self.config() if self.has_config() else {}
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Write RUN/config.json atomically, stamped with the run schema."""
+        write_json(self.config_path, {"schema": RUN_SCHEMA, "schema_version": 1, **config})
+
+    def recorded_data_dir(self) -> Path | None:
+        """The data directory the run was trained on, as config.json records it."""
+        recorded = (self.config_or_empty().get("data") or {}).get("dir")
+        return Path(recorded) if isinstance(recorded, str) and recorded else None
+
+    def trained_block_sizes(self) -> list[int] | None:
+        """Block sizes the run was trained with (from config.json), None if unknown.
+
+        Also reads a BD3-LM Hugging Face directory's config.json (`block_size`)."""
+        if not self.has_config():
+            return None
+        cfg = self.config()
+        if "block_size" in cfg and "model_type" in cfg:  # BD3-LM HF dir
+            return [int(cfg["block_size"])]
+        train = cfg.get("train")
+        if not isinstance(train, dict) or "block_small" not in train:
+            return None
+        lam = float(train.get("mix_lambda", 0.0))
+        small = int(train["block_small"])
+        large = int(train.get("block_large", small))
+        if lam == 0.0:
+            return [small]
+        return [large] if lam == 1.0 else sorted({small, large})
+
+    # ------------------------------------------------------------------ state
+    def has_state(self) -> bool:
+        return self.trainer_state_path.is_file()
+
+    def finished_steps(self) -> int:
+        """Optimizer steps the run has saved (0 when it has no readable state)."""
+        if not self.has_state():
+            return 0
+        try:
+            return int(json.loads(self.trainer_state_path.read_text()).get("step", 0))
+        except (ValueError, OSError, AttributeError):
+            return 0
+
+    # ------------------------------------------------------------------ data copies, metrics
+    def copy_data_files(self, data_dir: Path) -> None:
+        """Copy the manifest, tokenizer and oracle (those present) into RUN/data."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for name in DATA_COPIES:
+            src = data_dir / name
+            if src.is_file():
+                with atomic_path(self.data_dir / name) as tmp:
+                    shutil.copyfile(src, tmp)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint being resumed (a crash after it)."""
+        path = self.metrics_path
+        if not path.is_file():
+            return
+        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        with atomic_file(path) as handle:
+            handle.write("".join(f"{ln}\n" for ln in kept))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to the metrics file (flushed, so `tail -f` follows it)."""
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every metrics line, in order (empty when there is no metrics file)."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln]
+
+
+# --------------------------------------------------------------------------- runs/
+def new_run_dir(runs_root: Path, preset_name: str) -> Path:
+    """A fresh `runs_root/<preset>-<YYYYmmdd-HHMMSS>[-n]` path (not created)."""
+    base = f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = runs_root / base, 1
+    while path.exists():
+        n += 1
+        path = runs_root / f"{base}-{n}"
+    return path
+
+
+def point_latest(run_dir: Path, runs_root: Path) -> None:
+    """Make `runs_root/latest` a relative symlink to `run_dir` when the run lives there."""
+    if run_dir.resolve().parent != runs_root.resolve():
+        return
+    link = runs_root / "latest"
+    tmp = runs_root / f".latest.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+
+
+# --------------------------------------------------------------------------- records -> run
+def parse_model_field(model: str) -> tuple[str, str | None]:
+    """Split a record's `model` field "<path>@<sha12>" into (path, sha or None)."""
+    path, sep, sha = model.rpartition("@")
+    return (path, sha) if sep and path else (model, None)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "data" / "manifest.json").is_file() or (path / "config.json").is_file()
+
+
+def run_dir_of_records(records: Iterable[dict[str, Any]]) -> RunDir | None:
+    """The run directory named by the records' `model` fields, if one exists here."""
+    paths = {parse_model_field(r["model"])[0] for r in records}
+    for raw in sorted(paths):
+        p = Path(raw)
+        run = p if p.is_dir() else p.parent
+        if is_run_dir(run):
+            return RunDir(run)
+    return None
+
+
+def data_dirs_of(data_dir: Path | None, records: Iterable[dict[str, Any]]) -> list[Path]:
+    """Where a record set's data files may be: the given directory, then its run's copies."""
+    run = run_dir_of_records(records)
+    return [d for d in (data_dir, run.data_dir if run else None) if d is not None]

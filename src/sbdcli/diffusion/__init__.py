@@ -1,0 +1,9 @@
+"""The math of block diffusion on token tensors: noise, loss, sampling, remask scores.
+
+- schedule.py: log-linear noise schedule, antithetic noise levels, mask drawing;
+- loss.py: block NELBO with SUBS, variance-minimising clip search;
+- sampler.py: draft and revise with the exact KV cache, float64 categorical draws, nucleus;
+- remask.py: remask scores (snapshot, random, post-hoc, k-pass masked) and selection.
+
+Imports only torch, config and errors: no files, no records, no CLI.
+"""
