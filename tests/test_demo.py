@@ -9,7 +9,10 @@ import pytest
 
 from sbdcli import artifacts
 from sbdcli.cli import main
-from sbdcli.demo import GAMMAS, STRATEGIES, DemoConfig, run_demo
+from sbdcli.config import DEMO_GAMMAS as GAMMAS
+from sbdcli.config import REMASK_STRATEGIES as STRATEGIES
+from sbdcli.config import DemoConfig
+from sbdcli.demo import run_demo
 
 SAMPLES = 6
 

@@ -1,17 +1,35 @@
-"""Frozen configuration dataclasses, validated at creation.
+"""Every settings dataclass of sbd, validated at creation.
 
-`ModelConfig` describes the BD3-LM denoiser (it travels inside every checkpoint so a
-model can be rebuilt from its file). Training and sampling configurations live beside
-it as they are added. This module holds no logic beyond validation and presets.
+- `ModelConfig`: the BD3-LM denoiser (it travels inside every checkpoint so a model can
+  be rebuilt from its file), with presets;
+- `TrainConfig`: one training run, with per-preset defaults (`train_config`);
+- `SamplerConfig`: how a draft or revise stage samples;
+- `RemaskConfig`: how a remask stage chooses positions;
+- `GenPplOptions`: how `sbd eval genppl` judges samples;
+- `DemoConfig`: what `sbd demo` runs.
+
+Each field carries its documentation as an attribute docstring; the command line derives
+its options (flag, default, help) from these fields, so a default lives here only.
+Validation messages name fields in backticks (`gamma`); the command line shows the flag
+instead. This module holds no logic beyond validation and presets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sbdcli.errors import UserError
+
+
+def _check(*checks: tuple[bool, str]) -> None:
+    """Raise a UserError with the message of the first failed (ok, message) check."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 @dataclass(frozen=True)
@@ -258,3 +276,189 @@ def train_config(preset_name: str = "tiny", **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = {"preset": preset_name, **TRAIN_PRESETS[preset_name]}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------- sampling
+SAMPLING_DTYPES = ("float64", "float32")
+UNMASK_RULES = ("random", "confident")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How one draft or revise stage samples (validated at creation)."""
+
+    block_size: int
+    """Block size B; 0 or >= the sequence length means one block over everything ("full")."""
+    steps_per_block: int | None = None
+    """Network calls per block S; None = the block size (one token per call)."""
+    first_hitting: bool = False
+    """Reveal exactly one uniformly chosen masked position per call (overrides S)."""
+    top_p: float = 0.9
+    """Nucleus mass in (0, 1]; 1 disables truncation."""
+    temperature: float = 1.0
+    """Softmax temperature (> 0) of the sampled distribution (not of the confidence)."""
+    dtype: str = "float64"
+    """Precision of probabilities and the Gumbel draw: float64, or float32 (ablation only)."""
+    unmask: str = "random"
+    """Which positions a call reveals: random (uniform) or confident (most probable first)."""
+    kv_cache: bool = True
+    """Exact KV cache for earlier blocks; False recomputes the visible window every call."""
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.block_size >= 0, "`block_size` must be >= 1 (or 'full')"),
+            (
+                self.steps_per_block is None or self.steps_per_block >= 1,
+                "`steps_per_block` must be >= 1",
+            ),
+            (0.0 < self.top_p <= 1.0, f"`top_p` must lie in (0, 1], got {self.top_p}"),
+            (self.temperature > 0.0, f"`temperature` must be > 0, got {self.temperature}"),
+            (self.dtype in SAMPLING_DTYPES, f"`dtype` must be one of {', '.join(SAMPLING_DTYPES)}"),
+            (self.unmask in UNMASK_RULES, f"`unmask` must be one of {', '.join(UNMASK_RULES)}"),
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The stage parameters recorded in a sample record."""
+        return {
+            "steps_per_block": self.steps_per_block,
+            "first_hitting": self.first_hitting,
+            "top_p": self.top_p,
+            "temperature": self.temperature,
+            "dtype": self.dtype,
+            "unmask": self.unmask,
+            "kv_cache": self.kv_cache,
+        }
+
+
+# --------------------------------------------------------------------------- remask
+REMASK_STRATEGIES = ("snapshot", "random", "posthoc", "masked")
+REMASK_SCOPES = ("sequence", "batch")
+
+
+@dataclass(frozen=True)
+class RemaskConfig:
+    """Parameters of one remask stage (validated at creation)."""
+
+    gamma: float | None = 0.25
+    strategy: str = "snapshot"
+    scope: str = "sequence"
+    threshold: float | None = None
+    passes: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            (
+                self.strategy in REMASK_STRATEGIES,
+                f"unknown `strategy` {self.strategy!r} ({', '.join(REMASK_STRATEGIES)})",
+            ),
+            (
+                self.scope in REMASK_SCOPES,
+                f"`scope` must be 'sequence' or 'batch', got {self.scope!r}",
+            ),
+            (
+                self.threshold is not None or self.gamma is not None,
+                "remask needs `gamma` or `threshold`",
+            ),
+            (
+                self.gamma is None or 0.0 <= self.gamma <= 1.0,
+                f"`gamma` must lie in [0, 1], got {self.gamma}",
+            ),
+            (self.passes >= 1, f"`passes` must be >= 1, got {self.passes}"),
+            (
+                self.threshold is None or math.isfinite(self.threshold),
+                "`threshold` must be a finite number",
+            ),
+        )
+
+    @property
+    def needs_model(self) -> bool:
+        return self.strategy in ("posthoc", "masked")
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"strategy": self.strategy, "gamma": self.gamma}
+        out.update(scope=self.scope, threshold=self.threshold, seed=self.seed)
+        if self.strategy == "masked":
+            out["passes"] = self.passes
+        return out
+
+
+# --------------------------------------------------------------------------- evaluation
+EOS_MODES = ("skip", "cut")
+
+
+@dataclass
+class GenPplOptions:
+    """How `sbd eval genppl` judges samples (every field is a CLI flag)."""
+
+    evaluator: str | None = None
+    """`oracle`, a transformers causal-LM directory, or an sbd run trained with block 1."""
+    data_dir: Path | None = None
+    """Data directory (oracle, codec, special ids) when the records' run is not found."""
+    eos: str = "skip"
+    """EOS rule: `skip` (EOS is context, never scored) or `cut` (sample ends at first EOS)."""
+    device: str = "cpu"
+    batch_size: int = 16
+    context: int | None = None
+    """transformers judge window (default: the model's maximum length)."""
+    stride: int = 512
+    """transformers judge stride beyond the context (HF perplexity guide)."""
+    group: bool = True
+    """Report each stage group of a file separately (else one row per file)."""
+    floor_samples: int = 1000
+    """Fresh true samples for the oracle floor when the manifest has none at this length."""
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- demo
+DEMO_GAMMAS = (0.1, 0.25, 0.5)
+"""The demo's remask ratios."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; `quick` shrinks every budget (tests and CI)."""
+
+    out: Path = Path("runs/demo")
+    """Directory of every demo artifact."""
+    seed: int = 0
+    """Seed of data, training, sampling and remasking."""
+    quick: bool = False
+    """A reduced budget: small data, a short training, few samples."""
+    fresh: bool = False
+    """Rebuild every step instead of reusing finished ones."""
+    steps: int | None = None
+    """Training steps (default 1200 at 32 rows per step, the tiny preset; quick 120 at 16)."""
+    samples: int | None = None
+    """Samples per setting (default 256, quick 16)."""
+    draft_block: int = 4
+    """Draft block size B(1)."""
+    tokens_per_call: int = 2
+    """Tokens revealed per network call, in the draft and in the revise block."""
+    gammas: tuple[float, ...] = DEMO_GAMMAS
+    """Remask ratios."""
+    strategies: tuple[str, ...] = REMASK_STRATEGIES
+    """Remask strategies."""
+    device: str = "cpu"
+    """Device for training and sampling."""
+
+    def __post_init__(self) -> None:
+        _check(
+            (
+                self.tokens_per_call >= 1 and self.draft_block >= 1,
+                "`draft_block` and `tokens_per_call` must be >= 1",
+            ),
+            (all(0.0 <= g <= 1.0 for g in self.gammas), "`gammas` must lie in [0, 1]"),
+            (
+                all(s in REMASK_STRATEGIES for s in self.strategies),
+                f"`strategies` must be among {', '.join(REMASK_STRATEGIES)}",
+            ),
+        )
+
+    @property
+    def n_steps(self) -> int:
+        return self.steps if self.steps is not None else (120 if self.quick else 1200)
+
+    @property
+    def n_samples(self) -> int:
+        return self.samples if self.samples is not None else (16 if self.quick else 256)

@@ -20,60 +20,14 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sbdcli import artifacts
+from sbdcli.config import DemoConfig
 from sbdcli.errors import UserError
 
 Log = Callable[[str], None]
-
-STRATEGIES = ("snapshot", "random", "posthoc", "masked")
-GAMMAS = (0.1, 0.25, 0.5)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo runs; `quick` shrinks every budget (tests and CI)."""
-
-    out: Path = Path("runs/demo")
-    """Directory of every demo artifact."""
-    seed: int = 0
-    """Seed of data, training, sampling and remasking."""
-    quick: bool = False
-    """A reduced budget: small data, a short training, few samples."""
-    fresh: bool = False
-    """Rebuild every step instead of reusing finished ones."""
-    steps: int | None = None
-    """Training steps (default 1200 at 32 rows per step, the tiny preset; quick 120 at 16)."""
-    samples: int | None = None
-    """Samples per setting (default 256, quick 16)."""
-    draft_block: int = 4
-    """Draft block size B(1)."""
-    tokens_per_call: int = 2
-    """Tokens revealed per network call, in the draft and in the revise block."""
-    gammas: tuple[float, ...] = GAMMAS
-    """Remask ratios."""
-    strategies: tuple[str, ...] = STRATEGIES
-    """Remask strategies."""
-    device: str = "cpu"
-    """Device for training and sampling."""
-
-    def __post_init__(self) -> None:
-        if self.tokens_per_call < 1 or self.draft_block < 1:
-            raise UserError("draft block and tokens per call must be >= 1")
-        if any(not 0.0 <= g <= 1.0 for g in self.gammas):
-            raise UserError("gammas must lie in [0, 1]")
-
-    @property
-    def n_steps(self) -> int:
-        return self.steps if self.steps is not None else (120 if self.quick else 1200)
-
-    @property
-    def n_samples(self) -> int:
-        return self.samples if self.samples is not None else (16 if self.quick else 256)
-
 
 DATA_SIZES = {
     True: {"num_train": 2048, "num_val": 256, "floor_samples": 1024},
@@ -169,7 +123,7 @@ def _reusable(path: Path, cfg: DemoConfig) -> bool:
 def demo_draft(cfg: DemoConfig, ref: Any, log: Log) -> list[dict[str, Any]]:
     """Draft n samples with block B(1) (reused when OUT/draft.jsonl is complete)."""
     from sbdcli import pipeline
-    from sbdcli.diffusion.sampler import SamplerConfig
+    from sbdcli.config import SamplerConfig
 
     path = cfg.out / "draft.jsonl"
     if _reusable(path, cfg):
@@ -192,7 +146,7 @@ def demo_revise(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Remask the drafts with (strategy, gamma), revise with one global block."""
     from sbdcli import pipeline
-    from sbdcli.diffusion.sampler import SamplerConfig
+    from sbdcli.config import SamplerConfig
 
     path = cfg.out / f"revise-{strategy}-g{gamma:g}.jsonl"
     if _reusable(path, cfg):

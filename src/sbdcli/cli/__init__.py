@@ -16,6 +16,7 @@ import typer
 
 from sbdcli import __version__
 from sbdcli.cli._app import app, console
+from sbdcli.cli.options import to_flags
 from sbdcli.errors import UserError
 
 # typer bundles its own copy of click in recent releases: use whichever it raises.
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="sbd", standalone_mode=False)
     except UserError as exc:
-        _error(str(exc))
+        _error(to_flags(str(exc)))
         sys.exit(2)
     except _click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""

@@ -76,7 +76,8 @@ def demo(
     """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sbdcli.demo import DemoConfig, run_demo
+    from sbdcli.config import DemoConfig
+    from sbdcli.demo import run_demo
 
     cfg = DemoConfig(
         out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device

@@ -116,7 +116,7 @@ def _sampler_cfg(
     unmask: str,
     no_kv_cache: bool,
 ) -> Any:
-    from sbdcli.diffusion.sampler import SamplerConfig
+    from sbdcli.config import SamplerConfig
 
     return SamplerConfig(
         block_size=block,

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from sbdcli.config import REMASK_STRATEGIES
 from sbdcli.errors import UserError
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
     "token_probs",
 ]
 
-STRATEGIES = ("snapshot", "random", "posthoc", "masked")
+STRATEGIES = REMASK_STRATEGIES
 
 
 def eligible_mask(length: int, prompt_len: int) -> torch.Tensor:

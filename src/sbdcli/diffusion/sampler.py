@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from sbdcli.config import SamplerConfig
 from sbdcli.errors import UserError
 
 __all__ = [
@@ -63,54 +64,7 @@ __all__ = [
 ]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-UNMASK_RULES = ("random", "confident")
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How one draft or revise stage samples (validated at creation)."""
-
-    block_size: int
-    """Block size B; 0 or >= the sequence length means one block over everything ("full")."""
-    steps_per_block: int | None = None
-    """Network calls per block S; None = the block size (one token per call)."""
-    first_hitting: bool = False
-    """Reveal exactly one uniformly chosen masked position per call (overrides S)."""
-    top_p: float = 0.9
-    """Nucleus mass in (0, 1]; 1 disables truncation."""
-    temperature: float = 1.0
-    """Softmax temperature (> 0) of the sampled distribution (not of the confidence)."""
-    dtype: str = "float64"
-    """Precision of probabilities and the Gumbel draw: float64, or float32 (ablation only)."""
-    unmask: str = "random"
-    """Which positions a call reveals: random (uniform) or confident (most probable first)."""
-    kv_cache: bool = True
-    """Exact KV cache for earlier blocks; False recomputes the visible window every call."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.block_size >= 0, "block size must be >= 1 (or 'full')"),
-            (self.steps_per_block is None or self.steps_per_block >= 1, "steps must be >= 1"),
-            (0.0 < self.top_p <= 1.0, f"top-p must lie in (0, 1], got {self.top_p}"),
-            (self.temperature > 0.0, f"temperature must be > 0, got {self.temperature}"),
-            (self.dtype in DTYPES, f"sampling dtype must be one of {', '.join(DTYPES)}"),
-            (self.unmask in UNMASK_RULES, f"unmask must be one of {', '.join(UNMASK_RULES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
-    def params(self) -> dict[str, Any]:
-        """The stage parameters recorded in a sample record."""
-        return {
-            "steps_per_block": self.steps_per_block,
-            "first_hitting": self.first_hitting,
-            "top_p": self.top_p,
-            "temperature": self.temperature,
-            "dtype": self.dtype,
-            "unmask": self.unmask,
-            "kv_cache": self.kv_cache,
-        }
+"""The torch dtype of each `SamplerConfig.dtype` name."""
 
 
 @dataclass

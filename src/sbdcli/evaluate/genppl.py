@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from sbdcli.artifacts import atomic_path, read_json
+from sbdcli.config import EOS_MODES, GenPplOptions
 from sbdcli.errors import UserError
 
-EOS_MODES = ("skip", "cut")
 NOT_SETTINGS = frozenset(
     {"nfe", "seconds", "cache_writes", "seed", "batch_size", "n_masked", "model"}
 )
@@ -757,29 +757,6 @@ def _plot_axis(ax: Any, summaries: Sequence[dict[str, Any]], key: str, label: st
 
 
 # --------------------------------------------------------------------------- driver
-@dataclass
-class GenPplOptions:
-    """How `sbd eval genppl` judges samples (every field is a CLI flag)."""
-
-    evaluator: str | None = None
-    """`oracle`, a transformers causal-LM directory, or an sbd run trained with block 1."""
-    data_dir: Path | None = None
-    """Data directory (oracle, codec, special ids) when the records' run is not found."""
-    eos: str = "skip"
-    """EOS rule: `skip` (EOS is context, never scored) or `cut` (sample ends at first EOS)."""
-    device: str = "cpu"
-    batch_size: int = 16
-    context: int | None = None
-    """transformers judge window (default: the model's maximum length)."""
-    stride: int = 512
-    """transformers judge stride beyond the context (HF perplexity guide)."""
-    group: bool = True
-    """Report each stage group of a file separately (else one row per file)."""
-    floor_samples: int = 1000
-    """Fresh true samples for the oracle floor when the manifest has none at this length."""
-    seed: int = 0
-
-
 def _oracle_dir(records: Sequence[dict[str, Any]], data_dir: Path | None) -> Path | None:
     for base in (data_dir, (run_dir_of(records) or Path("/nonexistent")) / "data"):
         if base is not None and (base / "oracle.safetensors").is_file():

@@ -20,7 +20,6 @@ Not here: the sampling math (sampler.py, remask.py) and any printing (cli/sample
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from sbdcli.artifacts import read_jsonl, validate_record
+from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
@@ -134,7 +134,7 @@ def draft_batch(
     ref: ModelRef,
     prompts: list[Prompt],
     length: int,
-    cfg: sp.SamplerConfig,
+    cfg: SamplerConfig,
     seed: int,
     *,
     stop_at_eos: bool = False,
@@ -202,43 +202,6 @@ def _groups_by_length(records: list[dict[str, Any]]) -> dict[int, list[int]]:
 
 
 # --------------------------------------------------------------------------- remask
-@dataclass(frozen=True)
-class RemaskConfig:
-    """Parameters of one remask stage (validated at creation)."""
-
-    gamma: float | None = 0.25
-    strategy: str = "snapshot"
-    scope: str = "sequence"
-    threshold: float | None = None
-    passes: int = 8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.strategy not in rm.STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r} ({', '.join(rm.STRATEGIES)})")
-        if self.scope not in ("sequence", "batch"):
-            raise UserError(f"--scope must be 'sequence' or 'batch', got {self.scope!r}")
-        if self.threshold is None and self.gamma is None:
-            raise UserError("remask needs --gamma or --threshold")
-        if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
-            raise UserError(f"--gamma must lie in [0, 1], got {self.gamma}")
-        if self.passes < 1:
-            raise UserError(f"--passes must be >= 1, got {self.passes}")
-        if self.threshold is not None and not math.isfinite(self.threshold):
-            raise UserError("--threshold must be a finite number")
-
-    @property
-    def needs_model(self) -> bool:
-        return self.strategy in ("posthoc", "masked")
-
-    def params(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"strategy": self.strategy, "gamma": self.gamma}
-        out.update(scope=self.scope, threshold=self.threshold, seed=self.seed)
-        if self.strategy == "masked":
-            out["passes"] = self.passes
-        return out
-
-
 def _model_scores(
     records: list[dict[str, Any]], ref: ModelRef, cfg: RemaskConfig
 ) -> tuple[list[torch.Tensor], list[int]]:
@@ -310,7 +273,7 @@ def remask_batch(
 def revise_batch(
     records: list[dict[str, Any]],
     ref: ModelRef,
-    cfg: sp.SamplerConfig,
+    cfg: SamplerConfig,
     seed: int,
     *,
     progress: Progress = None,
@@ -407,7 +370,7 @@ class StagePlan:
     """One revise stage of a K-stage schedule: how to remask, then how to revise."""
 
     remask: RemaskConfig
-    revise: sp.SamplerConfig
+    revise: SamplerConfig
     seed: int = 0
 
 
@@ -415,7 +378,7 @@ def generate_batch(
     ref: ModelRef,
     prompts: list[Prompt],
     length: int,
-    draft_cfg: sp.SamplerConfig,
+    draft_cfg: SamplerConfig,
     seed: int,
     plan: list[StagePlan],
     *,
