@@ -1,13 +1,31 @@
-"""Options declared once: shared option types, option groups derived from config fields.
+"""Options declared once: shared options, option groups derived from config dataclasses.
 
-Library messages name settings by their config field in backticks (`gamma`); `to_flags`
-turns them into the flag a user typed (--gamma). `FIELD_FLAGS` lists the fields whose
-flag is not simply `--field-name`. CLI plumbing only: no math, no file formats.
+- Shared options (`ModelOpt`, `DeviceOpt`, `SeedOpt`, `BatchOpt`, `InputOpt`, `OutputOpt`)
+  are declared here and nowhere else.
+- `config_options(dest, Config, fields)` adds one option per dataclass field to a command:
+  the flag is `--field-name` (or `FIELD_FLAGS`), the help is the field's attribute
+  docstring and the default is the field's default, so each default lives in config.py
+  only. The command receives the values as one dict argument `dest`.
+- Library messages name settings by their field in backticks (`gamma`); `to_flags` turns
+  them into the flag a user typed (--gamma).
+
+CLI plumbing only: no math, no file formats.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
+import inspect
+import itertools
 import re
+import textwrap
+import typing
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import typer
 
 FIELD_FLAGS: dict[str, str] = {
     "block_size": "--block",
@@ -18,7 +36,6 @@ FIELD_FLAGS: dict[str, str] = {
     "mix_lambda": "--lambda",
     "large_eps_min": "--eps-large",
     "large_eps_max": "--eps-large",
-    "compile": "--compile",
     "data_dir": "--data",
     "group": "--per-file",
     "samples": "-n",
@@ -27,6 +44,7 @@ FIELD_FLAGS: dict[str, str] = {
 """Config fields whose command-line flag is not `--<field-name>`."""
 
 _FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
+NO_DEFAULT = object()
 
 
 def flag_for(field: str) -> str:
@@ -37,3 +55,109 @@ def flag_for(field: str) -> str:
 def to_flags(message: str) -> str:
     """A library message with every `field` replaced by its flag."""
     return _FIELD.sub(lambda m: flag_for(m.group(1)), message)
+
+
+# --------------------------------------------------------------------------- shared options
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Run directory or checkpoint (draft default: $SBD_MODEL, else ./runs/latest; "
+        "later stages default to the model named in the records).",
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of this stage's random draws.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", help="Records processed (and written) together.")
+]
+InputOpt = Annotated[
+    str, typer.Option("--input", "-i", help="Records to read: JSONL, .safetensors, or - (stdin).")
+]
+OutputOpt = Annotated[
+    str,
+    typer.Option("--output", "-o", help="Where to write: JSONL path, .safetensors, or - (stdout)."),
+]
+
+
+# --------------------------------------------------------------------------- derived options
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstring of every field of a dataclass, joined into one line."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and is_doc:
+            docs[node.target.id] = " ".join(str(after.value.value).split())  # type: ignore[attr-defined]
+    return docs
+
+
+def _option(cls: type, field: str, optional: bool, suffix: Callable[[str], str] | None) -> Any:
+    """(annotation, default) of the option that sets `cls.field`."""
+    spec = {f.name: f for f in dataclasses.fields(cls)}[field]
+    kind = typing.get_type_hints(cls)[field]
+    doc = field_docs(cls).get(field, "")
+    if suffix is not None:
+        doc = f"{doc} {suffix(field)}".strip()
+    default = spec.default if spec.default is not dataclasses.MISSING else NO_DEFAULT
+    flag = flag_for(field)
+    if kind is bool and not optional:
+        base = flag.removeprefix("--no-").removeprefix("--")
+        names = [f"--{base}/--no-{base}"]
+    else:
+        names = [flag]
+    if optional:
+        kind, default = kind | None, None
+    return Annotated[kind, typer.Option(*names, help=doc)], default
+
+
+def config_options(
+    dest: str,
+    cls: type,
+    fields: Iterable[str],
+    *,
+    optional: bool | Iterable[str] = False,
+    help_suffix: Callable[[str], str] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one option per field of `cls` to a typer command; pass them as dict `dest`.
+
+    `optional`: every option (True) or the named ones default to None, so the command can
+    tell "not given" (and fill in defaults itself, e.g. per preset); `help_suffix(field)`
+    is appended to a field's help text.
+    """
+    names = list(fields)
+    unset = set(names) if optional is True else set(optional or ())
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command, eval_str=True)
+        kept = [p for p in own.parameters.values() if p.name != dest]
+        derived = []
+        for name in names:
+            annotation, default = _option(cls, name, name in unset, help_suffix)
+            param_default = inspect.Parameter.empty if default is NO_DEFAULT else default
+            derived.append(
+                inspect.Parameter(
+                    f"{dest}__{name}",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=param_default,
+                    annotation=annotation,
+                )
+            )
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {n: kwargs.pop(f"{dest}__{n}") for n in names}
+            return command(**kwargs, **{dest: values})
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept] + derived
+        wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer must read the new signature, not the command's
+        return wrapper
+
+    return decorate

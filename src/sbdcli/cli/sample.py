@@ -10,126 +10,39 @@ parsed here, the work is in `sbdcli.pipeline`; progress goes to stderr.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
-from sbdcli.cli._app import InputOpt, OutputOpt, app, console
+from sbdcli.cli._app import app
+from sbdcli.cli.options import (
+    BatchOpt,
+    DeviceOpt,
+    InputOpt,
+    ModelOpt,
+    OutputOpt,
+    SeedOpt,
+    config_options,
+)
+from sbdcli.cli.progress import counting
+from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Run directory or checkpoint (draft default: $SBD_MODEL, else ./runs/latest; "
-        "later stages default to the model named in the records).",
-    ),
-]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of this stage's random draws.")]
-BatchOpt = Annotated[
-    int, typer.Option("--batch-size", help="Records processed (and written) together.")
-]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")
-]
-StepsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--steps-per-block",
-        help="Network calls per block; a call reveals ceil(remaining / steps left). "
-        "Default: the block size (one token per call).",
-    ),
-]
-FirstHitOpt = Annotated[
-    bool,
-    typer.Option("--first-hitting", help="Reveal one uniformly chosen masked position per call."),
-]
-TopPOpt = Annotated[
-    float,
-    typer.Option("--top-p", help="Nucleus mass; the token crossing it is excluded (BD3-LM)."),
-]
-TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature (> 0).")]
-DtypeOpt = Annotated[
-    str,
-    typer.Option(
-        "--sampling-dtype", help="float64 (default), or float32 as a recorded ablation only."
-    ),
-]
-UnmaskOpt = Annotated[
-    str,
-    typer.Option(
-        "--unmask", help="Which masked positions a call reveals: random (uniform) or confident."
-    ),
-]
-NoCacheOpt = Annotated[
-    bool,
-    typer.Option("--no-kv-cache", help="Recompute the whole prefix at every call (reference)."),
-]
+SAMPLER_FIELDS = (
+    "steps_per_block",
+    "first_hitting",
+    "top_p",
+    "temperature",
+    "dtype",
+    "unmask",
+    "kv_cache",
+)
+"""`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
+sampler_options = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
 
 
 # --------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _progress(what: str, total: int | None) -> Iterator[tuple[Any, Any]]:
-    """A live bar on stderr; yields (advance samples by n, count one network call)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        f"[bold]{what}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-    task = bar.add_task(what, total=total, rate="")
-    calls, start = [0], time.perf_counter()
-
-    def on_call(n: int) -> None:
-        calls[0] += n
-        rate = calls[0] / max(time.perf_counter() - start, 1e-9)
-        bar.update(task, rate=f"{calls[0]} calls, {rate:.1f} calls/s")
-
-    with bar:
-        yield (lambda n: bar.advance(task, n)), on_call
-
-
-def _block(text: str) -> int:
-    from sbdcli.pipeline import parse_block
-
-    return parse_block(text)
-
-
-def _sampler_cfg(
-    block: int,
-    steps: int | None,
-    first_hitting: bool,
-    top_p: float,
-    temperature: float,
-    dtype: str,
-    unmask: str,
-    no_kv_cache: bool,
-) -> Any:
-    from sbdcli.config import SamplerConfig
-
-    return SamplerConfig(
-        block_size=block,
-        steps_per_block=steps,
-        first_hitting=first_hitting,
-        top_p=top_p,
-        temperature=temperature,
-        dtype=dtype,
-        unmask=unmask,
-        kv_cache=not no_kv_cache,
-    )
-
-
 def _check_batch(batch_size: int) -> None:
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
@@ -190,173 +103,170 @@ def _batch_model(models: Any, batch: list[dict[str, Any]]) -> Any:
     return models.for_record(batch[0])
 
 
-# --------------------------------------------------------------------------- draft
-@app.command()
-def draft(
-    model: ModelOpt = None,
-    n: Annotated[
-        int | None,
-        typer.Option("-n", help="Samples (default 16), or samples per prompt (default 1)."),
-    ] = None,
-    length: Annotated[
-        int | None,
-        typer.Option("--length", help="Tokens per sample incl. BOS (default: trained length)."),
-    ] = None,
-    block: Annotated[int, typer.Option("--block", help="Draft block size B.")] = 4,
-    steps_per_block: StepsOpt = None,
-    first_hitting: FirstHitOpt = False,
-    top_p: TopPOpt = 0.9,
-    temperature: TempOpt = 1.0,
-    sampling_dtype: DtypeOpt = "float64",
-    unmask: UnmaskOpt = "random",
-    no_kv_cache: NoCacheOpt = False,
-    prompts: Annotated[
-        str | None,
-        typer.Option(
-            "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
-        ),
-    ] = None,
-    stop_at_eos: Annotated[
-        bool,
-        typer.Option(
-            "--stop-at-eos",
-            help="Stop a sample after the block in which it generates EOS; cut after the EOS.",
-        ),
-    ] = False,
-    seed: SeedOpt = 0,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-    output: OutputOpt = "-",
-) -> None:
-    """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
+def _sampler(block: int, values: dict[str, Any], steps: int | None = None) -> SamplerConfig:
+    """The stage's SamplerConfig from the derived options (`steps` overrides theirs)."""
+    if steps is not None:
+        values = {**values, "steps_per_block": steps}
+    return SamplerConfig(block_size=block, **values)
+
+
+def _write_drafts(what: str, output: str, plist: list[Any], batch_size: int, run: Any) -> None:
+    """Draft-like commands: `run(batch, on_call)` per batch of prompts, records written."""
     from sbdcli import pipeline as pl
     from sbdcli.artifacts import RecordWriter
 
-    _check_batch(batch_size)
-    if block < 1:
-        raise UserError(f"--block must be >= 1, got {block}")
-    cfg = _sampler_cfg(
-        block,
-        steps_per_block,
-        first_hitting,
-        top_p,
-        temperature,
-        sampling_dtype,
-        unmask,
-        no_kv_cache,
-    )
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
-    with RecordWriter(output) as writer, _progress("draft", len(plist)) as (done, on_call):
+    with RecordWriter(output) as writer, counting(what, len(plist)) as (done, on_call):
         for batch in pl.batched(plist, batch_size):
-            records = pl.draft_batch(
-                ref, batch, length, cfg, seed, stop_at_eos=stop_at_eos, progress=on_call
-            )
-            for rec in records:
+            for rec in run(batch, on_call):
                 writer.write(rec)
             done(len(batch))
 
 
-# --------------------------------------------------------------------------- remask
+def _rewrite_records(what: str, input: str, output: str, batch_size: int, run: Any) -> None:
+    """Record-to-record commands: `run(batch, first_index, on_call)` per batch of records."""
+    from sbdcli.artifacts import RecordWriter
+
+    first = 0
+    with RecordWriter(output) as writer, counting(what, None) as (done, on_call):
+        for batch in _read_batches(input, batch_size):
+            for rec in run(batch, first, on_call):
+                writer.write(rec)
+            first += len(batch)
+            done(len(batch))
+
+
+NOpt = Annotated[
+    int | None, typer.Option("-n", help="Samples (default 16), or samples per prompt (default 1).")
+]
+LengthOpt = Annotated[
+    int | None,
+    typer.Option("--length", help="Tokens per sample incl. BOS (default: trained length)."),
+]
+PromptsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
+    ),
+]
+EosOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stop-at-eos",
+        help="Stop a sample after the block in which it generates EOS; cut after the EOS.",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- draft
 @app.command()
+@sampler_options
+def draft(
+    model: ModelOpt = None,
+    n: NOpt = None,
+    length: LengthOpt = None,
+    block: Annotated[int, typer.Option("--block", help="Draft block size B.")] = 4,
+    prompts: PromptsOpt = None,
+    stop_at_eos: EosOpt = False,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = "auto",
+    output: OutputOpt = "-",
+    sampling: dict[str, Any] | None = None,
+) -> None:
+    """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
+    from sbdcli import pipeline as pl
+
+    _check_batch(batch_size)
+    if block < 1:
+        raise UserError(f"--block must be >= 1, got {block}")
+    cfg = _sampler(block, sampling or {})
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
+
+    def run(batch: list[Any], on_call: Any) -> list[dict[str, Any]]:
+        return pl.draft_batch(
+            ref, batch, length, cfg, seed, stop_at_eos=stop_at_eos, progress=on_call
+        )
+
+    _write_drafts("draft", output, plist, batch_size, run)
+
+
+# --------------------------------------------------------------------------- remask
+def _remask_config(values: dict[str, Any], seed: int) -> RemaskConfig:
+    """RemaskConfig from the options; without --gamma and --threshold, gamma's default."""
+    if values["gamma"] is None and values["threshold"] is None:
+        values = {k: v for k, v in values.items() if k != "gamma"}
+    return RemaskConfig(**values, seed=seed)
+
+
+@app.command()
+@config_options(
+    "remask_opts",
+    RemaskConfig,
+    ("gamma", "strategy", "scope", "threshold", "passes"),
+    optional=("gamma",),
+    help_suffix=lambda f: (
+        f"(default {RemaskConfig.gamma} unless --threshold)" if f == "gamma" else ""
+    ),
+)
 def remask(
-    gamma: Annotated[
-        float | None,
-        typer.Option("--gamma", help="Fraction of eligible tokens to remask, in [0, 1]."),
-    ] = None,
-    strategy: Annotated[
-        str,
-        typer.Option("--strategy", help="snapshot | random | posthoc | masked (k passes)."),
-    ] = "snapshot",
-    scope: Annotated[
-        str,
-        typer.Option(
-            "--scope", help="sequence: floor(gamma n) per record; batch: pooled per batch."
-        ),
-    ] = "sequence",
-    threshold: Annotated[
-        float | None,
-        typer.Option("--threshold", help="Instead of gamma: remask every score below C."),
-    ] = None,
-    passes: Annotated[
-        int, typer.Option("--passes", help="Passes k of the masked strategy (k calls).")
-    ] = 8,
     model: ModelOpt = None,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     input: InputOpt = "-",
     output: OutputOpt = "-",
+    remask_opts: dict[str, Any] | None = None,
 ) -> None:
     """Choose the least trusted tokens: sets `masked` and `scores`, leaves `tokens` untouched."""
     from sbdcli import pipeline as pl
-    from sbdcli.artifacts import RecordWriter
 
     _check_batch(batch_size)
-    if gamma is None and threshold is None:
-        gamma = 0.25
-    cfg = pl.RemaskConfig(gamma, strategy, scope, threshold, passes, seed)
+    cfg = _remask_config(dict(remask_opts or {}), seed)
     models = pl.ModelCache(model, device)
-    first = 0
-    with RecordWriter(output) as writer, _progress("remask", None) as (done, _):
-        for batch in _read_batches(input, batch_size):
-            ref = _batch_model(models, batch) if cfg.needs_model else None
-            pl.check_records(batch, ref, first)
-            for rec in pl.remask_batch(batch, cfg, ref):
-                writer.write(rec)
-            first += len(batch)
-            done(len(batch))
+
+    def run(batch: list[dict[str, Any]], first: int, _: Any) -> list[dict[str, Any]]:
+        ref = _batch_model(models, batch) if cfg.needs_model else None
+        pl.check_records(batch, ref, first)
+        return pl.remask_batch(batch, cfg, ref)
+
+    _rewrite_records("remask", input, output, batch_size, run)
 
 
 # --------------------------------------------------------------------------- revise
 @app.command()
+@sampler_options
 def revise(
     model: ModelOpt = None,
     block: Annotated[
         str,
         typer.Option("--block", help="Revise block size B, or 'full' (one bidirectional block)."),
     ] = "full",
-    steps_per_block: StepsOpt = None,
-    first_hitting: FirstHitOpt = False,
-    top_p: TopPOpt = 0.9,
-    temperature: TempOpt = 1.0,
-    sampling_dtype: DtypeOpt = "float64",
-    unmask: UnmaskOpt = "random",
-    no_kv_cache: NoCacheOpt = False,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     input: InputOpt = "-",
     output: OutputOpt = "-",
+    sampling: dict[str, Any] | None = None,
 ) -> None:
     """Regenerate exactly the `masked` positions, everything else fixed and visible."""
     from sbdcli import pipeline as pl
-    from sbdcli.artifacts import RecordWriter
 
     _check_batch(batch_size)
-    cfg = _sampler_cfg(
-        _block(block),
-        steps_per_block,
-        first_hitting,
-        top_p,
-        temperature,
-        sampling_dtype,
-        unmask,
-        no_kv_cache,
-    )
+    cfg = _sampler(pl.parse_block(block), sampling or {})
     models = pl.ModelCache(model, device)
-    first = 0
-    with RecordWriter(output) as writer, _progress("revise", None) as (done, on_call):
-        for batch in _read_batches(input, batch_size):
-            ref = _batch_model(models, batch)
-            pl.check_records(batch, ref, first)
-            for rec in pl.revise_batch(batch, ref, cfg, seed, progress=on_call):
-                writer.write(rec)
-            first += len(batch)
-            done(len(batch))
+
+    def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
+        ref = _batch_model(models, batch)
+        pl.check_records(batch, ref, first)
+        return pl.revise_batch(batch, ref, cfg, seed, progress=on_call)
+
+    _rewrite_records("revise", input, output, batch_size, run)
 
 
 # --------------------------------------------------------------------------- generate
 @app.command()
+@sampler_options
+@config_options("remask_opts", RemaskConfig, ("strategy", "passes"))
 def generate(
     model: ModelOpt = None,
     stages: Annotated[
@@ -369,69 +279,45 @@ def generate(
         str,
         typer.Option("--gammas", help="Remask ratio per revise stage (one value = all stages)."),
     ] = "0.25",
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="Remask strategy of every revise stage.")
-    ] = "snapshot",
-    passes: Annotated[int, typer.Option("--passes", help="Passes k of the masked strategy.")] = 8,
-    n: Annotated[
-        int | None, typer.Option("-n", help="Samples (default 16), or samples per prompt.")
-    ] = None,
-    length: Annotated[
-        int | None, typer.Option("--length", help="Tokens per sample (default: trained length).")
-    ] = None,
-    steps_per_block: StepsOpt = None,
+    n: NOpt = None,
+    length: LengthOpt = None,
     revise_steps_per_block: Annotated[
         int | None,
         typer.Option(
             "--revise-steps-per-block", help="Calls per revise block (default: one token per call)."
         ),
     ] = None,
-    first_hitting: FirstHitOpt = False,
-    top_p: TopPOpt = 0.9,
-    temperature: TempOpt = 1.0,
-    sampling_dtype: DtypeOpt = "float64",
-    unmask: UnmaskOpt = "random",
-    no_kv_cache: NoCacheOpt = False,
-    prompts: Annotated[
-        str | None, typer.Option("--prompts", help="JSONL of prompts (as for draft).")
-    ] = None,
-    stop_at_eos: Annotated[bool, typer.Option("--stop-at-eos", help="As for draft.")] = False,
+    prompts: PromptsOpt = None,
+    stop_at_eos: EosOpt = False,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of every stage (as --seed on each piped command).")
     ] = 0,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
+    sampling: dict[str, Any] | None = None,
+    remask_opts: dict[str, Any] | None = None,
 ) -> None:
     """Draft, then remask + revise per stage, in one process (same records as the pipe)."""
     from sbdcli import pipeline as pl
-    from sbdcli.artifacts import RecordWriter
 
     _check_batch(batch_size)
+    values = sampling or {}
     draft_block, schedule = pl.parse_stages(stages, gammas)
-    common = (first_hitting, top_p, temperature, sampling_dtype, unmask, no_kv_cache)
-    draft_cfg = _sampler_cfg(draft_block, steps_per_block, *common)
+    draft_cfg = _sampler(draft_block, values)
     plan = [
         pl.StagePlan(
-            pl.RemaskConfig(gamma, strategy, "sequence", None, passes, seed),
-            _sampler_cfg(blk, revise_steps_per_block, *common),
+            RemaskConfig(gamma=gamma, seed=seed, **(remask_opts or {})),
+            _sampler(blk, {**values, "steps_per_block": revise_steps_per_block}),
             seed,
         )
         for gamma, blk in schedule
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
-    with RecordWriter(output) as writer, _progress("generate", len(plist)) as (done, on_call):
-        for batch in pl.batched(plist, batch_size):
-            records = pl.generate_batch(
-                ref,
-                batch,
-                length,
-                draft_cfg,
-                seed,
-                plan,
-                stop_at_eos=stop_at_eos,
-                progress=on_call,
-            )
-            for rec in records:
-                writer.write(rec)
-            done(len(batch))
+
+    def run(batch: list[Any], on_call: Any) -> list[dict[str, Any]]:
+        return pl.generate_batch(
+            ref, batch, length, draft_cfg, seed, plan, stop_at_eos=stop_at_eos, progress=on_call
+        )
+
+    _write_drafts("generate", output, plist, batch_size, run)
