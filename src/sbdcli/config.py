@@ -340,11 +340,19 @@ class RemaskConfig:
     """Parameters of one remask stage (validated at creation)."""
 
     gamma: float | None = 0.25
+    """Fraction of eligible (generated) tokens to remask, in [0, 1]."""
     strategy: str = "snapshot"
+    """Score: snapshot (confidence when committed), random, posthoc (one pass over the
+    finished draft) or masked (k passes, each token scored while hidden)."""
     scope: str = "sequence"
+    """sequence: floor(gamma n) positions per record; batch: the lowest scores pooled over
+    the batch."""
     threshold: float | None = None
+    """Instead of gamma: remask every eligible position whose score is below this value."""
     passes: int = 8
+    """Passes k of the masked strategy (k network calls)."""
     seed: int = 0
+    """Seed of the random scores and of tie breaking."""
 
     def __post_init__(self) -> None:
         _check(
@@ -398,7 +406,9 @@ class GenPplOptions:
     eos: str = "skip"
     """EOS rule: `skip` (EOS is context, never scored) or `cut` (sample ends at first EOS)."""
     device: str = "cpu"
+    """Device of the judge."""
     batch_size: int = 16
+    """Windows (or samples) per judge forward pass."""
     context: int | None = None
     """transformers judge window (default: the model's maximum length)."""
     stride: int = 512
@@ -408,6 +418,7 @@ class GenPplOptions:
     floor_samples: int = 1000
     """Fresh true samples for the oracle floor when the manifest has none at this length."""
     seed: int = 0
+    """Seed of the oracle floor's samples."""
 
 
 # --------------------------------------------------------------------------- demo

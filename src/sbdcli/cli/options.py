@@ -57,6 +57,11 @@ def to_flags(message: str) -> str:
     return _FIELD.sub(lambda m: flag_for(m.group(1)), message)
 
 
+def _help_text(doc: str, fields: set[str]) -> str:
+    """A field docstring as help: other fields become their flags, other `code` plain."""
+    return _FIELD.sub(lambda m: flag_for(m[1]) if m[1] in fields else m[1], doc)
+
+
 # --------------------------------------------------------------------------- shared options
 ModelOpt = Annotated[
     str | None,
@@ -101,7 +106,7 @@ def _option(cls: type, field: str, optional: bool, suffix: Callable[[str], str] 
     """(annotation, default) of the option that sets `cls.field`."""
     spec = {f.name: f for f in dataclasses.fields(cls)}[field]
     kind = typing.get_type_hints(cls)[field]
-    doc = field_docs(cls).get(field, "")
+    doc = _help_text(field_docs(cls).get(field, ""), {f.name for f in dataclasses.fields(cls)})
     if suffix is not None:
         doc = f"{doc} {suffix(field)}".strip()
     default = spec.default if spec.default is not dataclasses.MISSING else NO_DEFAULT

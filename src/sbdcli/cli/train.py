@@ -13,26 +13,36 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
+from sbdcli.artifacts.rundir import RunDir
 from sbdcli.cli._app import app, console
+from sbdcli.cli.options import config_options
+from sbdcli.cli.progress import progress_bar
+from sbdcli.config import TRAIN_PRESETS, TrainConfig, train_config
 from sbdcli.errors import UserError
 
+TRAIN_FIELDS = (
+    "steps", "batch_size", "global_batch", "lr", "warmup", "schedule", "seed", "init",
+    "eps_min", "eps_max", "clip_search", "resample", "ema", "val_every", "val_rows",
+    "save_every", "device", "precision", "compile",
+)  # fmt: skip
+"""`TrainConfig` fields that are options of `sbd train` as they are (others are composite)."""
 
-def _defaults(field: str) -> str:
+
+def preset_defaults(field: str) -> str:
     """'(tiny 1200, small 40000, medium 40000)': a field's default per preset, for help text."""
-    from sbdcli.config import TRAIN_PRESETS, TrainConfig
-
     base = TrainConfig.__dataclass_fields__[field].default
-    values = ", ".join(f"{name} {spec.get(field, base):g}" for name, spec in TRAIN_PRESETS.items())
-    return f"({values})"
+    values = [(name, spec.get(field, base)) for name, spec in TRAIN_PRESETS.items()]
+    if len({repr(v) for _, v in values}) == 1:
+        return f"(default {_show(base)})"
+    return "(" + ", ".join(f"{name} {_show(v)}" for name, v in values) + ")"
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def parse_mix(text: str) -> tuple[int, int]:
@@ -70,17 +80,11 @@ def parse_interval(text: str) -> tuple[float, float]:
 
 
 def _progress_bar(show: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]train[/]"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  B {task.fields[block]:>4}"),
-        TextColumn("{task.fields[tps]:>9,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (show and console.is_terminal),
+    return progress_bar(
+        "loss {task.fields[loss]:.4f}  B {task.fields[block]:>4}",
+        "{task.fields[tps]:>9,.0f} tok/s",
+        transient=False,
+        show=show,
     )
 
 
@@ -129,6 +133,7 @@ def _fit(trainer: Any) -> Any:
 
 
 @app.command()
+@config_options("given", TrainConfig, TRAIN_FIELDS, optional=True, help_suffix=preset_defaults)
 def train(
     data: Annotated[
         Path | None,
@@ -141,36 +146,6 @@ def train(
     preset: Annotated[
         str | None,
         typer.Option("--preset", help="Model size: tiny, small or medium (default tiny)."),
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help=f"Optimizer steps in total {_defaults('steps')}.")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size", help=f"Rows per process per micro-batch {_defaults('batch_size')}."
-        ),
-    ] = None,
-    global_batch: Annotated[
-        int | None,
-        typer.Option(
-            "--global-batch",
-            help="Rows per optimizer step over all processes (gradient accumulation).",
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help=f"Peak learning rate {_defaults('lr')}.")
-    ] = None,
-    warmup: Annotated[
-        int | None, typer.Option("--warmup", help=f"Linear warmup steps {_defaults('warmup')}.")
-    ] = None,
-    schedule: Annotated[
-        str | None, typer.Option("--schedule", help="After warmup: constant or cosine.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data, noise.")] = None,
-    init: Annotated[
-        str | None,
-        typer.Option("--init", help="Start from an sbd run or a BD3-LM/MDLM checkpoint dir."),
     ] = None,
     resume: Annotated[
         bool,
@@ -187,73 +162,24 @@ def train(
     block: Annotated[
         int | None, typer.Option("--block", help="Train a single block size instead of a mix.")
     ] = None,
-    eps_min: Annotated[
-        float | None,
-        typer.Option(
-            "--eps-min",
-            help="Lower end of the small-block noise interval (default 1e-3; tiny: 0.25).",
-        ),
-    ] = None,
-    eps_max: Annotated[
-        float | None,
-        typer.Option("--eps-max", help="Upper end of the small-block noise interval (default 1)."),
-    ] = None,
     eps_large: Annotated[
         str | None,
         typer.Option(
             "--eps-large", help="Noise interval 'lo,hi' of large-block steps (default 0.001,1)."
         ),
     ] = None,
-    clip_search: Annotated[
-        bool | None,
-        typer.Option("--clip-search", help="Pick the least-variance noise interval at each val."),
-    ] = None,
-    resample: Annotated[
-        bool | None,
-        typer.Option("--resample", help="Redraw masks whose masked fraction leaves the interval."),
-    ] = None,
-    ema: Annotated[
-        float | None,
-        typer.Option("--ema", help="EMA decay of the saved weights (0: off; default 0.9999)."),
-    ] = None,
-    val_every: Annotated[
-        int | None, typer.Option("--val-every", help="Validate every N steps (0: at the end).")
-    ] = None,
-    val_rows: Annotated[
-        int | None, typer.Option("--val-rows", help="Validation rows per evaluation (0: all).")
-    ] = None,
-    save_every: Annotated[
-        int | None, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu or cuda (default auto).")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option("--precision", help="auto (bf16 on GPU), fp32 or bf16.")
-    ] = None,
-    compile_model: Annotated[
-        bool | None,
-        typer.Option("--compile", help="torch.compile the training forward (slow first steps)."),
-    ] = None,
+    given: dict[str, Any] | None = None,
 ) -> None:
     """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
-    from sbdcli.config import train_config
-    from sbdcli.train import resume_config, setup
+    from sbdcli.train import resume_config, setup  # torch: imported when a command runs
 
-    given: dict[str, Any] = {
-        "steps": steps, "batch_size": batch_size, "global_batch": global_batch, "lr": lr,
-        "warmup": warmup, "schedule": schedule, "seed": seed, "init": init,
-        "eps_min": eps_min, "eps_max": eps_max, "clip_search": clip_search,
-        "resample": resample, "ema": ema, "val_every": val_every, "val_rows": val_rows,
-        "save_every": save_every, "device": device, "precision": precision,
-        "compile": compile_model, **block_fields(mix, mix_lambda, block),
-    }  # fmt: skip
+    given = {**(given or {}), **block_fields(mix, mix_lambda, block)}
     if eps_large is not None:
         given["large_eps_min"], given["large_eps_max"] = parse_interval(eps_large)
     if resume:
         run = out if out is not None else Path("runs") / "latest"
         cfg = resume_config(run, preset=preset, **given)
-        data_dir = data if data is not None else Path(_saved_data_dir(run))
+        data_dir = data if data is not None else RunDir(run).recorded_data_dir() or Path("data")
     else:
         cfg = train_config(preset or "tiny", **given)
         data_dir = data if data is not None else Path("data")
@@ -273,13 +199,6 @@ def train(
         raise
     if trainer.is_main:
         console.print(summary_table(summary))
-
-
-def _saved_data_dir(run: Path) -> str:
-    from sbdcli.artifacts import read_json
-
-    saved = read_json(run / "config.json", "run config")
-    return str(saved.get("data", {}).get("dir", "data"))
 
 
 def _describe(trainer: Any) -> None:
