@@ -114,6 +114,9 @@ def preset(name: str, vocab_size: int, mask_id: int, seq_len: int, **overrides: 
     return ModelConfig(vocab_size=vocab_size, mask_id=mask_id, seq_len=seq_len, **values)
 
 
+DEFAULT_SHARD_TOKENS = 1 << 24
+"""Tokens per data shard written by `sbd prepare` (~16.8M tokens = 64 MiB of int32)."""
+
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")

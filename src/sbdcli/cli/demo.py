@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli.cli._app import app, console
+from sbdcli.cli.progress import progress_bar
+from sbdcli.cli.tables import metric_table
 
 COLUMNS = (
     ("stage", "stage"),
@@ -35,17 +37,11 @@ def _cell(value: Any) -> str:
 
 def results_table(rows: list[dict[str, Any]]) -> Any:
     """A rich table of the demo's result rows, with the oracle floor in the caption."""
-    from rich.table import Table
-
     floor = next((r.get("oracle_floor_ppl") for r in rows if r.get("oracle_floor_ppl")), None)
     entropy = next((r.get("oracle_true_entropy_per_sample_mean") for r in rows), None)
     caption = f"oracle floor: PPL {_cell(floor)}, entropy {_cell(entropy)} nats (true samples)"
-    table = Table(title="Structural Block Diffusion on topic-markov", caption=caption)
-    for _, header in COLUMNS:
-        table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in COLUMNS))
-    return table
+    title = "Structural Block Diffusion on topic-markov"
+    return metric_table(title, COLUMNS, rows, _cell, caption=caption)
 
 
 def _train_progress(progress: Any, task: Any) -> Any:
@@ -74,21 +70,13 @@ def demo(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from sbdcli.config import DemoConfig
     from sbdcli.demo import run_demo
 
     cfg = DemoConfig(
         out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
     )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar("loss {task.fields[loss]}", elapsed=False) as progress:
         task = progress.add_task("training", total=cfg.n_steps, loss="–")
         rows = run_demo(
             cfg,

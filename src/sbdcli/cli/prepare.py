@@ -12,22 +12,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import (
-    BarColumn,
-    Progress,
     ProgressColumn,
-    SpinnerColumn,
     Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
 from sbdcli.cli._app import app, console
+from sbdcli.cli.progress import progress_bar
+from sbdcli.cli.tables import render_table
+from sbdcli.config import DEFAULT_SHARD_TOKENS
 from sbdcli.errors import UserError
 
-DEFAULT_SHARD_TOKENS = 1 << 24
 SYNTHETIC_FLAGS = ("num_train", "num_val", "oracle_samples", "vocab", "topics", "fanout", "alpha")
 SYNTHETIC_FLAGS += ("eps",)
 TEXT_FLAGS = ("tokenizer", "val_docs", "val_fraction", "max_docs", "workers")
@@ -55,21 +51,10 @@ class _Amount(ProgressColumn):
 
 
 class RichProgress:
-    """`sbdcli.data.Progress` drawn with rich on stderr (only on a terminal)."""
+    """`sbdcli.data.prepare.Progress` drawn with rich on stderr (only on a terminal)."""
 
     def __init__(self) -> None:
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(bar_width=24),
-            _Amount(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
+        self.bar = progress_bar(amount=_Amount(), spinner=True)
         self.task: Any = None
 
     def start(self, phase: str, total: int | None, unit: str) -> None:
@@ -91,30 +76,27 @@ class RichProgress:
 # --------------------------------------------------------------------------- summary
 def summary_table(manifest: dict[str, Any], out: Path | str) -> Table:
     """The short end-of-run table: rows, tokens, vocabulary, oracle floor."""
-    table = Table(title=f"data written to {out}", show_header=True, title_justify="left")
-    table.add_column("")
-    table.add_column("train", justify="right")
-    table.add_column("val", justify="right")
+    rows = []
     for key in ("rows", "tokens", "documents"):
         values = manifest[key]
-        table.add_row(key, f"{values['train']:,}", f"{values['val']:,}")
+        rows.append((key, f"{values['train']:,}", f"{values['val']:,}"))
     if "dropped_tokens" in manifest:
         d = manifest["dropped_tokens"]
-        table.add_row("dropped tail", f"{d['train']:,}", f"{d['val']:,}")
+        rows.append(("dropped tail", f"{d['train']:,}", f"{d['val']:,}"))
     tok = manifest["tokenizer"]
     specials = f"bos {manifest['bos_id']}, eos {manifest['eos_id']}, mask {manifest['mask_id']}"
-    table.add_row("tokenizer", f"{tok['kind']}, vocab {manifest['vocab_size']:,}", specials)
-    table.add_row("seq_len", str(manifest["seq_len"]), "")
+    rows.append(("tokenizer", f"{tok['kind']}, vocab {manifest['vocab_size']:,}", specials))
+    rows.append(("seq_len", str(manifest["seq_len"]), ""))
     if "oracle" in manifest:
         o = manifest["oracle"]
         floor = f"{o['nll_per_token']:.4f} ± {o['nll_per_token_stderr']:.4f} nats/token"
-        table.add_row("oracle floor", floor, f"{o['samples']:,} samples")
-        table.add_row("true unigram H", f"{o['unigram_entropy']:.3f} nats/row", "")
+        rows.append(("oracle floor", floor, f"{o['samples']:,} samples"))
+        rows.append(("true unigram H", f"{o['unigram_entropy']:.3f} nats/row", ""))
     seconds = manifest.get("seconds") or 0.0
     total = manifest["tokens"]["train"] + manifest["tokens"]["val"]
     rate = f"{total / seconds:,.0f} tokens/s" if seconds > 0 else ""
-    table.add_row("time", f"{seconds:.1f} s", rate)
-    return table
+    rows.append(("time", f"{seconds:.1f} s", rate))
+    return render_table(f"data written to {out}", ("", "train", "val"), rows)
 
 
 # --------------------------------------------------------------------------- the command

@@ -21,6 +21,7 @@ from sbdcli.artifacts.rundir import RunDir
 from sbdcli.cli._app import app, console
 from sbdcli.cli.options import config_options
 from sbdcli.cli.progress import progress_bar
+from sbdcli.cli.tables import render_table
 from sbdcli.config import TRAIN_PRESETS, TrainConfig, train_config
 from sbdcli.errors import UserError
 
@@ -97,18 +98,16 @@ def _val_line(step: int, val: dict[int, float], reference: dict[str, float]) -> 
 
 def summary_table(summary: Any) -> Table:
     """Validation NELBO per block size beside the oracle references, as a rich table."""
-    table = Table(title=f"{summary.run_dir} (step {summary.step})", title_justify="left")
-    table.add_column("validation")
-    table.add_column("nats/token", justify="right")
-    for block, value in sorted(summary.val.items()):
-        table.add_row(f"NELBO, B = {block}", f"{value:.4f}")
+    rows = [(f"NELBO, B = {block}", f"{value:.4f}") for block, value in sorted(summary.val.items())]
     names = {"oracle_floor": "oracle floor (manifest)", "oracle_val_nll": "oracle NLL, val rows"}
-    for key, label in names.items():
-        if key in summary.reference:
-            table.add_row(label, f"{summary.reference[key]:.4f}")
-    table.add_row("processes", str(summary.processes))
-    table.add_row("seconds", f"{summary.seconds:.0f}")
-    return table
+    rows += [
+        (label, f"{summary.reference[k]:.4f}")
+        for k, label in names.items()
+        if k in summary.reference
+    ]
+    rows += [("processes", str(summary.processes)), ("seconds", f"{summary.seconds:.0f}")]
+    title = f"{summary.run_dir} (step {summary.step})"
+    return render_table(title, ("validation", "nats/token"), rows)
 
 
 def _fit(trainer: Any) -> Any:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sbdcli.artifacts import atomic_dir, save_tensors, sha256_file
+from sbdcli.config import DEFAULT_SHARD_TOKENS
 from sbdcli.data.codec import (
     ByteCodec,
     Codec,
@@ -44,7 +45,6 @@ from sbdcli.errors import UserError
 
 __all__ = ["derive_seed", "make_codec", "prepare_synthetic", "prepare_text"]
 
-DEFAULT_SHARD_TOKENS = 1 << 24  # ~16.8M tokens = 64 MiB of int32 per shard
 BATCH_CHARS = 1 << 20  # characters of text per tokenization batch
 SYNTHETIC_CHUNK = 4096  # synthetic rows drawn per call
 IN_PROCESS_THREADS = 2  # one batch in the Rust tokenizer while the last one becomes arrays
