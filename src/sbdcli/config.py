@@ -11,7 +11,8 @@
 Each field carries its documentation as an attribute docstring; the command line derives
 its options (flag, default, help) from these fields, so a default lives here only.
 Validation messages name fields in backticks (`gamma`); the command line shows the flag
-instead. This module holds no logic beyond validation and presets.
+instead. This module holds no logic beyond validation and presets; it is long (about 480
+lines) because every setting of sbd, with its documentation, lives here and nowhere else.
 """
 
 from __future__ import annotations

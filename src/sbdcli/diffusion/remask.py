@@ -1,4 +1,4 @@
-"""Which tokens to regenerate: per-position scores and the bottom-gamma selection (METHOD §2-3).
+"""Which tokens to regenerate: per-position scores and the bottom-gamma selection (docs/sampling.md).
 
 Scores (lower = less trusted, selected first), one float64 per position:
 - `snapshot`: the confidence recorded when the token was committed (no network call);
@@ -66,7 +66,7 @@ def _check_length(model: Any, length: int, strategy: str) -> None:
 def posthoc_scores(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """Post-hoc confidence: p(x_i | x) from one bidirectional pass (block = L); (n, T) float64.
 
-    The model sees the token itself and a context written to agree with it (METHOD §3).
+    The model sees the token itself and a context written to agree with it.
     """
     length = tokens.shape[1]
     _check_length(model, length, "post-hoc")

@@ -1,7 +1,7 @@
 """Block-diffusion sampling on token tensors: the draft and the revise stages of SBD.
 
 One engine, `fill_masked`, regenerates the positions flagged in `todo` block by block,
-left to right, every other token fixed and visible as context (METHOD §2, §5):
+left to right, every other token fixed and visible as context:
 - `draft` = `fill_masked` on a sequence that is all [MASK] after its prompt (BOS first);
 - `revise` = `fill_masked` on the `masked` positions of finished sequences; block size
   >= length is one fully bidirectional block ("full"), smaller blocks run semi-AR.
@@ -29,7 +29,7 @@ Rules this module fixes (docs/sampling.md explains them):
   whose mass crosses top_p is excluded.
 - **Snapshot confidence** of a committed token = the model's softmax probability of it at
   temperature 1 with [MASK] suppressed, before temperature and nucleus, at the call that
-  committed it (METHOD §3). `confidence_nucleus` = its probability under the distribution
+  committed it. `confidence_nucleus` = its probability under the distribution
   actually sampled (temperature + nucleus, renormalised). `step` = the sample's cumulative
   call count at that call (1-based; 0 for prompt and untouched tokens).
 - **Reproducibility.** Every sample has its own generator and its draws depend only on
