@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluate_helpers import build_tiny_gpt2, make_record, tiny_denoiser
 from sbdcli.cli import main
-from test_evaluate import build_tiny_gpt2, make_record, tiny_denoiser
 
 
 def run_main(argv: list[str]) -> int:

@@ -238,8 +238,7 @@ def genppl(
 
 def _ppl_inputs(run: Path, data: Path | None, block: int | None) -> tuple[Path, int]:
     """The data directory (flag, else the run's, else ./data) and the block size."""
-    from sbdcli.artifacts import read_json
-    from sbdcli.evaluate import trained_block_sizes
+    from sbdcli.artifacts import RunDir, read_json
 
     if data is None:
         cfg = (
@@ -248,7 +247,7 @@ def _ppl_inputs(run: Path, data: Path | None, block: int | None) -> tuple[Path, 
         recorded = (cfg.get("data") or {}).get("dir") if isinstance(cfg, dict) else None
         data = Path(recorded) if recorded and Path(recorded).is_dir() else Path("data")
     if block is None:
-        blocks = trained_block_sizes(run)
+        blocks = RunDir(run).trained_block_sizes()
         if not blocks:
             raise UserError(f"cannot tell the block size {run} was trained with; pass --block")
         block = min(blocks)

@@ -1,45 +1,52 @@
-"""Evaluation: Gen PPL with entropy, judges, test perplexity, tables and plots."""
+"""Evaluation: Gen PPL of sample records (with entropy and costs) and held-out perplexity.
+
+- metrics.py: the metric math: scored positions, unigram entropy, Gen PPL (corpus and
+  per-sample), costs, a group's summary numbers;
+- grouping.py: records grouped by stage history, their sampler settings;
+- judges.py: the `Judge` protocol, `Scores`, the oracle and sbd block-1 judges;
+- hf_judge.py: the transformers causal-LM judge;
+- genppl.py: the driver (`evaluate_sets`: special ids, judge choice, one summary per group);
+- perplexity.py: test perplexity exp(NELBO) of a run on held-out rows;
+- report.py: tables (cells, markdown) and the Gen PPL plot.
+
+docs/evaluation.md states the protocol. Not here: sampling (pipeline/), the NELBO itself
+(diffusion/), the command line (cli/evaluate.py). Nothing here prints.
+"""
 
 from __future__ import annotations
 
-from sbdcli.evaluate.genppl import (
-    COLUMNS,
-    ENTROPY_OVER,
-    EOS_MODES,
+from sbdcli.config import EOS_MODES, GenPplOptions
+from sbdcli.evaluate.genppl import check_finished, evaluate_sets, make_judge, vocab_info
+from sbdcli.evaluate.grouping import (
     NOT_SETTINGS,
-    GenPplOptions,
-    OracleJudge,
-    PplResult,
-    SbdJudge,
-    Scores,
-    VocabInfo,
-    cell,
-    check_finished,
-    check_ppl_inputs,
-    costs,
-    entropy_stats,
-    evaluate_sets,
-    gen_ppl,
     group_records,
-    heldout_perplexity,
-    make_judge,
-    markdown_table,
-    parse_model_field,
-    plot_genppl,
-    records_mask,
-    run_dir_of,
     sampler_settings,
-    scored_mask,
     short_settings,
     stack_by_length,
     stage_settings,
     stage_signature,
+)
+from sbdcli.evaluate.hf_judge import HFJudge
+from sbdcli.evaluate.judges import Judge, OracleJudge, SbdJudge, Scores
+from sbdcli.evaluate.metrics import (
+    ENTROPY_OVER,
+    VocabInfo,
+    costs,
+    entropy_stats,
+    gen_ppl,
+    records_mask,
+    scored_mask,
     summarize,
-    table_rows,
-    trained_block_sizes,
     unigram_entropy,
+)
+from sbdcli.evaluate.perplexity import PplResult, check_ppl_inputs, heldout_perplexity
+from sbdcli.evaluate.report import (
+    COLUMNS,
+    cell,
+    markdown_table,
+    plot_genppl,
+    table_rows,
     visible_columns,
-    vocab_info,
 )
 
 __all__ = [
@@ -48,6 +55,8 @@ __all__ = [
     "EOS_MODES",
     "NOT_SETTINGS",
     "GenPplOptions",
+    "HFJudge",
+    "Judge",
     "OracleJudge",
     "PplResult",
     "SbdJudge",
@@ -64,10 +73,8 @@ __all__ = [
     "heldout_perplexity",
     "make_judge",
     "markdown_table",
-    "parse_model_field",
     "plot_genppl",
     "records_mask",
-    "run_dir_of",
     "sampler_settings",
     "scored_mask",
     "short_settings",
@@ -76,7 +83,6 @@ __all__ = [
     "stage_signature",
     "summarize",
     "table_rows",
-    "trained_block_sizes",
     "unigram_entropy",
     "visible_columns",
     "vocab_info",

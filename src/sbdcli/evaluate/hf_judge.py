@@ -18,13 +18,15 @@ Protocol (docs/evaluation.md):
   the LM head runs only at scored positions (checked equal to the full logits at load).
   fp32, eval mode, inference mode.
 
-It is not the place for oracle or sbd-model judges (evaluate.py) and it never prints.
+It implements the `Judge` protocol of judges.py; it is not the place for the oracle or
+sbd block-1 judges (judges.py) and it never prints. transformers is imported inside the
+functions that need it: a heavy, optional dependency (the `eval` extra).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sbdcli.config import GenPplOptions
 from sbdcli.errors import UserError
+from sbdcli.evaluate.judges import Scores
+from sbdcli.evaluate.metrics import Progress, VocabInfo
 
 HEAD_CHUNK = 2048
 """Positions per LM-head call (bounds the (M, V) logits buffer)."""
@@ -45,7 +50,9 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     each predicted from the logits at position p - 1 inside the window.
     """
     if context < 2 or not 1 <= stride < context:
-        raise UserError(f"need context >= 2 and 1 <= stride < context (got {context}, {stride})")
+        raise UserError(
+            f"need `context` >= 2 and 1 <= `stride` < `context` (got {context}, {stride})"
+        )
     out, prev_end = [], 0
     for begin in range(0, max(n, 0), stride):
         end = min(begin + context, n)
@@ -64,7 +71,7 @@ def _short(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No transformers progress bars or info logs while loading (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # heavy optional dependency
 
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
@@ -82,6 +89,7 @@ def load_causal_lm(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise UserError(f"evaluator {p}: no config.json, not a Hugging Face model directory")
+    # heavy optional dependency (the `eval` extra): imported only when a judge is loaded
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -117,11 +125,14 @@ def model_context(model: Any, tokenizer: Any) -> int:
     value = getattr(tokenizer, "model_max_length", None)
     if isinstance(value, int) and 1 < value < 1_000_000:
         return value
-    raise UserError("cannot tell the evaluator's context length; pass --context")
+    raise UserError("cannot tell the evaluator's context length; pass `context`")
 
 
 class HFJudge:
-    """Score samples with a transformers causal LM on retokenised text (module docstring)."""
+    """Score samples with a transformers causal LM on retokenised text (module docstring).
+
+    A `judges.Judge`: records are checked per group in `score` (against the codec's vocabulary).
+    """
 
     kind = "transformers"
 
@@ -161,6 +172,12 @@ class HFJudge:
             "bos_prepended": self.bos_id,
             "text_from": "tokens decoded with the run's codec" if self.codec else "record text",
         }
+
+    def check(self, records: Sequence[dict[str, Any]], info: VocabInfo) -> None:
+        """Nothing up front: `score` checks each group against the codec's vocabulary."""
+
+    def extras(self, records: Sequence[dict[str, Any]], opts: GenPplOptions) -> dict[str, Any]:
+        return {}
 
     # ------------------------------------------------------------------ text → judge ids
     def _encode(self, text: str) -> list[int]:
@@ -205,11 +222,7 @@ class HFJudge:
         return ids, scored
 
     # ------------------------------------------------------------------ scoring
-    def score(
-        self, records: Sequence[dict[str, Any]], progress: Callable[[int], None] | None = None
-    ):  # -> evaluate.Scores
-        from sbdcli.evaluate.genppl import Scores
-
+    def score(self, records: Sequence[dict[str, Any]], progress: Progress = None) -> Scores:
         if self.codec is not None:
             self._check_vocab(records)
         pairs = [self.judge_sequence(r) for r in records]
@@ -230,7 +243,7 @@ class HFJudge:
         self,
         seqs: Sequence[Sequence[int]],
         scored: Sequence[Sequence[bool]],
-        progress: Callable[[int], None] | None = None,
+        progress: Progress = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Summed NLL (n,) float64 and scored-token counts (n,) of judge-id sequences.
 

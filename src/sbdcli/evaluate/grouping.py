@@ -1,0 +1,98 @@
+"""Which sample records belong together in `sbd eval genppl`, and how a group is named.
+
+Records are grouped by their stage history (docs/evaluation.md, "Input and output"): the
+stage names with their settings; seeds, costs, batch sizes, per-record remask counts and the
+model reference do not split a group. Also: a group's sampler settings (seeds listed per
+stage) with a one-line form for tables, and records stacked by length for batched judges.
+
+Plain dictionaries in, plain dictionaries out: no metrics, no judges, no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+NOT_SETTINGS = frozenset(
+    {"nfe", "seconds", "cache_writes", "seed", "batch_size", "n_masked", "model"}
+)
+"""Stage-entry keys that are costs, seeds or per-batch/per-record outcomes, not settings:
+records that differ only in these belong to the same group."""
+
+
+def stage_settings(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage entry without its costs and seed: the parameters that define a group."""
+    return {
+        k: v
+        for k, v in stage.items()
+        if k not in NOT_SETTINGS
+        and not k.endswith("_seconds")
+        and isinstance(v, (str, int, float, bool, type(None)))
+    }
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def stage_signature(rec: dict[str, Any]) -> str:
+    """Human-readable stage history, e.g. `draft(block_size=4, top_p=0.9) → revise(...)`."""
+    parts = []
+    for stage in rec["stages"]:
+        params = stage_settings(stage)
+        name = params.pop("name", "?")
+        inner = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+        parts.append(f"{name}({inner})")
+    return " → ".join(parts) if parts else "(no stages)"
+
+
+def group_records(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Records grouped by stage signature, groups in order of first appearance."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(stage_signature(rec), []).append(rec)
+    return list(groups.items())
+
+
+def sampler_settings(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Settings carried by a group's records: stage parameters, seeds per stage, length."""
+    stages = [dict(stage_settings(s)) for s in records[0]["stages"]]
+    for j, entry in enumerate(stages):
+        seeds = sorted(
+            {r["stages"][j].get("seed") for r in records if j < len(r["stages"])} - {None}
+        )
+        entry["seeds"] = seeds
+    lengths = sorted({len(r["tokens"]) for r in records})
+    prompts = sorted({r["prompt_len"] for r in records})
+    models = sorted({r["model"] for r in records})
+    return {"stages": stages, "length": lengths, "prompt_len": prompts, "model": models}
+
+
+def short_settings(settings: dict[str, Any]) -> str:
+    """One line for tables: `draft B4 p0.9 float64 · remask snapshot γ0.25 · revise B128`."""
+    names = {"strategy": "", "block": "B", "block_size": "B", "top_p": "p", "gamma": "γ"}
+    names.update(steps_per_block="S", temperature="T")
+    out = []
+    for st in settings["stages"]:
+        bits = [str(st.get("name", "?"))]
+        block = "block" if st.get("block") == "full" else "block_size"
+        for key in ("strategy", block, "steps_per_block", "gamma", "top_p", "temperature"):
+            if st.get(key) is not None and not (key == "temperature" and st[key] == 1.0):
+                bits.append(f"{names[key]}{_fmt(st[key])}")
+        if st.get("first_hitting"):
+            bits.append("first-hitting")
+        if st.get("dtype") is not None:
+            bits.append(str(st["dtype"]))
+        seeds = st.get("seeds") or []
+        if seeds:
+            bits.append(f"seed {seeds[0]}" + ("…" if len(seeds) > 1 else ""))
+        out.append(" ".join(bits))
+    return " · ".join(out)
+
+
+def stack_by_length(records: Sequence[dict[str, Any]]) -> dict[int, list[int]]:
+    """Indices of records grouped by sequence length (so they stack into tensors)."""
+    by: dict[int, list[int]] = {}
+    for i, rec in enumerate(records):
+        by.setdefault(len(rec["tokens"]), []).append(i)
+    return by

@@ -1,0 +1,50 @@
+"""Tests for evaluate/grouping.py (and the costs of a group): stage history, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from evaluate_helpers import make_record
+from sbdcli.evaluate import (
+    costs,
+    group_records,
+    sampler_settings,
+    short_settings,
+    stack_by_length,
+    stage_signature,
+)
+
+
+def test_records_group_by_stage_history_not_by_seed_or_cost():
+    draft = {"name": "draft", "block_size": 4, "top_p": 0.9, "seed": 1, "nfe": 8, "seconds": 0.5}
+    draft2 = {**draft, "seed": 2, "nfe": 9, "seconds": 0.7, "batch_size": 3, "model": "m@1"}
+    remask = {"name": "remask", "gamma": 0.25, "strategy": "snapshot", "seed": 0, "n_masked": 2}
+    revise = {"name": "revise", "block_size": 16, "seed": 0, "nfe": 4, "seconds": 0.25}
+    recs = [
+        make_record([9, 1, 2], stages=[draft], nfe=8),
+        make_record([9, 1, 2], stages=[draft2], nfe=9),
+        make_record([9, 1, 2], stages=[draft, remask, revise], nfe=12),
+    ]
+    groups = group_records(recs)
+    assert [len(g) for _, g in groups] == [2, 1]
+    assert groups[0][0] == "draft(block_size=4, top_p=0.9)"
+    assert stage_signature(recs[2]).endswith("revise(block_size=16)")
+    settings = sampler_settings(groups[0][1])
+    assert settings["stages"][0]["seeds"] == [1, 2]
+    c = costs(groups[0][1])
+    assert c["nfe_per_sample"] == 8.5
+    assert c["seconds_per_sample"] == pytest.approx(0.6)
+    assert c["tokens_per_second"] == pytest.approx(4 / 1.2)
+    assert costs(groups[1][1])["seconds_per_sample"] == pytest.approx(0.75)
+
+
+def test_short_settings_and_stack_by_length():
+    draft = {"name": "draft", "block_size": 4, "top_p": 0.9, "dtype": "float64", "seed": 1}
+    remask = {"name": "remask", "strategy": "snapshot", "gamma": 0.25, "seed": 4}
+    revise = {"name": "revise", "block": "full", "block_size": 32, "temperature": 1.0, "seed": 6}
+    recs = [make_record([9, 1, 2], stages=[draft, remask, revise]),
+            make_record([9, 1], stages=[{**draft, "seed": 2}, remask, revise])]  # fmt: skip
+    line = short_settings(sampler_settings(recs))
+    want = "draft B4 p0.9 float64 seed 1… · remask snapshot γ0.25 seed 4 · revise Bfull seed 6"
+    assert line == want
+    assert stack_by_length(recs + recs[:1]) == {3: [0, 2], 2: [1]}
