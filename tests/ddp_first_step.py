@@ -1,7 +1,7 @@
 """Write the first training step's loss and gradients to OUT/grads.safetensors.
 
 Run under `torchrun --nproc_per_node P` or plain `python`; used by
-tests/test_train.py::test_two_processes_match_one_process to show that P processes x b rows
+tests/test_trainer.py::test_two_processes_match_one_process to show that P processes x b rows
 and 1 process x P*b rows compute the same step. Usage: ddp_first_step.py DATA OUT BATCH.
 """
 

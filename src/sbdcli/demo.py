@@ -16,7 +16,6 @@ does not print (the CLI renders `log` messages, progress and the table).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sbdcli import artifacts
+from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import DemoConfig
 from sbdcli.errors import UserError
 
@@ -74,17 +74,6 @@ def _train_config(cfg: DemoConfig, seq_len: int) -> Any:
     )
 
 
-def _finished_steps(run_dir: Path) -> int:
-    """Optimizer steps a run directory has saved (0 when none)."""
-    state = run_dir / "state" / "trainer.json"
-    if not state.is_file():
-        return 0
-    try:
-        return int(json.loads(state.read_text()).get("step", 0))
-    except (ValueError, OSError):
-        return 0
-
-
 def demo_model(
     cfg: DemoConfig, data_dir: Path, log: Log, progress: Callable[[Any], None] | None
 ) -> Path:
@@ -93,9 +82,10 @@ def demo_model(
     from sbdcli.train import setup
 
     run_dir = cfg.out / "model"
+    run = RunDir(run_dir)
     tcfg = _train_config(cfg, int(read_manifest(data_dir)["seq_len"]))
-    done = 0 if cfg.fresh else _finished_steps(run_dir)
-    if done >= tcfg.steps and (run_dir / "model.safetensors").is_file():
+    done = 0 if cfg.fresh else run.finished_steps()
+    if done >= tcfg.steps and run.model_path.is_file():
         log(f"reusing the trained model in {run_dir} ({done} steps)")
         return run_dir
     if run_dir.exists() and done == 0:

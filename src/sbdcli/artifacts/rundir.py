@@ -7,7 +7,7 @@
     RUN/state/           exact resume state; state/trainer.json holds the step counters
     runs/latest          a relative symlink to the newest run under `runs/`
 
-`RunDir` names these files and reads them (`config`, `trained_block_sizes`,
+`RunDir` names these files and reads them (`config`, `trained_block_sizes`, `trainer_state`,
 `finished_steps`, ...); `run_dir_of_records` finds the run a record set came from.
 Not here: what training does with them (train/) or the tensors inside state/ (train/checkpoint.py).
 """
@@ -107,6 +107,14 @@ class RunDir:
     # ------------------------------------------------------------------ state
     def has_state(self) -> bool:
         return self.trainer_state_path.is_file()
+
+    def trainer_state(self) -> dict[str, Any]:
+        """RUN/state/trainer.json, the resume state's counters (a UserError when missing,
+        unreadable or not an object)."""
+        obj = read_json(self.trainer_state_path, "resume state")
+        if not isinstance(obj, dict):
+            raise UserError(f"{self.trainer_state_path} is not an sbd training state")
+        return obj
 
     def finished_steps(self) -> int:
         """Optimizer steps the run has saved (0 when it has no readable state)."""

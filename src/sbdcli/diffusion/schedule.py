@@ -8,6 +8,8 @@ What is here
 - `sample_t`: one t per (sequence, block), drawn low-discrepancy (antithetic / stratified).
 - `sample_masks` and `resample_masks`: the forward process q(x_t | x_0) per block, with
   position 0 (BOS) never masked, and optional redraws into a clipped interval.
+- `draw_noise`: the levels and masks of a whole batch at once (what training draws per
+  global batch before splitting it over processes and micro-batches).
 
 What is not here: the network or the loss itself (loss.py).
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LogLinearSchedule", "resample_masks", "sample_masks", "sample_t"]
+__all__ = ["LogLinearSchedule", "draw_noise", "resample_masks", "sample_masks", "sample_t"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +136,25 @@ def resample_masks(
         fresh = sample_masks(t_tok, generator, protect_first)
         masked = torch.where(redo, fresh, masked)
     return masked
+
+
+def draw_noise(
+    rows: int,
+    length: int,
+    block: int,
+    generator: torch.Generator,
+    eps: tuple[float, float],
+    resample: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block levels t (rows, L / block) and masks (rows, L) for a whole (global) batch.
+
+    The same draws as `loss.block_nelbo` makes internally (antithetic t per (row, block),
+    mask token i with probability t, BOS never), made once per global batch so that how the
+    batch is split over processes and micro-batches does not change the step.
+    """
+    t = sample_t(rows, length // block, generator=generator, eps_min=eps[0], eps_max=eps[1])
+    t_tok = t.repeat_interleave(block, dim=1)  # (rows, L)
+    masked = sample_masks(t_tok, generator)
+    if resample:
+        masked = resample_masks(masked, t_tok, block, eps[0], eps[1], generator)
+    return t, masked

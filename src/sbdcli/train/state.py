@@ -1,17 +1,15 @@
-"""The small stateful pieces of training and their resume format.
+"""The small stateful pieces of training, each deterministic from its seed and a counter.
 
-- `resolve_block_sizes` / `BlockSizeSampler`: mix-scale block sizes (METHOD §4), clamped to L.
+- `resolve_block_sizes` / `BlockSizeSampler`: mix-scale block sizes (README.md), clamped to L.
 - `DataOrder`: which rows form each global batch (a seeded permutation per epoch).
 - `lr_at`: the learning-rate schedule (linear warmup, then constant or cosine).
 - `EMA`: exponential moving average of the weights (what is saved, validated, sampled).
-- `flatten_optimizer_state` / `unflatten_optimizer_state`: an optimizer state dict as
-  safetensors tensors plus a JSON remainder, so resume state never needs pickle.
-- `write_state` / `read_state`: the resume state directory (`RUN/state/`): one
-  safetensors file per group (model, ema, optimizer, rng) and `trainer.json`.
+- `sizes_in_use`, `Progress`, `initial_eps`: the block sizes trained, the loop's counters and
+  the noise interval per block size.
 - `seed_for`: independent seeds for the named random streams of one run.
 
-Everything here is deterministic from its seed and a counter, so a resumed run continues
-exactly. This module holds no training loop (see `train.py`).
+Because each piece is a pure function of its seed and a counter, a resumed run continues
+exactly. Not here: the loop (trainer.py) or how these are saved and restored (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -19,16 +17,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
-from sbdcli import artifacts
+from sbdcli.config import TrainConfig
 from sbdcli.errors import UserError
-
-STATE_SCHEMA = "sbd.train_state"
-STATE_GROUPS = ("model", "ema", "optimizer", "rng")
 
 STREAMS = {"init": 1, "blocks": 2, "data": 3, "noise": 4, "val": 5, "dropout": 6}
 """Random streams of a run; each gets its own seed from (run seed, stream, index)."""
@@ -174,74 +168,31 @@ class EMA:
                     p.copy_(saved[n])
 
 
-# --------------------------------------------------------------------------- optimizer state
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    raise TypeError(f"optimizer state value of type {type(value).__name__} is not JSON-safe")
+# --------------------------------------------------------------------------- progress
+@dataclass
+class Progress:
+    """The loop's counters: optimizer steps done, tokens seen, training seconds, the noise
+    interval per block size and the last validation NELBO per block size."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    eps: dict[int, list[float]] = field(default_factory=dict)
+    last_val: dict[int, float] = field(default_factory=dict)
 
 
-def flatten_optimizer_state(
-    state_dict: dict[str, Any],
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an FQN-keyed optimizer state dict into (tensors, JSON remainder).
-
-    Tensors are named `state/<param fqn>/<key>`; scalars and param_groups go to JSON.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for fqn, entries in state_dict["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"state/{fqn}/{key}"] = value.detach().cpu()
-            else:
-                scalars.setdefault(str(fqn), {})[key] = _json_safe(value)
-    groups = [{k: _json_safe(v) for k, v in g.items()} for g in state_dict["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+def initial_eps(
+    cfg: TrainConfig, small: int, large: int, sizes: list[int]
+) -> dict[int, list[float]]:
+    """Noise interval per block size in use: small-block steps use [eps_min, eps_max],
+    large-block steps [large_eps_min, large_eps_max] (single-size runs: the former)."""
+    eps = {b: [cfg.large_eps_min, cfg.large_eps_max] for b in sizes if b == large}
+    eps.update({b: [cfg.eps_min, cfg.eps_max] for b in sizes if b == small})
+    return eps
 
 
-def unflatten_optimizer_state(
-    tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> dict[str, Any]:
-    """Inverse of `flatten_optimizer_state` (betas come back as tuples)."""
-    state: dict[str, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, rest = name.split("/", 1)
-        fqn, key = rest.rsplit("/", 1)
-        state.setdefault(fqn, {})[key] = value
-    for fqn, entries in meta.get("scalars", {}).items():
-        state.setdefault(fqn, {}).update(entries)
-    groups = []
-    for g in meta["param_groups"]:
-        group = dict(g)
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-        groups.append(group)
-    return {"state": state, "param_groups": groups}
-
-
-# --------------------------------------------------------------------------- state directory
-def write_state(
-    state_dir: Path, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]
-) -> None:
-    """Write `state_dir/<group>.safetensors` for each group and `trainer.json`, replacing an
-    earlier state only once the new one is complete."""
-    with artifacts.atomic_dir(state_dir) as tmp:
-        for name in STATE_GROUPS:
-            artifacts.save_tensors(tmp / f"{name}.safetensors", groups[name], STATE_SCHEMA)
-        artifacts.write_json(tmp / "trainer.json", {"schema": STATE_SCHEMA, **meta})
-
-
-def read_state(state_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """The tensor groups and the JSON of a state directory written by `write_state`."""
-    meta = artifacts.read_json(state_dir / "trainer.json", "resume state")
-    if not isinstance(meta, dict) or meta.get("schema") != STATE_SCHEMA:
-        raise UserError(f"{state_dir / 'trainer.json'} is not an sbd training state")
-    groups = {}
-    for name in STATE_GROUPS:
-        groups[name], _ = artifacts.load_tensors(state_dir / f"{name}.safetensors", STATE_SCHEMA)
-    return groups, meta
+def sizes_in_use(small: int, large: int, mix_lambda: float) -> list[int]:
+    """The block sizes a run trains and validates: both, or the one lambda leaves."""
+    if mix_lambda == 0.0:
+        return [small]
+    return [large] if mix_lambda >= 1.0 else sorted({small, large})
