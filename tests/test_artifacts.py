@@ -1,4 +1,7 @@
-"""Tests for artifacts.py: atomic writes, safetensors headers, JSONL, record validation."""
+"""Tests for artifacts/files.py and artifacts/tensors.py: atomic writes, JSONL, safetensors headers.
+
+Sample records (artifacts/records.py) are tested in test_records.py.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +14,6 @@ import torch
 
 from sbdcli import artifacts
 from sbdcli.errors import UserError
-
-
-def make_record(i: int = 0, length: int = 6) -> dict:
-    return {
-        "id": f"s{i}",
-        "tokens": list(range(length)),
-        "confidence": [1.0] + [0.5] * (length - 1),
-        "masked": [2, 4],
-        "prompt_len": 1,
-        "nfe": 3,
-        "stages": [{"name": "draft", "block_size": 2}],
-        "text": "abc",
-        "model": "runs/x@deadbeef",
-        "step": list(range(length)),
-    }
 
 
 def test_atomic_file_keeps_old_content_on_failure(tmp_path):
@@ -90,78 +78,12 @@ def test_jsonl_stdin(monkeypatch):
         next(reader)
 
 
-def test_validate_accepts_good_record():
-    rec = make_record()
-    assert artifacts.validate_record(rec, 0, vocab_size=10) is rec
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"tokens": "abc"}, "field 'tokens' has the wrong type"),
-        ({"masked": [4, 2]}, "strictly ascending"),
-        ({"masked": [2, 9]}, "outside"),
-        ({"masked": [0]}, "prompt position 0"),
-        ({"confidence": [0.5] * 3}, "3 values for 6 tokens"),
-        ({"confidence": [1.5] * 6}, r"probabilities in \[0, 1\]"),
-        ({"tokens": [0, 1, 2, 3, 4, 99]}, "token id 99 is outside the vocabulary"),
-        ({"nfe": -1}, "'nfe' must be >= 0"),
-        ({"stages": [{}]}, r"stages\[0\]"),
-        ({"prompt_len": 7}, "prompt_len"),
-    ],
-)
-def test_validate_names_record_and_field(change, message):
-    rec = make_record(3)
-    rec.update(change)
-    with pytest.raises(UserError, match=message) as info:
-        artifacts.validate_record(rec, 3, vocab_size=10)
-    assert "record 3 (id 's3')" in str(info.value)
-
-
-def test_validate_missing_field():
-    rec = make_record()
-    del rec["nfe"]
-    with pytest.raises(UserError, match="missing field 'nfe'"):
-        artifacts.validate_record(rec)
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".safetensors"])
-def test_records_roundtrip(tmp_path, suffix):
-    records = [make_record(0), make_record(1, length=4)]
-    records[1]["masked"] = []
-    records[1]["scores"] = [0.1, 0.2, 0.3, 0.4]
-    path = str(tmp_path / f"r{suffix}")
-    assert artifacts.write_records(iter(records), path) == 2
-    back = list(artifacts.read_records(path))
-    assert back == records
-
-
-def test_bundle_of_wrong_schema_is_rejected(tmp_path):
-    path = tmp_path / "x.safetensors"
-    artifacts.save_tensors(path, {"tokens": torch.zeros(2, 3)}, "sbd.data")
-    with pytest.raises(UserError, match="expected 'sbd.records'"):
-        list(artifacts.read_records(str(path)))
-
-
 def test_jsonl_writer_to_stdout(capsys):
     with artifacts.JsonlWriter("-") as writer:
         writer.write({"a": 1})
         writer.write({"b": [1.5]})
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == [{"a": 1}, {"b": [1.5]}]
-
-
-def test_failed_record_write_leaves_no_file(tmp_path):
-    path = tmp_path / "out.jsonl"
-
-    def records():
-        yield make_record(0)
-        raise UserError("upstream failed")
-
-    with pytest.raises(UserError):
-        artifacts.write_records(records(), str(path))
-    assert not path.exists()
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_outputs_honour_umask_not_private_temp_modes(tmp_path):

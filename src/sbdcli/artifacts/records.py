@@ -1,9 +1,11 @@
-"""The sample record on disk: validation, JSONL streams of records, `.safetensors` bundles.
+"""The sample record on disk: its typed form, validation, JSONL streams, `.safetensors` bundles.
 
-The format (every field, its type, who sets it) is written down in docs/records.md;
-`Record` is its typed form. `read_records` / `write_records` / `RecordWriter` read and
-write JSONL (`-` = stdin/stdout) or one `.safetensors` bundle; `validate_record` names the
-record and the field in its messages. Not here: what a stage does to a record (pipeline/).
+The format (every field, its type, who sets it, the stage entries) is written down in
+docs/records.md; `Record` and `StageEntry` are its typed form. `read_records` /
+`write_records` / `RecordWriter` read and write JSONL (`-` = stdin/stdout) or one
+`.safetensors` bundle; `validate_record` names the record and the field in its messages;
+`group_by_length` groups records that stack into one tensor. Not here: what a stage does to
+a record (pipeline/).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypedDict, cast
 
 from sbdcli.artifacts.files import JsonlWriter, read_jsonl
 from sbdcli.artifacts.tensors import load_tensors, save_tensors
@@ -31,10 +33,79 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "text": str,
     "model": str,
 }
+"""The required fields of `Record` and the JSON type `validate_record` checks for each."""
 
 
-# --------------------------------------------------------------------------- records
-def _where(index: int, rec: dict[str, Any]) -> str:
+# --------------------------------------------------------------------------- typed form
+class _StageName(TypedDict):
+    name: str
+
+
+class StageEntry(_StageName, total=False):
+    """One element of a record's `stages`: `name`, then parameters, then cost (docs/records.md).
+
+    Only `name` is required; which other keys a stage writes depends on its kind (draft,
+    remask, revise). Entries written by other tools may carry further keys.
+    """
+
+    block_size: int
+    block: int | str
+    length: int
+    steps_per_block: int | None
+    first_hitting: bool
+    top_p: float
+    temperature: float
+    dtype: str
+    unmask: str
+    kv_cache: bool
+    seed: int
+    strategy: str
+    gamma: float | None
+    scope: str
+    threshold: float | None
+    passes: int
+    n_masked: int
+    model: str
+    batch_size: int
+    nfe: int
+    seconds: float
+
+
+class _RequiredFields(TypedDict):
+    id: str
+    tokens: list[int]
+    confidence: list[float]
+    masked: list[int]
+    prompt_len: int
+    nfe: int
+    stages: list[StageEntry]
+    text: str
+    model: str
+
+
+class Record(_RequiredFields, total=False):
+    """A sample record (docs/records.md): the required fields of `REQUIRED_KEYS`, plus these.
+
+    Per-token lists have one value per element of `tokens`. Stages may add fields, never
+    rename them; fields this type does not list are carried along unchanged.
+    """
+
+    confidence_nucleus: list[float]
+    step: list[int]
+    scores: list[float]
+    stop: int
+
+
+def group_by_length(records: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
+    """Indices of records grouped by `len(tokens)` (records of one length stack into a tensor)."""
+    groups: dict[int, list[int]] = {}
+    for j, rec in enumerate(records):
+        groups.setdefault(len(rec["tokens"]), []).append(j)
+    return groups
+
+
+# --------------------------------------------------------------------------- validation
+def _where(index: int, rec: Mapping[str, Any]) -> str:
     rid = rec.get("id")
     return f"record {index}" + (f" (id {rid!r})" if isinstance(rid, str) else "")
 
@@ -45,9 +116,13 @@ def _check_int_list(values: list[Any], where: str, field: str) -> None:
 
 
 def validate_record(
-    rec: dict[str, Any], index: int = 0, vocab_size: int | None = None
-) -> dict[str, Any]:
-    """Check a sample record against ARCHITECTURE §4; return it unchanged or raise UserError."""
+    rec: Mapping[str, Any], index: int = 0, vocab_size: int | None = None
+) -> Record:
+    """Check a sample record against docs/records.md; return it unchanged or raise UserError.
+
+    `index` (the record's place in its stream) and its `id` name the record in messages;
+    with `vocab_size`, token ids must lie in [0, vocab_size).
+    """
     where = _where(index, rec)
     for key, kind in REQUIRED_KEYS.items():
         if key not in rec:
@@ -55,7 +130,19 @@ def validate_record(
         value = rec[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise UserError(f"{where}: field '{key}' has the wrong type")
-    tokens, conf, masked = rec["tokens"], rec["confidence"], rec["masked"]
+    _check_sequence(rec, where, vocab_size)
+    _check_positions(rec, where)
+    if rec["nfe"] < 0:
+        raise UserError(f"{where}: field 'nfe' must be >= 0")
+    for j, stage in enumerate(rec["stages"]):
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+            raise UserError(f"{where}: stages[{j}] must be an object with a 'name'")
+    return cast(Record, rec)
+
+
+def _check_sequence(rec: Mapping[str, Any], where: str, vocab_size: int | None) -> None:
+    """`tokens` are ids (inside the vocabulary when known); `confidence` one probability each."""
+    tokens, conf = rec["tokens"], rec["confidence"]
     length = len(tokens)
     _check_int_list(tokens, where, "tokens")
     if vocab_size is not None and any(t < 0 or t >= vocab_size for t in tokens):
@@ -67,6 +154,11 @@ def validate_record(
         raise UserError(f"{where}: field 'confidence' must be a list of numbers")
     if any(not math.isfinite(c) or c < 0.0 or c > 1.0 for c in conf):
         raise UserError(f"{where}: field 'confidence' must hold probabilities in [0, 1]")
+
+
+def _check_positions(rec: Mapping[str, Any], where: str) -> None:
+    """`masked`: ascending positions after the prompt; `prompt_len` inside the sequence."""
+    masked, length = rec["masked"], len(rec["tokens"])
     _check_int_list(masked, where, "masked")
     if any(b <= a for a, b in itertools.pairwise(masked)):
         raise UserError(f"{where}: field 'masked' must be strictly ascending")
@@ -76,14 +168,9 @@ def validate_record(
         raise UserError(f"{where}: field 'prompt_len' must lie in [0, {length}]")
     if masked and masked[0] < rec["prompt_len"]:
         raise UserError(f"{where}: field 'masked' includes prompt position {masked[0]}")
-    if rec["nfe"] < 0:
-        raise UserError(f"{where}: field 'nfe' must be >= 0")
-    for j, stage in enumerate(rec["stages"]):
-        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
-            raise UserError(f"{where}: stages[{j}] must be an object with a 'name'")
-    return rec
 
 
+# --------------------------------------------------------------------------- bundles
 def _is_per_token(value: Any, length: int) -> bool:
     return (
         isinstance(value, list)
@@ -92,7 +179,9 @@ def _is_per_token(value: Any, length: int) -> bool:
     )
 
 
-def _bundle_tensors(records: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict]]:
+def _bundle_tensors(
+    records: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Split records into flat per-token tensors and the JSON-only remainder."""
     import torch
 
@@ -119,7 +208,7 @@ def _bundle_tensors(records: list[dict[str, Any]]) -> tuple[dict[str, Any], list
     return tensors, rest
 
 
-def save_record_bundle(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
+def save_record_bundle(path: str | os.PathLike[str], records: Sequence[Record]) -> None:
     """Write records as one safetensors bundle (per-token lists become flat tensors)."""
     if not records:
         raise UserError("no records to write")
@@ -128,13 +217,13 @@ def save_record_bundle(path: str | os.PathLike[str], records: list[dict[str, Any
     save_tensors(path, tensors, RECORD_SCHEMA, header, version=RECORD_SCHEMA_VERSION)
 
 
-def load_record_bundle(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read records back from a bundle written by `save_record_bundle`."""
+def load_record_bundle(path: str | os.PathLike[str]) -> list[Record]:
+    """Read records back (not validated) from a bundle written by `save_record_bundle`."""
     tensors, header = load_tensors(path, schema=RECORD_SCHEMA)
     if header.get("schema_version", 1) > RECORD_SCHEMA_VERSION:
         raise UserError(f"{path}: record bundle version is newer than this sbd understands")
     lengths = tensors["lengths"].tolist()
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     offset = 0
     for meta, n in zip(header["records"], lengths, strict=False):
         rec = dict(meta)
@@ -144,19 +233,23 @@ def load_record_bundle(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 rec[key] = chunk.nonzero().flatten().tolist()
             else:
                 rec[key] = chunk.tolist()
-        records.append(rec)
+        records.append(cast(Record, rec))
         offset += n
     return records
 
 
+# --------------------------------------------------------------------------- streams
 def read_records(
     path: str = "-", validate: bool = True, vocab_size: int | None = None
-) -> Iterator[dict[str, Any]]:
-    """Yield sample records from JSONL (lazily) or a `.safetensors` bundle, validated."""
-    source: Iterable[dict[str, Any]]
+) -> Iterator[Record]:
+    """Yield sample records from JSONL (lazily) or a `.safetensors` bundle, validated.
+
+    With `validate=False` records are yielded as read (the caller validates them later).
+    """
+    source: Iterable[Mapping[str, Any]]
     source = load_record_bundle(path) if str(path).endswith(".safetensors") else read_jsonl(path)
     for index, rec in enumerate(source):
-        yield validate_record(rec, index, vocab_size) if validate else rec
+        yield validate_record(rec, index, vocab_size) if validate else cast(Record, rec)
 
 
 class RecordWriter:
@@ -165,7 +258,7 @@ class RecordWriter:
     def __init__(self, path: str = "-") -> None:
         self.path = str(path)
         self.bundle = self.path.endswith(".safetensors")
-        self._records: list[dict[str, Any]] = []
+        self._records: list[Record] = []
         self._jsonl = None if self.bundle else JsonlWriter(self.path)
 
     def __enter__(self) -> RecordWriter:
@@ -173,9 +266,9 @@ class RecordWriter:
             self._jsonl.__enter__()
         return self
 
-    def write(self, rec: dict[str, Any]) -> None:
+    def write(self, rec: Record) -> None:
         if self._jsonl is not None:
-            self._jsonl.write(rec)
+            self._jsonl.write(dict(rec))
         else:
             self._records.append(rec)
 
@@ -186,7 +279,7 @@ class RecordWriter:
             save_record_bundle(self.path, self._records)
 
 
-def write_records(records: Iterable[dict[str, Any]], path: str = "-") -> int:
+def write_records(records: Iterable[Record], path: str = "-") -> int:
     """Write every record to `path`; return how many were written."""
     count = 0
     with RecordWriter(path) as writer:

@@ -1,4 +1,4 @@
-"""Which tokens to regenerate: per-position scores and the bottom-gamma selection (docs/sampling.md).
+"""Which tokens to regenerate: per-position scores and the bottom-gamma selection.
 
 Scores (lower = less trusted, selected first), one float64 per position:
 - `snapshot`: the confidence recorded when the token was committed (no network call);

@@ -1,13 +1,18 @@
 """Record-level stages: what `sbd draft`, `remask`, `revise` and `generate` do to records.
 
-- stages.py: draft, remask and revise batches of records, prompts, the K-stage plan;
+- prompts.py: `Prompt`, reading a prompts file, the prompts (and record ids) a draft samples;
+- stages.py: draft, remask and revise a batch of records; `check_records`, `batched`;
+- plans.py: the K-stage schedule (`parse_stages`, `StagePlan`) and `generate_batch`;
 - modelref.py: which model a stage uses and the name records give it.
 
-Not here: the math on token tensors (diffusion/) or option parsing (cli/).
+Records in and out follow docs/records.md (`sbdcli.artifacts.Record`); what the stages do
+is explained in docs/sampling.md. Not here: the math on token tensors (diffusion/), file
+formats (artifacts/), option parsing and printing (cli/).
 """
 
 from __future__ import annotations
 
+from sbdcli.config import RemaskConfig
 from sbdcli.pipeline.modelref import (
     ModelCache,
     ModelRef,
@@ -15,18 +20,13 @@ from sbdcli.pipeline.modelref import (
     load_model_ref,
     resolve_device,
 )
+from sbdcli.pipeline.plans import StagePlan, generate_batch, parse_block, parse_stages
+from sbdcli.pipeline.prompts import Prompt, draft_prompts, read_prompts
 from sbdcli.pipeline.stages import (
-    Prompt,
-    RemaskConfig,
-    StagePlan,
+    Progress,
     batched,
     check_records,
     draft_batch,
-    draft_prompts,
-    generate_batch,
-    parse_block,
-    parse_stages,
-    read_prompts,
     remask_batch,
     revise_batch,
 )
@@ -34,6 +34,7 @@ from sbdcli.pipeline.stages import (
 __all__ = [
     "ModelCache",
     "ModelRef",
+    "Progress",
     "Prompt",
     "RemaskConfig",
     "StagePlan",

@@ -7,7 +7,7 @@ relative to the working directory when inside it) and the codec that decodes its
 then `$SBD_MODEL`, then `./runs/latest`. `ModelCache` loads each model once and, without
 -m, resolves the model a record names (refusing one whose weights changed since).
 
-Not here: checkpoint formats (compat.py) and the stages themselves (pipeline.py).
+Not here: checkpoint formats (model/checkpoint.py) and the stages themselves (stages.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from typing import Any
 
 import torch
 
-from sbdcli.artifacts import sha256_file
+from sbdcli.artifacts.files import sha256_file
+from sbdcli.artifacts.records import Record
+from sbdcli.data.datadir import load_codec
 from sbdcli.errors import UserError
+from sbdcli.model.checkpoint import load_model
 
 __all__ = ["ModelCache", "ModelRef", "default_model_path", "load_model_ref", "resolve_device"]
 
@@ -80,10 +83,6 @@ def _weights_file(path: Path) -> Path | None:
 
 def _load_codec(path: Path) -> Any:
     """The codec of a run (RUN/data) or of a checkpoint directory with a manifest; else None."""
-    try:
-        from sbdcli.data import load_codec
-    except ImportError:
-        return None
     base = path if path.is_dir() else path.parent
     for candidate in (base / "data", base):
         if (candidate / "manifest.json").is_file():
@@ -96,16 +95,14 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is available")
+        raise UserError(f"`device` {device}: no CUDA device is available")
     if not device.startswith(("cpu", "cuda", "mps")):
-        raise UserError(f"unknown --device {device!r} (cpu, cuda, or auto)")
+        raise UserError(f"unknown `device` {device!r} (cpu, cuda, or auto)")
     return device
 
 
 def load_model_ref(path: str | Path, device: str = "cpu") -> ModelRef:
     """Load a run directory or checkpoint and describe it for records."""
-    from sbdcli import load_model
-
     p = Path(path)
     if not p.exists():
         raise UserError(f"model not found: {path}")
@@ -123,7 +120,7 @@ class ModelCache:
         self.explicit, self.device = explicit, device
         self._refs: dict[str, ModelRef] = {}
 
-    def for_record(self, rec: dict[str, Any]) -> ModelRef:
+    def for_record(self, rec: Record) -> ModelRef:
         if self.explicit:
             return self.get(self.explicit)
         name = rec.get("model", "")
