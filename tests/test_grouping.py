@@ -10,7 +10,6 @@ from sbdcli.evaluate import (
     group_records,
     sampler_settings,
     short_settings,
-    stack_by_length,
     stage_signature,
 )
 
@@ -38,7 +37,7 @@ def test_records_group_by_stage_history_not_by_seed_or_cost():
     assert costs(groups[1][1])["seconds_per_sample"] == pytest.approx(0.75)
 
 
-def test_short_settings_and_stack_by_length():
+def test_short_settings():
     draft = {"name": "draft", "block_size": 4, "top_p": 0.9, "dtype": "float64", "seed": 1}
     remask = {"name": "remask", "strategy": "snapshot", "gamma": 0.25, "seed": 4}
     revise = {"name": "revise", "block": "full", "block_size": 32, "temperature": 1.0, "seed": 6}
@@ -47,4 +46,3 @@ def test_short_settings_and_stack_by_length():
     line = short_settings(sampler_settings(recs))
     want = "draft B4 p0.9 float64 seed 1… · remask snapshot γ0.25 seed 4 · revise Bfull seed 6"
     assert line == want
-    assert stack_by_length(recs + recs[:1]) == {3: [0, 2], 2: [1]}

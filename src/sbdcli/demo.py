@@ -22,10 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sbdcli import artifacts
+from sbdcli import artifacts, pipeline
+from sbdcli import evaluate as ev
 from sbdcli.artifacts.rundir import RunDir
-from sbdcli.config import DemoConfig
+from sbdcli.config import DemoConfig, SamplerConfig, train_config
+from sbdcli.data import prepare_synthetic, read_manifest
 from sbdcli.errors import UserError
+from sbdcli.train import setup
 
 Log = Callable[[str], None]
 
@@ -37,8 +40,6 @@ DATA_SIZES = {
 
 def demo_data(cfg: DemoConfig, log: Log) -> Path:
     """Prepare (or reuse) the synthetic default language in OUT/data."""
-    from sbdcli.data import prepare_synthetic, read_manifest
-
     data_dir = cfg.out / "data"
     sizes = DATA_SIZES[cfg.quick]
     if not cfg.fresh and (data_dir / "manifest.json").is_file():
@@ -58,8 +59,6 @@ def demo_data(cfg: DemoConfig, log: Log) -> Path:
 
 
 def _train_config(cfg: DemoConfig, seq_len: int) -> Any:
-    from sbdcli.config import train_config
-
     return train_config(
         "tiny",
         steps=cfg.n_steps,
@@ -78,9 +77,6 @@ def demo_model(
     cfg: DemoConfig, data_dir: Path, log: Log, progress: Callable[[Any], None] | None
 ) -> Path:
     """Train (or reuse, or resume) the mix-scale tiny model in OUT/model."""
-    from sbdcli.data import read_manifest
-    from sbdcli.train import setup
-
     run_dir = cfg.out / "model"
     run = RunDir(run_dir)
     tcfg = _train_config(cfg, int(read_manifest(data_dir)["seq_len"]))
@@ -112,9 +108,6 @@ def _reusable(path: Path, cfg: DemoConfig) -> bool:
 
 def demo_draft(cfg: DemoConfig, ref: Any, log: Log) -> list[dict[str, Any]]:
     """Draft n samples with block B(1) (reused when OUT/draft.jsonl is complete)."""
-    from sbdcli import pipeline
-    from sbdcli.config import SamplerConfig
-
     path = cfg.out / "draft.jsonl"
     if _reusable(path, cfg):
         log(f"reusing {path}")
@@ -135,9 +128,6 @@ def demo_revise(
     cfg: DemoConfig, ref: Any, drafts: list[dict[str, Any]], strategy: str, gamma: float
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Remask the drafts with (strategy, gamma), revise with one global block."""
-    from sbdcli import pipeline
-    from sbdcli.config import SamplerConfig
-
     path = cfg.out / f"revise-{strategy}-g{gamma:g}.jsonl"
     if _reusable(path, cfg):
         return path, _read(path)
@@ -162,8 +152,6 @@ def demo_eval(
     cfg: DemoConfig, data_dir: Path, sets: list[tuple[str, str, float | None, list]]
 ) -> list[dict[str, Any]]:
     """Oracle Gen PPL of every set; writes results.json, results.md and pareto.png."""
-    from sbdcli import evaluate as ev
-
     opts = ev.GenPplOptions(evaluator="oracle", data_dir=data_dir, group=False, seed=cfg.seed)
     named = [
         (f"{stage} {strategy} {gamma if gamma is not None else ''}".strip(), recs)
@@ -188,8 +176,6 @@ def run_demo(
     step: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every demo step; return one result row per (stage, strategy, gamma)."""
-    from sbdcli import pipeline
-
     cfg.out.mkdir(parents=True, exist_ok=True)
     data_dir = demo_data(cfg, log)
     run_dir = demo_model(cfg, data_dir, log, train_progress)

@@ -6,6 +6,9 @@ docs/records.md; `Record` and `StageEntry` are its typed form. `read_records` /
 `.safetensors` bundle; `validate_record` names the record and the field in its messages;
 `group_by_length` groups records that stack into one tensor. Not here: what a stage does to
 a record (pipeline/).
+
+torch and safetensors are imported inside the functions that use them: the command line
+imports artifacts/ at start-up, and `sbd --help` should not pay torch's ~1 s import.
 """
 
 from __future__ import annotations

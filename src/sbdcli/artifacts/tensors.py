@@ -3,6 +3,9 @@
 `save_tensors` writes atomically with sorted metadata (identical tensors, identical bytes);
 `load_tensors` checks the schema; `read_tensor_metadata` reads the header without the
 tensors. safetensors only: nothing here unpickles. Not here: what a schema means.
+
+torch and safetensors are imported inside the functions that use them: the command line
+imports artifacts/ at start-up, and `sbd --help` should not pay torch's ~1 s import.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli.cli._app import app, console
+from sbdcli.cli.options import DeviceOpt
+from sbdcli.cli.progress import progress_bar
+from sbdcli.cli.tables import metric_table
 from sbdcli.errors import UserError
 
 eval_app = typer.Typer(
@@ -24,19 +27,11 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")
-]
-
 
 def _device(name: str) -> str:
-    import torch
+    from sbdcli.model.checkpoint import resolve_device  # torch: only when a command runs
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    return name
+    return resolve_device(name)
 
 
 def _read_sets(paths: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -57,16 +52,7 @@ def _read_sets(paths: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
 
 
 def _progress(total: int, what: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        f"[bold]{what}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    bar = progress_bar(eta=True, elapsed=False)
     task = bar.add_task(what, total=total)
     return bar, lambda n: bar.advance(task, n)
 
@@ -85,18 +71,10 @@ TABLE_COLUMNS = (
 
 def _table(summaries: list[dict[str, Any]]) -> None:
     """The rich table of numbers; names and settings listed under it by row number."""
-    from rich.table import Table
-
-    from sbdcli.evaluate import cell
+    from sbdcli.evaluate.report import cell
 
     cols = [(k, h) for k, h in TABLE_COLUMNS if any(s.get(k) is not None for s in summaries)]
-    table = Table(title="Gen PPL", title_justify="left")
-    table.add_column("#", justify="right", no_wrap=True)
-    for _, header in cols:
-        table.add_column(header, justify="right", no_wrap=True)
-    for i, s in enumerate(summaries, start=1):
-        table.add_row(str(i), *(cell(s.get(k)) for k, _ in cols))
-    console.print(table)
+    console.print(metric_table("Gen PPL", cols, summaries, cell, numbered=True, no_wrap=True))
     for i, s in enumerate(summaries, start=1):
         console.print(f"[bold]{i}[/] {s.get('name', '')}", highlight=False, soft_wrap=True)
         console.print(f"  {s.get('settings_short', '')}", style="dim", highlight=False)

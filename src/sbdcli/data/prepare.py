@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from sbdcli.artifacts import atomic_dir, save_tensors, sha256_file
 from sbdcli.config import DEFAULT_SHARD_TOKENS
@@ -41,6 +42,7 @@ from sbdcli.data.codec import (
 )
 from sbdcli.data.datadir import MANIFEST, SPLITS, TOKENS_SCHEMA, build_manifest, write_manifest
 from sbdcli.data.sources import Source
+from sbdcli.data.synthetic import ORACLE_FILE, TopicMarkovSpec, build_oracle
 from sbdcli.errors import UserError
 
 __all__ = ["derive_seed", "make_codec", "prepare_synthetic", "prepare_text"]
@@ -63,9 +65,6 @@ class ShardWriter:
     """Collect rows (n, L) int32 of one split; write a shard each time `rows_per_shard` fill."""
 
     def __init__(self, directory: Path, split: str, seq_len: int, rows_per_shard: int) -> None:
-        import torch  # loaded here, not at the first write, so timings exclude the import
-
-        self._torch = torch
         self.directory, self.split, self.seq_len = directory, split, seq_len
         self.rows_per_shard = max(1, rows_per_shard)
         self.buffer = np.empty((self.rows_per_shard, seq_len), dtype=np.int32)  # (S, L)
@@ -88,7 +87,7 @@ class ShardWriter:
         if self.filled == 0:
             return
         name = f"{self.split}-{len(self.shards):05d}.safetensors"
-        tokens = self._torch.from_numpy(self.buffer[: self.filled])  # (rows, L) int32, a view
+        tokens = torch.from_numpy(self.buffer[: self.filled])  # (rows, L) int32, a view
         header = {"split": self.split, "shard": len(self.shards), "seq_len": self.seq_len}
         save_tensors(self.directory / name, {"tokens": tokens}, TOKENS_SCHEMA, header)
         self.shards.append(name)
@@ -342,10 +341,6 @@ def prepare_synthetic(
     command: str = "",
 ) -> dict[str, Any]:
     """Write the topic-markov language (one document per row) and its oracle into `out`."""
-    import torch
-
-    from sbdcli.data.synthetic import TopicMarkovSpec
-
     spec = spec or TopicMarkovSpec()
     _check_common(seq_len, shard_tokens)
     if num_train < 1 or num_val < 0 or floor_samples < 1:
@@ -374,10 +369,6 @@ def _write_synthetic(
     shard_tokens: int,
     command: str,
 ) -> dict[str, Any]:
-    import torch
-
-    from sbdcli.data.synthetic import ORACLE_FILE, build_oracle
-
     started = time.perf_counter()
     oracle = build_oracle(spec, derive_seed(seed, "oracle"))
     codec = SyntheticCodec(spec.vocab)

@@ -193,7 +193,7 @@ class HFDataset(Source):
         self.total = None if streaming else len(self.dataset)
 
     def _load(self) -> Any:
-        import datasets
+        import datasets  # slow to import (~1-2 s); only hub/parquet sources need it
 
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # stderr belongs to the CLI
@@ -204,7 +204,7 @@ class HFDataset(Source):
                 datasets.enable_progress_bars()
 
     def _load_quietly(self) -> Any:
-        import datasets
+        import datasets  # slow to import (~1-2 s); only hub/parquet sources need it
 
         path = Path(self.name)
         try:
@@ -226,7 +226,7 @@ class HFDataset(Source):
             raise UserError(f"cannot load dataset {self.name}: {message}") from None
 
     def _from_disk(self, path: Path) -> Any:
-        import datasets
+        import datasets  # slow to import (~1-2 s); only hub/parquet sources need it
 
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):

@@ -22,7 +22,6 @@ from sbdcli.evaluate.grouping import (
     group_records,
     sampler_settings,
     short_settings,
-    stack_by_length,
     stage_settings,
     stage_signature,
 )
@@ -78,7 +77,6 @@ __all__ = [
     "sampler_settings",
     "scored_mask",
     "short_settings",
-    "stack_by_length",
     "stage_settings",
     "stage_signature",
     "summarize",

@@ -88,11 +88,3 @@ def short_settings(settings: dict[str, Any]) -> str:
             bits.append(f"seed {seeds[0]}" + ("…" if len(seeds) > 1 else ""))
         out.append(" ".join(bits))
     return " · ".join(out)
-
-
-def stack_by_length(records: Sequence[dict[str, Any]]) -> dict[int, list[int]]:
-    """Indices of records grouped by sequence length (so they stack into tensors)."""
-    by: dict[int, list[int]] = {}
-    for i, rec in enumerate(records):
-        by.setdefault(len(rec["tokens"]), []).append(i)
-    return by

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from sbdcli.artifacts import read_json
+from sbdcli.artifacts.records import group_by_length
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import GenPplOptions
 from sbdcli.data.synthetic import load_oracle
 from sbdcli.diffusion.loss import subs_log_probs
 from sbdcli.errors import UserError
-from sbdcli.evaluate.grouping import stack_by_length
 from sbdcli.evaluate.metrics import Progress, VocabInfo, scored_mask
 from sbdcli.model import load_model
 
@@ -118,7 +118,7 @@ class OracleJudge:
         self.check_words(records)
         nll = np.zeros(len(records))
         ntok = np.zeros(len(records), dtype=np.int64)
-        for length, idx in stack_by_length(records).items():
+        for length, idx in group_by_length(records).items():
             tokens = torch.tensor([records[i]["tokens"] for i in idx], dtype=torch.long)
             prompt = torch.tensor([max(records[i]["prompt_len"], 1) for i in idx])
             full = self._loglik(tokens)  # (n,)
@@ -268,7 +268,7 @@ class SbdJudge:
     def score(self, records: Sequence[dict[str, Any]], progress: Progress = None) -> Scores:
         nll = np.zeros(len(records))
         ntok = np.zeros(len(records), dtype=np.int64)
-        for _, idx in stack_by_length(records).items():
+        for _, idx in group_by_length(records).items():
             for start in range(0, len(idx), self.batch_size):
                 rows = idx[start : start + self.batch_size]
                 x0 = torch.tensor([records[i]["tokens"] for i in rows], device=self.device)

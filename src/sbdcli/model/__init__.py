@@ -14,6 +14,7 @@ from sbdcli.model.checkpoint import (
     export_bd3lm,
     hf_model_config,
     load_model,
+    resolve_device,
     save_sbd_model,
 )
 from sbdcli.model.denoiser import (
@@ -25,5 +26,6 @@ __all__ = [
     "export_bd3lm",
     "hf_model_config",
     "load_model",
+    "resolve_device",
     "save_sbd_model",
 ]

@@ -25,7 +25,7 @@ from sbdcli.config import ModelConfig
 from sbdcli.errors import UserError
 from sbdcli.model.denoiser import Denoiser
 
-__all__ = ["export_bd3lm", "hf_model_config", "load_model", "save_sbd_model"]
+__all__ = ["export_bd3lm", "hf_model_config", "load_model", "resolve_device", "save_sbd_model"]
 
 SBD_SCHEMA = "sbd.model"
 HF_TYPES = ("bd3lm", "mdlm")
@@ -292,3 +292,15 @@ def export_bd3lm(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return out
+
+
+def resolve_device(device: str) -> str:
+    """The device to load a model on: 'auto' = CUDA when available, else CPU; a CUDA
+    device that is not there and an unknown name are UserErrors."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"`device` {device}: no CUDA device is available")
+    if not device.startswith(("cpu", "cuda", "mps")):
+        raise UserError(f"unknown `device` {device!r} (cpu, cuda, or auto)")
+    return device

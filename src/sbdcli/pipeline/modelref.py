@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sbdcli.artifacts.files import sha256_file
 from sbdcli.artifacts.records import Record
 from sbdcli.data.datadir import load_codec
 from sbdcli.errors import UserError
-from sbdcli.model.checkpoint import load_model
+from sbdcli.model.checkpoint import load_model, resolve_device
 
 __all__ = ["ModelCache", "ModelRef", "default_model_path", "load_model_ref", "resolve_device"]
 
@@ -88,17 +86,6 @@ def _load_codec(path: Path) -> Any:
         if (candidate / "manifest.json").is_file():
             return load_codec(candidate)
     return None
-
-
-def resolve_device(device: str) -> str:
-    """'auto' = CUDA when available, else CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"`device` {device}: no CUDA device is available")
-    if not device.startswith(("cpu", "cuda", "mps")):
-        raise UserError(f"unknown `device` {device!r} (cpu, cuda, or auto)")
-    return device
 
 
 def load_model_ref(path: str | Path, device: str = "cpu") -> ModelRef:
