@@ -1,8 +1,17 @@
 """The `sbd` command line: a thin client of the library.
 
 `main()` runs the typer app and turns user mistakes into one line on stderr with exit
-status 2 (never a traceback); a closed stdout pipe (`| head -1`) ends quietly. The
-command modules imported below register their subcommands; they hold no math.
+status 2 (never a traceback); a library message names config fields (`gamma`), shown
+here as the flags that set them (--gamma). A closed stdout pipe (`| head -1`) ends
+quietly. The command modules imported below register their subcommands; they hold no
+math. They import the heavy part of the library (torch, ~1 s) inside the command
+functions, so `sbd --help` and a mistyped flag answer at once.
+
+- options.py: shared options and option groups derived from config.py's fields;
+- progress.py: the one progress-bar factory; tables.py: the one table renderer;
+- prepare, train, sample (draft, remask, revise, generate), evaluate, export, demo.
+
+This package is the only one that imports typer or rich.
 """
 
 from __future__ import annotations
@@ -40,17 +49,10 @@ def root(
     """Structural Block Diffusion toolkit."""
 
 
-def _register_commands() -> None:
-    """Import command modules for their side effect of registering on `app`."""
-    for name in ("prepare", "train", "export", "sample", "evaluate", "demo"):
-        try:
-            importlib.import_module(f"sbdcli.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sbdcli.cli.{name}":
-                raise
-
-
-_register_commands()
+COMMAND_MODULES = ("prepare", "train", "export", "sample", "evaluate", "demo")
+"""Imported for their side effect of registering subcommands on `app`, in help order."""
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"sbdcli.cli.{_name}")
 
 
 def _quiet_broken_pipe() -> None:
