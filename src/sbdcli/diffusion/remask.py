@@ -14,7 +14,7 @@ uniform key drawn from the record's generator (deterministic in the seed); or ev
 position with score < threshold; or (scope "batch") floor(gamma * total eligible) positions
 pooled over a batch of sequences.
 
-Not here: record formats (pipeline.py) and the regeneration itself (sampler.py).
+Not here: record formats (pipeline/) and the regeneration itself (sampler.py).
 """
 
 from __future__ import annotations

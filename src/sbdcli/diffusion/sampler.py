@@ -36,7 +36,7 @@ Rules this module fixes (docs/sampling.md explains them):
   its own state, so a batch of n gives the same samples as n batches of 1 (up to float
   rounding of batched matmuls), and cache/no-cache runs draw identical random numbers.
 
-Not here: record formats and model loading (pipeline.py), remasking (remask.py).
+Not here: record formats and model loading (pipeline/), remasking (remask.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for compat.py: loading sbd / BD3-LM / MDLM checkpoints, saving, BD3-LM export."""
+"""Tests for model/checkpoint.py: loading sbd / BD3-LM / MDLM checkpoints, saving, BD3-LM export."""
 
 from __future__ import annotations
 

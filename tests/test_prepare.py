@@ -1,4 +1,4 @@
-"""Tests for data directories: wrap packing, splits, shards, manifest, loading."""
+"""Tests for data/prepare.py and data/datadir.py: packing, splits, shards, manifest, loading."""
 
 from __future__ import annotations
 

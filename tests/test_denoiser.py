@@ -1,4 +1,4 @@
-"""Tests for model.py: BD3-LM parity on the fixture, KV-cache exactness, dropout, learning."""
+"""Tests for model/denoiser.py: BD3-LM parity, KV-cache exactness, dropout, learning."""
 
 from __future__ import annotations
 
