@@ -162,7 +162,7 @@ def test_worker_processes_write_the_same_rows(tmp_path):
     assert one["rows"] == two["rows"] and one["tokenizer"] == two["tokenizer"]
     for split in ("train", "val"):
         assert torch.equal(load_split(tmp_path / "one", split), load_split(tmp_path / "two", split))
-    with pytest.raises(UserError, match="--workers must be >= 1"):
+    with pytest.raises(UserError, match="`workers` must be >= 1"):
         prepare_text(tmp_path / "zero", src, "bytes", 16, workers=0)
 
 
@@ -188,7 +188,7 @@ def test_errors_leave_no_output_and_keep_an_existing_directory(tmp_path):
         prepare_text(tmp_path / "d", TextFiles([str(tmp_path / "empty.txt")]), "bytes", 8)
     with pytest.raises(UserError, match="corpus too small"):
         prepare_text(tmp_path / "d", TextFiles([str(tmp_path / "tiny.txt")]), "bytes", 8)
-    with pytest.raises(UserError, match="--seq-len must be >= 2"):
+    with pytest.raises(UserError, match="`seq_len` must be >= 2"):
         prepare_text(tmp_path / "d", TextFiles([str(tmp_path / "tiny.txt")]), "bytes", 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "tiny.txt"]
     write_corpus(tmp_path / "c.txt")

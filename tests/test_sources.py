@@ -55,7 +55,7 @@ def test_missing_and_non_utf8_inputs_are_user_errors(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"fine\n\nbad \xff\xfe here")
     with pytest.raises(UserError, match=r"not UTF-8 text \(near byte 10\)"):
         collect(TextFiles([str(tmp_path / "bad.txt")]))
-    with pytest.raises(UserError, match="--doc-sep must not be empty"):
+    with pytest.raises(UserError, match="`doc_sep` must not be empty"):
         TextFiles([str(tmp_path / "bad.txt")], "")
     with pytest.raises(UserError, match="not found"):
         expand_paths([str(tmp_path / "*.nothing")], "input file")

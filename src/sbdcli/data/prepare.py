@@ -210,12 +210,12 @@ def prepare_text(
     tokenizer's own threads, which was faster on 2 cores (docs/benchmarks.md).
     """
     if workers < 1:
-        raise UserError("--workers must be >= 1")
+        raise UserError("`workers` must be >= 1")
     _check_common(seq_len, shard_tokens)
     if val_docs is not None and val_docs < 0:
-        raise UserError("--val-docs must be >= 0")
+        raise UserError("`val_docs` must be >= 0")
     if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
-        raise UserError("--val-fraction must lie in [0, 1)")
+        raise UserError("`val_fraction` must lie in [0, 1)")
     _check_out(out)
 
     def split_docs(advance: Callable[[int], None] | None) -> Iterator[tuple[bool, str]]:
@@ -237,7 +237,7 @@ def prepare_text(
         if stats["train"]["rows"] == 0:
             tokens = stats["train"]["stream_tokens"]
             raise UserError(
-                f"corpus too small: {tokens} training tokens fill no row of --seq-len {seq_len}"
+                f"corpus too small: {tokens} training tokens fill no row of `seq_len` {seq_len}"
             )
         if isinstance(codec, TokenizerCodec):
             codec.save(tmp / "tokenizer.json")
@@ -406,15 +406,15 @@ def derive_seed(seed: int, tag: str) -> int:
 # --------------------------------------------------------------------------- manifest
 def _check_common(seq_len: int, shard_tokens: int) -> None:
     if seq_len < 2:
-        raise UserError(f"--seq-len must be >= 2 (got {seq_len})")
+        raise UserError(f"`seq_len` must be >= 2 (got {seq_len})")
     if shard_tokens < 1:
-        raise UserError("--shard-tokens must be >= 1")
+        raise UserError("`shard_tokens` must be >= 1")
 
 
 def _check_out(out: str | os.PathLike[str]) -> None:
     """Refuse to replace anything but an earlier data directory (or an empty folder)."""
     p = Path(out)
     if p.is_file() or p.is_symlink():
-        raise UserError(f"--out {p} exists and is not a directory")
+        raise UserError(f"`out` {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()) and not (p / MANIFEST).is_file():
-        raise UserError(f"--out {p} exists and is not an sbd data directory; not replacing it")
+        raise UserError(f"`out` {p} exists and is not an sbd data directory; not replacing it")

@@ -85,7 +85,7 @@ class TextFiles(Source):
         self.paths = expand_paths(patterns, "input file")
         self.doc_sep = doc_sep
         if doc_sep == "":
-            raise UserError("--doc-sep must not be empty (omit it to split on blank lines)")
+            raise UserError("`doc_sep` must not be empty (omit it to split on blank lines)")
         sep = BLANK_LINE if doc_sep is None else re.escape(doc_sep.encode())
         self._split = re.compile(sep)
         self.total = sum(p.stat().st_size for p in self.paths)

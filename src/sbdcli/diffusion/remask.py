@@ -85,7 +85,7 @@ def masked_scores(
     calls (n,) long = passes that masked at least one position of that sequence).
     """
     if passes < 1:
-        raise UserError(f"--passes must be >= 1, got {passes}")
+        raise UserError(f"`passes` must be >= 1, got {passes}")
     n, length = tokens.shape
     _check_length(model, length, "masked")
     mask_id = model.config.mask_id

@@ -75,7 +75,7 @@ def draft_batch(
     model = ref.model
     eos = model.config.eos_id if stop_at_eos else None
     if stop_at_eos and eos is None:
-        raise UserError("--stop-at-eos: this model's vocabulary has no EOS token")
+        raise UserError("`stop_at_eos`: this model's vocabulary has no EOS token")
     gens = [sp.make_generator(seed, "draft", 0, p.id, ref.device) for p in prompts]
     out = sp.draft(
         model, [p.tokens for p in prompts], length, cfg, gens, eos_id=eos, progress=progress
