@@ -57,23 +57,11 @@ def _progress(total: int, what: str) -> Any:
     return bar, lambda n: bar.advance(task, n)
 
 
-TABLE_COLUMNS = (
-    ("n", "n"),
-    ("gen_ppl_corpus", "PPL corpus"),
-    ("gen_ppl_per_sample_mean", "PPL mean"),
-    ("nll_per_token", "NLL/tok"),
-    ("entropy_per_sample_mean", "entropy"),
-    ("nfe_per_sample", "NFE"),
-    ("seconds_per_sample", "s/sample"),
-    ("tokens_per_second", "tok/s"),
-)
-
-
 def _table(summaries: list[dict[str, Any]]) -> None:
     """The rich table of numbers; names and settings listed under it by row number."""
-    from sbdcli.evaluate.report import cell
+    from sbdcli.evaluate.report import cell, terminal_columns
 
-    cols = [(k, h) for k, h in TABLE_COLUMNS if any(s.get(k) is not None for s in summaries)]
+    cols = terminal_columns(summaries)
     console.print(metric_table("Gen PPL", cols, summaries, cell, numbered=True, no_wrap=True))
     for i, s in enumerate(summaries, start=1):
         console.print(f"[bold]{i}[/] {s.get('name', '')}", highlight=False, soft_wrap=True)

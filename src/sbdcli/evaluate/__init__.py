@@ -45,6 +45,7 @@ from sbdcli.evaluate.report import (
     markdown_table,
     plot_genppl,
     table_rows,
+    terminal_columns,
     visible_columns,
 )
 
@@ -81,6 +82,7 @@ __all__ = [
     "stage_signature",
     "summarize",
     "table_rows",
+    "terminal_columns",
     "unigram_entropy",
     "visible_columns",
     "vocab_info",

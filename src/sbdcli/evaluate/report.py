@@ -29,6 +29,10 @@ COLUMNS = (
     ("settings_short", "settings"),
 )
 """Summary keys and their table headers, in table order."""
+SHORT_HEADERS = {"gen_ppl_corpus": "PPL corpus", "gen_ppl_per_sample_mean": "PPL mean"}
+"""Narrower headers for the terminal table."""
+BESIDE_THE_TABLE = ("name", "settings_short", "oracle_floor_nll_per_token")
+"""Columns the terminal shows under the table (by row number) or in its footer."""
 
 
 def cell(value: Any) -> str:
@@ -51,6 +55,15 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
 def visible_columns(summaries: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     """The (key, header) pairs of COLUMNS that at least one summary has a value for."""
     return [(k, h) for k, h in COLUMNS if any(s.get(k) is not None for s in summaries)]
+
+
+def terminal_columns(summaries: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The visible columns for a narrow terminal table: short headers, no name/settings."""
+    return [
+        (k, SHORT_HEADERS.get(k, h))
+        for k, h in visible_columns(summaries)
+        if k not in BESIDE_THE_TABLE
+    ]
 
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
