@@ -28,11 +28,9 @@ COLUMNS = (
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    from sbdcli.evaluate.report import cell  # the library (torch) loads when the command runs
+
+    return cell(value, compact=True)
 
 
 def results_table(rows: list[dict[str, Any]]) -> Any:

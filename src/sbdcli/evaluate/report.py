@@ -35,10 +35,14 @@ BESIDE_THE_TABLE = ("name", "settings_short", "oracle_floor_nll_per_token")
 """Columns the terminal shows under the table (by row number) or in its footer."""
 
 
-def cell(value: Any) -> str:
-    """Format one table cell: floats with 4 significant digits, None as a dash."""
+def cell(value: Any, compact: bool = False) -> str:
+    """Format one table cell: floats with 4 significant digits, None as a dash.
+
+    `compact` drops trailing zeros and thousands separators (the demo's table)."""
     if value is None:
         return "–"
+    if isinstance(value, float) and compact:
+        return f"{value:.4g}"
     if isinstance(value, float):
         if abs(value) >= 1e6:
             return f"{value:.3e}"
