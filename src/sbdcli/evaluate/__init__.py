@@ -1,9 +1,9 @@
 """Evaluation: Gen PPL of sample records (with entropy and costs) and held-out perplexity.
 
-- metrics.py: the metric math: scored positions, unigram entropy, Gen PPL (corpus and
+- metrics.py: `Scores` and the metric math: scored positions, unigram entropy, Gen PPL (corpus and
   per-sample), costs, a group's summary numbers;
 - grouping.py: records grouped by stage history, their sampler settings;
-- judges.py: the `Judge` protocol, `Scores`, the oracle and sbd block-1 judges;
+- judges.py: the `Judge` protocol, the oracle and sbd block-1 judges;
 - hf_judge.py: the transformers causal-LM judge;
 - genppl.py: the driver (`evaluate_sets`: special ids, judge choice, one summary per group);
 - perplexity.py: test perplexity exp(NELBO) of a run on held-out rows;
@@ -26,9 +26,10 @@ from sbdcli.evaluate.grouping import (
     stage_signature,
 )
 from sbdcli.evaluate.hf_judge import HFJudge
-from sbdcli.evaluate.judges import Judge, OracleJudge, SbdJudge, Scores
+from sbdcli.evaluate.judges import Judge, OracleJudge, SbdJudge
 from sbdcli.evaluate.metrics import (
     ENTROPY_OVER,
+    Scores,
     VocabInfo,
     costs,
     entropy_stats,

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 from sbdcli.config import GenPplOptions
 from sbdcli.errors import UserError
-from sbdcli.evaluate.judges import Scores
-from sbdcli.evaluate.metrics import Progress, VocabInfo
+from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo
 
 HEAD_CHUNK = 2048
 """Positions per LM-head call (bounds the (M, V) logits buffer)."""

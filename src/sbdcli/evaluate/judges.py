@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,17 +28,8 @@ from sbdcli.config import GenPplOptions
 from sbdcli.data.synthetic import load_oracle
 from sbdcli.diffusion.loss import subs_log_probs
 from sbdcli.errors import UserError
-from sbdcli.evaluate.metrics import Progress, VocabInfo, scored_mask
+from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo, scored_mask
 from sbdcli.model import load_model
-
-
-@dataclass
-class Scores:
-    """A judge's output for n samples: summed NLL (nats) and number of scored tokens."""
-
-    nll: np.ndarray  # (n,) float64
-    ntok: np.ndarray  # (n,) int64
-    notes: list[str] = field(default_factory=list)
 
 
 @runtime_checkable

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +29,6 @@ import torch
 from sbdcli.config import EOS_MODES
 from sbdcli.errors import UserError
 from sbdcli.evaluate.grouping import sampler_settings, short_settings
-
-if TYPE_CHECKING:  # annotation only: judges.py imports this module
-    from sbdcli.evaluate.judges import Scores
 
 ENTROPY_OVER = (
     "model-vocabulary ids at scored positions (generated positions after the prompt; "
@@ -195,3 +192,12 @@ def summarize(
     if scores.notes:
         out["notes"] = list(scores.notes)
     return finite(out)
+
+
+@dataclass
+class Scores:
+    """A judge's output for n samples: summed NLL (nats) and number of scored tokens."""
+
+    nll: np.ndarray  # (n,) float64
+    ntok: np.ndarray  # (n,) int64
+    notes: list[str] = field(default_factory=list)

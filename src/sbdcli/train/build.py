@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from sbdcli.errors import UserError
 from sbdcli.model.checkpoint import load_model
 from sbdcli.model.denoiser import Denoiser
 from sbdcli.train.checkpoint import restore_checkpoint
-from sbdcli.train.state import resolve_block_sizes, seed_for
+from sbdcli.train.state import RunData, resolve_block_sizes, seed_for
 from sbdcli.train.trainer import StepInfo, Trainer, TrainSummary
 
 RESUMABLE_CHANGES = (
@@ -135,24 +134,6 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision="no" if precision == "fp32" else precision,
         dynamo_backend="inductor" if cfg.compile else "no",
     )
-
-
-@dataclass(frozen=True)
-class RunData:
-    """What a run trains and validates on."""
-
-    data_dir: Path
-    manifest: dict[str, Any]
-    train_rows: TokenRows
-    """The training split, read lazily."""
-    val_rows: torch.Tensor
-    """(n, L) validation rows used by every evaluation."""
-    reference: dict[str, float]
-    """Oracle references of the validation rows (floor, NLL), when the data has an oracle."""
-
-    @property
-    def length(self) -> int:
-        return self.train_rows.seq_len
 
 
 def load_run_data(data_dir: Path, val_rows: int) -> RunData:

@@ -17,7 +17,9 @@ layout (artifacts/rundir.py) or the model file format (model/checkpoint.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -37,8 +39,36 @@ from sbdcli.model.checkpoint import save_sbd_model
 from sbdcli.model.denoiser import Denoiser
 from sbdcli.train.state import EMA, Progress
 
-if TYPE_CHECKING:  # a type only: trainer.py imports this module
-    from sbdcli.train.trainer import Trainer
+
+class Trainer(Protocol):
+    """What saving and restoring need of a trainer (train/trainer.py's `Trainer` is one).
+
+    Declared here so this module does not import the trainer, which imports it."""
+
+    cfg: Any
+    model: torch.nn.Module
+    model_config: ModelConfig
+    optimizer: Any
+    accelerator: Any
+    ema: EMA | None
+    named: dict[str, torch.nn.Parameter]
+    sampler: Any
+    noise: torch.Generator
+    progress_state: Progress
+    run: RunDir
+    run_dir: Path
+    data_dir: Path
+    manifest: dict[str, Any]
+    notes: list[str]
+    sizes: list[int]
+    length: int
+    global_batch: int
+    processes: int
+    rank: int
+    is_main: bool
+
+    def ema_weights(self) -> AbstractContextManager[Any]: ...
+
 
 STATE_SCHEMA = "sbd.train_state"
 STATE_GROUPS = ("model", "ema", "optimizer", "rng")

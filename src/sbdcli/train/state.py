@@ -6,6 +6,7 @@
 - `EMA`: exponential moving average of the weights (what is saved, validated, sampled).
 - `sizes_in_use`, `Progress`, `initial_eps`: the block sizes trained, the loop's counters and
   the noise interval per block size.
+- `RunData`: the rows a run trains and validates on, with the oracle references.
 - `seed_for`: independent seeds for the named random streams of one run.
 
 Because each piece is a pure function of its seed and a counter, a resumed run continues
@@ -18,10 +19,13 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from sbdcli.config import TrainConfig
+from sbdcli.data.datadir import TokenRows
 from sbdcli.errors import UserError
 
 STREAMS = {"init": 1, "blocks": 2, "data": 3, "noise": 4, "val": 5, "dropout": 6}
@@ -196,3 +200,21 @@ def sizes_in_use(small: int, large: int, mix_lambda: float) -> list[int]:
     if mix_lambda == 0.0:
         return [small]
     return [large] if mix_lambda >= 1.0 else sorted({small, large})
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a run trains and validates on."""
+
+    data_dir: Path
+    manifest: dict[str, Any]
+    train_rows: TokenRows
+    """The training split, read lazily."""
+    val_rows: torch.Tensor
+    """(n, L) validation rows used by every evaluation."""
+    reference: dict[str, float]
+    """Oracle references of the validation rows (floor, NLL), when the data has an oracle."""
+
+    @property
+    def length(self) -> int:
+        return self.train_rows.seq_len

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate.utils import broadcast
@@ -43,14 +43,12 @@ from sbdcli.train.state import (
     BlockSizeSampler,
     DataOrder,
     Progress,
+    RunData,
     initial_eps,
     lr_at,
     seed_for,
     sizes_in_use,
 )
-
-if TYPE_CHECKING:  # a type only: build.py imports this module
-    from sbdcli.train.build import RunData
 
 __all__ = ["StepInfo", "TrainSummary", "Trainer"]
 
