@@ -12,7 +12,7 @@ What is here
   `BlockMask` (CUDA only; `flex_available(device)` says whether it can be used).
 - `KVCache`: preallocated per-layer keys/values for block-by-block sampling.
 
-What is not here: the network (model.py) and anything about noise or losses.
+What is not here: the network (denoiser.py) and anything about noise or losses.
 """
 
 from __future__ import annotations

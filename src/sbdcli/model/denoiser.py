@@ -12,8 +12,8 @@ One block (c = SiLU(sigma_map(sigma)), sigma = 0 without time conditioning):
     x = x + gate1 * dropout(attention(q, k, v) W_out)
     x = x + gate2 * dropout(MLP(LN(x) * (1 + scale2) + shift2))
 and the head is linear(LN(x) * (1 + scale) + shift) with LN a float32 non-affine LayerNorm
-times a learned weight. `forward` returns raw logits (no SUBS); losses live in loss.py,
-masks and the KV cache in attention.py, sampling in sampler.py.
+times a learned weight. `forward` returns raw logits (no SUBS); losses live in diffusion/loss.py,
+masks and the KV cache in attention.py, sampling in diffusion/sampler.py.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class Denoiser(nn.Module):
         self.config = config
         self.attn_backend = "auto"
         self.sampling_eps: tuple[float, float] = (1e-3, 1.0)
-        self.checkpoint_header: dict[str, Any] = {}  # set by compat.load_model
+        self.checkpoint_header: dict[str, Any] = {}  # set by checkpoint.load_model
         self.vocab_embed = EmbeddingLayer(config.d_model, config.vocab_size)
         self.sigma_map = TimestepEmbedder(config.cond_dim, config.freq_dim)
         self.rotary_emb = Rotary(config.head_dim, config.rope_base)
