@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -42,6 +43,58 @@ def _publish(tmp: str | os.PathLike[str], target: Path, directory: bool = False)
     os.replace(tmp, target)
 
 
+def _temporary(target: Path, directory: bool = False) -> str:
+    """A new temporary sibling `.<name>.<pid>.<random>.tmp` of `target` (file or directory),
+    after removing the temporaries that writers of `target` which are gone left behind."""
+    if not directory and target.is_dir():
+        raise UserError(f"{target} is a directory (expected a file to write)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    prefix, parent = f".{target.name}.{os.getpid()}.", target.parent
+    if directory:
+        return tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
+    os.close(fd)
+    return tmp
+
+
+def _naming(exc: OSError, target: Path | str) -> OSError:
+    """The same error, naming the file the user asked for rather than its temporary."""
+    if exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(target))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal still exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove `.<name>.<pid>.*.tmp` and `.<name>.old-<pid>` siblings of `target` whose writer
+    process no longer exists (a writer killed mid-write); a live writer's are kept."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)\..+\.tmp|old-(\d+))$")
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            match = pattern.match(entry.name)
+            if match is None or _alive(int(match[1] or match[2])):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary sibling of `path` for writing; rename it over `path` on success.
@@ -49,14 +102,16 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     On any exception the temporary file is removed and `path` is left as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = _temporary(target)
     try:
         encoding = None if "b" in mode else "utf-8"
         with open(tmp, mode, encoding=encoding) as handle:
             yield handle
         _publish(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _naming(exc, target) from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -67,12 +122,14 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `path` for a writer that wants a file name."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = _temporary(target)
     try:
         yield Path(tmp)
         _publish(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _naming(exc, target) from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -87,10 +144,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary directory is removed and `path` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(_temporary(target, directory=True))
     try:
         yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _naming(exc, target) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,8 +246,14 @@ class JsonlWriter:
 
     def write(self, obj: dict[str, Any]) -> None:
         assert self._handle is not None, "JsonlWriter used outside its context"
-        self._handle.write(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
-        self._handle.flush()
+        line = json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+        try:
+            self._handle.write(line)
+            self._handle.flush()
+        except OSError as exc:
+            if self.path != "-":
+                raise  # atomic_file names the file
+            raise _naming(exc, "stdout") from exc
 
     def __exit__(self, *exc: Any) -> None:
         if self._ctx is not None:

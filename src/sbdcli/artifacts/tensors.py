@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,23 @@ def save_tensors(
     }
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+        try:
+            save_file(contiguous, str(tmp), metadata=metadata)
+        except Exception as exc:  # safetensors reports I/O failures as its own error type
+            io_error = _io_error(exc, path)
+            if io_error is None:
+                raise
+            raise io_error from exc
         _sort_metadata(tmp)
+
+
+def _io_error(exc: Exception, path: str | os.PathLike[str]) -> OSError | None:
+    """The OSError behind a safetensors "I/O error: ... (os error N)", naming `path`."""
+    match = re.search(r"os error (\d+)", str(exc))
+    if match is None:
+        return None
+    errno = int(match[1])
+    return OSError(errno, os.strerror(errno), str(path))
 
 
 def _sort_metadata(path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -65,8 +66,22 @@ def _error(message: str) -> None:
     console.print(f"[bold red]sbd: error:[/] {message}", highlight=False, soft_wrap=True)
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for a failed read or write: the path and the system's reason."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else f"output failed: {reason}"
+
+
+def _ignore_file_size_signal() -> None:
+    """Over a file-size limit a write then fails with EFBIG (an error we report) instead of
+    the process being killed by SIGXFSZ."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sbd` console script and `python -m sbdcli`."""
+    _ignore_file_size_signal()
     try:
         code = app(args=argv, prog_name="sbd", standalone_mode=False)
     except UserError as exc:
@@ -82,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         _quiet_broken_pipe()
         sys.exit(0)
+    except OSError as exc:  # disk full, file too large, a directory, no permission, ...
+        _error(_os_error(exc))
+        _quiet_broken_pipe()  # what stdout still buffers cannot be written either
+        sys.exit(2)
     except SystemExit:
         # typer answers EPIPE (`| head -1`) itself: it wraps stdout and exits 1. End quietly.
         if type(sys.stdout).__name__ == "PacifyFlushWrapper":
