@@ -5,14 +5,18 @@ Sample records (artifacts/records.py) are tested in test_records.py.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
 from sbdcli import artifacts
+from sbdcli.artifacts.files import atomic_file
 from sbdcli.errors import UserError
 
 
@@ -100,3 +104,35 @@ def test_atomic_outputs_honour_umask_not_private_temp_modes(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_write_removes_temporaries_of_dead_writers_only(tmp_path):
+    target = tmp_path / "out.jsonl"
+    dead, live = _dead_pid(), os.getpid()
+    stale = [tmp_path / f".out.jsonl.{dead}.x1.tmp", tmp_path / f".out.jsonl.old-{dead}"]
+    stale[0].write_text("half")
+    stale[1].mkdir()
+    kept = [tmp_path / f".out.jsonl.{live}.x2.tmp", tmp_path / f".other.{dead}.x3.tmp"]
+    for path in kept:
+        path.write_text("in use")
+    with atomic_file(target) as handle:
+        handle.write("new\n")
+    assert target.read_text() == "new\n"
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+
+
+def test_temporaries_name_the_writer_and_a_failed_write_names_the_target(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(OSError) as info, atomic_file(target) as handle:
+        seen = [p.name for p in tmp_path.iterdir()]
+        assert seen and seen[0].startswith(f".x.json.{os.getpid()}.")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), handle.name)
+    assert info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,97 @@
+"""Output-side failures are user errors: a full disk or a file-size limit (RLIMIT_FSIZE in a
+subprocess), an output path that is a directory. Each case exits 2 with one stderr line and
+no traceback, leaves the previous output unchanged and no temporary beside it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_cli_sample import make_run
+
+SBD = [sys.executable, "-m", "sbdcli"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("outfaults")
+    make_run(root)
+    records = subprocess.run([*SBD, "draft", "-n", "4", "--device", "cpu"], cwd=root,
+                             env=_env(), capture_output=True, text=True, check=True)  # fmt: skip
+    (root / "drafts.jsonl").write_text(records.stdout)
+    return root
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("SBD_MODEL", None)
+    return env
+
+
+def _limit(size: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+CASES = {
+    "draft -o over the size limit": (["draft", "-n", "16", "-o", "{out}"], "out.jsonl", 3000),
+    "draft bundle over the limit": (["draft", "-n", "4", "-o", "{out}"], "out.safetensors", 1000),
+    "remask -o over the limit": (
+        ["remask", "--gamma", "0.5", "-i", "drafts.jsonl", "-o", "{out}"], "out.jsonl", 1500),
+    "eval --out over the limit": (
+        ["eval", "genppl", "drafts.jsonl", "-e", "runs/r1", "--out", "{out}"], "sum.jsonl", 300),
+    "prepare over the limit": (
+        ["prepare", "--out", "{out}", "--num-train", "4096", "--seq-len", "64"], "data2", 20000),
+}  # fmt: skip
+
+
+def _only_line(stderr: str, after_report: bool = False) -> str:
+    """The one error line; `after_report`: eval prints its table before writing --out."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in lines if "sbd: error" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert after_report or len(lines) == 1, stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_failed_write_is_one_line_and_keeps_the_previous_output(work, name):
+    argv, target, limit = CASES[name]
+    out = work / target
+    if not target.startswith("data"):
+        out.write_text("previous\n")
+    argv = [a.format(out=out.name) for a in argv]
+    res = subprocess.run([*SBD, *argv, "--device", "cpu"] if argv[0] == "draft" else [*SBD, *argv],
+                         cwd=work, env=_env(), capture_output=True, text=True,
+                         preexec_fn=_limit(limit))  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    line = _only_line(res.stderr, after_report=argv[0] == "eval")
+    assert "File too large" in line and out.name in line, line
+    if out.suffix in (".jsonl", ".safetensors"):
+        assert out.read_text() == "previous\n"
+    else:
+        assert not out.exists()
+    assert not [p.name for p in work.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_stdout_over_the_size_limit_is_one_line(work):
+    with open(work / "stdout.jsonl", "w") as sink:
+        res = subprocess.run([*SBD, "draft", "-n", "16", "--device", "cpu"], cwd=work,
+                             env=_env(), stdout=sink, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_limit(3000))  # fmt: skip
+    assert res.returncode == 2
+    assert _only_line(res.stderr).endswith("stdout: File too large")
+
+
+def test_output_naming_a_directory_is_refused(work):
+    (work / "adir").mkdir(exist_ok=True)
+    res = subprocess.run([*SBD, "draft", "-n", "2", "--device", "cpu", "-o", "adir"], cwd=work,
+                         env=_env(), capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2
+    assert "adir is a directory" in _only_line(res.stderr)
+    assert list((work / "adir").iterdir()) == []
