@@ -15,6 +15,7 @@ Not here: what training does with them (train/) or the tensors inside state/ (tr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +30,38 @@ from sbdcli.errors import UserError
 
 RUN_SCHEMA = "sbd.run"
 DATA_COPIES = ("manifest.json", "tokenizer.json", "oracle.safetensors")
+LOCK_FILE = ".lock"
+FIRST_WRITES = ("config.json", "metrics.jsonl", "model.safetensors", "data", LOCK_FILE)
+"""What a first run writes before its first checkpoint (state/ comes with the checkpoint)."""
+
+
+class RunLock:
+    """An exclusive OS lock on `RUN/.lock`, held while this object lives (and released by
+    the kernel when the process dies); the file names the holder's pid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._fd = path, -1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self.release()
+            raise UserError(
+                f"{path.parent} is being written by another sbd process (pid {holder}); "
+                "wait for it or choose another `out`"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,38 @@ class RunDir:
     @property
     def state_dir(self) -> Path:
         return self.path / "state"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def lock(self) -> RunLock:
+        """Take the run's writer lock (a UserError naming the holder when it is taken)."""
+        return RunLock(self.lock_path)
+
+    def entries(self) -> list[str]:
+        """Names in the run directory (empty when it does not exist)."""
+        return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+
+    def is_unfinished(self) -> bool:
+        """A first run stopped before its first checkpoint: config.json and what precedes
+        the first save, no state/, nothing else (a directory sbd may start over)."""
+        if self.has_state() or not self.has_config():
+            return False
+        if self.config_or_empty().get("schema") != RUN_SCHEMA:
+            return False
+        return all(n in FIRST_WRITES or n.endswith(".tmp") for n in self.entries())
+
+    def clear_unfinished(self) -> None:
+        """Remove what an unfinished first run wrote (not the lock)."""
+        for name in self.entries():
+            if name == LOCK_FILE:
+                continue
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     @property
     def trainer_state_path(self) -> Path:

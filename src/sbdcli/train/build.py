@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
 from sbdcli.artifacts.files import sha256_file
-from sbdcli.artifacts.rundir import RunDir, new_run_dir, point_latest
+from sbdcli.artifacts.rundir import LOCK_FILE, RunDir, RunLock, new_run_dir, point_latest
 from sbdcli.config import TrainConfig, preset
 from sbdcli.data.datadir import TokenRows, read_data_manifest
 from sbdcli.data.synthetic import oracle_references
@@ -57,10 +58,43 @@ def setup(
     if not (data / "manifest.json").is_file():
         raise UserError(f"no data at {data}: manifest.json missing (run 'sbd prepare' first)")
     run_dir = _resumed_dir(out, root) if resume else _new_dir(out, root, cfg.preset)
-    trainer = build_trainer(cfg, data, run_dir, resume)
+    existed = run_dir.exists()
+    lock, notes = _claim(RunDir(run_dir), resume) if _is_main_process() else (None, [])
+    try:
+        trainer = build_trainer(cfg, data, run_dir, resume)
+    except BaseException:
+        if lock is not None:
+            _undo_claim(RunDir(run_dir), lock, existed)
+        raise
+    trainer.run_lock = lock  # held for the life of the process (the kernel drops it at exit)
+    trainer.notes[:0] = notes
     if trainer.is_main:
         point_latest(run_dir, root)
     return trainer
+
+
+def _undo_claim(run: RunDir, lock: RunLock, existed: bool) -> None:
+    """A start that failed leaves no trace: no new directory, no lock file."""
+    lock.release()
+    if not existed:
+        shutil.rmtree(run.path, ignore_errors=True)
+    elif run.entries() == [LOCK_FILE]:
+        run.lock_path.unlink(missing_ok=True)
+
+
+def _is_main_process() -> bool:
+    """Process 0 of a launch (torchrun / accelerate set RANK), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _claim(run: RunDir, resume: bool) -> tuple[RunLock, list[str]]:
+    """Take the run directory's writer lock; start an unfinished first run over."""
+    lock = run.lock()
+    notes = []
+    if not resume and run.is_unfinished():
+        run.clear_unfinished()
+        notes.append(f"{run.path} held an unfinished run without a checkpoint: starting over")
+    return lock, notes
 
 
 def train(
@@ -78,16 +112,35 @@ def train(
 
 def _resumed_dir(out: str | os.PathLike[str] | None, root: Path) -> Path:
     run_dir = Path(out) if out is not None else root / "latest"
-    if not RunDir(run_dir).has_state():
-        raise UserError(f"nothing to resume at {run_dir} (no state/trainer.json)")
+    _check_resumable(RunDir(run_dir))
     return run_dir.resolve() if run_dir.is_symlink() else run_dir
+
+
+def _check_resumable(run: RunDir) -> None:
+    """Not locked by a live writer, and holding a checkpoint to continue from."""
+    _check_not_locked(run)
+    if run.is_unfinished():
+        raise UserError(
+            f"{run.path} holds an unfinished run without a checkpoint: nothing to resume; "
+            f"'sbd train --out {run.path}' (without --resume) starts it over"
+        )
+    if not run.has_state():
+        raise UserError(f"nothing to resume at {run.path} (no state/trainer.json)")
 
 
 def _new_dir(out: str | os.PathLike[str] | None, root: Path, preset_name: str) -> Path:
     run_dir = Path(out) if out is not None else _agreed_name(root, preset_name)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    run = RunDir(run_dir)
+    _check_not_locked(run)
+    if [n for n in run.entries() if n != LOCK_FILE] and not run.is_unfinished():
         raise UserError(f"run directory {run_dir} exists and is not empty (use --resume)")
     return run_dir
+
+
+def _check_not_locked(run: RunDir) -> None:
+    """A run directory another live process writes is refused first, naming its pid."""
+    if _is_main_process() and run.lock_path.is_file():
+        run.lock().release()
 
 
 def _agreed_name(root: Path, preset_name: str) -> Path:
@@ -245,8 +298,7 @@ def resume_config(run_dir: Path, **changes: Any) -> TrainConfig:
     the same optimisation.
     """
     run = RunDir(run_dir)
-    if not run.has_state():
-        raise UserError(f"{run_dir} holds no resume state (state/trainer.json)")
+    _check_resumable(run)
     values = TrainConfig.from_dict(run.config()["train"]).to_dict()
     for key, value in changes.items():
         if value is None or value == values.get(key):

@@ -159,6 +159,8 @@ class Trainer:
         large block sizes), restores a resumed run and writes `config.json`."""
         self.cfg, self.run_dir, self.run = cfg, run_dir, RunDir(run_dir)
         self.notes = notes
+        self.run_lock: Any = None
+        """The run directory's writer lock (process 0), set by `setup`."""
         self._join(accelerator)
         self._take_data(data)
         self._plan(*blocks, accum)
