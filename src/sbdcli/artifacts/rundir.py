@@ -70,6 +70,9 @@ class RunDir:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # accept a str too
+
     @property
     def config_path(self) -> Path:
         return self.path / "config.json"
