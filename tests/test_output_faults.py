@@ -95,3 +95,28 @@ def test_output_naming_a_directory_is_refused(work):
     assert res.returncode == 2
     assert "adir is a directory" in _only_line(res.stderr)
     assert list((work / "adir").iterdir()) == []
+
+
+EARLY = {
+    "eval --plot of an unknown type": ["eval", "genppl", "drafts.jsonl", "--plot", "p.xyz"],
+    "eval --out naming a directory": ["eval", "genppl", "drafts.jsonl", "--out", "adir"],
+    "demo --out naming a file": ["demo", "--out", "drafts.jsonl", "--quick"],
+    "demo --device tpu": ["demo", "--device", "tpu", "--out", "newdemo", "--quick"],
+    "draft -o under a file": ["draft", "-n", "2", "-o", "drafts.jsonl/x"],
+    "revise -o naming a directory": ["revise", "-i", "drafts.jsonl", "-o", "adir"],
+}
+"""Refused before any work: nothing is judged, trained or written."""
+
+
+@pytest.mark.parametrize("name", list(EARLY))
+def test_bad_outputs_are_refused_before_any_work(work, name):
+    (work / "adir").mkdir(exist_ok=True)
+    before = sorted(p.name for p in work.iterdir())
+    drafts = (work / "drafts.jsonl").read_text()
+    res = subprocess.run([*SBD, *EARLY[name]], cwd=work, env=_env(), capture_output=True,
+                         text=True)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    _only_line(res.stderr)
+    assert sorted(p.name for p in work.iterdir()) == before
+    assert (work / "drafts.jsonl").read_text() == drafts
+    assert list((work / "adir").iterdir()) == []

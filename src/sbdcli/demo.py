@@ -28,6 +28,7 @@ from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import DemoConfig, SamplerConfig, train_config
 from sbdcli.data import prepare_synthetic, read_manifest
 from sbdcli.errors import UserError
+from sbdcli.model.checkpoint import resolve_device
 from sbdcli.train import setup
 
 Log = Callable[[str], None]
@@ -169,6 +170,13 @@ def demo_eval(
     return rows
 
 
+def check_demo(cfg: DemoConfig) -> None:
+    """What can be refused before any work: an `out` that is a file, an unusable device."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UserError(f"`out` {cfg.out} exists and is not a directory")
+    resolve_device(cfg.device)
+
+
 def run_demo(
     cfg: DemoConfig,
     log: Log = lambda _: None,
@@ -176,6 +184,7 @@ def run_demo(
     step: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every demo step; return one result row per (stage, strategy, gamma)."""
+    check_demo(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     data_dir = demo_data(cfg, log)
     run_dir = demo_model(cfg, data_dir, log, train_progress)

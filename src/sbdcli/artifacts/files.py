@@ -58,6 +58,19 @@ def _temporary(target: Path, directory: bool = False) -> str:
     return tmp
 
 
+def check_output_path(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, an output file path that cannot be written: a directory,
+    or one under a file. (`-`, stdout, is always fine.)"""
+    if str(path) == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target} is a directory (expected a file to write)")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{target}: {parent} is not a directory")
+
+
 def _naming(exc: OSError, target: Path | str) -> OSError:
     """The same error, naming the file the user asked for rather than its temporary."""
     if exc.errno is None:

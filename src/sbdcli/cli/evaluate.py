@@ -171,7 +171,14 @@ def genppl(
     device: DeviceOpt = "auto",
 ) -> None:
     """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
+    from sbdcli.artifacts import check_output_path
     from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
+    from sbdcli.evaluate.report import check_plot_path
+
+    if out is not None:
+        check_output_path(out)
+    if plot is not None:
+        check_plot_path(plot)
 
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")

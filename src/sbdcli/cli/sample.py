@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sbdcli.artifacts.files import check_output_path
 from sbdcli.cli._app import app
 from sbdcli.cli.options import (
     BatchOpt,
@@ -177,6 +178,7 @@ def draft(
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
+    check_output_path(output)
     if block < 1:
         raise UserError(f"--block must be >= 1, got {block}")
     cfg = _sampler(block, sampling or {})
@@ -221,6 +223,7 @@ def remask(
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
+    check_output_path(output)
     cfg = _remask_config(dict(remask_opts or {}), seed)
     models = pl.ModelCache(model, device)
 
@@ -252,6 +255,7 @@ def revise(
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
+    check_output_path(output)
     cfg = _sampler(pl.parse_block(block), sampling or {})
     models = pl.ModelCache(model, device)
 
@@ -302,6 +306,7 @@ def generate(
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
+    check_output_path(output)
     values = sampling or {}
     draft_block, schedule = pl.parse_stages(stages, gammas)
     draft_cfg = _sampler(draft_block, values)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sbdcli.artifacts import atomic_path
+from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import ENTROPY_OVER
 
 COLUMNS = (
@@ -88,6 +89,19 @@ def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
         + "."
     )
     return "\n".join(lines) + "\n"
+
+
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+"""File types `plot_genppl` writes (by the path's suffix)."""
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Refuse a plot path matplotlib cannot write, before any judging."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise UserError(f"`plot` {path}: unknown image type (use one of {', '.join(PLOT_FORMATS)})")
+    if Path(path).is_dir():
+        raise UserError(f"`plot` {path} is a directory")
 
 
 def plot_genppl(summaries: Sequence[dict[str, Any]], path: str | Path) -> None:
