@@ -148,6 +148,8 @@ def _check_sequence(rec: Mapping[str, Any], where: str, vocab_size: int | None) 
     tokens, conf = rec["tokens"], rec["confidence"]
     length = len(tokens)
     _check_int_list(tokens, where, "tokens")
+    if length == 0:
+        raise UserError(f"{where}: field 'tokens' is empty")
     if vocab_size is not None and any(t < 0 or t >= vocab_size for t in tokens):
         bad = next(t for t in tokens if t < 0 or t >= vocab_size)
         raise UserError(f"{where}: token id {bad} is outside the vocabulary (size {vocab_size})")

@@ -30,6 +30,9 @@ from sbdcli.cli.progress import counting
 from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
+MAX_LENGTH_FACTOR = 16
+"""Longest --length, in multiples of the trained length (longer samples slide a window)."""
+
 SAMPLER_FIELDS = (
     "steps_per_block",
     "first_hitting",
@@ -67,6 +70,11 @@ def _draft_setup(
     length = ref.model.config.seq_len if length is None else length
     if length < 2:
         raise UserError(f"--length must be >= 2, got {length}")
+    if length > MAX_LENGTH_FACTOR * ref.model.config.seq_len:
+        raise UserError(
+            f"--length {length} is more than {MAX_LENGTH_FACTOR} x the model's trained length "
+            f"{ref.model.config.seq_len}"
+        )
     if length > ref.model.config.seq_len and block > ref.model.config.seq_len:
         raise UserError(f"--block {block} exceeds the model's trained length for sliding")
     given = pl.read_prompts(prompts, ref) if prompts else None

@@ -41,10 +41,21 @@ HF_ALIASES = {
 
 
 # --------------------------------------------------------------------------- building
+def _check_weights(state: dict[str, torch.Tensor], source: Path) -> None:
+    """Weights are floating point and finite (a diverged or damaged file is refused here,
+    not after a whole draft of NaN)."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise UserError(f"{source}: weight '{name}' is stored as {tensor.dtype}, not floats")
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{source}: weight '{name}' holds NaN or infinite values")
+
+
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: Path) -> Denoiser:
     """A Denoiser holding `state` (float32), built without a throw-away random init."""
     with torch.device("meta"):
         model = Denoiser(config)
+    _check_weights(state, source)
     state = {k: v.float() for k, v in state.items()}
     if "rotary_emb.inv_freq" not in state:
         state["rotary_emb.inv_freq"] = _inv_freq(config)

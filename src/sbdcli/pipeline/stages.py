@@ -124,12 +124,28 @@ def check_records(
     vocab = ref.model.config.vocab_size if ref is not None else None
     for j, rec in enumerate(records):
         validate_record(rec, first_index + j, vocab)
+        if ref is not None:
+            _check_no_kept_mask(rec, ref, first_index + j)
         n = len(rec["tokens"])
         if len(rec.get("confidence_nucleus", [])) != n:
             rec["confidence_nucleus"] = list(rec["confidence"])
         if len(rec.get("step", [])) != n:
             rec["step"] = [0] * n
     return records
+
+
+def _check_no_kept_mask(rec: Record, ref: ModelRef, index: int) -> None:
+    """A [MASK] id may stand only at positions to regenerate (and first, for a model
+    without BOS, where it stands in for BOS)."""
+    cfg = ref.model.config
+    first = 1 if cfg.bos_id is None else 0
+    masked = set(rec["masked"])
+    for pos in range(first, len(rec["tokens"])):
+        if rec["tokens"][pos] == cfg.mask_id and pos not in masked:
+            raise UserError(
+                f"record {index} (id {rec['id']!r}): [MASK] at position {pos}, which is not "
+                "in 'masked' (a record must hold real tokens wherever it is not regenerated)"
+            )
 
 
 # --------------------------------------------------------------------------- remask
