@@ -5,6 +5,7 @@
     RUN/metrics.jsonl    one JSON line per optimizer step (validation on some)
     RUN/data/            copies of the data's manifest, tokenizer and oracle
     RUN/state/           exact resume state; state/trainer.json holds the step counters
+    RUN/.lock            the writer's lock (`RunLock`, held by `sbd train`; names its pid)
     runs/latest          a relative symlink to the newest run under `runs/`
 
 `RunDir` names these files and reads them (`config`, `trained_block_sizes`, `trainer_state`,
@@ -15,10 +16,10 @@ Not here: what training does with them (train/) or the tensors inside state/ (tr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from typing import Any
 
 from sbdcli.artifacts.files import atomic_file, atomic_path, read_json, write_json
 from sbdcli.errors import UserError
+
+if sys.platform != "win32":
+    import fcntl  # POSIX only; where it is missing a run directory is not locked
 
 RUN_SCHEMA = "sbd.run"
 DATA_COPIES = ("manifest.json", "tokenizer.json", "oracle.safetensors")
@@ -37,23 +41,32 @@ FIRST_WRITES = ("config.json", "metrics.jsonl", "model.safetensors", "data", LOC
 
 class RunLock:
     """An exclusive OS lock on `RUN/.lock`, held while this object lives (and released by
-    the kernel when the process dies); the file names the holder's pid."""
+    the kernel when the process dies); the file names the holder's pid. With `probe`, only
+    check that nobody holds it: nothing is created or written and the lock is not kept.
+    Not taken on Windows (no `fcntl`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, probe: bool = False) -> None:
         self.path, self._fd = path, -1
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if sys.platform == "win32" or (probe and not path.is_file()):
+            return
+        self._fd = _open_lock_file(path, probe)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self._refuse()
+        if probe:
             self.release()
-            raise UserError(
-                f"{path.parent} is being written by another sbd process (pid {holder}); "
-                "wait for it or choose another `out`"
-            ) from None
+            return
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _refuse(self) -> None:
+        holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        self.release()
+        raise UserError(
+            f"{self.path.parent} is being written by another sbd process (pid {holder}); "
+            "wait for it or choose another `out`"
+        ) from None
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -62,6 +75,17 @@ class RunLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _open_lock_file(path: Path, probe: bool) -> int:
+    """A descriptor of `path`: read-only for a probe, else created (with its directory)."""
+    try:
+        if probe:
+            return os.open(path, os.O_RDONLY)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot lock the run directory {path.parent}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,10 @@ class RunDir:
     def lock(self) -> RunLock:
         """Take the run's writer lock (a UserError naming the holder when it is taken)."""
         return RunLock(self.lock_path)
+
+    def check_unlocked(self) -> None:
+        """A UserError naming the holder when a live writer holds the lock; writes nothing."""
+        RunLock(self.lock_path, probe=True)
 
     def entries(self) -> list[str]:
         """Names in the run directory (empty when it does not exist)."""

@@ -139,8 +139,8 @@ def _new_dir(out: str | os.PathLike[str] | None, root: Path, preset_name: str) -
 
 def _check_not_locked(run: RunDir) -> None:
     """A run directory another live process writes is refused first, naming its pid."""
-    if _is_main_process() and run.lock_path.is_file():
-        run.lock().release()
+    if _is_main_process():
+        run.check_unlocked()
 
 
 def _agreed_name(root: Path, preset_name: str) -> Path:
