@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sbdcli import artifacts
-from sbdcli.artifacts.files import atomic_file
+from sbdcli.artifacts.files import atomic_dir, atomic_file, atomic_path
 from sbdcli.errors import UserError
 
 
@@ -136,3 +136,20 @@ def test_temporaries_name_the_writer_and_a_failed_write_names_the_target(tmp_pat
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), handle.name)
     assert info.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", ["path", "dir"])
+def test_atomic_path_and_dir_also_remove_dead_writers_temporaries(tmp_path, writer):
+    target = tmp_path / "out"
+    dead, live = _dead_pid(), os.getpid()
+    stale, kept = tmp_path / f".out.{dead}.a.tmp", tmp_path / f".out.{live}.b.tmp"
+    stale.mkdir()
+    (stale / "part").write_text("half")
+    kept.write_text("in use")
+    if writer == "path":
+        with atomic_path(target) as tmp:
+            tmp.write_text("new")
+    else:
+        with atomic_dir(target) as tmp:
+            (tmp / "f").write_text("new")
+    assert not stale.exists() and kept.read_text() == "in use"

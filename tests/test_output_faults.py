@@ -1,9 +1,11 @@
 """Output-side failures are user errors: a full disk or a file-size limit (RLIMIT_FSIZE in a
-subprocess), an output path that is a directory. Each case exits 2 with one stderr line and
-no traceback, leaves the previous output unchanged and no temporary beside it."""
+subprocess), stdout on a full disk, a checkpoint that does not fit; an output path that is a
+directory or lies under a file, refused before any work. Each case exits 2 with one stderr line
+and no traceback, leaves the previous output unchanged and no temporary beside it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import subprocess
@@ -104,6 +106,11 @@ EARLY = {
     "demo --device tpu": ["demo", "--device", "tpu", "--out", "newdemo", "--quick"],
     "draft -o under a file": ["draft", "-n", "2", "-o", "drafts.jsonl/x"],
     "revise -o naming a directory": ["revise", "-i", "drafts.jsonl", "-o", "adir"],
+    "eval ppl --out naming a directory": ["eval", "ppl", "-m", "runs/r1", "--out", "adir"],
+    "prepare --out naming a file": ["prepare", "--out", "drafts.jsonl", "--num-train", "64"],
+    "prepare --out under a file": ["prepare", "--out", "drafts.jsonl/data"],
+    "train --out under a file": ["train", "--out", "drafts.jsonl/run", "--steps", "1"],
+    "demo --out under a file": ["demo", "--out", "drafts.jsonl/demo", "--quick"],
 }
 """Refused before any work: nothing is judged, trained or written."""
 
@@ -120,3 +127,40 @@ def test_bad_outputs_are_refused_before_any_work(work, name):
     assert sorted(p.name for p in work.iterdir()) == before
     assert (work / "drafts.jsonl").read_text() == drafts
     assert list((work / "adir").iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_one_line(work):
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([*SBD, "draft", "-n", "2", "--device", "cpu"], cwd=work, env=_env(),
+                             stdout=full, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert res.returncode == 2
+    assert _only_line(res.stderr).endswith("stdout: No space left on device")
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_a_failed_checkpoint_keeps_the_previous_one(tmp_path):
+    """A resumed run whose next checkpoint does not fit: the last one stays whole."""
+
+    def run(*argv: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([*SBD, *argv], cwd=tmp_path, env=_env(), capture_output=True,
+                              text=True, **kw)  # fmt: skip
+
+    run("prepare", "--out", "data", "--num-train", "64", "--num-val", "16",
+        "--oracle-samples", "16", "--seq-len", "16", check=True)  # fmt: skip
+    run("train", "--out", "r", "--data", "data", "--steps", "2", "--batch-size", "4",
+        "--device", "cpu", check=True)  # fmt: skip
+    state = _tree(tmp_path / "r" / "state")
+    model = _tree(tmp_path / "r")["model.safetensors"]
+    # the model (2.2 MB) fits, the optimizer state (4.4 MB) does not
+    res = run("train", "--resume", "--out", "r", "--steps", "4", "--device", "cpu",
+              preexec_fn=_limit(3_000_000))  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "state: File too large" in _only_line(res.stderr, after_report=True)
+    assert _tree(tmp_path / "r" / "state") == state
+    assert _tree(tmp_path / "r")["model.safetensors"] == model
+    assert not [p for p in (tmp_path / "r").rglob("*") if p.name.endswith(".tmp")]

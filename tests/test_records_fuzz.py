@@ -20,6 +20,30 @@ JSON = st.recursive(
 )
 FIELDS = ["id", "tokens", "confidence", "masked", "prompt_len", "nfe", "stages", "text", "model"]
 RECORDISH = st.fixed_dictionaries({}, optional={k: JSON for k in FIELDS})
+VALID = {
+    "id": "r0",
+    "tokens": [3, 4, 5],
+    "confidence": [1.0, 0.5, 0.25],
+    "masked": [2],
+    "prompt_len": 1,
+    "nfe": 2,
+    "stages": [{"name": "draft"}],
+    "text": "",
+    "model": "m",
+}
+"""A valid record: the mutations below reach the checks behind the type checks."""
+NEAR_INTS = st.integers(-3, 60) | st.booleans() | st.floats(allow_nan=True) | st.none()
+NEAR = {
+    "tokens": st.lists(NEAR_INTS, max_size=4),
+    "confidence": st.lists(NEAR_INTS, max_size=4),
+    "masked": st.lists(NEAR_INTS, max_size=4),
+    "prompt_len": NEAR_INTS,
+    "nfe": NEAR_INTS,
+    "stages": st.lists(JSON, max_size=2),
+}
+MUTATED = st.fixed_dictionaries({}, optional={k: NEAR.get(k, JSON) for k in FIELDS}).map(
+    lambda changes: {**VALID, **changes}
+)
 
 
 def _read(data: bytes, suffix: str = ".jsonl") -> None:
@@ -33,7 +57,7 @@ def _read(data: bytes, suffix: str = ".jsonl") -> None:
             pass
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -52,4 +76,10 @@ def test_arbitrary_json_lines_raise_only_user_errors(values):
 @FUZZ
 @given(st.lists(RECORDISH, min_size=1, max_size=3))
 def test_record_like_objects_raise_only_user_errors(records):
+    _read("".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+@FUZZ
+@given(st.lists(MUTATED, min_size=1, max_size=3))
+def test_almost_valid_records_raise_only_user_errors(records):
     _read("".join(json.dumps(r) + "\n" for r in records).encode())

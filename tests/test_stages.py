@@ -17,8 +17,8 @@ from sbdcli.errors import UserError
 from sbdcli.model import Denoiser
 
 DRAFT_KEYS = ["name", "block_size", "length", "steps_per_block", "first_hitting", "top_p",
-              "temperature", "dtype", "unmask", "kv_cache", "seed", "model", "batch_size",
-              "nfe", "seconds"]  # fmt: skip
+              "temperature", "dtype", "unmask", "kv_cache", "seed", "model", "vocab_size",
+              "mask_id", "bos_id", "n_records", "batch_size", "nfe", "seconds"]  # fmt: skip
 REVISE_KEYS = ["name", "block", "block_size", "steps_per_block", "first_hitting", "top_p",
                "temperature", "dtype", "unmask", "kv_cache", "seed", "n_masked", "model",
                "batch_size", "nfe", "seconds"]  # fmt: skip

@@ -423,6 +423,8 @@ class GenPplOptions:
     """Fresh true samples for the oracle floor when the manifest has none at this length."""
     seed: int = 0
     """Seed of the oracle floor's samples."""
+    allow_partial: bool = False
+    """Score a set with fewer records than its draft declared (its summary says `partial`)."""
 
 
 # --------------------------------------------------------------------------- demo

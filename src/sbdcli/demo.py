@@ -24,6 +24,7 @@ from typing import Any
 
 from sbdcli import artifacts, pipeline
 from sbdcli import evaluate as ev
+from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import DemoConfig, SamplerConfig, train_config
 from sbdcli.data import prepare_synthetic, read_manifest
@@ -120,7 +121,9 @@ def demo_draft(cfg: DemoConfig, ref: Any, log: Log) -> list[dict[str, Any]]:
     prompts = pipeline.draft_prompts(ref, cfg.n_samples, cfg.seed, None)
     records: list[dict[str, Any]] = []
     for batch in pipeline.batched(prompts, 64):
-        records.extend(pipeline.draft_batch(ref, batch, length, scfg, cfg.seed))
+        records.extend(
+            pipeline.draft_batch(ref, batch, length, scfg, cfg.seed, n_records=len(prompts))
+        )
     artifacts.write_records(records, str(path))
     return records
 
@@ -172,8 +175,7 @@ def demo_eval(
 
 def check_demo(cfg: DemoConfig) -> None:
     """What can be refused before any work: an `out` that is a file, an unusable device."""
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise UserError(f"`out` {cfg.out} exists and is not a directory")
+    check_output_dir(cfg.out)
     resolve_device(cfg.device)
 
 

@@ -66,6 +66,20 @@ def check_output_path(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{target} is a directory (expected a file to write)")
+    _check_parents(target)
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, an output directory (`out`) that cannot be made: a file,
+    or a path under a file."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"`out` {target} exists and is not a directory")
+    _check_parents(target)
+
+
+def _check_parents(target: Path) -> None:
+    """The nearest existing ancestor of `target` must be a directory."""
     parent = next((p for p in target.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UserError(f"{target}: {parent} is not a directory")
@@ -114,21 +128,9 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 
     On any exception the temporary file is removed and `path` is left as it was.
     """
-    target = Path(path)
-    tmp = _temporary(target)
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with open(tmp, mode, encoding=encoding) as handle:
-            yield handle
-        _publish(tmp, target)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise _naming(exc, target) from exc
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    encoding = None if "b" in mode else "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
 
 
 @contextlib.contextmanager

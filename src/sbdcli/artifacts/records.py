@@ -3,7 +3,9 @@
 The format (every field, its type, who sets it, the stage entries) is written down in
 docs/records.md; `Record` and `StageEntry` are its typed form. `read_records` /
 `write_records` / `RecordWriter` read and write JSONL (`-` = stdin/stdout) or one
-`.safetensors` bundle; `validate_record` names the record and the field in its messages;
+`.safetensors` bundle; `validate_record` names the record and the field in its messages
+(and, given `ModelIds`, refuses records drafted with another vocabulary); `DraftTally`
+counts records against the `n_records` their draft declared (a cut input shows);
 `group_by_length` groups records that stack into one tensor. Not here: what a stage does to
 a record (pipeline/).
 
@@ -14,9 +16,11 @@ imports artifacts/ at start-up, and `sbd --help` should not pay torch's ~1 s imp
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from sbdcli.artifacts.files import JsonlWriter, read_jsonl
@@ -69,6 +73,10 @@ class StageEntry(_StageName, total=False):
     passes: int
     n_masked: int
     model: str
+    vocab_size: int
+    mask_id: int
+    bos_id: int | None
+    n_records: int
     batch_size: int
     nfe: int
     seconds: float
@@ -118,13 +126,34 @@ def _check_int_list(values: list[Any], where: str, field: str) -> None:
         raise UserError(f"{where}: field '{field}' must be a list of integers")
 
 
+@dataclass(frozen=True)
+class ModelIds:
+    """What a stage's model says about ids: records drafted by it must agree (docs/records.md)."""
+
+    name: str
+    vocab_size: int
+    mask_id: int
+    bos_id: int | None
+
+    def describe(self) -> str:
+        return f"vocab_size {self.vocab_size}, mask_id {self.mask_id}, bos_id {self.bos_id}"
+
+
+MODEL_ID_KEYS = ("vocab_size", "mask_id", "bos_id")
+"""The draft stage entry's keys that name the drafting model's vocabulary."""
+
+
 def validate_record(
-    rec: Mapping[str, Any], index: int = 0, vocab_size: int | None = None
+    rec: Mapping[str, Any],
+    index: int = 0,
+    vocab_size: int | None = None,
+    model: ModelIds | None = None,
 ) -> Record:
     """Check a sample record against docs/records.md; return it unchanged or raise UserError.
 
     `index` (the record's place in its stream) and its `id` name the record in messages;
-    with `vocab_size`, token ids must lie in [0, vocab_size).
+    with `vocab_size` (default: `model`'s), token ids must lie in [0, vocab_size); with
+    `model`, the vocabulary the draft entry records must be the model's.
     """
     where = _where(index, rec)
     for key, kind in REQUIRED_KEYS.items():
@@ -133,14 +162,31 @@ def validate_record(
         value = rec[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise UserError(f"{where}: field '{key}' has the wrong type")
+    for j, stage in enumerate(rec["stages"]):
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+            raise UserError(f"{where}: stages[{j}] must be an object with a 'name'")
+    if model is not None:
+        _check_model_ids(rec, where, model)
+        vocab_size = model.vocab_size if vocab_size is None else vocab_size
     _check_sequence(rec, where, vocab_size)
     _check_positions(rec, where)
     if rec["nfe"] < 0:
         raise UserError(f"{where}: field 'nfe' must be >= 0")
-    for j, stage in enumerate(rec["stages"]):
-        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
-            raise UserError(f"{where}: stages[{j}] must be an object with a 'name'")
     return cast(Record, rec)
+
+
+def _check_model_ids(rec: Mapping[str, Any], where: str, model: ModelIds) -> None:
+    """The draft entry's `vocab_size`, `mask_id`, `bos_id` (where recorded) match `model`."""
+    entry = draft_entry(rec)
+    if entry is None or not any(k in entry for k in MODEL_ID_KEYS):
+        return  # records of older versions: only the token range is checked
+    if all(entry.get(k, getattr(model, k)) == getattr(model, k) for k in MODEL_ID_KEYS):
+        return
+    drafted = ", ".join(f"{k} {entry.get(k, '?')}" for k in MODEL_ID_KEYS)
+    raise UserError(
+        f"{where}: drafted by a model with {drafted}, but {model.name} has "
+        f"{model.describe()} (another vocabulary)"
+    )
 
 
 def _check_sequence(rec: Mapping[str, Any], where: str, vocab_size: int | None) -> None:
@@ -173,6 +219,57 @@ def _check_positions(rec: Mapping[str, Any], where: str) -> None:
         raise UserError(f"{where}: field 'prompt_len' must lie in [0, {length}]")
     if masked and masked[0] < rec["prompt_len"]:
         raise UserError(f"{where}: field 'masked' includes prompt position {masked[0]}")
+
+
+# --------------------------------------------------------------------------- draft tally
+DRAFT_OUTCOMES = frozenset({"nfe", "seconds", "batch_size"})
+"""Draft-entry keys that differ between records of one draft command (per record or batch)."""
+
+
+def draft_entry(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The record's draft stage entry (its first stage, named `draft`), or None."""
+    stages = rec.get("stages")
+    first = stages[0] if isinstance(stages, list) and stages else None
+    if isinstance(first, dict) and first.get("name") == "draft":
+        return cast(Mapping[str, Any], first)
+    return None
+
+
+def declared_records(rec: Mapping[str, Any]) -> int | None:
+    """`n_records` of the record's draft entry: how many records its draft wrote, or None."""
+    entry = draft_entry(rec)
+    n = entry.get("n_records") if entry is not None else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+class DraftTally:
+    """Records seen per draft command against the `n_records` each draft declared.
+
+    Records belong to one draft when their drafting `model` and draft entry agree on every
+    key but `DRAFT_OUTCOMES`. Records without `n_records` (older versions) are not counted.
+    """
+
+    def __init__(self) -> None:
+        self._drafts: dict[str, list[int]] = {}  # draft key -> [seen, declared]
+
+    def add(self, rec: Mapping[str, Any]) -> None:
+        declared, entry = declared_records(rec), draft_entry(rec)
+        if declared is None or entry is None:
+            return
+        params = {k: v for k, v in entry.items() if k not in DRAFT_OUTCOMES}
+        key = json.dumps([rec.get("model"), params], sort_keys=True, default=str)
+        self._drafts.setdefault(key, [0, declared])[0] += 1
+
+    def declared(self) -> int | None:
+        """Records all counted drafts declared together; None when none declared any."""
+        return sum(d for _, d in self._drafts.values()) if self._drafts else None
+
+    def shortfall(self) -> tuple[int, int] | None:
+        """(seen, declared) summed over the drafts with fewer records seen than declared."""
+        short = [(s, d) for s, d in self._drafts.values() if s < d]
+        if not short:
+            return None
+        return sum(s for s, _ in short), sum(d for _, d in short)
 
 
 # --------------------------------------------------------------------------- bundles

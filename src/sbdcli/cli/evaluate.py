@@ -64,7 +64,12 @@ def _table(summaries: list[dict[str, Any]]) -> None:
     cols = terminal_columns(summaries)
     console.print(metric_table("Gen PPL", cols, summaries, cell, numbered=True, no_wrap=True))
     for i, s in enumerate(summaries, start=1):
-        console.print(f"[bold]{i}[/] {s.get('name', '')}", highlight=False, soft_wrap=True)
+        partial = (
+            f" [yellow](partial: {s['n']} of {s['n_declared']} records)[/]"
+            if s.get("partial")
+            else ""
+        )
+        console.print(f"[bold]{i}[/] {s.get('name', '')}{partial}", highlight=False, soft_wrap=True)
         console.print(f"  {s.get('settings_short', '')}", style="dim", highlight=False)
 
 
@@ -90,6 +95,17 @@ def _footer(summaries: list[dict[str, Any]]) -> None:
     )
     for note in sorted({n for s in summaries for n in s.get("notes", [])}):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _check_outputs(out: str | None, plot: Path | None = None) -> None:
+    """Refuse, before any judging or model loading, an --out or --plot that cannot be written."""
+    from sbdcli.artifacts import check_output_path
+    from sbdcli.evaluate.report import check_plot_path
+
+    if out is not None:
+        check_output_path(out)
+    if plot is not None:
+        check_plot_path(plot)
 
 
 def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
@@ -168,18 +184,19 @@ def genppl(
         int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the oracle floor's samples.")] = 0,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Score a set with fewer records than its draft declared (marked partial).",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
-    from sbdcli.artifacts import check_output_path
     from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
-    from sbdcli.evaluate.report import check_plot_path
 
-    if out is not None:
-        check_output_path(out)
-    if plot is not None:
-        check_plot_path(plot)
-
+    _check_outputs(out, plot)
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     sets = _read_sets([*(files or []), *(inputs or [])])
@@ -194,6 +211,7 @@ def genppl(
         group=not per_file,
         floor_samples=floor_samples,
         seed=seed,
+        allow_partial=allow_partial,
     )
     bar, advance = _progress(sum(len(r) for _, r in sets), "judging")
     with bar:
@@ -260,6 +278,7 @@ def ppl(
 
     if mc < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise UserError("--mc, --batch-size and --max-batches must be >= 1")
+    _check_outputs(out)
     data_dir, block_size = _ppl_inputs(model, data, block)
     from sbdcli.data import load_split
     from sbdcli.model.checkpoint import load_model

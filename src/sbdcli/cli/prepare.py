@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from sbdcli.artifacts.files import check_output_dir
 from sbdcli.cli._app import app, console
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import render_table
@@ -251,6 +252,7 @@ def prepare(
 ) -> None:
     """Build a data directory: token rows that start with BOS, a manifest and a tokenizer."""
     params = dict(ctx.params)
+    check_output_dir(out)
     kind = _choose_source(ctx, params)
     command = command_line(ctx)
     if kind == "synthetic":

@@ -11,12 +11,13 @@ parsed here, the work is in `sbdcli.pipeline`; progress goes to stderr.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
 from sbdcli.artifacts.files import check_output_path
-from sbdcli.cli._app import app
+from sbdcli.cli._app import app, console
 from sbdcli.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -119,29 +120,77 @@ def _sampler(block: int, values: dict[str, Any], steps: int | None = None) -> Sa
     return SamplerConfig(block_size=block, **values)
 
 
-def _write_drafts(what: str, output: str, plist: list[Any], batch_size: int, run: Any) -> None:
-    """Draft-like commands: `run(batch, on_call)` per batch of prompts, records written."""
+@dataclass(frozen=True)
+class Drafting:
+    """What `draft` and `generate` sample: prompts, length, the draft and the K-stage plan
+    (empty for a bare draft)."""
+
+    ref: Any
+    prompts: list[Any]
+    length: int
+    cfg: SamplerConfig
+    seed: int
+    plan: list[Any]
+    stop_at_eos: bool
+
+    def batch(self, prompts: list[Any], on_call: Any) -> list[dict[str, Any]]:
+        from sbdcli import pipeline as pl
+
+        return pl.generate_batch(
+            self.ref,
+            prompts,
+            self.length,
+            self.cfg,
+            self.seed,
+            self.plan,
+            stop_at_eos=self.stop_at_eos,
+            progress=on_call,
+            n_records=len(self.prompts),
+        )
+
+
+def _write_drafts(what: str, output: str, batch_size: int, job: Drafting) -> None:
+    """Draft-like commands: every batch of prompts drafted (and revised), records written."""
     from sbdcli import pipeline as pl
     from sbdcli.artifacts import RecordWriter
 
-    with RecordWriter(output) as writer, counting(what, len(plist)) as (done, on_call):
-        for batch in pl.batched(plist, batch_size):
-            for rec in run(batch, on_call):
+    with RecordWriter(output) as writer, counting(what, len(job.prompts)) as (done, on_call):
+        for batch in pl.batched(job.prompts, batch_size):
+            for rec in job.batch(batch, on_call):
                 writer.write(rec)
             done(len(batch))
 
 
 def _rewrite_records(what: str, input: str, output: str, batch_size: int, run: Any) -> None:
-    """Record-to-record commands: `run(batch, first_index, on_call)` per batch of records."""
-    from sbdcli.artifacts import RecordWriter
+    """Record-to-record commands: `run(batch, first_index, on_call)` per batch of records.
 
-    first = 0
+    An input that ends with fewer records than its draft declared is written as it is,
+    with one warning on stderr.
+    """
+    from sbdcli.artifacts import RecordWriter
+    from sbdcli.artifacts.records import DraftTally
+
+    first, tally = 0, DraftTally()
     with RecordWriter(output) as writer, counting(what, None) as (done, on_call):
         for batch in _read_batches(input, batch_size):
             for rec in run(batch, first, on_call):
                 writer.write(rec)
+                tally.add(rec)
             first += len(batch)
             done(len(batch))
+    _warn_partial(what, tally)
+
+
+def _warn_partial(what: str, tally: Any) -> None:
+    """One stderr line when the input held fewer records than their drafts declared."""
+    short = tally.shortfall()
+    if short is not None:
+        console.print(
+            f"[bold yellow]sbd: warning:[/] {what}: the input ended after {short[0]} of the "
+            f"{short[1]} records its draft declared (a cut or partial input?)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 NOpt = Annotated[
@@ -183,7 +232,6 @@ def draft(
     sampling: dict[str, Any] | None = None,
 ) -> None:
     """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
-    from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
     check_output_path(output)
@@ -192,12 +240,9 @@ def draft(
     cfg = _sampler(block, sampling or {})
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
 
-    def run(batch: list[Any], on_call: Any) -> list[dict[str, Any]]:
-        return pl.draft_batch(
-            ref, batch, length, cfg, seed, stop_at_eos=stop_at_eos, progress=on_call
-        )
-
-    _write_drafts("draft", output, plist, batch_size, run)
+    _write_drafts(
+        "draft", output, batch_size, Drafting(ref, plist, length, cfg, seed, [], stop_at_eos)
+    )
 
 
 # --------------------------------------------------------------------------- remask
@@ -328,9 +373,5 @@ def generate(
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
 
-    def run(batch: list[Any], on_call: Any) -> list[dict[str, Any]]:
-        return pl.generate_batch(
-            ref, batch, length, draft_cfg, seed, plan, stop_at_eos=stop_at_eos, progress=on_call
-        )
-
-    _write_drafts("generate", output, plist, batch_size, run)
+    job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos)
+    _write_drafts("generate", output, batch_size, job)

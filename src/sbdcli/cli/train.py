@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.cli._app import app, console
 from sbdcli.cli.options import config_options
@@ -172,6 +173,8 @@ def train(
     """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
     from sbdcli.train import resume_config, setup  # torch: imported when a command runs
 
+    if out is not None:
+        check_output_dir(out)
     given = {**(given or {}), **block_fields(mix, mix_lambda, block)}
     if eps_large is not None:
         given["large_eps_min"], given["large_eps_max"] = parse_interval(eps_large)

@@ -2,10 +2,11 @@
 
 `evaluate_sets` finds the records' special ids (`vocab_info`: `data_dir`, else the
 records' run directory, else BOS = tokens[0]), refuses unfinished samples
-(`check_finished`), resolves `evaluator` to a judge (`make_judge`: the oracle, an sbd
-block-1 run, or a transformers causal LM), then for every file (or stage group of a file)
-asks the judge for its scores through the `judges.Judge` protocol and summarizes them
-(metrics.summarize). docs/evaluation.md states the protocol in prose.
+(`check_finished`) and sets with fewer records than their draft declared unless
+`allow_partial` (`check_complete`), resolves `evaluator` to a judge (`make_judge`: the
+oracle, an sbd block-1 run, or a transformers causal LM), then for every file (or stage
+group of a file) asks the judge for its scores through the `judges.Judge` protocol and
+summarizes them (metrics.summarize). docs/evaluation.md states the protocol in prose.
 
 Not here: the metric math (metrics.py), grouping (grouping.py), the judges themselves
 (judges.py, hf_judge.py), tables and plots (report.py). It never prints: notes for the
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sbdcli.artifacts import read_json
+from sbdcli.artifacts.records import DraftTally
 from sbdcli.artifacts.rundir import data_dirs_of
 from sbdcli.config import GenPplOptions
 from sbdcli.data import Codec, load_codec
@@ -134,6 +136,44 @@ def make_judge(opts: GenPplOptions, records: Sequence[dict[str, Any]], info: Voc
 
 
 # --------------------------------------------------------------------------- driver
+Group = tuple[str, str, str, list[dict[str, Any]]]
+"""(file, group label, row name, records) of one summary."""
+
+
+def _groups(sets: Sequence[tuple[str, list[dict[str, Any]]]], opts: GenPplOptions) -> list[Group]:
+    """Every file's records, split by stage group unless `group` is off."""
+    out = []
+    for name, recs in sets:
+        groups = group_records(recs) if opts.group else [("all stages", recs)]
+        for label, grp in groups:
+            out.append((name, label, name if len(groups) == 1 else f"{name} · {label}", grp))
+    return out
+
+
+def check_complete(row: str, records: Sequence[dict[str, Any]], allow: bool) -> dict[str, Any]:
+    """`n_declared` and `partial` of one group; a partial group is refused unless `allow`.
+
+    A group is partial when it holds fewer records of a draft than that draft's `n_records`.
+    """
+    tally = DraftTally()
+    for rec in records:
+        tally.add(rec)
+    short = tally.shortfall()
+    if short is not None and not allow:
+        raise UserError(
+            f"{row}: {short[0]} of the {short[1]} records its draft declared (a cut or "
+            "partial set); pass `allow_partial` to score it anyway"
+        )
+    return {"n_declared": tally.declared(), "partial": short is not None}
+
+
+def _partial_note(row: str, completeness: dict[str, Any], n: int) -> list[str]:
+    if not completeness["partial"]:
+        return []
+    declared = completeness["n_declared"]
+    return [f"{row} is partial: {n} records scored, its drafts declared {declared}"]
+
+
 def _group_summary(
     judge: Judge,
     grp: list[dict[str, Any]],
@@ -162,14 +202,15 @@ def evaluate_sets(
         raise UserError("no records to evaluate (empty input)")
     info = vocab_info(every, opts.data_dir)
     notes = check_finished(every, info)
+    groups = _groups(sets, opts)
+    complete = [check_complete(row, grp, opts.allow_partial) for _, _, row, grp in groups]
     judge = make_judge(opts, every, info)
     judge.check(every, info)
     summaries = []
-    for name, recs in sets:
-        groups = group_records(recs) if opts.group else [("all stages", recs)]
-        for label, grp in groups:
-            summary: dict[str, Any] = {"file": name, "group": label}
-            summary["name"] = name if len(groups) == 1 else f"{name} · {label}"
-            summary.update(_group_summary(judge, grp, notes, info, opts, progress))
-            summaries.append(summary)
+    for (name, label, row, grp), done in zip(groups, complete, strict=True):
+        summary: dict[str, Any] = {"file": name, "group": label, "name": row}
+        extra = _partial_note(row, done, len(grp))
+        summary.update(_group_summary(judge, grp, [*notes, *extra], info, opts, progress))
+        summary.update(done)
+        summaries.append(summary)
     return summaries

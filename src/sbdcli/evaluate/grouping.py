@@ -15,8 +15,10 @@ from typing import Any
 
 NOT_SETTINGS = frozenset(
     {"nfe", "seconds", "cache_writes", "seed", "batch_size", "n_masked", "model"}
+    | {"vocab_size", "mask_id", "bos_id", "n_records"}
 )
-"""Stage-entry keys that are costs, seeds or per-batch/per-record outcomes, not settings:
+"""Stage-entry keys that are costs, seeds, per-batch/per-record outcomes or the model's
+identity (its name, its vocabulary ids), and the draft's record count, not settings:
 records that differ only in these belong to the same group."""
 
 

@@ -74,10 +74,21 @@ def generate_batch(
     *,
     stop_at_eos: bool = False,
     progress: Progress = None,
+    n_records: int | None = None,
 ) -> list[Record]:
-    """Draft, then remask + revise per stage of `plan`, in one process with one model."""
+    """Draft, then remask + revise per stage of `plan`, in one process with one model.
+
+    `n_records`: the records the whole command writes (see `draft_batch`).
+    """
     records = draft_batch(
-        ref, prompts, length, draft_cfg, seed, stop_at_eos=stop_at_eos, progress=progress
+        ref,
+        prompts,
+        length,
+        draft_cfg,
+        seed,
+        stop_at_eos=stop_at_eos,
+        progress=progress,
+        n_records=n_records,
     )
     for stage in plan:
         records = remask_batch(records, stage.remask, ref)

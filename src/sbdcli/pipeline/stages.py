@@ -23,7 +23,13 @@ from typing import Any, TypeVar, cast
 
 import torch
 
-from sbdcli.artifacts.records import Record, StageEntry, group_by_length, validate_record
+from sbdcli.artifacts.records import (
+    ModelIds,
+    Record,
+    StageEntry,
+    group_by_length,
+    validate_record,
+)
 from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
@@ -69,8 +75,13 @@ def draft_batch(
     *,
     stop_at_eos: bool = False,
     progress: Progress = None,
+    n_records: int | None = None,
 ) -> list[Record]:
-    """Draft one batch of records (stage index 0)."""
+    """Draft one batch of records (stage index 0).
+
+    `n_records`: how many records the whole draft writes (default: this batch's), recorded
+    in the stage entry so that a later stage or `sbd eval` can tell a cut input.
+    """
     start = time.perf_counter()
     model = ref.model
     eos = model.config.eos_id if stop_at_eos else None
@@ -82,7 +93,9 @@ def draft_batch(
     )
     seconds = (time.perf_counter() - start) / len(prompts)
     params = {"block_size": _block_size(cfg, length), "length": length, **cfg.params()}
-    params.update(seed=seed, model=ref.id, batch_size=len(prompts))
+    params.update(seed=seed, model=ref.id, **_vocab_ids(ref))
+    params.update(n_records=len(prompts) if n_records is None else n_records)
+    params.update(batch_size=len(prompts))
     records = []
     for i, p in enumerate(prompts):
         rec = _draft_record(ref, p, out, i, length)
@@ -91,6 +104,18 @@ def draft_batch(
             rec["stop"] = int(out.stop[i])
         records.append(rec)
     return records
+
+
+def _vocab_ids(ref: ModelRef) -> dict[str, int | None]:
+    """The drafting model's vocabulary, as the draft entry records it."""
+    cfg = ref.model.config
+    return {"vocab_size": cfg.vocab_size, "mask_id": cfg.mask_id, "bos_id": cfg.bos_id}
+
+
+def model_ids(ref: ModelRef) -> ModelIds:
+    """What records processed with `ref` must agree with (see `validate_record`)."""
+    cfg = ref.model.config
+    return ModelIds(ref.id, cfg.vocab_size, cfg.mask_id, cfg.bos_id)
 
 
 def _draft_record(ref: ModelRef, p: Prompt, out: sp.FillResult, i: int, length: int) -> Record:
@@ -118,12 +143,14 @@ def check_records(
 ) -> list[Record]:
     """Validate records (docs/records.md) against the model's vocabulary; fill optional fields.
 
-    `confidence_nucleus` (a copy of `confidence`) and `step` (zeros) are filled in, in
-    place, where they are missing or do not have one value per token.
+    With a model, records whose draft entry names another vocabulary are refused, and so
+    is a [MASK] at a position that is kept. `confidence_nucleus` (a copy of `confidence`)
+    and `step` (zeros) are filled in, in place, where they are missing or do not have one
+    value per token.
     """
-    vocab = ref.model.config.vocab_size if ref is not None else None
+    ids = model_ids(ref) if ref is not None else None
     for j, rec in enumerate(records):
-        validate_record(rec, first_index + j, vocab)
+        validate_record(rec, first_index + j, model=ids)
         if ref is not None:
             _check_no_kept_mask(rec, ref, first_index + j)
         n = len(rec["tokens"])
