@@ -31,3 +31,13 @@ def shared_path(*parts: str) -> Path:
 def fixture_dir() -> Path:
     """The BD3-LM parity fixture directory."""
     return shared_path("fixtures", "bd3lm-tiny")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A small synthetic data directory (L = 32) for the training tests."""
+    from sbdcli.data import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("data") / "syn32"
+    prepare_synthetic(out, seq_len=32, num_train=512, num_val=32, floor_samples=64, seed=1)
+    return out

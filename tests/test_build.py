@@ -14,29 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from sbdcli.cli.options import to_flags
-from sbdcli.config import TrainConfig, train_config
 from sbdcli.errors import UserError
 from sbdcli.train import resume_config, setup, train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from sbdcli.data import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("data") / "syn32"
-    prepare_synthetic(out, seq_len=32, num_train=512, num_val=32, floor_samples=64, seed=1)
-    return out
-
-
-def tiny(**overrides) -> TrainConfig:
-    base = {"steps": 6, "batch_size": 4, "val_every": 3, "save_every": 0, "val_rows": 8}
-    base.update(device="cpu", warmup=2, lr=5e-3, block_large=1024, mix_lambda=0.5)
-    base.update(overrides)
-    return train_config("tiny", **base)
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+from train_helpers import metrics, tiny
 
 
 def test_resume_refuses_changed_optimisation(tmp_path, data_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluate_helpers import build_tiny_gpt2, make_record, tiny_denoiser
+from evaluate_helpers import build_tiny_gpt2, make_record, save_sbd_run, tiny_denoiser
 from sbdcli.cli import main
 
 
@@ -149,28 +149,13 @@ def test_bad_eos_rule(synth_run, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- ppl
-def save_run(run: Path, model, data_dir: Path, block: int) -> Path:
-    """A minimal sbd run directory: model.safetensors + config.json + data/ copy."""
-    import shutil
-
-    from sbdcli.model.checkpoint import save_sbd_model
-
-    run.mkdir(parents=True)
-    save_sbd_model(model, run / "model.safetensors", {})
-    cfg = {"model": model.config.to_dict(), "data": {"dir": str(data_dir)},
-           "train": {"block_small": block, "block_large": block, "mix_lambda": 0.0}}  # fmt: skip
-    (run / "config.json").write_text(json.dumps(cfg))
-    shutil.copytree(data_dir, run / "data", ignore=shutil.ignore_patterns("*.safetensors"))
-    return run
-
-
 def test_eval_ppl_block1_matches_library_and_errors(synth_run, tmp_path, capsys):
     from sbdcli.data import load_split
     from sbdcli.evaluate import heldout_perplexity
 
     data = synth_run / "data"
     model = tiny_denoiser(vocab=66, length=16, seed=3)
-    run = save_run(tmp_path / "run1", model, data, block=1)
+    run = save_sbd_run(tmp_path / "run1", model, data, block=1)
     assert run_main(["eval", "ppl", "-m", str(run), "--data", str(data), "--mc", "2"]) == 0
     obj = json.loads(capsys.readouterr().out)
     want = heldout_perplexity(model, load_split(data, "val"), 1)
@@ -178,7 +163,7 @@ def test_eval_ppl_block1_matches_library_and_errors(synth_run, tmp_path, capsys)
     assert obj["nelbo_per_token"] == pytest.approx(want.nelbo, rel=1e-5)
     code = run_main(["eval", "ppl", "-m", str(run), "--data", str(data), "--block", "3"])
     one_line_error(capsys, code, "must divide")
-    small = save_run(tmp_path / "run2", tiny_denoiser(vocab=40, length=16), data, block=1)
+    small = save_sbd_run(tmp_path / "run2", tiny_denoiser(vocab=40, length=16), data, block=1)
     code = run_main(["eval", "ppl", "-m", str(small), "--data", str(data)])
     one_line_error(capsys, code, "different tokenizer")
 

@@ -9,36 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from sbdcli import artifacts
-from sbdcli.config import TrainConfig, train_config
 from sbdcli.train import resume_config, train
 from sbdcli.train.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from sbdcli.data import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("data") / "syn32"
-    prepare_synthetic(out, seq_len=32, num_train=512, num_val=32, floor_samples=64, seed=1)
-    return out
-
-
-def tiny(**overrides) -> TrainConfig:
-    base = {"steps": 6, "batch_size": 4, "val_every": 3, "save_every": 0, "val_rows": 8}
-    base.update(device="cpu", warmup=2, lr=5e-3, block_large=1024, mix_lambda=0.5)
-    base.update(overrides)
-    return train_config("tiny", **base)
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+from train_helpers import metrics, tiny
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):

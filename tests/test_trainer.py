@@ -18,28 +18,13 @@ import pytest
 import torch
 
 from sbdcli import artifacts
-from sbdcli.config import TrainConfig, train_config
+from sbdcli.config import train_config
 from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.errors import UserError
 from sbdcli.train import draw_noise, setup, train
+from train_helpers import tiny
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from sbdcli.data import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("data") / "syn32"
-    prepare_synthetic(out, seq_len=32, num_train=512, num_val=32, floor_samples=64, seed=1)
-    return out
-
-
-def tiny(**overrides) -> TrainConfig:
-    base = {"steps": 6, "batch_size": 4, "val_every": 3, "save_every": 0, "val_rows": 8}
-    base.update(device="cpu", warmup=2, lr=5e-3, block_large=1024, mix_lambda=0.5)
-    base.update(overrides)
-    return train_config("tiny", **base)
 
 
 def test_draw_noise_equals_the_draws_block_nelbo_makes(data_dir):
