@@ -1,17 +1,27 @@
 """Benchmark the sampler: draft tokens/s with vs without the KV cache, the cost of a revise
 call vs a cached draft call, and a 2-tokens-per-call draft vs an autoregressive GPT-2 of
-the same width and depth decoding with its KV cache (transformers `generate`).
+the same width and depth decoding with its KV cache (transformers `generate`); and, on a
+trained model of the synthetic language, threshold (adaptive) drafts against one token per
+call: calls per sample, seconds and oracle Gen PPL (`--trained RUN --data DIR`); and the
+approximate revise cache (`--approx`: `--cache approx --refresh R` against the exact
+revise and the cached draft, on random weights for time and, with `--trained`, on a
+trained model for oracle Gen PPL).
 
-Random weights (speed does not depend on them), side by side in one run on one machine.
-Writes the section "sampler" of docs/benchmarks.md (`--write`) and prints the table.
+Random weights for the speed grid (speed does not depend on them), side by side in one run
+on one machine. Writes the section "sampler" (or, with --trained, "sampler-threshold") of
+docs/benchmarks.md (`--write`) and prints the table.
 
     python bench/bench_sampler.py --write                       # default grid, CPU
     python bench/bench_sampler.py --device cuda --out gpu.md    # a table to --include later
+    python bench/bench_sampler.py --trained RUN --data DATA --write   # threshold rows
+    python bench/bench_sampler.py --approx --grid tiny:256:8,tiny:1024:4 \
+        --trained RUN --data DATA --write                          # approximate revise rows
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -157,6 +167,412 @@ def row(shape: str, length: int, n: int, vocab: int, device: str, ar: bool) -> d
     return result
 
 
+# --------------------------------------------------------------------------- approx rows
+APPROX_SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    ("exact", {}),
+    ("approx R 2", {"cache": "approx", "refresh": 2}),
+    ("approx R 4", {"cache": "approx", "refresh": 4}),
+    ("approx R 8", {"cache": "approx", "refresh": 8}),
+]
+"""Revise settings of the approximate-cache rows (one global block, one token per call)."""
+
+
+def approx_settings(taus: list[float]) -> list[tuple[str, dict[str, Any]]]:
+    """The approximate-cache settings, then exact and approx R 4 revises with each TAU."""
+    rows = list(APPROX_SETTINGS)
+    for tau in taus:
+        rows += [
+            (f"exact, threshold {tau:g}", {"threshold": tau}),
+            (f"approx R 4, threshold {tau:g}", {"cache": "approx", "refresh": 4, "threshold": tau}),
+        ]
+    return rows
+
+
+def snapshot_mask(out: Any, gamma: float = 0.25) -> torch.Tensor:
+    """The `gamma` lowest-confidence generated positions of every sample (snapshot remask)."""
+    n, length = out.tokens.shape
+    elig = rm.eligible_mask(length, 1)
+    keys = torch.zeros(length, dtype=torch.float64)
+    masked = torch.zeros(n, length, dtype=torch.bool)
+    for i in range(n):
+        masked[i, rm.select_lowest(out.confidence[i].cpu(), elig, gamma, keys)] = True
+    return masked
+
+
+def approx_speed_row(
+    shape: str, length: int, n: int, vocab: int, device: str, taus: list[float], repeats: int
+) -> list[dict[str, Any]]:
+    """Random weights: the cached one-token-per-call draft, then revises of its gamma 0.25
+    snapshot mask in one global block, every setting timed `repeats` times interleaved
+    (the fastest kept). Quality is measured on a trained model (`approx_quality_rows`)."""
+    model = build(shape, vocab, length, device)
+    draft(model, n, min(length, 16), device)  # warm-up
+    settings = approx_settings(taus)
+    best: dict[str, float] = {}
+    outs: dict[str, Any] = {}
+    out = None
+    for _ in range(repeats):
+        secs, out = draft(model, n, length, device)
+        best["draft"] = min(best.get("draft", math.inf), secs)
+        masked = snapshot_mask(out).to(device)
+        for name, kw in settings:
+            cfg = sp.SamplerConfig(block_size=0, **kw)
+            job = functools.partial(sp.revise, model, out.tokens, masked, cfg, gens(n, "r", device))
+            secs, outs[name] = timed(job, device)
+            best[name] = min(best.get(name, math.inf), secs)
+    rows = []
+    moved = snapshot_mask(out)
+    for name, _ in settings:
+        res = outs[name]
+        rows.append(
+            {
+                "model": shape,
+                "L": length,
+                "n": n,
+                "setting": name,
+                "masked": int(moved[0].sum()),
+                "calls": int(res.nfe.max()),
+                "secs": best[name],
+                "vs_exact": best[name] / best["exact"],
+                "vs_draft": best[name] / best["draft"],
+                "draft_secs": best["draft"],
+            }
+        )
+    return rows
+
+
+def approx_speed_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| model | L | n | revise | masked | calls | s | time vs exact revise | "
+        "time vs cached draft |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            r["setting"],
+            str(r["masked"]),
+            str(r["calls"]),
+            fmt(r["secs"], 3),
+            fmt(r["vs_exact"], 3) + "x",
+            fmt(r["vs_draft"], 3) + "x",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def approx_quality_rows(
+    run: str, data: str, n: int, repeats: int, taus: list[float], device: str
+) -> list[dict[str, Any]]:
+    """A trained model: drafts (block 4, one token per call), snapshot remask gamma 0.25,
+    then every revise setting on the same records; oracle Gen PPL and seconds per setting."""
+    from sbdcli import pipeline as pl
+    from sbdcli.config import RemaskConfig
+    from sbdcli.evaluate.judges import OracleJudge
+    from sbdcli.evaluate.metrics import unigram_entropy
+
+    ref = pl.load_model_ref(run, device)
+    judge = OracleJudge(Path(data))
+    length = ref.model.config.seq_len
+    settings = [("draft only", None), *approx_settings(taus)]
+    acc = {
+        name: {"secs": 0.0, **{k: [] for k in ("nll", "ntok", "calls", "ent")}}
+        for name, _ in settings
+    }
+    for seed in range(repeats):
+        cfg = sp.SamplerConfig(block_size=4)
+        job = functools.partial(
+            pl.draft_batch, ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed
+        )
+        draft_secs, recs = timed(job, device)
+        masked = pl.remask_batch(recs, RemaskConfig(gamma=0.25, seed=seed))
+        for name, kw in settings:
+            if kw is None:
+                out, secs = recs, draft_secs
+            else:
+                rcfg = sp.SamplerConfig(block_size=0, **kw)
+                secs, out = timed(
+                    functools.partial(pl.revise_batch, masked, ref, rcfg, seed), device
+                )
+            nll, ntok = _oracle_scores(judge, out)
+            a = acc[name]
+            a["secs"] += secs
+            a["nll"] += nll
+            a["ntok"] += ntok
+            a["calls"] += [r["stages"][-1]["nfe"] for r in out]
+            a["ent"] += [unigram_entropy(r["tokens"][1:]) for r in out]
+    rows = []
+    for name, _ in settings:
+        a = acc[name]
+        count = len(a["nll"])
+        per = [math.exp(x / t) for x, t in zip(a["nll"], a["ntok"], strict=True)]
+        rows.append(
+            {
+                "setting": name,
+                "L": length,
+                "samples": count,
+                "calls": sum(a["calls"]) / count if name != "draft only" else None,
+                "s_per_sample": a["secs"] / count,
+                "genppl": sum(per) / count,
+                "entropy": sum(a["ent"]) / count,
+            }
+        )
+    exact = next(r for r in rows if r["setting"] == "exact")
+    for r in rows:
+        r["genppl_vs_exact"] = r["genppl"] / exact["genppl"]
+        r["time_vs_exact"] = r["s_per_sample"] / exact["s_per_sample"]
+        r["time_vs_draft"] = r["s_per_sample"] / rows[0]["s_per_sample"]
+    return rows
+
+
+def approx_quality_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| revise | L | samples | revise calls/sample | s/sample | time vs exact | time vs draft | "
+        "Gen PPL (per-sample mean) | vs exact | entropy |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [
+            r["setting"],
+            str(r["L"]),
+            str(r["samples"]),
+            fmt(r["calls"], 1),
+            fmt(r["s_per_sample"], 4),
+            fmt(r["time_vs_exact"], 3) + "x",
+            fmt(r["time_vs_draft"], 3) + "x",
+            fmt(r["genppl"], 3),
+            fmt(r["genppl_vs_exact"], 3) + "x",
+            fmt(r["entropy"], 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _approx_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    taus = [float(x) for x in args.taus.split(",")] if args.taus else []
+    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    body = f"Machine: {machine()}; device {args.device}; top-p 0.9; float64 sampling.\n\n"
+    body += f"Command: `{command}`\n\n"
+    speed: list[dict[str, Any]] = []
+    for shape, length, n in parse_grid(args.grid):
+        speed += approx_speed_row(shape, length, n, args.vocab, args.device, taus, args.repeats)
+        for r in speed[-len(approx_settings(taus)) :]:
+            print(json.dumps(r), flush=True)
+    body += "Random weights (time):\n\n" + approx_speed_table(speed) + "\n"
+    if args.trained:
+        quality = approx_quality_rows(
+            args.trained, args.data, args.samples, args.repeats, taus, args.device
+        )
+        for r in quality:
+            print(json.dumps(r), flush=True)
+        body += "\nTrained model (oracle Gen PPL):\n\n" + approx_quality_table(quality) + "\n"
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section("sampler-approx", APPROX_INTRO + body)
+
+
+APPROX_INTRO = (
+    "## Approximate revise cache (`bench/bench_sampler.py --approx`)\n\n"
+    "Snapshot remask gamma 0.25 of a cached one-token-per-call draft (block 4), then one "
+    "global revise block (`--block full`), one token per call unless a threshold is given. "
+    "*exact* = `--cache exact` (every call runs all L positions); *approx R* = `--cache "
+    "approx --refresh R` (docs/sampling.md). Time rows: random weights (speed does not "
+    "depend on them), the fastest of `--repeats` interleaved rounds, revise seconds "
+    "against the exact revise and against the cached draft they revise. Gen PPL rows: a "
+    "trained model, oracle perplexity, per-sample mean, every setting revising the same "
+    "remasked drafts; s/sample = revise (or, for *draft only*, draft) wall-clock / samples; "
+    "*time vs draft* = against the cached one-token-per-call draft of the same samples.\n\n"
+)
+
+
+# --------------------------------------------------------------------------- compile rows
+def compile_row(
+    shape: str, length: int, n: int, vocab: int, device: str, repeats: int
+) -> dict[str, Any]:
+    """The cached draft eager, the same with its fixed-shape call run eagerly, and with that
+    call captured by torch.compile (dynamic=False; on CUDA mode reduce-overhead = CUDA
+    graphs, exactly `--compile`; on CPU inductor without graphs, which `--compile` refuses).
+    One token per call, block 4, the fastest of `repeats` interleaved rounds."""
+    model = build(shape, vocab, length, device)
+    cuda = device.startswith("cuda")
+    mode = "reduce-overhead" if cuda else "default"
+    captured = torch.compile(model.fixed_step, mode=mode, dynamic=False)
+    variants = {
+        "eager": None,
+        "fixed shape, eager": (model.fixed_step, model.forward),
+        "fixed shape, compiled": (captured, model.forward),
+    }
+    real, check = sp._captured, sp.check_compile
+    sp.check_compile = lambda cfg, device: None  # the CPU measurement --compile refuses
+    try:
+        sp._captured = lambda m: variants["fixed shape, compiled"]
+        first, _ = draft(model, n, length, device, compile=True)  # compiles every shape
+        best: dict[str, float] = {}
+        tokens: dict[str, torch.Tensor] = {}
+        for _ in range(repeats):
+            for name, pair in variants.items():
+                sp._captured = lambda m, pair=pair: pair
+                secs, out = draft(model, n, length, device, compile=pair is not None)
+                best[name] = min(best.get(name, math.inf), secs)
+                tokens[name] = out.tokens
+    finally:
+        sp._captured, sp.check_compile = real, check
+    calls = length - 1
+    row = {"model": shape, "L": length, "n": n, "mode": mode, "first_s": first}
+    for name in variants:
+        row[f"{name} ms/call"] = 1000 * best[name] / calls
+        row[f"{name} same"] = bool(torch.equal(tokens[name], tokens["eager"]))
+    row["compiled_vs_eager"] = best["fixed shape, compiled"] / best["eager"]
+    return row
+
+
+def compile_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| model | L | n | torch.compile mode | first draft incl. compiling (s) | ms/call eager | "
+        "ms/call fixed shape, eager | ms/call fixed shape, compiled | compiled vs eager | "
+        "same tokens |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        same = all(r[f"{k} same"] for k in ("fixed shape, eager", "fixed shape, compiled"))
+        cells = [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            r["mode"],
+            fmt(r["first_s"], 1),
+            fmt(r["eager ms/call"], 2),
+            fmt(r["fixed shape, eager ms/call"], 2),
+            fmt(r["fixed shape, compiled ms/call"], 2),
+            fmt(r["compiled_vs_eager"], 2) + "x",
+            fmt(same),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _compile_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    rows = []
+    for shape, length, n in parse_grid(args.grid):
+        rows.append(compile_row(shape, length, n, args.vocab, args.device, args.repeats))
+        print(json.dumps(rows[-1]), flush=True)
+    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    body = (
+        f"Machine: {machine()}; device {args.device}; block 4; one token per call.\n\n"
+        f"Command: `{command}`\n\n{compile_table(rows)}\n"
+    )
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section(f"sampler-compile-{args.device.split(':')[0]}", COMPILE_INTRO + body)
+
+
+COMPILE_INTRO = (
+    "## Captured draft call (`bench/bench_sampler.py --compile`)\n\n"
+    "Random weights, cached draft, block 4, one token per call. *eager* = the exact cached "
+    "call as `sbd draft` runs it; *fixed shape* = the call `--compile` captures (it "
+    "attends to the whole preallocated cache, invalid slots masked, so its shapes never "
+    "change), run eagerly or compiled with torch.compile (dynamic=False). *first draft* = "
+    "the first compiled draft, compilation of every input length included. *same tokens* = "
+    "both fixed-shape drafts sampled the eager draft's tokens.\n\n"
+)
+
+
+# --------------------------------------------------------------------------- threshold rows
+def _oracle_scores(judge: Any, recs: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    scores = judge.score(recs)
+    return [float(x) for x in scores.nll], [int(x) for x in scores.ntok]
+
+
+def threshold_rows(
+    run: str, data: str, n: int, repeats: int, taus: list[float], block: int, device: str
+) -> list[dict[str, Any]]:
+    """One token per call vs `--threshold TAU` drafts of one trained model, side by side.
+
+    Every repeat drafts n samples per setting (seeds 0..repeats-1, settings interleaved so
+    the machine's load hits them alike); Gen PPL is over all n * repeats samples.
+    """
+    from sbdcli import pipeline as pl
+    from sbdcli.evaluate.judges import OracleJudge
+    from sbdcli.evaluate.metrics import unigram_entropy
+
+    ref = pl.load_model_ref(run, device)
+    judge = OracleJudge(Path(data))
+    length = ref.model.config.seq_len
+    settings: list[tuple[str, dict[str, Any]]] = [
+        ("1 token/call", {}),
+        ("1 token/call, confident", {"unmask": "confident"}),  # = threshold 1 here
+    ]
+    settings += [(f"threshold {tau:g}", {"threshold": tau}) for tau in taus]
+    keys = ("calls", "nll", "ntok", "entropy")
+    acc: dict[str, dict[str, Any]] = {
+        name: {"secs": 0.0, **{k: [] for k in keys}} for name, _ in settings
+    }
+    for seed in range(repeats):
+        for name, kw in settings:
+            cfg = sp.SamplerConfig(block_size=block, **kw)
+            job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
+            secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
+            nll, ntok = _oracle_scores(judge, recs)
+            a = acc[name]
+            a["secs"] += secs
+            a["calls"] += [r["nfe"] for r in recs]
+            a["nll"] += nll
+            a["ntok"] += ntok
+            a["entropy"] += [unigram_entropy(r["tokens"][1:]) for r in recs]
+    rows = []
+    for name, _ in settings:
+        a = acc[name]
+        count = len(a["calls"])
+        per_sample = [math.exp(x / t) for x, t in zip(a["nll"], a["ntok"], strict=True)]
+        rows.append(
+            {
+                "setting": name,
+                "block": block,
+                "L": length,
+                "samples": count,
+                "calls": sum(a["calls"]) / count,
+                "s_per_sample": a["secs"] / count,
+                "genppl": sum(per_sample) / count,
+                "genppl_corpus": math.exp(sum(a["nll"]) / sum(a["ntok"])),
+                "entropy": sum(a["entropy"]) / count,
+            }
+        )
+    base = rows[0]
+    for r in rows:
+        r["fewer_calls"] = base["calls"] / r["calls"]
+        r["time_ratio"] = r["s_per_sample"] / base["s_per_sample"]
+        r["genppl_ratio"] = r["genppl"] / base["genppl"]
+    return rows
+
+
+def threshold_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| setting | calls/sample | fewer calls | s/sample | time vs 1/call | Gen PPL "
+        "(per-sample mean) | vs 1/call | Gen PPL (corpus) | entropy |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [
+            r["setting"],
+            fmt(r["calls"], 1),
+            fmt(r["fewer_calls"], 2) + "x",
+            fmt(r["s_per_sample"], 4),
+            fmt(r["time_ratio"], 2) + "x",
+            fmt(r["genppl"], 3),
+            fmt(r["genppl_ratio"], 3) + "x",
+            fmt(r["genppl_corpus"], 3),
+            fmt(r["entropy"], 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def fmt(x: Any, digits: int = 1) -> str:
     if x is None:
         return "-"
@@ -228,13 +644,30 @@ def main() -> None:
     ap.add_argument("--include", nargs="*", default=[], help="markdown files to append")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md section")
     ap.add_argument("--render", help="only render rows saved by --jsonl (no measurement)")
+    ap.add_argument("--trained", help="a trained synthetic-language run: threshold rows")
+    ap.add_argument("--data", help="its data directory (oracle.safetensors)")
+    ap.add_argument("--taus", default="0.5,0.7,0.9", help="thresholds of the threshold rows")
+    ap.add_argument("--samples", type=int, default=64, help="threshold rows: samples per draw")
+    ap.add_argument("--repeats", type=int, default=2, help="threshold rows: draws per setting")
+    ap.add_argument("--block", type=int, default=4, help="threshold rows: draft block size")
     ap.add_argument("--machine", help="machine line for --render (default: this one)")
+    ap.add_argument("--approx", action="store_true", help="approximate revise cache rows")
+    ap.add_argument("--compile", action="store_true", help="captured draft call rows")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import machine, write_section
 
+    if args.approx:
+        _approx_main(args, machine, write_section)
+        return
+    if args.compile:
+        _compile_main(args, machine, write_section)
+        return
+    if args.trained:
+        _threshold_main(args, machine, write_section)
+        return
     if args.render:
         rows = [json.loads(line) for line in Path(args.render).read_text().splitlines()]
         body = f"Machine: {args.machine or machine()}.\n\n{table(rows)}\n"
@@ -262,6 +695,40 @@ def main() -> None:
         write_section(
             "sampler", intro() + body + "".join("\n" + Path(p).read_text() for p in args.include)
         )
+
+
+def _threshold_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    taus = [float(x) for x in args.taus.split(",")]
+    rows = threshold_rows(
+        args.trained, args.data, args.samples, args.repeats, taus, args.block, args.device
+    )
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    body = (
+        f"Machine: {machine()}; device {args.device}; block {args.block}; top-p 0.9; "
+        f"float64 sampling.\n\nCommand: `{command}`\n\n{threshold_table(rows)}\n"
+    )
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section("sampler-threshold", THRESHOLD_INTRO + body)
+
+
+THRESHOLD_INTRO = (
+    "## Threshold (adaptive) drafts (`bench/bench_sampler.py --trained`)\n\n"
+    "One trained `tiny` model of the synthetic language, draft block B, L = the trained "
+    "length, batches of `--samples` samples, `--repeats` draws per setting interleaved. "
+    "*calls/sample* = mean `nfe`; *fewer calls* = calls at one token per call / calls; "
+    "*s/sample* = wall-clock of the draft (records included) / samples; Gen PPL = oracle "
+    "perplexity, per-sample mean (BD3-LM protocol) and corpus (token-weighted); *entropy* = "
+    "mean unigram entropy (nats) of a sample's generated tokens. *confident* = "
+    "`--unmask confident` (most probable position first), which is what a threshold "
+    "degenerates to when no draw passes it. "
+    "`--threshold TAU` commits every position whose draw has probability >= TAU, at least "
+    "one per call (docs/sampling.md).\n\n"
+)
 
 
 def intro() -> str:

@@ -60,9 +60,15 @@ def label(key: Key) -> str:
     return f"{draft} + {m[1]} γ={m[2]} revise B={m[3]}{tail}"
 
 
+GEN_PPL_HEADER = "Gen PPL (corpus, token-weighted)"
+"""The study's Gen PPL is `gen_ppl_corpus`: exp(total NLL / total scored tokens), not the
+per-sample mean that BD3-LM/MDLM report (docs/evaluation.md)."""
+
+
 def table(agg: dict, keys: list[Key], base: tuple | None, secs: dict[str, dict]) -> list[str]:
-    """Markdown rows: Gen PPL, NLL, entropy (mean ± std over models), NFE, modelled s."""
-    head = "| setting | Gen PPL | NLL/token | entropy | NFE | " + " | ".join(
+    """Markdown rows: Gen PPL (corpus, token-weighted), NLL, entropy (mean ± std over
+    models), NFE, modelled s."""
+    head = f"| setting | {GEN_PPL_HEADER} | NLL/token | entropy | NFE | " + " | ".join(
         f"s/sample {k}" for k in secs
     )
     lines = [head + " |", "|---" * (5 + len(secs)) + "|"]
@@ -276,7 +282,9 @@ def _intro(args: argparse.Namespace, m: Measured) -> list[str]:
         "samples per setting and model. **± is the std over the trained models**; "
         "differences are judged paired (same model, same draft). Draft B(1) = 4 with an "
         "exact KV cache, nucleus top-p 0.9; revise blocks reveal 2 tokens per call unless "
-        f"a row says otherwise. Judge: {judge}."
+        f"a row says otherwise. Judge: {judge}. Every Gen PPL in this section is "
+        "corpus-level (token-weighted: exp of total NLL over total scored tokens), not "
+        "the per-sample mean of the BD3-LM/MDLM protocol."
         + (f" Oracle floor (true samples): Gen PPL {floor:.3f}." if floor else "")
         + f" Samples dropped for a BOS after position 0: {dropped}.",
         "",
@@ -347,7 +355,7 @@ def _plot_axis(ax: Any, xlabel: str, xs: dict[tuple, float], m: Measured) -> Non
     if floor:
         ax.axhline(floor, color="grey", ls="--", lw=1, label="oracle floor")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("Gen PPL")
+    ax.set_ylabel(GEN_PPL_HEADER)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)

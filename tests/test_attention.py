@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 from sbdcli.model.attention import (
     HalvesMask,
     KVCache,
+    ScatterView,
+    StackView,
     _block_diff_rule,
     attend,
     block_causal_mask,
@@ -126,6 +128,46 @@ def test_kv_cache_keys_values_in_place_and_grad_paths():
     assert k_grad.requires_grad and k_grad[:, :, 1:].eq(3).all()
     with pytest.raises(ValueError):
         cache.keys_values(0, torch.zeros(3, 1, 1, 2), torch.zeros(3, 1, 1, 2))
+
+
+def test_kv_cache_put_and_advance():
+    cache = KVCache(n_layers=2, batch=1, n_heads=1, head_dim=2, max_len=5)
+    cache.put(1, torch.full((2, 1, 1, 3, 2), 7.0), torch.full((2, 1, 1, 3, 2), -7.0))
+    assert cache.k[1, 0, 0, :, 0].tolist() == [0, 7, 7, 7, 0] and cache.length == 0
+    cache.advance(4)
+    assert len(cache) == 4
+    with pytest.raises(ValueError):
+        cache.advance(2)
+    with pytest.raises(ValueError):
+        cache.put(4, torch.zeros(2, 1, 1, 2, 2), torch.zeros(2, 1, 1, 2, 2))
+
+
+def test_scatter_view_writes_its_slots_and_shows_the_visible_ones():
+    """Inputs overwrite their own slots (padding -> the spare last slot, never visible);
+    the other slots keep what they held."""
+    cache = KVCache(n_layers=1, batch=2, n_heads=1, head_dim=1, max_len=5)
+    cache.k[:] = torch.arange(5.0).view(5, 1)  # slot j holds j
+    slots = torch.tensor([[1, 3], [2, 4]])  # sample 1's second input is padding
+    new = torch.tensor([[10.0, 30.0], [20.0, 99.0]]).view(2, 1, 2, 1)
+    view = cache.scattering(slots, 4)
+    assert isinstance(view, ScatterView)
+    k, v = view.keys_values(0, new, new)
+    assert k.shape == v.shape == (2, 1, 4, 1)
+    assert k[:, 0, :, 0].tolist() == [[0, 10, 2, 30], [0, 1, 20, 3]]
+    assert cache.k[0, 0, 0, 4, 0] == 4.0 and cache.k[0, 1, 0, 4, 0] == 99.0  # the spare slot
+    assert cache.length == 0
+    with pytest.raises(ValueError):
+        cache.scattering(slots, 5)  # no spare slot left
+
+
+def test_stack_view_reads_the_whole_slab_and_writes_nothing():
+    k = torch.arange(6.0).view(1, 1, 1, 6, 1)
+    view = StackView(k, -k)
+    new = torch.full((1, 1, 2, 1), 9.0)
+    k_all, v_all = view.keys_values(0, new, -new)
+    assert k_all[0, 0, :, 0].tolist() == [0, 1, 2, 3, 4, 5, 9, 9] and v_all[0, 0, -1, 0] == -9
+    assert k.flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    assert len(view.new_k) == 1 and torch.equal(view.new_k[0], new)
 
 
 def test_flex_unavailable_on_cpu():

@@ -93,3 +93,23 @@ def test_init_from_a_bd3lm_checkpoint_directory(tmp_path, fixture_dir):
     trainer.fit()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
     assert (saved["n_layers"], saved["d_model"], saved["vocab_size"]) == (2, 64, 1024)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on GPUs the FSDP launch really shards")
+def test_an_fsdp_launch_on_cpu_processes_is_refused(tmp_path, data_dir):
+    """accelerate runs examples/accelerate/fsdp.yaml on CPUs as plain DDP: sbd says so."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(root / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+              "--mixed_precision", "no", "-m", "sbdcli", "train", "--data", str(data_dir),
+              "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "4"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=240)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sbd: error:")]
+    assert done.returncode != 0 and "exitcode  : 2" in done.stderr
+    assert errors and all("FSDP launch on CPU processes" in line for line in errors), done.stderr
+    assert not (tmp_path / "run").exists()

@@ -97,8 +97,37 @@ def test_files_side_by_side_groups_markdown_out_and_plot(synth_run, tmp_path, ca
     assert [(o["file"], o["n"]) for o in objs] == [(str(a), 4), (str(b), 2), (str(b), 2)]
     assert objs[2]["group"].startswith("draft(block_size=4) → revise(block_size=16)")
     table = [line for line in cap.out.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 3 and "Gen PPL (corpus)" in table[0]
+    assert len(table) == 2 + 3
+    assert table[0].index("Gen PPL (per-sample mean, BD3-LM/MDLM protocol)") < table[0].index(
+        "Gen PPL (corpus, token-weighted)"
+    )
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_low_entropy_count_defaults_to_the_drafts_redraw_threshold(synth_run, tmp_path, capsys):
+    stages = [{"name": "draft", "block_size": 4, "nfe": 8, "seconds": 0.01,
+               "redraw_low_entropy": 9.0, "redraw_window": 8, "redraws": 0}]  # fmt: skip
+    recs = synth_records(synth_run, stages=stages)
+    recs[0]["tokens"][-8:] = [3] * 8  # a degenerate tail: entropy 0
+    f = write_jsonl(tmp_path / "low.jsonl", recs)
+    assert run_main(["eval", "genppl", str(f)]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert (obj["low_entropy"], obj["low_entropy_window"]) == (9.0, 8)
+    assert obj["n_low_entropy"] == 4 and obj["n_low_entropy_checked"] == 4  # all below 9 nats
+    assert run_main(["eval", "genppl", str(f), "--low-entropy", "0.5"]) == 0
+    cap = capsys.readouterr()
+    obj = json.loads(cap.out)
+    assert (obj["low_entropy"], obj["low_entropy_window"], obj["n_low_entropy"]) == (0.5, 8, 1)
+    assert "low-H" in cap.err and "BD3-LM's redraw rule" in cap.err
+    plain = write_jsonl(tmp_path / "plain.jsonl", synth_records(synth_run))
+    assert run_main(["eval", "genppl", str(plain)]) == 0
+    assert "n_low_entropy" not in json.loads(capsys.readouterr().out)  # off by default
+
+
+def test_negative_low_entropy_is_one_line(synth_run, tmp_path, capsys):
+    f = write_jsonl(tmp_path / "r.jsonl", synth_records(synth_run))
+    code = run_main(["eval", "genppl", str(f), "--low-entropy", "-1"])
+    one_line_error(capsys, code, "--low-entropy must be >= 0")
 
 
 def test_transformers_evaluator_on_record_text(tmp_path, capsys):

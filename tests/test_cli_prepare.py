@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -139,6 +140,8 @@ def error_cases(tmp_path):
         "both val flags": ([*txt, "--val-docs", "1", "--val-fraction", "0.1"], "not both"),
         "bad val fraction": ([*txt, "--val-fraction", "1.5"], "--val-fraction"),
         "bad language": (["--fanout", "100"], "fanout"),
+        "unknown row format": ([*txt, "--row-format", "gpt"], "--row-format must be one of"),
+        "row format of synthetic": (["--row-format", "bd3lm"], "does not apply to"),
     }
 
 
@@ -160,6 +163,8 @@ ERROR_CASES = [
     "both val flags",
     "bad val fraction",
     "bad language",
+    "unknown row format",
+    "row format of synthetic",
 ]
 
 
@@ -218,3 +223,35 @@ def test_python_dash_m_prepare_writes_nothing_to_stdout(tmp_path):
     codec = load_codec(out)
     stream = load_split(out)[:, 1:].flatten().tolist()
     assert codec.decode(stream).startswith(docs[0] + "<eos>" + docs[1] + "<eos>")
+
+
+def test_row_format_bd3lm_rows_are_raw_stream_tokens(tmp_path, capsys):
+    path, _ = corpus(tmp_path)
+    common = ["prepare", "--text", str(path), "--seq-len", "16", "--val-docs", "2"]
+    assert run([*common, "--out", str(tmp_path / "sbd")]) == 0
+    assert run([*common, "--row-format", "bd3lm", "--out", str(tmp_path / "bd3lm")]) == 0
+    assert "rows: bd3lm" in capsys.readouterr().err
+    sbd, bd3 = load_split(tmp_path / "sbd", "train"), load_split(tmp_path / "bd3lm", "train")
+    assert read_manifest(tmp_path / "sbd")["row_format"] == "sbd"
+    assert read_manifest(tmp_path / "bd3lm")["row_format"] == "bd3lm"
+    stream = sbd[:, 1:].flatten()  # the same stream, cut into 15-token bodies behind BOS
+    n = min(bd3.numel(), stream.numel())
+    assert bd3.flatten()[:n].tolist() == stream[:n].tolist() and bd3.shape[1] == 16
+
+
+def test_bd3lm_rows_train_and_score(tmp_path, capsys):
+    """Training and test perplexity take rows without BOS: position 0 is context either way
+    (never masked, never counted), as BD3-LM's `ignore_bos` treats its OpenWebText rows."""
+    path, _ = corpus(tmp_path, n=80)
+    data, out = tmp_path / "bd3lm", tmp_path / "run"
+    prep = ["prepare", "--text", str(path), "--seq-len", "16", "--val-docs", "8"]
+    assert run([*prep, "--row-format", "bd3lm", "--out", str(data)]) == 0
+    assert not bool((load_split(data, "train")[:, 0] == 256).all())  # rows are not BOS-first
+    train = ["train", "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "2",
+             "--batch-size", "4", "--warmup", "1", "--mix", "4,16", "--val-every", "2",
+             "--save-every", "2", "--val-rows", "8", "--device", "cpu"]  # fmt: skip
+    assert run(train) == 0
+    capsys.readouterr()
+    assert run(["eval", "ppl", "-m", str(out), "--data", str(data), "--mc", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert math.isfinite(result["nelbo_per_token"]) and result["rows"] > 0

@@ -271,6 +271,28 @@ def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
         "block too big": ["draft", "--length", "64", "--block", "40"],
         "steps": ["draft", "--steps-per-block", "0"],
         "top-p": ["draft", "--top-p", "0"],
+        "threshold 0": ["draft", "--threshold", "0"],
+        "threshold nan": ["revise", "--threshold", "nan", "-i", j("ok", rec)],
+        "threshold and steps": ["draft", "--threshold", "0.9", "--steps-per-block", "2"],
+        "threshold and revise steps": [
+            "generate",
+            "--threshold",
+            "0.9",
+            "--revise-steps-per-block",
+            "2",
+        ],
+        "schedule": ["generate", "--schedule", "cosine"],
+        "cache kind": ["revise", "--cache", "fuzzy", "-i", j("ok", rec)],
+        "refresh 0": ["revise", "--cache", "approx", "--refresh", "0", "-i", j("ok", rec)],
+        "refresh without approx": ["revise", "--refresh", "2", "-i", j("ok", rec)],
+        "approx without cache": ["generate", "--cache", "approx", "--no-kv-cache"],
+        "compile draft on cpu": ["draft", "--compile", "--device", "cpu"],
+        "compile revise on cpu": ["revise", "--compile", "--device", "cpu", "-i", j("ok", rec)],
+        "compile generate on cpu": ["generate", "--compile", "--device", "cpu"],
+        "compile with approx": ["generate", "--compile", "--cache", "approx"],
+        "redraw below 0": ["draft", "--redraw-low-entropy", "-1"],
+        "redraw nan": ["generate", "--redraw-low-entropy", "nan"],
+        "redraw window": ["draft", "--redraw-low-entropy", "4", "--redraw-window", "0"],
         "device": ["draft", "--device", "tpu"],
         "stages": ["generate", "--stages", "4,full,full", "--gammas", "0.1,0.2,0.3"],
         "posthoc long": ["remask", "--strategy", "posthoc", "-i", j("long2", long)],
@@ -292,3 +314,86 @@ def test_error_in_a_real_pipe_is_one_line(workdir, in_workdir):
     res = shell("sbd draft -n 2 | sbd remask --gamma 7", workdir)
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "gamma" in res.stderr
+
+
+def test_redraw_low_entropy_is_recorded_in_the_draft_entry(workdir, in_workdir):
+    """A threshold no sample can reach forces every redraw; draft and generate record it."""
+    flags = ["--redraw-low-entropy", "100", "--redraw-window", "8", "--redraw-attempts", "2"]
+    d, g = workdir / "redraw-d.jsonl", workdir / "redraw-g.jsonl"
+    assert run_main(["draft", "-n", "2", "--length", "16", *flags, "-o", str(d)]) == 0
+    assert run_main(["generate", "-n", "2", "--length", "16", *flags, "-o", str(g)]) == 0
+    for drafted, generated in zip(read_records(str(d)), read_records(str(g)), strict=True):
+        stage = drafted["stages"][0]
+        assert (stage["redraw_low_entropy"], stage["redraw_window"]) == (100.0, 8)
+        assert stage["redraw_attempts"] == 2
+        assert stage["redraws"] == 1 and stage["low_entropy"] is True
+        assert stage["redraw_nfe"] == 15 and drafted["nfe"] == 30
+        assert generated["stages"][0] == {**stage, "seconds": generated["stages"][0]["seconds"]}
+
+
+def test_threshold_records_flow_through_the_pipe_as_through_generate(workdir, in_workdir):
+    """--threshold on draft and revise: recorded in the stage entries, nfe = calls used,
+    --batch-size changes nothing but `batch_size`, the pipe equals `generate`."""
+    tau = ["--threshold", "0.43"]  # the random test model: most confidences 0.3-0.5
+    paths = {x: str(workdir / f"tau-{x}.jsonl") for x in ("b1", "b2", "d", "m", "r", "g")}
+    for size, name in (("1", "b1"), ("2", "b2"), ("16", "d")):
+        assert run_main(["draft", "-n", "5", *tau, "--batch-size", size, "-o", paths[name]]) == 0
+    assert run_main(["remask", "--gamma", "0.25", "-i", paths["d"], "-o", paths["m"]]) == 0
+    assert run_main(["revise", *tau, "-i", paths["m"], "-o", paths["r"]]) == 0
+    assert run_main(["generate", "-n", "5", *tau, "-o", paths["g"]]) == 0
+    drafts = [list(read_records(paths[x])) for x in ("b1", "b2", "d")]
+    for one, two, all_ in zip(*drafts, strict=True):
+        for rec in (one, two):
+            for key in ("tokens", "step", "nfe"):
+                assert rec[key] == all_[key], key
+            assert rec["confidence"] == pytest.approx(all_["confidence"], abs=1e-6)
+        entry = all_["stages"][0]
+        got = (entry["threshold"], entry["schedule"], entry["steps_per_block"])
+        assert got == (0.43, "fixed", None)
+        assert entry["nfe"] == all_["nfe"] == len(set(all_["step"]) - {0}) < 31
+    revised = list(read_records(paths["r"]))
+    assert comparable(revised) == comparable(list(read_records(paths["g"])))
+    for rec in revised:
+        entry = rec["stages"][-1]
+        assert entry["threshold"] == 0.43 and 1 <= entry["nfe"] <= entry["n_masked"] == 7
+        validate_record(rec, vocab_size=V + 2)
+
+
+def test_reference_schedule_is_recorded(workdir, in_workdir):
+    out = workdir / "ref-schedule.jsonl"
+    argv = ["draft", "-n", "3", "--schedule", "reference", "--steps-per-block", "2"]
+    assert run_main([*argv, "-o", str(out)]) == 0
+    for rec in read_records(str(out)):
+        entry = rec["stages"][0]
+        assert (entry["schedule"], entry["steps_per_block"]) == ("reference", 2)
+        assert 8 <= rec["nfe"] <= 16  # 8 blocks of 4, at most S = 2 calls each
+
+
+def test_approx_cache_with_refresh_one_equals_exact_and_generate_equals_the_pipe(
+    workdir, in_workdir
+):
+    """`--cache approx --refresh 1` revises record for record like `--cache exact` (only the
+    stage entry's `cache`/`refresh` differ); `generate --cache approx` equals the pipe with
+    `--cache approx` on revise (the draft keeps the exact cache)."""
+    p = {x: str(workdir / f"approx-{x}.jsonl") for x in ("d", "m", "e", "a1", "a4", "g")}
+    assert run_main(["draft", "-n", "4", "-o", p["d"]]) == 0
+    assert run_main(["remask", "--gamma", "0.5", "-i", p["d"], "-o", p["m"]]) == 0
+    assert run_main(["revise", "-i", p["m"], "-o", p["e"]]) == 0
+    approx = ["revise", "--cache", "approx", "-i", p["m"]]
+    assert run_main([*approx, "--refresh", "1", "-o", p["a1"]]) == 0
+    assert run_main([*approx, "--refresh", "4", "-o", p["a4"]]) == 0
+    assert (
+        run_main(["generate", "-n", "4", "--cache", "approx", "--gammas", "0.5", "-o", p["g"]]) == 0
+    )
+    exact, one, four = (comparable(list(read_records(p[x]))) for x in ("e", "a1", "a4"))
+    for e, a, f in zip(exact, one, four, strict=True):
+        entry = a["stages"][-1]
+        assert (entry["cache"], entry["refresh"], entry["compile"]) == ("approx", 1, False)
+        assert (e["stages"][-1]["cache"], e["stages"][-1]["refresh"]) == ("exact", None)
+        assert f["stages"][-1]["refresh"] == 4
+        for key in ("cache", "refresh"):
+            entry.pop(key), e["stages"][-1].pop(key)
+        assert a == e  # bit-identical tokens, confidences, steps, nfe
+        assert f["nfe"] == e["nfe"] and f["masked"] == e["masked"]
+    generated = comparable(list(read_records(p["g"])))
+    assert four == generated and generated[0]["stages"][0]["cache"] == "exact"

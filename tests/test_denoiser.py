@@ -240,6 +240,26 @@ def test_time_conditioning_on_uses_sigma():
     assert max_diff(a, b) > 1e-3
 
 
+def test_per_token_sigma_conditions_each_position():
+    model = random_model(13, time_conditioning=True)
+    ids = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 1.7])
+    with torch.no_grad():
+        per_sample = model(ids, sigma=sigma)
+        per_token = model(ids, sigma=sigma[:, None].expand(2, 8))
+        torch.testing.assert_close(per_token, per_sample, rtol=0, atol=1e-5)
+        mixed = sigma[:, None].expand(2, 8).clone()
+        mixed[:, 6:] = 5.0  # the last two positions at another level
+        out = model(ids, sigma=mixed)
+        # bidirectional attention: every position changes, the last two the most
+        assert max_diff(out[:, 6:], per_sample[:, 6:]) > 1e-3
+        cache = model.new_cache(2, 8)  # per-token levels through a cache commit and a read-out
+        mask = torch.ones(8, 8, dtype=torch.bool)
+        first = model(ids, None, mask, cache, 4, sigma=mixed, n_out=4)
+        torch.testing.assert_close(first, out[:, :4], rtol=0, atol=1e-5)
+        assert cache.length == 4
+
+
 def test_fresh_model_starts_uniform_and_overfits_tiny_batch(one_thread):
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=32, mask_id=31, seq_len=16, n_layers=2, d_model=64,

@@ -16,6 +16,8 @@ LAYERS = {
     "errors": 0,
     "config": 1,
     "artifacts": 2,
+    "distributed": 2,  # splitting work across processes: needs only errors; pipeline/,
+    # evaluate/ and cli/ all split work, so it sits below them, beside artifacts/
     "data": 3,
     "model": 3,
     "diffusion": 3,

@@ -213,3 +213,36 @@ def test_subs_copies_unmasked_tokens():
     assert log_p[0, 0, 5] == 0 and torch.isneginf(log_p[0, 0, :5]).all()
     expected = F.log_softmax(logits[0, 1, :MASK], -1)
     assert torch.allclose(log_p[0, 1, :MASK], expected)
+
+
+def test_time_conditioned_nelbo_feeds_each_rows_first_block_level():
+    """BD3-LM's training pass conditions on sigma = min(-log(1 - t), -log eps) of the first
+    block of each row (bd3lms commit 1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7,
+    `_forward_pass_diffusion`: `_sigma_from_p(p[:, 0])`); without time conditioning none."""
+    from sbdcli.diffusion.schedule import LogLinearSchedule
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def train_logits(self, x_t, x0, block, sigma=None):
+            seen.append(sigma)
+            return self.inner.train_logits(x_t, x0, block, sigma=sigma)
+
+    import dataclasses
+
+    base = random_model(5)
+    timed = Denoiser(dataclasses.replace(base.config, time_conditioning=True))
+    timed.load_state_dict(base.state_dict())
+    x0 = clean_rows(3, 1)
+    t = torch.tensor([[1.0, 0.2, 0.5, 0.7], [0.3, 0.9, 0.9, 0.1], [0.05, 0.5, 0.5, 0.5]])
+    with torch.no_grad():
+        out = block_nelbo(Recorder(timed.eval()), x0, 4, t=t, generator=torch.Generator())
+        plain = block_nelbo(Recorder(base), x0, 4, t=t, x_t=torch.where(out.masked, MASK, x0))
+    torch.testing.assert_close(seen[0], LogLinearSchedule().sigma(t[:, 0]))
+    assert float(seen[0][0]) == pytest.approx(-math.log(1e-3), abs=1e-4)  # t = 1 is capped
+    assert seen[1] is None
+    assert not torch.allclose(out.token_nelbo, plain.token_nelbo)  # the level changes the loss

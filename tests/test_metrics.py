@@ -20,6 +20,7 @@ from sbdcli.evaluate import (
     summarize,
     unigram_entropy,
 )
+from sbdcli.evaluate.metrics import low_entropy_stats
 
 
 def test_unigram_entropy_of_hand_made_sequences():
@@ -75,3 +76,37 @@ def test_summarize_holds_every_number_and_no_nan():
     empty = summarize(recs[1:], Scores(np.zeros(1), np.zeros(1)), VocabInfo(9, 9, None, None),
                       "skip", {})  # fmt: skip
     assert empty["gen_ppl_corpus"] is None and "notes" not in empty  # NaN -> None (JSON)
+
+
+def test_both_gen_ppl_averagings_on_three_records_by_hand():
+    """Per-sample perplexities 2, 4 and 10 over 2, 4 and 1 scored tokens (nats summed).
+
+    Per-sample mean (BD3-LM/MDLM: each sample's exp(mean NLL), averaged; bd3lms metrics.py
+    `record_generative_perplexity` at eval batch size 1 and scripts/log_sample_stats.py,
+    commit 1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7): (2 + 4 + 10) / 3.
+    Corpus (token-weighted): exp(total NLL / 7) = (2^2 4^4 10)^(1/7).
+    """
+    bos = eos = 9
+    recs = [make_record([bos, 1, 2]), make_record([bos, 1, eos, 2, 3, 4]),
+            make_record([bos, 5])]  # fmt: skip
+    nll = np.array([2 * math.log(2), 4 * math.log(4), math.log(10)])
+    out = summarize(recs, Scores(nll, np.array([2, 4, 1])), VocabInfo(bos, eos, None, None),
+                    "skip", {"kind": "test"})  # fmt: skip
+    assert out["gen_ppl_per_sample_mean"] == pytest.approx(16 / 3, rel=1e-12)
+    assert out["gen_ppl_corpus"] == pytest.approx((4 * 256 * 10) ** (1 / 7), rel=1e-12)
+    assert out["nll_per_token"] == pytest.approx(math.log(10240) / 7, rel=1e-12)
+    assert out["n_scored"] == 3 and out["tokens_scored"] == 7
+    assert "n_low_entropy" not in out  # no threshold given
+
+
+def test_low_entropy_count_checks_only_samples_longer_than_the_window():
+    recs = [make_record([9, 1, 1, 1, 1, 1]),  # tail [1]*4: H = 0
+            make_record([9, 1, 2, 3, 4, 5]),  # tail 2..5: H = log 4
+            make_record([9, 1, 1])]  # 3 tokens: not longer than the window  # fmt: skip
+    out = low_entropy_stats(recs, threshold=1.0, window=4)
+    assert out == {"low_entropy": 1.0, "low_entropy_window": 4, "n_low_entropy": 1,
+                   "n_low_entropy_checked": 2}  # fmt: skip
+    assert low_entropy_stats(recs, threshold=2.0, window=4)["n_low_entropy"] == 2
+    summary = summarize(recs, Scores(np.ones(3), np.ones(3)), VocabInfo(9, 9, None, None),
+                        "skip", {}, (1.0, 4))  # fmt: skip
+    assert summary["n_low_entropy"] == 1 and summary["low_entropy_window"] == 4

@@ -184,3 +184,63 @@ def test_unknown_layouts_are_rejected(tmp_path):
     save_file(state, str(odd / "model.safetensors"))
     with pytest.raises(UserError, match="unexpected"):
         load_model(odd)
+
+
+# --------------------------------------------------------------------------- time conditioning
+def test_time_conditioned_checkpoints_load_and_export_their_flag(tmp_path):
+    src = random_model(9, time_conditioning=True)
+    loaded = load_model(hf_dir(tmp_path, src, {**MDLM_CONFIG, "time_conditioning": True}))
+    assert loaded.config.time_conditioning is True and same_function(src, loaded)
+    out = export_bd3lm(src, tmp_path / "exported")
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["time_conditioning"] == "true"
+    back = load_model(out)
+    assert back.config.time_conditioning is True and same_function(src, back)
+
+
+def test_flag_disagreeing_with_the_exported_weights_is_refused(tmp_path):
+    for flag in (True, False):
+        out = export_bd3lm(random_model(10, time_conditioning=flag), tmp_path / f"e{flag}")
+        config = json.loads((out / "config.json").read_text())
+        config["time_conditioning"] = not flag
+        (out / "config.json").write_text(json.dumps(config))
+        with pytest.raises(UserError, match="time_conditioning") as info:
+            load_model(out)
+        assert "\n" not in str(info.value)
+
+
+def test_time_conditioning_flag_must_be_a_boolean(tmp_path):
+    src = random_model(11)
+    with pytest.raises(UserError, match="true or false"):
+        load_model(hf_dir(tmp_path, src, {**MDLM_CONFIG, "time_conditioning": "false"}))
+
+
+def test_run_config_disagreeing_with_the_model_header_is_refused(tmp_path):
+    src = random_model(12, time_conditioning=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_sbd_model(src, run / "model.safetensors")
+    model_cfg = src.config.to_dict()
+    (run / "config.json").write_text(json.dumps({"model": model_cfg}))
+    assert load_model(run).config.time_conditioning is True
+    (run / "config.json").write_text(
+        json.dumps({"model": {**model_cfg, "time_conditioning": False}})
+    )
+    with pytest.raises(UserError, match="time_conditioning"):
+        load_model(run)
+
+
+def test_bad_time_flag_exits_2_in_one_line(tmp_path, capsys):
+    from sbdcli.cli import main
+
+    out = export_bd3lm(random_model(13, time_conditioning=True), tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "time_conditioning": False}))
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(out), str(tmp_path / "again")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "time_conditioning" in err[0]
+    assert not (tmp_path / "again").exists()

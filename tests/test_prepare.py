@@ -35,6 +35,7 @@ MANIFEST_KEYS = {
     "bos_id",
     "eos_id",
     "seq_len",
+    "row_format",
     "rows",
     "tokens",
     "documents",
@@ -83,6 +84,34 @@ def test_packing_puts_eos_after_every_document_and_fills_rows(tmp_path):
     assert writer.shards == ["train-00000.safetensors", "train-00001.safetensors"]
 
 
+def test_bd3lm_rows_are_l_raw_stream_tokens(tmp_path):
+    """BD3-LM's OpenWebText rows (bd3lms dataloader.py `_group_texts` with
+    insert_train_special=False, commit 1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7): documents
+    + EOS concatenated and cut into rows of exactly L tokens, no BOS inserted."""
+    codec = ByteCodec()
+    docs = ["abc", "", "défg", "h" * 30, "ij"]
+    writer = ShardWriter(tmp_path, "train", seq_len=8, rows_per_shard=3)
+    packer = Packer(writer, codec.bos_id, codec.eos_id, "bd3lm")
+    packer.add(*codec.encode_batch(docs[:3]))
+    packer.add(*codec.encode_batch(docs[3:]))
+    stats = packer.finish()
+    stream = [t for d in docs for t in [*d.encode(), 257]]  # 45 tokens
+    rows = torch.cat([load_tensors(tmp_path / s, "sbd.tokens")[0]["tokens"] for s in writer.shards])
+    assert rows.shape == (5, 8) and rows.flatten().tolist() == stream[:40]
+    assert rows[0].tolist() == [97, 98, 99, 257, 257, 100, 195, 169]  # no BOS at position 0
+    assert stats["rows"] == 5 and stats["dropped_tokens"] == 5
+
+
+def test_unknown_row_format_is_refused(tmp_path):
+    with pytest.raises(UserError, match="`row_format` must be one of sbd, bd3lm"):
+        Packer(ShardWriter(tmp_path, "train", 8, 3), 256, 257, "gpt")
+    (tmp_path / "x.txt").write_text("a b c\n")
+    with pytest.raises(UserError, match="`row_format`"):
+        prepare_text(tmp_path / "d", TextFiles([str(tmp_path / "x.txt")]), "bytes", 8,
+                     row_format="raw")  # fmt: skip
+    assert not (tmp_path / "d").exists()
+
+
 def test_assign_splits_last_documents_and_fraction():
     docs = [f"d{i}" for i in range(10)]
     pairs = list(assign_splits(iter(docs), 3, None))
@@ -102,6 +131,7 @@ def test_prepare_text_bytes_round_trip_and_manifest(tmp_path):
     assert set(manifest) >= MANIFEST_KEYS and read_manifest(out) == manifest
     assert manifest["schema"] == "sbd.data" and manifest["tokenizer"]["kind"] == "bytes"
     assert (manifest["vocab_size"], manifest["bos_id"], manifest["eos_id"]) == (259, 256, 257)
+    assert manifest["row_format"] == "sbd"  # the default: [BOS] + L - 1 tokens
     assert manifest["documents"] == {"train": 55, "val": 5}
     train, val = load_split(out, "train"), load_split(out, "val")
     assert train.dtype == torch.int64 and train.shape == (manifest["rows"]["train"], 32)

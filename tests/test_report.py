@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sbdcli.evaluate import cell, markdown_table, plot_genppl, table_rows
+from sbdcli.evaluate import cell, markdown_table, plot_genppl, table_rows, terminal_columns
 
 
 def test_markdown_and_plot(tmp_path):
@@ -17,12 +17,38 @@ def test_markdown_and_plot(tmp_path):
     ]  # fmt: skip
     md = markdown_table(rows)
     lines = md.splitlines()
-    assert lines[0].startswith("| file / group | n | Gen PPL (corpus) | Gen PPL (mean/sample)")
-    assert "| a.jsonl | 4 | 5.000 | 6.000 | 3.500 | 32.00 |" in md and "entropy in nats" in md
+    assert lines[0].startswith(
+        "| file / group | n | Gen PPL (per-sample mean, BD3-LM/MDLM protocol) | "
+        "Gen PPL (corpus, token-weighted) |"
+    )  # the BD3-LM/MDLM averaging is the headline, the first Gen PPL column
+    assert "| a.jsonl | 4 | 6.000 | 5.000 | 3.500 | 32.00 |" in md and "entropy in nats" in md
+    assert "mean over samples of exp(NLL_i / n_i)" in md
     out = tmp_path / "p.png"
     plot_genppl(rows, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary left behind
+
+
+def test_the_plot_shows_the_per_sample_mean(monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    plotted = []
+    real = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "scatter",
+        lambda self, x, y, **kw: plotted.append(y[0]) or real(self, x, y, **kw),
+    )
+    rows = [{"name": "a", "gen_ppl_corpus": 5.0, "gen_ppl_per_sample_mean": 6.0,
+             "nfe_per_sample": 3.0, "seconds_per_sample": 0.5}]  # fmt: skip
+    plot_genppl(rows, tmp_path / "p.png")
+    assert plotted == [6.0, 6.0]  # against NFE and against seconds
+
+
+def test_terminal_headers_say_which_averaging():
+    rows = [{"gen_ppl_corpus": 5.0, "gen_ppl_per_sample_mean": 6.0, "n_low_entropy": 1}]
+    headers = [h for _, h in terminal_columns(rows)]
+    assert headers == ["PPL per-sample", "PPL corpus", "low-H"]
 
 
 def test_cells_and_rows():

@@ -1,5 +1,6 @@
-"""Tests for sampler.py: exact KV cache, float64 Gumbel draws, nucleus rule, snapshot confidence,
-tokens per call, batch invariance, revise semantics, sliding windows, stop at EOS.
+"""Tests for sampler.py (and the per-call counts of reveal.py): exact KV cache, float64 Gumbel
+draws, nucleus rule, snapshot confidence, tokens per call (fixed, threshold, BD3-LM's reference
+schedule), batch invariance, revise semantics, sliding windows, stop at EOS.
 
 Most tests use `FakeDenoiser` (integer arithmetic: cached and uncached runs agree bit for bit
 and every logit depends on the visible keys); the real `Denoiser` is checked for cache
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from fake_model import CopyRightDenoiser, FakeDenoiser, one_thread, tiny_denoiser  # noqa: F401 (autouse fixture)
+from sbdcli.diffusion import reveal
 from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
 
@@ -38,15 +40,24 @@ def same(a: sp.FillResult, b: sp.FillResult) -> None:
 
 
 # --------------------------------------------------------------------------- KV cache
-@pytest.mark.parametrize("steps", [None, 2])
+CALL_RULES = [
+    {},
+    {"steps_per_block": 2},
+    {"threshold": 0.5},
+    {"steps_per_block": 3, "schedule": "reference"},
+]
+"""Per-call rules: one token per call, fixed S, threshold, BD3-LM's reference schedule."""
+
+
+@pytest.mark.parametrize("kw", CALL_RULES, ids=["one", "S2", "tau0.5", "ref-S3"])
 @pytest.mark.parametrize("length", [32, 30, 61])  # exact, partial last block, sliding window
-def test_kv_cache_is_bit_identical_to_recomputation(steps, length):
+def test_kv_cache_is_bit_identical_to_recomputation(kw, length):
     model = FakeDenoiser(seq_len=32)
     bos = model.config.bos_id
     prompts = [[bos], [bos, 3, 4], [bos, 1, 2, 3, 4, 5, 6]]
-    cached = run_draft(model, prompts, length, steps_per_block=steps)
+    cached = run_draft(model, prompts, length, **kw)
     model.calls.clear()
-    plain = run_draft(model, prompts, length, steps_per_block=steps, kv_cache=False)
+    plain = run_draft(model, prompts, length, **kw, kv_cache=False)
     same(cached, plain)
     assert all(c["cache"] == 0 for c in model.calls)  # the reference path never caches
     assert not (cached.tokens == model.config.mask_id).any()
@@ -176,10 +187,12 @@ def probs_at_commit(model, tokens, step, pos, block):
     return model.probs_at(seen, visible, pos, sampler=True)
 
 
-def test_snapshot_confidence_is_model_probability_at_commit_time():
+@pytest.mark.parametrize("kw", CALL_RULES[1:], ids=["S2", "tau0.5", "ref-S3"])
+def test_snapshot_confidence_is_model_probability_at_commit_time(kw):
+    """Also at the reference schedule's last step: a real draw, never a fixed token."""
     model = FakeDenoiser(seq_len=32, seed=3)
     bos = model.config.bos_id
-    out = run_draft(model, [[bos], [bos, 2, 7, 1]], 32, steps_per_block=2, top_p=0.8)
+    out = run_draft(model, [[bos], [bos, 2, 7, 1]], 32, **kw, top_p=0.8)
     for i in range(2):
         tokens, step = out.tokens[i], out.step[i]
         for pos in range(32):
@@ -249,6 +262,196 @@ def test_confident_unmask_commits_the_most_probable_position_first():
         assert tokens[pos] == int(probs_at_commit(model, tokens, step, pos, 4).argmax())
     plain = run_draft(model, [[model.config.bos_id]], 16, top_p=1e-9)
     assert not torch.equal(plain.step, out.step)
+
+
+# --------------------------------------------------------------------------- threshold
+def test_threshold_one_is_confident_unmasking_one_token_per_call():
+    """No drawn token has probability >= 1 here, so TAU = 1 commits only the most confident
+    position of each call: `unmask="confident"` at one token per call, draw for draw."""
+    model = FakeDenoiser(seq_len=32, seed=5)
+    bos = model.config.bos_id
+    prompts = [[bos], [bos, 1, 2], [bos, 4, 4, 4, 4, 4]]
+    tau = run_draft(model, prompts, 32, threshold=1.0)
+    assert (tau.confidence[tau.step > 0] < 1.0).all()
+    same(tau, run_draft(model, prompts, 32, unmask="confident"))
+    assert tau.nfe.tolist() == [31, 29, 26]
+
+
+def test_threshold_one_commits_every_certain_position_at_once():
+    """A saturated softmax gives probability exactly 1.0 in float64: TAU = 1 commits all such
+    positions in one call (plus the most confident one when none is certain)."""
+    model = FakeDenoiser(seq_len=32, seed=5, scale=0.01)  # logit gaps >= 100
+    out = run_draft(model, [[model.config.bos_id]], 32, threshold=1.0)
+    certain = out.confidence[0] == 1.0
+    assert int(certain[1:].sum()) > 8  # the test model does saturate
+    nfe = int(out.nfe[0])
+    assert nfe < 31
+    for s in range(1, nfe + 1):
+        at = out.step[0] == s
+        unsure = at & ~certain
+        assert int(unsure.sum()) <= 1 and (int(unsure.sum()) == 0 or int(at.sum()) == 1)
+
+
+def test_very_low_threshold_commits_a_whole_block_per_call():
+    model = FakeDenoiser(seq_len=32)
+    bos = model.config.bos_id
+    out = run_draft(model, [[bos], [bos, 1, 2, 3, 4]], 32, threshold=1e-6)
+    assert out.nfe.tolist() == [8, 7]  # the second prompt fills block 0
+    assert out.step[0].tolist() == [0] + [1] * 3 + [s for s in range(2, 9) for _ in range(4)]
+    assert out.step[1, 5:].tolist() == [s for s in range(1, 8) for _ in range(4)][1:]
+    masked = torch.zeros(1, 32, dtype=torch.bool)
+    masked[0, [3, 5, 6, 7, 21, 30, 31]] = True  # blocks 0, 1, 5, 7
+    model.calls.clear()
+    cfg = sp.SamplerConfig(block_size=4, threshold=1e-6)
+    rev = sp.revise(model, out.tokens[:1], masked, cfg, gens(1, stage="revise"))
+    assert int(rev.nfe[0]) == 4 == len(model.calls)
+
+
+def test_threshold_commits_the_confident_draws_and_the_most_confident():
+    """`_choose` against a hand computation: Gumbel draws for every masked position from the
+    sample's own stream, kept where p >= TAU or where p is the block's highest."""
+    vocab, mask = 9, 8
+    logits = torch.randn(2, 4, vocab, generator=torch.Generator().manual_seed(3))
+    logits *= torch.tensor([3.0, 0.3])[:, None, None]  # sample 1: flat, nothing passes
+    todo = torch.tensor([[True, True, False, True], [False, True, False, False]])
+    cfg = sp.SamplerConfig(block_size=4, threshold=0.6, top_p=1.0)
+    k = torch.tensor([3, 1])
+    rows, cols, tok, conf, _ = sp._choose(todo, k, logits, cfg, gens(2), mask)
+    got = {
+        (int(r), int(c)): (int(t), float(p))
+        for r, c, t, p in zip(rows, cols, tok, conf, strict=True)
+    }
+    want = {}
+    for i, g in enumerate(gens(2)):
+        pos = todo[i].nonzero()[:, 0]
+        u = torch.rand((len(pos), vocab), generator=g, dtype=torch.float64)
+        t, p, _ = sp.gumbel_max(logits[i, pos], u, cfg, mask)
+        best = int(p.argmax())
+        for j, q in enumerate(pos.tolist()):
+            if p[j] >= 0.6 or j == best:
+                want[(i, q)] = (int(t[j]), float(p[j]))
+    assert got == want
+    assert 2 <= len(got) < int(todo.sum())  # some draws are not committed
+    assert [c < 0.6 for (i, _), (_, c) in sorted(got.items()) if i == 1] == [True]  # the best
+
+
+@pytest.mark.parametrize("kw", CALL_RULES[2:], ids=["tau0.5", "ref-S3"])
+def test_nfe_counts_the_calls_a_record_used(kw):
+    model = FakeDenoiser(seq_len=32, seed=2)
+    bos = model.config.bos_id
+    out = run_draft(model, [[bos], [bos, 5, 5]], 32, **kw)
+    for i in range(2):
+        steps = out.step[i][out.step[i] > 0].unique().tolist()
+        assert steps == list(range(1, int(out.nfe[i]) + 1))  # every call committed something
+    model.calls.clear()
+    one = sp.draft(model, [[bos]], 32, sp.SamplerConfig(block_size=4, **kw), gens(1))
+    assert len(model.calls) == int(one.nfe[0])
+
+
+@pytest.mark.parametrize("kw", CALL_RULES[2:], ids=["tau0.5", "ref-S3"])
+def test_batches_of_one_three_and_all_give_the_same_samples(kw):
+    """Samples that finish a block early wait without drawing: batch composition is invisible."""
+    model = FakeDenoiser(seq_len=32, seed=1)
+    bos = model.config.bos_id
+    prompts = [[bos], [bos, 4], [bos, 1, 2, 3, 4, 5], [bos], [bos, 9, 9, 9], [bos, 2]]
+    cfg = sp.SamplerConfig(block_size=4, **kw)
+    g = gens(len(prompts))
+    ref = sp.draft(model, prompts, 32, cfg, g)
+    for size in (1, 3):
+        for lo in range(0, len(prompts), size):
+            part = sp.draft(model, prompts[lo : lo + size], 32, cfg, gens(len(prompts))[lo:])
+            for j in range(len(part.nfe)):
+                for name in ("tokens", "confidence", "confidence_nucleus", "step", "nfe"):
+                    assert torch.equal(getattr(part, name)[j], getattr(ref, name)[lo + j]), name
+
+
+# --------------------------------------------------------------------------- reference schedule
+REFERENCE_COMMIT = "1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7"
+"""kuleshov-group/bd3lms, diffusion.py: `_semi_ar_sampler` (dt = 1 / num_steps, t_i =
+linspace(1, 0, num_steps)[i]) and `_ddpm_caching_update` (log-linear noise: move chance = t;
+a masked position stays masked with probability (t - dt) / t)."""
+REFERENCE_PROBS = {
+    1: [1.0],
+    2: [0.5, None],
+    4: [0.25, 0.375, 0.75, None],
+    5: [0.2, 4 / 15, 0.4, 0.8, None],
+    8: [1 / 8, 7 / 48, 7 / 40, 7 / 32, 7 / 24, 7 / 16, 7 / 8, None],
+}
+"""Reveal probability per step, evaluated with the reference's float32 arithmetic at
+REFERENCE_COMMIT; None: its last step divides by zero (mask chance -inf: every masked
+position gets token 0, or with top_p < 1 the lowest id outside the nucleus)."""
+
+
+@pytest.mark.parametrize("steps", sorted(REFERENCE_PROBS))
+def test_reference_reveal_probs_match_the_reference(steps):
+    got = reveal.reference_reveal_probs(steps)
+    want = [1.0 if p is None else p for p in REFERENCE_PROBS[steps]]  # the bug: not copied
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def reference_law(r: int, steps: int) -> tuple[dict[int, float], dict[int, float]]:
+    """Exact laws of (tokens revealed by the first call, calls to fill the block) for r masked
+    positions: independent reveals with p_j, steps that reveal nothing skipped."""
+    probs = [*REFERENCE_PROBS[steps][:-1], 1.0]
+
+    def binom(n: int, k: int, p: float) -> float:
+        return math.comb(n, k) * p**k * (1 - p) ** (n - k)
+
+    first: dict[int, float] = {}
+    calls: dict[int, float] = {}
+
+    def walk(left: int, j: int, weight: float, made: int) -> None:
+        if left == 0:
+            calls[made] = calls.get(made, 0.0) + weight
+            return
+        if j == steps:
+            raise AssertionError("the last step reveals everything")
+        for k in range(left + 1):
+            w = weight * binom(left, k, probs[j])
+            if w == 0.0:
+                continue
+            if made == 0 and k > 0:
+                first[k] = first.get(k, 0.0) + w
+            walk(left - k, j + 1, w, made + (k > 0))
+
+    walk(r, 0, 1.0, 0)
+    return first, calls
+
+
+def test_reference_counts_follow_the_reference_law():
+    r, steps, n = 4, 4, 4000
+    cfg = sp.SamplerConfig(block_size=4, schedule="reference")
+    g = [sp.make_generator(0, "law", 0, f"s{i}") for i in range(n)]
+    remaining = torch.full((n,), r, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.long)
+    steps_used = torch.zeros(n, dtype=torch.long)
+    calls = torch.zeros(n, dtype=torch.long)
+    first = None
+    while bool((remaining > 0).any()):
+        k = reveal.tokens_per_call(remaining, done, steps_used, 4, cfg, g)
+        assert ((k >= 1) | (remaining == 0)).all() and (steps_used <= steps).all()
+        first = k.clone() if first is None else first
+        calls += (k > 0).long()
+        remaining -= k
+    law_first, law_calls = reference_law(r, steps)
+    for k, p in law_first.items():
+        assert abs(float((first == k).double().mean()) - p) < 0.03, (k, p)
+    for c, p in law_calls.items():
+        assert abs(float((calls == c).double().mean()) - p) < 0.03, (c, p)
+    assert int(calls.max()) <= steps
+
+
+def test_reference_schedule_draft_fills_every_block_within_s_calls():
+    model = FakeDenoiser(seq_len=32, seed=6)
+    bos = model.config.bos_id
+    out = run_draft(model, [[bos]] * 8, 32, steps_per_block=3, schedule="reference")
+    assert not (out.tokens == model.config.mask_id).any()
+    for i in range(8):
+        calls_per_block = [len(out.step[i, b : b + 4].unique()) for b in range(0, 32, 4)]
+        assert max(calls_per_block) <= 3
+    assert len(set(out.nfe.tolist())) > 1  # the count per call is random
+    one = run_draft(model, [[bos]], 32, steps_per_block=1, schedule="reference")
+    assert int(one.nfe[0]) == 8  # S = 1: the single step reveals the block
 
 
 # --------------------------------------------------------------------------- batches
@@ -393,11 +596,37 @@ def test_stop_at_eos_stops_the_sample_after_its_block():
         {"dtype": "float16"},
         {"steps_per_block": 0},
         {"unmask": "left"},
+        {"threshold": 0.0},
+        {"threshold": 1.5},
+        {"threshold": -0.2},
+        {"threshold": float("nan")},
+        {"schedule": "cosine"},
+        {"cache": "fuzzy"},
+        {"cache": "approx", "refresh": 0},
     ],
 )
 def test_bad_sampler_config_is_a_user_error(kw):
     with pytest.raises(UserError):
         sp.SamplerConfig(block_size=4, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "names"),
+    [
+        ({"threshold": 0.9, "steps_per_block": 2}, ("threshold", "steps_per_block")),
+        ({"threshold": 0.9, "first_hitting": True}, ("threshold", "first_hitting")),
+        ({"threshold": 0.9, "schedule": "reference"}, ("schedule", "threshold")),
+        ({"first_hitting": True, "schedule": "reference"}, ("schedule", "first_hitting")),
+        ({"refresh": 2}, ("refresh", "cache")),
+        ({"cache": "approx", "kv_cache": False}, ("cache", "kv_cache")),
+        ({"compile": True, "kv_cache": False}, ("compile", "kv_cache")),
+        ({"compile": True, "cache": "approx"}, ("compile", "cache")),
+    ],
+)
+def test_rules_that_each_decide_the_calls_exclude_each_other(kw, names):
+    with pytest.raises(UserError) as info:
+        sp.SamplerConfig(block_size=4, **kw)
+    assert all(f"`{n}`" in str(info.value) for n in names)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -412,3 +641,277 @@ def test_cuda_cache_matches_recomputation_and_generators_stay_on_device():
     assert out[True].tokens.is_cuda
     assert torch.equal(out[True].tokens, out[False].tokens)
     torch.testing.assert_close(out[True].confidence, out[False].confidence, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- time conditioning
+def timed_denoiser() -> torch.nn.Module:
+    """`tiny_denoiser` with time conditioning on (the same random weights)."""
+    import dataclasses
+
+    from sbdcli.model import Denoiser
+
+    base = tiny_denoiser()
+    model = Denoiser(dataclasses.replace(base.config, time_conditioning=True))
+    model.load_state_dict(base.state_dict())
+    return model.eval()
+
+
+class SigmaRecorder(torch.nn.Module):
+    """Wraps a Denoiser and records the `sigma` each call receives."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config, self.sigmas = inner, inner.config, []
+
+    def new_cache(self, *args):
+        return self.inner.new_cache(*args)
+
+    def forward(self, *args, sigma=None):
+        self.sigmas.append(None if sigma is None else sigma.clone())
+        return self.inner(*args, sigma=sigma)
+
+
+def sigma_of(t) -> torch.Tensor:
+    from sbdcli.diffusion.schedule import LogLinearSchedule
+
+    return LogLinearSchedule().sigma(torch.as_tensor(t, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("kw", [{}, {"first_hitting": True}, {"threshold": 0.3}])
+def test_time_conditioned_model_samples_with_and_without_cache(kw):
+    rec = SigmaRecorder(timed_denoiser())
+    bos = rec.config.bos_id
+    for kv in (True, False):
+        rec.sigmas.clear()
+        out = run_draft(rec, [[bos], [bos, 5, 6]], 16, kv_cache=kv, **kw)
+        assert not (out.tokens == rec.config.mask_id).any()
+        assert len(rec.sigmas) >= int(out.nfe.max()) > 0
+        assert all(s is not None and torch.isfinite(s).all() for s in rec.sigmas)
+        dims = {s.dim() for s in rec.sigmas}
+        assert dims == ({2} if kv else {1})  # cached calls carry one level per token
+
+
+def test_fixed_steps_call_levels_follow_the_reference_grid():
+    """Step i of S is called at t = linspace(1, 0, S)[i] (bd3lms `_semi_ar_sampler`)."""
+    rec = SigmaRecorder(timed_denoiser())
+    run_draft(rec, [[rec.config.bos_id]], 8, steps_per_block=4, kv_cache=False)
+    grid = torch.linspace(1.0, 0.0, 4)
+    expected = torch.cat([sigma_of(grid[:3]), sigma_of(grid)])  # block 0 holds 3 masked
+    got = torch.stack([s[0] for s in rec.sigmas])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert float(got[0]) == pytest.approx(-math.log(1e-3), abs=1e-4)  # t = 1: -log eps
+
+
+def test_cached_call_encodes_the_previous_block_at_its_last_level():
+    rec = SigmaRecorder(timed_denoiser())
+    run_draft(rec, [[rec.config.bos_id]], 8, steps_per_block=4)
+    first_of_block1 = rec.sigmas[3]  # block 0 took 3 calls
+    assert first_of_block1.shape == (1, 8)  # pending block 0 + noisy block 1
+    last_of_block0 = float(rec.sigmas[2].reshape(-1)[-1])
+    torch.testing.assert_close(first_of_block1[0, :4], torch.full((4,), last_of_block0))
+    torch.testing.assert_close(first_of_block1[0, 4:], sigma_of([1.0] * 4))
+
+
+def test_first_hitting_levels_fall_within_a_block_and_restart_at_the_next():
+    rec = SigmaRecorder(timed_denoiser())
+    run_draft(rec, [[rec.config.bos_id]], 8, first_hitting=True, kv_cache=False)
+    t = [1 - math.exp(-float(s[0])) for s in rec.sigmas]  # invert sigma = -log(1 - t)
+    assert len(t) == 7
+    assert t[0] > t[1] > t[2]  # block 0: 3 calls
+    assert t[3] > t[4] > t[5] > t[6]  # block 1: 4 calls
+    assert t[3] > t[2]  # a new block starts again from t = 1 (times u^(1/4))
+
+
+def test_time_conditioned_batch_equals_single():
+    model = timed_denoiser()
+    bos = model.config.bos_id
+    prompts = [[bos], [bos, 5, 6], [bos, 1]]
+    for kw in ({"first_hitting": True}, {"steps_per_block": 2}):
+        cfg = sp.SamplerConfig(block_size=4, **kw)
+        whole = sp.draft(model, prompts, 12, cfg, gens(3))
+        for i, prompt in enumerate(prompts):
+            one = sp.draft(model, [prompt], 12, cfg, [gens(3)[i]])
+            assert torch.equal(one.tokens[0], whole.tokens[i])
+
+
+def test_window_reproduces_timecond_fixture_kvcache_logits():
+    """The cached window, with block b - 1 last called at the reference's cache-writing level,
+    gives the reference's time-conditioned KV-cache logits (tests/fixtures/bd3lm-tiny-tc)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from sbdcli import load_model
+
+    fixture = Path(__file__).parent / "fixtures" / "bd3lm-tiny-tc"
+    model = load_model(str(fixture))
+    inputs = load_file(str(fixture / "inputs.safetensors"))
+    ref = load_file(str(fixture / "outputs.safetensors"))["kvcache_logits"]
+    x, query, store = inputs["sample_input_ids"], inputs["kv_query_sigma"], inputs["kv_store_sigma"]
+    window = sp._Window(model, 2, 12, 4, use_cache=True)
+    got = []
+    with torch.inference_mode():
+        for b in range(3):
+            got.append(window.logits(x, 4 * b, 4 * b + 4, query[b]))
+            window.levels[:, 4 * b : 4 * b + 4] = store[b][:, None]  # its last call's level
+    torch.testing.assert_close(torch.cat(got, 1), ref, rtol=0, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- approximate cache
+def revise_inputs(model, n: int = 3, length: int = 32, seed: int = 1):
+    """Drafts of the real tiny model and about half their positions to revise."""
+    drafted = run_draft(model, [[model.config.bos_id]] * n, length)
+    masked = torch.rand(n, length, generator=torch.Generator().manual_seed(seed)) < 0.5
+    masked[:, 0] = False
+    return drafted.tokens, masked
+
+
+def run_revise(model, tokens, masked, **kw) -> sp.FillResult:
+    cfg = sp.SamplerConfig(**{"block_size": 0, **kw})
+    return sp.revise(model, tokens, masked, cfg, gens(len(tokens), stage="revise"))
+
+
+@pytest.mark.parametrize("kw", [{}, {"threshold": 0.3}, {"steps_per_block": 4}])
+@pytest.mark.parametrize("block", [0, 8])  # one global block; semi-AR blocks of 8
+def test_approx_cache_refreshing_every_call_equals_exact(tiny_denoiser_model, kw, block):
+    tokens, masked = revise_inputs(tiny_denoiser_model)
+    exact = run_revise(tiny_denoiser_model, tokens, masked, block_size=block, **kw)
+    approx = run_revise(
+        tiny_denoiser_model, tokens, masked, block_size=block, cache="approx", refresh=1, **kw
+    )
+    same(exact, approx)  # bit for bit: R = 1 recomputes every position at every call
+    bos = [[tiny_denoiser_model.config.bos_id]] * 2
+    drafted = run_draft(tiny_denoiser_model, bos, 40, block_size=block or 4, **kw)
+    again = run_draft(tiny_denoiser_model, bos, 40, block_size=block or 4, cache="approx", **kw)
+    assert not (again.tokens == tiny_denoiser_model.config.mask_id).any()  # refresh 4 drafts
+    one = run_draft(
+        tiny_denoiser_model, bos, 40, block_size=block or 4, cache="approx", refresh=1, **kw
+    )
+    same(drafted, one)
+
+
+class WidthRecorder(torch.nn.Module):
+    """Wraps a Denoiser and records the number of inputs of each call."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config, self.widths = inner, inner.config, []
+
+    def new_cache(self, *args):
+        return self.inner.new_cache(*args)
+
+    def forward(self, tokens, *args, **kw):
+        self.widths.append(tokens.shape[1])
+        return self.inner(tokens, *args, **kw)
+
+
+def test_approx_call_runs_only_the_positions_masked_at_the_previous_call(tiny_denoiser_model):
+    """One sample, one token per call, refresh 3: full, m, m - 1, full, m - 3, m - 4, full..."""
+    rec = WidthRecorder(tiny_denoiser_model)
+    tokens, masked = revise_inputs(tiny_denoiser_model, n=1)
+    m = int(masked.sum())
+    out = run_revise(rec, tokens, masked, cache="approx", refresh=3)
+    want = [32 if i % 3 == 0 else m - i + 1 for i in range(m)]
+    assert rec.widths == want and int(out.nfe[0]) == m
+
+
+@torch.inference_mode()  # as in `fill_masked`: the cache is written in place
+def test_approx_cache_refreshes_changed_positions_and_keeps_the_others(tiny_denoiser_model):
+    """After a full call, commit two positions: the next call recomputes the keys/values of
+    the positions masked at the full call (layer 0 then equals an exact recomputation) and
+    keeps every other position's stored keys/values untouched at every layer."""
+    model, n, length = tiny_denoiser_model, 2, 32
+    tokens, masked = revise_inputs(model, n=n)
+    x = tokens.clone()
+    x[masked] = model.config.mask_id
+    window = sp._Window(model, n, length, length, True, refresh=100)
+    window.logits(x, 0, length)
+    before = window.cache.k[:, :, :, :length].clone()
+    queried = masked.clone()
+    for i in range(n):  # commit the first two masked positions of every sample
+        x[i, masked[i].nonzero()[:2, 0]] = 3
+    window.logits(x, 0, length)
+    after = window.cache.k[:, :, :, :length]
+    kept = ~queried  # (n, T): positions not run again
+    for layer in range(model.config.n_layers):
+        for i in range(n):
+            assert torch.equal(after[layer, i][:, kept[i]], before[layer, i][:, kept[i]])
+    fresh = sp._Window(model, n, length, length, True, refresh=1)
+    fresh.logits(x, 0, length)
+    for i in range(n):
+        cols = queried[i]
+        torch.testing.assert_close(after[0, i][:, cols], fresh.cache.k[0, i, :, :length][:, cols])
+        changed = (x[i] == 3) & cols
+        assert not torch.allclose(after[0, i][:, changed], before[0, i][:, changed])
+
+
+def test_approx_cache_is_batch_invariant_and_close_to_exact(tiny_denoiser_model):
+    tokens, masked = revise_inputs(tiny_denoiser_model, n=4)
+    kw = {"cache": "approx", "refresh": 4, "threshold": 0.3}
+    together = run_revise(tiny_denoiser_model, tokens, masked, **kw)
+    for i in range(4):
+        cfg = sp.SamplerConfig(block_size=0, **kw)
+        g = [sp.make_generator(0, "revise", 0, f"r{i}")]
+        alone = sp.revise(tiny_denoiser_model, tokens[i : i + 1], masked[i : i + 1], cfg, g)
+        assert torch.equal(alone.tokens[0], together.tokens[i])
+        assert torch.equal(alone.nfe[0], together.nfe[i])
+        torch.testing.assert_close(alone.confidence[0], together.confidence[i], rtol=0, atol=1e-6)
+    exact = run_revise(tiny_denoiser_model, tokens, masked, threshold=0.3)
+    assert (together.confidence - exact.confidence).abs().max() < 0.05  # an approximation
+
+
+# --------------------------------------------------------------------------- captured call
+def test_compile_is_refused_off_cuda():
+    cfg = sp.SamplerConfig(block_size=4, compile=True)
+    for device in ("cpu", torch.device("cpu")):
+        with pytest.raises(UserError, match="`compile` needs a CUDA device"):
+            sp.check_compile(cfg, device)
+    sp.check_compile(sp.SamplerConfig(block_size=4), "cpu")  # off: nothing to refuse
+
+
+def test_fixed_shape_call_samples_the_tokens_of_the_exact_cache(tiny_denoiser_model, monkeypatch):
+    """The call `--compile` captures, run eagerly: the whole slab with its invalid slots
+    masked gives the exact cache's tokens (confidences to float rounding), sliding window
+    and partial last block included; the cache-free global revise call likewise."""
+    model = tiny_denoiser_model
+    monkeypatch.setattr(sp, "_captured", lambda m: (m.fixed_step, m.forward))
+    monkeypatch.setattr(sp, "check_compile", lambda cfg, device: None)
+    bos = model.config.bos_id
+    for length in (32, 30, 61):
+        eager = run_draft(model, [[bos], [bos, 5]], length, steps_per_block=2)
+        fixed = run_draft(model, [[bos], [bos, 5]], length, steps_per_block=2, compile=True)
+        assert torch.equal(eager.tokens, fixed.tokens) and torch.equal(eager.nfe, fixed.nfe)
+        torch.testing.assert_close(eager.confidence, fixed.confidence, rtol=0, atol=1e-5)
+    tokens, masked = revise_inputs(model)
+    same(run_revise(model, tokens, masked), run_revise(model, tokens, masked, compile=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_cuda_draft_samples_the_eager_tokens():
+    model = tiny_denoiser().cuda()
+    bos = model.config.bos_id
+    out = {}
+    for captured in (False, True):
+        cfg = sp.SamplerConfig(block_size=4, steps_per_block=2, compile=captured)
+        g = [sp.make_generator(0, "draft", 0, f"r{i}", "cuda") for i in range(3)]
+        out[captured] = sp.draft(model, [[bos], [bos, 5], [bos, 1, 2]], 44, cfg, g)
+    assert torch.equal(out[True].tokens, out[False].tokens)
+    torch.testing.assert_close(out[True].confidence, out[False].confidence, rtol=0, atol=1e-4)
+
+
+def test_reference_schedule_caches_a_block_at_its_revealing_step():
+    """bd3lms writes a finished block's cache at the step that revealed its last token, which
+    can come after the call whose probabilities it reused (`_ddpm_caching_update`)."""
+    grid = torch.linspace(1.0, 0.0, 8)
+    later = 0
+    for seed in range(4):
+        rec = SigmaRecorder(timed_denoiser())
+        cfg = sp.SamplerConfig(block_size=4, steps_per_block=8, schedule="reference")
+        sp.draft(rec, [[rec.config.bos_id]], 8, cfg, gens(1, seed))
+        first = next(i for i, s in enumerate(rec.sigmas) if s.shape == (1, 8))  # block 1 opens
+        cached, called = rec.sigmas[first][0, :4], float(rec.sigmas[first - 1][0, -1])
+        assert torch.equal(cached, cached[:1].expand(4))
+        assert any(abs(float(cached[0]) - float(sigma_of(g))) < 1e-6 for g in grid)
+        assert float(cached[0]) <= called + 1e-6  # revealed at the call's step or later
+        later += float(cached[0]) < called - 1e-6
+    assert later > 0  # with p_0 = 1/8 some block is finished at a later step than its call

@@ -9,19 +9,22 @@ import torch
 
 from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
-from sbdcli.config import ModelConfig
+from sbdcli.config import ModelConfig, RedrawConfig
 from sbdcli.data.synthetic import TopicMarkovSpec, build_oracle
 from sbdcli.diffusion import sampler as sp
+from sbdcli.diffusion.degenerate import is_degenerate
 from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.errors import UserError
 from sbdcli.model import Denoiser
 
-DRAFT_KEYS = ["name", "block_size", "length", "steps_per_block", "first_hitting", "top_p",
-              "temperature", "dtype", "unmask", "kv_cache", "seed", "model", "vocab_size",
-              "mask_id", "bos_id", "n_records", "batch_size", "nfe", "seconds"]  # fmt: skip
-REVISE_KEYS = ["name", "block", "block_size", "steps_per_block", "first_hitting", "top_p",
-               "temperature", "dtype", "unmask", "kv_cache", "seed", "n_masked", "model",
-               "batch_size", "nfe", "seconds"]  # fmt: skip
+DRAFT_KEYS = ["name", "block_size", "length", "steps_per_block", "first_hitting", "threshold",
+              "schedule", "top_p", "temperature", "dtype", "unmask", "kv_cache", "cache",
+              "refresh", "compile", "seed", "model", "vocab_size", "mask_id", "bos_id",
+              "n_records", "batch_size", "nfe", "seconds"]  # fmt: skip
+REVISE_KEYS = ["name", "block", "block_size", "steps_per_block", "first_hitting", "threshold",
+               "schedule", "top_p", "temperature", "dtype", "unmask", "kv_cache", "cache",
+               "refresh", "compile", "seed", "n_masked", "positions", "replaced",
+               "replaced_confidence", "model", "batch_size", "nfe", "seconds"]  # fmt: skip
 RECORD_KEYS = ["id", "tokens", "confidence", "confidence_nucleus", "step", "masked",
                "prompt_len", "nfe", "stages", "text", "model"]  # fmt: skip
 
@@ -101,6 +104,9 @@ def test_revise_writes_its_counts_into_the_stage_entry_only():
         stage = rec["stages"][-1]
         assert list(stage) == REVISE_KEYS
         assert stage["n_masked"] == len(before["masked"]) and stage["block"] == "full"
+        assert stage["positions"] == before["masked"]  # what it replaced: sbd show's diff
+        assert stage["replaced"] == [before["tokens"][i] for i in before["masked"]]
+        assert stage["replaced_confidence"] == [before["confidence"][i] for i in before["masked"]]
         assert stage["block_size"] == len(rec["tokens"]) and stage["batch_size"] == 3
         assert rec["nfe"] == before["nfe"] + stage["nfe"] and rec["masked"] == []
         kept = [i for i in range(len(rec["tokens"])) if i not in before["masked"]]
@@ -167,3 +173,92 @@ def test_snapshot_revision_lowers_oracle_nll_of_a_trained_model():
         return float(-oracle.log_likelihood(tokens).mean()) / (length - 1)
 
     assert nll(revised) < nll(draft) - 0.1, (nll(draft), nll(revised))
+
+
+# --------------------------------------------------------------------------- redraw
+REDRAW_KEYS = ["redraw_low_entropy", "redraw_window", "redraw_attempts", "redraws",
+               "redraw_nfe"]  # fmt: skip
+
+
+def redraw_cfg(h: float, attempts: int = 10) -> RedrawConfig:
+    return RedrawConfig(redraw_low_entropy=h, redraw_window=8, redraw_attempts=attempts)
+
+
+def test_draft_without_redraw_records_no_redraw_keys():
+    ref = fake_ref()
+    (rec,) = pl.draft_batch(ref, bos_prompts(ref, 1), 16, sp.SamplerConfig(4), 7)
+    assert not set(REDRAW_KEYS) & set(rec["stages"][0])
+
+
+def test_redraw_threshold_zero_keeps_every_first_draft():
+    ref = fake_ref()
+    plain = pl.draft_batch(ref, bos_prompts(ref, 3), 16, sp.SamplerConfig(4), 7)
+    kept = pl.draft_batch(ref, bos_prompts(ref, 3), 16, sp.SamplerConfig(4), 7,
+                          redraw=redraw_cfg(0.0))  # fmt: skip
+    for a, b in zip(plain, kept, strict=True):
+        stage = b["stages"][0]
+        assert a["tokens"] == b["tokens"] and list(stage)[-7:-2] == REDRAW_KEYS
+        assert (stage["redraw_low_entropy"], stage["redraw_window"]) == (0.0, 8)
+        assert stage["redraw_attempts"] == 10
+        assert stage["redraws"] == stage["redraw_nfe"] == 0 and "low_entropy" not in stage
+
+
+def test_redraw_forced_by_a_high_threshold_uses_every_attempt_and_flags_the_record():
+    ref = fake_ref()
+    recs = pl.draft_batch(ref, bos_prompts(ref, 2), 16, sp.SamplerConfig(4), 7,
+                          redraw=redraw_cfg(100.0, attempts=3))  # fmt: skip
+    for rec in recs:
+        stage = rec["stages"][0]
+        assert stage["redraws"] == 2 and stage["low_entropy"] is True
+        assert stage["redraw_nfe"] == 2 * 15 and rec["nfe"] == stage["nfe"] == 3 * 15
+
+
+def test_redraw_continues_the_records_own_generator():
+    """A record redrawn once holds the second draft of its own (seed, id) generator."""
+    ref = fake_ref()
+    prompts, cfg = bos_prompts(ref, 8), sp.SamplerConfig(4)
+    recs = pl.draft_batch(ref, prompts, 16, cfg, 7, redraw=redraw_cfg(1.6))
+    once = [i for i, r in enumerate(recs) if r["stages"][0]["redraws"] == 1]
+    assert once, "the threshold should make some record redraw exactly once"
+    for i in once:
+        gen = sp.make_generator(7, "draft", 0, prompts[i].id)
+        sp.draft(ref.model, [prompts[i].tokens], 16, cfg, [gen])
+        second = sp.draft(ref.model, [prompts[i].tokens], 16, cfg, [gen])
+        assert recs[i]["tokens"] == second.tokens[0].tolist()
+        assert not is_degenerate(recs[i]["tokens"], 1.6, 8, 4)
+
+
+def test_redraw_is_batch_invariant():
+    ref = fake_ref()
+    prompts, cfg, redraw = bos_prompts(ref, 8), sp.SamplerConfig(4), redraw_cfg(1.6)
+    together = pl.draft_batch(ref, prompts, 16, cfg, 7, redraw=redraw)
+    alone = [pl.draft_batch(ref, [p], 16, cfg, 7, redraw=redraw)[0] for p in prompts]
+    counts = [r["stages"][0]["redraws"] for r in together]
+    assert len(set(counts)) > 1  # some records redraw more often than others
+    for a, b in zip(together, alone, strict=True):
+        assert a["tokens"] == b["tokens"] and a["nfe"] == b["nfe"]
+        assert a["stages"][0]["redraws"] == b["stages"][0]["redraws"]
+
+
+@pytest.mark.parametrize("kwargs", [{"redraw_low_entropy": -0.5},
+                                    {"redraw_low_entropy": float("nan")},
+                                    {"redraw_window": 0}, {"redraw_attempts": 0}])  # fmt: skip
+def test_redraw_config_refuses_bad_values(kwargs):
+    with pytest.raises(UserError, match="`redraw_"):
+        RedrawConfig(**kwargs)
+
+
+def test_records_of_one_redrawn_draft_stay_one_draft_and_one_group():
+    from sbdcli.artifacts.records import DraftTally
+    from sbdcli.evaluate.grouping import group_records
+
+    ref = fake_ref()
+    recs = pl.draft_batch(ref, bos_prompts(ref, 8), 16, sp.SamplerConfig(4), 7,
+                          redraw=redraw_cfg(1.6, attempts=3))  # fmt: skip
+    assert len({r["stages"][0]["redraws"] for r in recs}) > 1
+    assert any("low_entropy" in r["stages"][0] for r in recs)
+    tally = DraftTally()
+    for rec in recs:
+        tally.add(rec)
+    assert tally.shortfall() is None and tally.declared() == 8
+    assert len(group_records(recs)) == 1

@@ -114,3 +114,33 @@ def test_read_state_refuses_a_foreign_trainer_json(tmp_path):
     artifacts.write_json(run.trainer_state_path, [1, 2])
     with pytest.raises(UserError, match="not an sbd training state"):
         run.trainer_state()
+
+
+@pytest.mark.slow
+def test_fsdp2_training_resumes_exactly(tmp_path, data_dir):
+    """FSDP2 on 2 CPU processes (tests/fsdp_steps.py): 4 steps = 2 steps + a resume to 4,
+    and the checkpoint loads in one process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sbdcli.model.checkpoint import load_model
+
+    script = str(Path(__file__).resolve().parent / "fsdp_steps.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+    def steps(run, n, resume):
+        cmd = [*launch, "--nproc_per_node", "2", script, str(data_dir), str(run), str(n), resume]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    steps(full, 4, "0")
+    steps(cut, 2, "0")
+    steps(cut, 4, "1")
+    assert json.loads((full / "sharding.json").read_text()) == {"param": "DTensor"}
+    losses = [[m["loss"] for m in metrics(run)] for run in (full, cut)]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    model = load_model(str(full))
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -8,6 +8,7 @@ data directory (L = 32) written by `sbdcli.data.prepare_synthetic`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -109,6 +110,29 @@ def test_clip_search_sets_the_training_interval_and_checkpoint_header(tmp_path, 
     assert header["sampling_eps"] == {"8": [lo, hi]}
 
 
+def test_clip_search_scores_the_reference_batch_count_by_default(tmp_path, data_dir, monkeypatch):
+    """BD3-LM's var_min search uses its first 100 validation batches (bd3lms diffusion.py
+    `validation_step`, commit 1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7); sbd's default is
+    the same count, capped by the validation rows there are."""
+    from sbdcli.diffusion.loss import ClipSearch
+    from sbdcli.train import trainer as trainer_module
+
+    assert train_config("tiny").clip_search_batches == 100
+    seen: list[int] = []
+
+    def fake(model, batches, block, **kw):
+        seen.append(sum(b.shape[0] for b in batches))
+        return ClipSearch(1e-3, 1.0)
+
+    monkeypatch.setattr(trainer_module, "clip_search", fake)
+    cfg = dict(val_rows=8, batch_size=2, clip_search=True, block_small=8, mix_lambda=0)
+    setup(tiny(**cfg), data_dir, tmp_path / "all").validate()
+    setup(tiny(**cfg, clip_search_batches=3), data_dir, tmp_path / "three").validate()
+    assert seen == [8, 6]  # all 4 batches of 2 rows (fewer than 100), then 3 batches
+    with pytest.raises(UserError, match="`clip_search_batches` must be >= 1"):
+        tiny(clip_search_batches=0)
+
+
 def test_noise_interval_per_block_size(tmp_path, data_dir):
     trainer = setup(tiny(eps_min=0.3, large_eps_min=0.01), data_dir, tmp_path / "eps")
     assert trainer.progress_state.eps == {4: [0.3, 1.0], 32: [0.01, 1.0]}
@@ -125,3 +149,39 @@ def test_divergence_is_one_clear_error_before_the_update(tmp_path, data_dir):
         trainer.fit()
     after = dict(trainer.denoiser.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_time_conditioned_model_trains_samples_and_evaluates(tmp_path, capsys):
+    """`time_conditioning`: the network sees each row's noise level; it learns the chain,
+    then `sbd draft` samples it and `sbd eval ppl` scores it."""
+    from sbdcli.cli import main
+    from sbdcli.data import prepare_synthetic
+    from sbdcli.data.synthetic import TopicMarkovSpec
+
+    chain = TopicMarkovSpec(vocab=16, topics=1, fanout=1, eps=0.0)
+    data = tmp_path / "chain"
+    prepare_synthetic(data, chain, 32, num_train=512, num_val=32, floor_samples=8)
+    cfg = tiny(steps=40, batch_size=16, val_rows=32, val_every=0, lr=3e-3, warmup=10, ema=0.0,
+               time_conditioning=True)  # fmt: skip
+    trainer = setup(cfg, data, tmp_path / "run")
+    assert trainer.model_config.time_conditioning
+    start = trainer.validate()
+    summary = trainer.fit()
+    for block in (4, 32):
+        assert torch.isfinite(torch.tensor(summary.val[block]))
+        assert summary.val[block] < 0.5 * start[block], (start, summary.val)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["time_conditioning"] is True
+    out = tmp_path / "draft.jsonl"
+    for kv in ("--kv-cache", "--no-kv-cache"):
+        with pytest.raises(SystemExit) as info:
+            main(["draft", "-m", str(tmp_path / "run"), "-n", "2", "-o", str(out), kv])
+        assert info.value.code in (0, None)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == 2 and all(len(r["tokens"]) == 32 for r in records)
+        out.unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "ppl", "-m", str(tmp_path / "run"), "--data", str(data), "--mc", "1"])
+    assert info.value.code in (0, None)
+    assert math.isfinite(json.loads(capsys.readouterr().out)["nelbo_per_token"])

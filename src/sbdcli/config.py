@@ -11,7 +11,7 @@
 Each field carries its documentation as an attribute docstring; the command line derives
 its options (flag, default, help) from these fields, so a default lives here only.
 Validation messages name fields in backticks (`gamma`); the command line shows the flag
-instead. This module holds no logic beyond validation and presets; it is long (about 480
+instead. This module holds no logic beyond validation and presets; it is long (about 570
 lines) because every setting of sbd, with its documentation, lives here and nowhere else.
 """
 
@@ -117,6 +117,9 @@ def preset(name: str, vocab_size: int, mask_id: int, seq_len: int, **overrides: 
 
 DEFAULT_SHARD_TOKENS = 1 << 24
 """Tokens per data shard written by `sbd prepare` (~16.8M tokens = 64 MiB of int32)."""
+ROW_FORMATS = ("sbd", "bd3lm")
+"""How `sbd prepare` cuts the token stream into rows: `sbd` = [BOS] + L - 1 stream tokens,
+`bd3lm` = L raw stream tokens (BD3-LM's OpenWebText rows)."""
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -182,6 +185,9 @@ class TrainConfig:
     clip_search: bool = False
     """At each validation, pick the clipped noise interval that minimises the variance of
     the loss estimate on validation batches (BD3-LM var_min) and train with it."""
+    clip_search_batches: int = 100
+    """Validation batches (of `batch_size` rows) the clip search scores: BD3-LM's count,
+    its first 100 validation batches; fewer when `val_rows` holds fewer rows."""
     resample: bool = False
     """Redraw masks whose realised masked fraction falls outside the noise interval."""
     seed: int = 0
@@ -201,6 +207,10 @@ class TrainConfig:
     the first steps of each block size are slow while it compiles."""
     init: str | None = None
     """Initial weights: an sbd run directory or a BD3-LM/MDLM checkpoint directory."""
+    time_conditioning: bool = False
+    """Feed the network each row's noise level, min(-log(1 - t), -log eps) of its first
+    block (BD3-LM's time conditioning; its default and sbd's is off). With `init`: switches
+    conditioning on for a checkpoint trained without it (a checkpoint trained with it keeps it)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -218,6 +228,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight decay must be >= 0"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "AdamW betas must lie in [0, 1)"),
             (self.grad_clip >= 0, "grad clip must be >= 0"),
+            (self.clip_search_batches >= 1, "`clip_search_batches` must be >= 1"),
             (0.0 <= self.ema < 1.0, "EMA decay must lie in [0, 1)"),
             (self.block_small >= 1 and self.block_large >= 1, "block sizes must be >= 1"),
             (self.block_small <= self.block_large, "mix block sizes must be ordered small,large"),
@@ -285,6 +296,10 @@ def train_config(preset_name: str = "tiny", **overrides: Any) -> TrainConfig:
 # --------------------------------------------------------------------------- sampling
 SAMPLING_DTYPES = ("float64", "float32")
 UNMASK_RULES = ("random", "confident")
+CALL_SCHEDULES = ("fixed", "reference")
+CACHE_KINDS = ("exact", "approx")
+DEFAULT_REFRESH = 4
+"""Calls between full recomputations of an approximate cache when `refresh` is unset."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +312,13 @@ class SamplerConfig:
     """Network calls per block S; None = the block size (one token per call)."""
     first_hitting: bool = False
     """Reveal exactly one uniformly chosen masked position per call (overrides S)."""
+    threshold: float | None = None
+    """Adaptive calls (instead of `steps_per_block`): each call commits every masked position
+    of the block whose drawn token has probability >= this value in (0, 1], and at least
+    the most confident one."""
+    schedule: str = "fixed"
+    """Tokens revealed by each of the `steps_per_block` calls: fixed (ceil of the masked left
+    over the calls left) or reference (BD3-LM's random count per step)."""
     top_p: float = 0.9
     """Nucleus mass in (0, 1]; 1 disables truncation."""
     temperature: float = 1.0
@@ -307,6 +329,16 @@ class SamplerConfig:
     """Which positions a call reveals: random (uniform) or confident (most probable first)."""
     kv_cache: bool = True
     """Exact KV cache for earlier blocks; False recomputes the visible window every call."""
+    cache: str = "exact"
+    """Keys/values inside the current block: exact (recomputed at every call) or approx (a
+    call recomputes only the positions masked at the previous call and reuses the stored
+    keys/values of the others; see `refresh`)."""
+    refresh: int | None = None
+    """With `cache` approx: every this many calls of a block recompute every position
+    (>= 1; 1 = exact; unset = 4). Only valid with `cache` approx."""
+    compile: bool = False
+    """Capture the fixed-shape cached network call with torch.compile (CUDA graphs); needs a
+    CUDA device."""
 
     def __post_init__(self) -> None:
         _check(
@@ -319,6 +351,74 @@ class SamplerConfig:
             (self.temperature > 0.0, f"`temperature` must be > 0, got {self.temperature}"),
             (self.dtype in SAMPLING_DTYPES, f"`dtype` must be one of {', '.join(SAMPLING_DTYPES)}"),
             (self.unmask in UNMASK_RULES, f"`unmask` must be one of {', '.join(UNMASK_RULES)}"),
+            (
+                self.schedule in CALL_SCHEDULES,
+                f"unknown `schedule` {self.schedule!r} ({', '.join(CALL_SCHEDULES)})",
+            ),
+        )
+        self._check_exclusive()
+        self._check_cache()
+
+    def _check_cache(self) -> None:
+        """The kind of cache, its refresh period, and the captured call."""
+        _check(
+            (
+                self.cache in CACHE_KINDS,
+                f"`cache` must be one of {', '.join(CACHE_KINDS)}, got {self.cache!r}",
+            ),
+            (
+                self.refresh is None or self.refresh >= 1,
+                f"`refresh` must be >= 1, got {self.refresh}",
+            ),
+            (
+                self.refresh is None or self.cache == "approx",
+                "`refresh` needs `cache` approx (the exact cache recomputes every call)",
+            ),
+            (
+                self.cache == "exact" or self.kv_cache,
+                "`cache` approx and `kv_cache` exclude each other (approx reuses cached keys)",
+            ),
+            (
+                not self.compile or self.kv_cache,
+                "`compile` and `kv_cache` exclude each other (it captures the cached call)",
+            ),
+            (
+                not self.compile or self.cache == "exact",
+                "`compile` and `cache` approx exclude each other (the approximate call's "
+                "shape changes with the masked count)",
+            ),
+        )
+
+    @property
+    def refresh_every(self) -> int | None:
+        """Calls between full recomputations (approx cache only; None with the exact one)."""
+        if self.cache != "approx":
+            return None
+        return DEFAULT_REFRESH if self.refresh is None else self.refresh
+
+    def _check_exclusive(self) -> None:
+        """Settings that each decide the tokens per call exclude one another."""
+        tau = self.threshold
+        _check(
+            (tau is None or 0.0 < tau <= 1.0, f"`threshold` must lie in (0, 1], got {tau}"),
+            (
+                tau is None or self.steps_per_block is None,
+                "`threshold` and `steps_per_block` exclude each other (the threshold "
+                "decides the calls per block)",
+            ),
+            (
+                tau is None or not self.first_hitting,
+                "`threshold` and `first_hitting` exclude each other",
+            ),
+            (
+                self.schedule == "fixed" or tau is None,
+                "`schedule` reference and `threshold` exclude each other",
+            ),
+            (
+                self.schedule == "fixed" or not self.first_hitting,
+                "`schedule` reference and `first_hitting` exclude each other (first hitting "
+                "reveals one position per call)",
+            ),
         )
 
     def params(self) -> dict[str, Any]:
@@ -326,12 +426,46 @@ class SamplerConfig:
         return {
             "steps_per_block": self.steps_per_block,
             "first_hitting": self.first_hitting,
+            "threshold": self.threshold,
+            "schedule": self.schedule,
             "top_p": self.top_p,
             "temperature": self.temperature,
             "dtype": self.dtype,
             "unmask": self.unmask,
             "kv_cache": self.kv_cache,
+            "cache": self.cache,
+            "refresh": self.refresh_every,
+            "compile": self.compile,
         }
+
+
+REDRAW_WINDOW = 256
+"""The window of BD3-LM's degenerate-sample check (its last 256 tokens)."""
+
+
+@dataclass(frozen=True)
+class RedrawConfig:
+    """Redraw of degenerate drafts, BD3-LM's rule (off unless `redraw_low_entropy` is set)."""
+
+    redraw_low_entropy: float | None = None
+    """Draw a sample again while some block end leaves its last `redraw_window` tokens
+    with unigram entropy (nats) below this value (BD3-LM: 4); unset (default) = never."""
+    redraw_window: int = REDRAW_WINDOW
+    """Tokens of the entropy window of `redraw_low_entropy` (BD3-LM: 256)."""
+    redraw_attempts: int = 10
+    """Draws per sample at most (BD3-LM: 10); the last one is kept and flagged."""
+
+    def __post_init__(self) -> None:
+        h = self.redraw_low_entropy
+        _check(
+            (h is None or (math.isfinite(h) and h >= 0), "`redraw_low_entropy` must be >= 0"),
+            (self.redraw_window >= 1, "`redraw_window` must be >= 1"),
+            (self.redraw_attempts >= 1, "`redraw_attempts` must be >= 1"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.redraw_low_entropy is not None
 
 
 # --------------------------------------------------------------------------- remask
@@ -425,6 +559,18 @@ class GenPplOptions:
     """Seed of the oracle floor's samples."""
     allow_partial: bool = False
     """Score a set with fewer records than its draft declared (its summary says `partial`)."""
+    low_entropy: float | None = None
+    """Count the samples whose last `low_entropy_window` tokens have unigram entropy (nats)
+    below this value (default: the `redraw_low_entropy` their draft recorded, else off)."""
+    low_entropy_window: int | None = None
+    """Window of `low_entropy` (default: the draft's `redraw_window`, else 256)."""
+
+    def __post_init__(self) -> None:
+        h, w = self.low_entropy, self.low_entropy_window
+        _check(
+            (h is None or (math.isfinite(h) and h >= 0), "`low_entropy` must be >= 0"),
+            (w is None or w >= 1, "`low_entropy_window` must be >= 1"),
+        )
 
 
 # --------------------------------------------------------------------------- demo

@@ -8,7 +8,8 @@ Steps, each reused on a rerun when its artifact is complete (unless `fresh`):
 4. for every remask strategy and gamma: remask + one global revise block
    (`OUT/revise-<strategy>-g<gamma>.jsonl`);
 5. oracle Gen PPL, entropy, NFE and seconds of every set (`OUT/results.json`,
-   `OUT/results.md`) and a Pareto plot (`OUT/pareto.png`).
+   `OUT/results.md`), a Pareto plot (`OUT/pareto.png`) and the HTML report
+   (`OUT/report.html`: table, charts, calibration, records coloured as `sbd show` does).
 
 Everything is deterministic for a seed. This module orchestrates library calls only; it
 does not print (the CLI renders `log` messages, progress and the table).
@@ -155,7 +156,7 @@ def _row(summary: dict[str, Any], stage: str, strategy: str, gamma: float | None
 def demo_eval(
     cfg: DemoConfig, data_dir: Path, sets: list[tuple[str, str, float | None, list]]
 ) -> list[dict[str, Any]]:
-    """Oracle Gen PPL of every set; writes results.json, results.md and pareto.png."""
+    """Oracle Gen PPL of every set; writes results.json, results.md, pareto.png, report.html."""
     opts = ev.GenPplOptions(evaluator="oracle", data_dir=data_dir, group=False, seed=cfg.seed)
     named = [
         (f"{stage} {strategy} {gamma if gamma is not None else ''}".strip(), recs)
@@ -170,7 +171,42 @@ def demo_eval(
     with artifacts.atomic_file(cfg.out / "results.md") as handle:
         handle.write(ev.markdown_table(summaries))
     ev.plot_genppl(summaries, cfg.out / "pareto.png")
+    demo_report(cfg, data_dir, summaries, sets)
     return rows
+
+
+REPORT_RECORDS = 4
+"""Records the demo's report.html shows per set (its calibration uses every record)."""
+
+
+def demo_report(
+    cfg: DemoConfig,
+    data_dir: Path,
+    summaries: list[dict[str, Any]],
+    sets: list[tuple[str, str, float | None, list]],
+) -> None:
+    """OUT/report.html: the table, the charts, and the draft with every strategy's revise
+    at the middle gamma (html_report.py)."""
+    from sbdcli.data import load_codec
+    from sbdcli.data.synthetic import load_oracle
+    from sbdcli.evaluate import html_report
+
+    middle = cfg.gammas[len(cfg.gammas) // 2] if cfg.gammas else None
+    shown = [
+        (f"{stage} {strategy} γ{gamma:g}" if gamma is not None else stage, recs)
+        for stage, strategy, gamma, recs in sets
+        if gamma is None or gamma == middle
+    ]
+    page = html_report.build_report(
+        summaries,
+        shown,
+        load_codec(data_dir),
+        load_oracle(data_dir / "oracle.safetensors"),
+        max_records=REPORT_RECORDS,
+        title="sbd demo: Structural Block Diffusion on topic-markov",
+        source=str(data_dir),
+    )
+    html_report.write_report(cfg.out / "report.html", page)
 
 
 def check_demo(cfg: DemoConfig) -> None:

@@ -60,11 +60,15 @@ class StageEntry(_StageName, total=False):
     length: int
     steps_per_block: int | None
     first_hitting: bool
+    schedule: str
     top_p: float
     temperature: float
     dtype: str
     unmask: str
     kv_cache: bool
+    cache: str
+    refresh: int | None
+    compile: bool
     seed: int
     strategy: str
     gamma: float | None
@@ -72,6 +76,9 @@ class StageEntry(_StageName, total=False):
     threshold: float | None
     passes: int
     n_masked: int
+    positions: list[int]
+    replaced: list[int]
+    replaced_confidence: list[float]
     model: str
     vocab_size: int
     mask_id: int
@@ -222,7 +229,7 @@ def _check_positions(rec: Mapping[str, Any], where: str) -> None:
 
 
 # --------------------------------------------------------------------------- draft tally
-DRAFT_OUTCOMES = frozenset({"nfe", "seconds", "batch_size"})
+DRAFT_OUTCOMES = frozenset({"nfe", "seconds", "batch_size", "redraws", "redraw_nfe", "low_entropy"})
 """Draft-entry keys that differ between records of one draft command (per record or batch)."""
 
 

@@ -19,8 +19,8 @@ COLUMNS = (
     ("stage", "stage"),
     ("strategy", "strategy"),
     ("gamma", "gamma"),
-    ("gen_ppl_corpus", "oracle Gen PPL"),
-    ("gen_ppl_per_sample_mean", "mean per-sample PPL"),
+    ("gen_ppl_per_sample_mean", "oracle Gen PPL (per-sample mean)"),
+    ("gen_ppl_corpus", "oracle Gen PPL (corpus)"),
     ("entropy_per_sample_mean", "entropy (nats)"),
     ("nfe_per_sample", "NFE"),
     ("seconds_per_sample", "s / sample"),
@@ -83,4 +83,4 @@ def demo(
             step=lambda msg: console.print(f"[dim]·[/] {msg}"),
         )
     console.print(results_table(rows))
-    console.print(f"artifacts, results.md and pareto.png in {out}")
+    console.print(f"artifacts, results.md, pareto.png and report.html in {out}")

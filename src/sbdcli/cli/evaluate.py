@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sbdcli import distributed as dist
 from sbdcli.cli._app import app, console
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.progress import progress_bar
@@ -32,6 +33,14 @@ def _device(name: str) -> str:
     from sbdcli.model.checkpoint import resolve_device  # torch: only when a command runs
 
     return resolve_device(name)
+
+
+def _processes(paths: list[str], device: str) -> tuple[Any, str]:
+    """Join the launch's processes if any (each reads every file: stdin cannot be shared);
+    the World and this process's device."""
+    world = dist.world()
+    dist.require_files(world, input="-" if not paths or "-" in paths else None)
+    return world, dist.device_for(device, world)
 
 
 def _read_sets(paths: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -75,6 +84,7 @@ def _table(summaries: list[dict[str, Any]]) -> None:
 
 def _footer(summaries: list[dict[str, Any]]) -> None:
     from sbdcli.evaluate import ENTROPY_OVER
+    from sbdcli.evaluate.report import AVERAGING
 
     ev = summaries[0]["evaluator"]
     detail = ", ".join(f"{k} {v}" for k, v in ev.items() if k not in ("kind", "path"))
@@ -88,13 +98,23 @@ def _footer(summaries: list[dict[str, Any]]) -> None:
             style="dim",
         )
     console.print(
-        f"EOS rule '{first['eos']}'; Gen PPL (corpus) = exp(total NLL / total scored tokens), "
-        f"(mean/sample) = mean of exp(NLL_i / n_i); entropy (nats, mean per sample) over "
-        f"{ENTROPY_OVER}.",
+        f"EOS rule '{first['eos']}'; {AVERAGING} Entropy (nats, mean per sample) over "
+        f"{ENTROPY_OVER}.{_low_entropy_note(first)}",
         style="dim",
     )
     for note in sorted({n for s in summaries for n in s.get("notes", [])}):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _low_entropy_note(summary: dict[str, Any]) -> str:
+    """The footer's sentence on the low-entropy count, empty when it was not asked for."""
+    if summary.get("low_entropy") is None:
+        return ""
+    return (
+        f" low-H = samples whose last {summary['low_entropy_window']} tokens have unigram "
+        f"entropy < {summary['low_entropy']:g} nats (BD3-LM's redraw rule; only samples "
+        "longer than the window are checked)."
+    )
 
 
 def _check_outputs(out: str | None, plot: Path | None = None) -> None:
@@ -191,6 +211,21 @@ def genppl(
             help="Score a set with fewer records than its draft declared (marked partial).",
         ),
     ] = False,
+    low_entropy: Annotated[
+        float | None,
+        typer.Option(
+            "--low-entropy",
+            help="Count samples whose last --low-entropy-window tokens have unigram entropy "
+            "(nats) below H (default: the draft's --redraw-low-entropy, else off).",
+        ),
+    ] = None,
+    low_entropy_window: Annotated[
+        int | None,
+        typer.Option(
+            "--low-entropy-window",
+            help="Window of --low-entropy (default: the draft's --redraw-window, else 256).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
@@ -199,7 +234,11 @@ def genppl(
     _check_outputs(out, plot)
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
-    sets = _read_sets([*(files or []), *(inputs or [])])
+    paths = [*(files or []), *(inputs or [])]
+    world, device = _processes(paths, device)
+    sets = _read_sets(paths)
+    n = sum(len(r) for _, r in sets)
+    dist.check_enough(world, n, n, "records")
     opts = GenPplOptions(
         evaluator=evaluator,
         data_dir=data,
@@ -212,10 +251,14 @@ def genppl(
         floor_samples=floor_samples,
         seed=seed,
         allow_partial=allow_partial,
+        low_entropy=low_entropy,
+        low_entropy_window=low_entropy_window,
     )
     bar, advance = _progress(sum(len(r) for _, r in sets), "judging")
     with bar:
         summaries = evaluate_sets(sets, opts, advance)
+    if not world.main:
+        return
     _table(summaries)
     _footer(summaries)
     if plot is not None:
@@ -295,7 +338,12 @@ def ppl(
             net, rows, block_size, mc=mc, batch_size=batch_size, seed=seed, progress=advance
         ).to_dict()
     result.update({"model": str(model), "data": str(data_dir), "split": "val", "seed": seed})
-    se = "exact" if result["exact"] else f"± {result['nelbo_stderr']:.4f} (K={mc})"
+    stderr = result["nelbo_stderr"]
+    se = (
+        "exact"
+        if result["exact"]
+        else (f"± {stderr:.4f} (K={mc})" if stderr is not None else f"(no error bar: K={mc})")
+    )
     console.print(
         f"val PPL {result['ppl']:.4f}  NELBO {result['nelbo_per_token']:.4f} nats/token {se}  "
         f"{result['bits_per_token']:.4f} bits/token  B={block_size}  {result['rows']} rows",

@@ -27,7 +27,7 @@ from sbdcli.errors import UserError
 
 SYNTHETIC_FLAGS = ("num_train", "num_val", "oracle_samples", "vocab", "topics", "fanout", "alpha")
 SYNTHETIC_FLAGS += ("eps",)
-TEXT_FLAGS = ("tokenizer", "val_docs", "val_fraction", "max_docs", "workers")
+TEXT_FLAGS = ("tokenizer", "val_docs", "val_fraction", "max_docs", "workers", "row_format")
 
 
 # --------------------------------------------------------------------------- progress
@@ -87,7 +87,9 @@ def summary_table(manifest: dict[str, Any], out: Path | str) -> Table:
     tok = manifest["tokenizer"]
     specials = f"bos {manifest['bos_id']}, eos {manifest['eos_id']}, mask {manifest['mask_id']}"
     rows.append(("tokenizer", f"{tok['kind']}, vocab {manifest['vocab_size']:,}", specials))
-    rows.append(("seq_len", str(manifest["seq_len"]), ""))
+    fmt = manifest.get("row_format", "sbd")
+    layout = "[BOS] + L-1 tokens" if fmt == "sbd" else "L raw tokens (BD3-LM OpenWebText)"
+    rows.append(("seq_len", str(manifest["seq_len"]), f"rows: {fmt}, {layout}"))
     if "oracle" in manifest:
         o = manifest["oracle"]
         floor = f"{o['nll_per_token']:.4f} ± {o['nll_per_token_stderr']:.4f} nats/token"
@@ -212,6 +214,14 @@ def prepare(
         int | None,
         typer.Option("--seq-len", help="Row length L (default 1024 text, 128 synthetic)."),
     ] = None,
+    row_format: Annotated[
+        str,
+        typer.Option(
+            "--row-format",
+            help="Text rows: 'sbd' = [BOS] + L-1 stream tokens; 'bd3lm' = L raw stream "
+            "tokens, as BD3-LM packs OpenWebText.",
+        ),
+    ] = "sbd",
     val_docs: Annotated[
         int | None,
         typer.Option("--val-docs", help="Validation = the last N documents (OpenWebText: 1e5)."),
@@ -250,8 +260,12 @@ def prepare(
         ),
     ] = 1,
 ) -> None:
-    """Build a data directory: token rows that start with BOS, a manifest and a tokenizer."""
+    """Build a data directory: token rows (BOS-first unless --row-format bd3lm), a manifest
+    and a tokenizer."""
+    from sbdcli.data.prepare import check_row_format
+
     params = dict(ctx.params)
+    check_row_format(params["row_format"])
     check_output_dir(out)
     kind = _choose_source(ctx, params)
     command = command_line(ctx)
@@ -304,4 +318,5 @@ def _prepare_text(out: Path, kind: str, p: dict[str, Any], command: str) -> dict
             workers=p["workers"],
             command=command,
             progress=progress,
+            row_format=p["row_format"],
         )

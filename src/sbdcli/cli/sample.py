@@ -5,7 +5,9 @@
 Records stream as JSONL (stdin/stdout by default, `-i/-o` for files, `.safetensors` for a
 bundle); each command processes `--batch-size` records at a time and writes them as soon
 as they are done, so the next stage starts on the first batch. Thin commands: flags are
-parsed here, the work is in `sbdcli.pipeline`; progress goes to stderr.
+parsed here, the work is in `sbdcli.pipeline`; progress goes to stderr. Under `torchrun`
+or `accelerate launch` the batches are dealt out to the processes (`sbdcli.distributed`)
+and process 0 writes the records in order.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
 MAX_LENGTH_FACTOR = 16
@@ -37,14 +39,23 @@ MAX_LENGTH_FACTOR = 16
 SAMPLER_FIELDS = (
     "steps_per_block",
     "first_hitting",
+    "threshold",
+    "schedule",
     "top_p",
     "temperature",
     "dtype",
     "unmask",
     "kv_cache",
+    "cache",
+    "refresh",
+    "compile",
 )
 """`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
 sampler_options = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
+redraw_options = config_options(
+    "redraw_opts", RedrawConfig, ("redraw_low_entropy", "redraw_window", "redraw_attempts")
+)
+"""The degenerate-draft redraw (BD3-LM's rule) of `draft` and `generate`."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,6 +131,13 @@ def _sampler(block: int, values: dict[str, Any], steps: int | None = None) -> Sa
     return SamplerConfig(block_size=block, **values)
 
 
+def _check_compile(cfg: SamplerConfig, device: str) -> None:
+    """--compile where it cannot work fails before anything is read or written."""
+    from sbdcli.diffusion.sampler import check_compile
+
+    check_compile(cfg, device)
+
+
 @dataclass(frozen=True)
 class Drafting:
     """What `draft` and `generate` sample: prompts, length, the draft and the K-stage plan
@@ -132,6 +150,7 @@ class Drafting:
     seed: int
     plan: list[Any]
     stop_at_eos: bool
+    redraw: RedrawConfig | None = None
 
     def batch(self, prompts: list[Any], on_call: Any) -> list[dict[str, Any]]:
         from sbdcli import pipeline as pl
@@ -146,38 +165,71 @@ class Drafting:
             stop_at_eos=self.stop_at_eos,
             progress=on_call,
             n_records=len(self.prompts),
+            redraw=self.redraw,
         )
 
 
-def _write_drafts(what: str, output: str, batch_size: int, job: Drafting) -> None:
-    """Draft-like commands: every batch of prompts drafted (and revised), records written."""
-    from sbdcli import pipeline as pl
+def _processes(device: str, output: str, input: str | None = None) -> str:
+    """Join the launch's processes (torchrun / accelerate launch) if any; with several,
+    -i/-o must be files; the device this process samples on."""
+    from sbdcli import distributed as dist
+
+    world = dist.world()
+    dist.require_files(world, input=input, output=output)
+    return dist.device_for(device, world)
+
+
+def _writer(output: str) -> Any:
+    """The record writer of process 0; the other processes of a launch write nothing."""
+    import contextlib
+
+    from sbdcli import distributed as dist
     from sbdcli.artifacts import RecordWriter
 
-    with RecordWriter(output) as writer, counting(what, len(job.prompts)) as (done, on_call):
-        for batch in pl.batched(job.prompts, batch_size):
-            for rec in job.batch(batch, on_call):
+    return RecordWriter(output) if dist.world().main else contextlib.nullcontext()
+
+
+def _write_drafts(what: str, output: str, batch_size: int, job: Drafting) -> None:
+    """Draft-like commands: every batch of prompts drafted (and revised), records written.
+
+    Under a launch of P processes batch k is drafted by process k mod P (sbdcli.distributed).
+    """
+    from sbdcli import distributed as dist
+    from sbdcli import pipeline as pl
+
+    world, batches = dist.world(), list(pl.batched(job.prompts, batch_size))
+    dist.check_enough(world, len(batches), len(job.prompts), "batches")
+    with _writer(output) as writer, counting(what, len(job.prompts)) as (done, on_call):
+        for recs in dist.map_ordered(lambda b: job.batch(b, on_call), batches, world):
+            for rec in recs:
                 writer.write(rec)
-            done(len(batch))
+            done(len(recs))
 
 
 def _rewrite_records(what: str, input: str, output: str, batch_size: int, run: Any) -> None:
     """Record-to-record commands: `run(batch, first_index, on_call)` per batch of records.
 
     An input that ends with fewer records than its draft declared is written as it is,
-    with one warning on stderr.
+    with one warning on stderr. Under a launch of P processes every process reads the
+    input and batch k is run by process k mod P (sbdcli.distributed).
     """
-    from sbdcli.artifacts import RecordWriter
+    from sbdcli import distributed as dist
     from sbdcli.artifacts.records import DraftTally
 
-    first, tally = 0, DraftTally()
-    with RecordWriter(output) as writer, counting(what, None) as (done, on_call):
+    world, tally, seen = dist.world(), DraftTally(), [0, 0]  # batches, records read
+
+    def numbered() -> Iterator[tuple[int, list[dict[str, Any]]]]:
         for batch in _read_batches(input, batch_size):
-            for rec in run(batch, first, on_call):
+            yield seen[1], batch
+            seen[0], seen[1] = seen[0] + 1, seen[1] + len(batch)
+
+    with _writer(output) as writer, counting(what, None) as (done, on_call):
+        for recs in dist.map_ordered(lambda u: run(u[1], u[0], on_call), numbered(), world):
+            for rec in recs:
                 writer.write(rec)
                 tally.add(rec)
-            first += len(batch)
-            done(len(batch))
+            done(len(recs))
+        dist.check_enough(world, seen[0], seen[1], "batches")
     _warn_partial(what, tally)
 
 
@@ -218,6 +270,7 @@ EosOpt = Annotated[
 # --------------------------------------------------------------------------- draft
 @app.command()
 @sampler_options
+@redraw_options
 def draft(
     model: ModelOpt = None,
     n: NOpt = None,
@@ -230,19 +283,22 @@ def draft(
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
     sampling: dict[str, Any] | None = None,
+    redraw_opts: dict[str, Any] | None = None,
 ) -> None:
     """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
 
     _check_batch(batch_size)
     check_output_path(output)
+    device = _processes(device, output)
     if block < 1:
         raise UserError(f"--block must be >= 1, got {block}")
     cfg = _sampler(block, sampling or {})
+    _check_compile(cfg, device)
+    redraw = RedrawConfig(**(redraw_opts or {}))
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
 
-    _write_drafts(
-        "draft", output, batch_size, Drafting(ref, plist, length, cfg, seed, [], stop_at_eos)
-    )
+    job = Drafting(ref, plist, length, cfg, seed, [], stop_at_eos, redraw)
+    _write_drafts("draft", output, batch_size, job)
 
 
 # --------------------------------------------------------------------------- remask
@@ -277,6 +333,7 @@ def remask(
 
     _check_batch(batch_size)
     check_output_path(output)
+    device = _processes(device, output, input)
     cfg = _remask_config(dict(remask_opts or {}), seed)
     models = pl.ModelCache(model, device)
 
@@ -309,7 +366,9 @@ def revise(
 
     _check_batch(batch_size)
     check_output_path(output)
+    device = _processes(device, output, input)
     cfg = _sampler(pl.parse_block(block), sampling or {})
+    _check_compile(cfg, device)
     models = pl.ModelCache(model, device)
 
     def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
@@ -323,6 +382,7 @@ def revise(
 # --------------------------------------------------------------------------- generate
 @app.command()
 @sampler_options
+@redraw_options
 @config_options("remask_opts", RemaskConfig, ("strategy", "passes"))
 def generate(
     model: ModelOpt = None,
@@ -354,15 +414,22 @@ def generate(
     output: OutputOpt = "-",
     sampling: dict[str, Any] | None = None,
     remask_opts: dict[str, Any] | None = None,
+    redraw_opts: dict[str, Any] | None = None,
 ) -> None:
     """Draft, then remask + revise per stage, in one process (same records as the pipe)."""
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
     check_output_path(output)
+    device = _processes(device, output)
     values = sampling or {}
     draft_block, schedule = pl.parse_stages(stages, gammas)
-    draft_cfg = _sampler(draft_block, values)
+    if revise_steps_per_block is not None and values.get("threshold") is not None:
+        raise UserError("--threshold and --revise-steps-per-block exclude each other")
+    # --cache approx is a revise setting here: a draft block's call runs <= 2B positions
+    draft_cfg = _sampler(draft_block, {**values, "cache": "exact", "refresh": None})
+    _check_compile(draft_cfg, device)
+    redraw = RedrawConfig(**(redraw_opts or {}))
     plan = [
         pl.StagePlan(
             RemaskConfig(gamma=gamma, seed=seed, **(remask_opts or {})),
@@ -373,5 +440,5 @@ def generate(
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
 
-    job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos)
+    job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos, redraw)
     _write_drafts("generate", output, batch_size, job)

@@ -28,8 +28,8 @@ from sbdcli.errors import UserError
 
 TRAIN_FIELDS = (
     "steps", "batch_size", "global_batch", "lr", "warmup", "schedule", "seed", "init",
-    "eps_min", "eps_max", "clip_search", "resample", "ema", "val_every", "val_rows",
-    "save_every", "device", "precision", "compile",
+    "eps_min", "eps_max", "clip_search", "clip_search_batches", "resample", "ema",
+    "val_every", "val_rows", "save_every", "device", "precision", "compile", "time_conditioning",
 )  # fmt: skip
 """`TrainConfig` fields that are options of `sbd train` as they are (others are composite)."""
 

@@ -2,9 +2,12 @@
 
 A data directory (written by `sbd prepare`, see prepare.py) holds
 - `train-00000.safetensors`, ... and `val-00000.safetensors`, ...: tensor `tokens`,
-  int32 [rows, L], schema "sbd.tokens". **Every row starts with BOS.**
+  int32 [rows, L], schema "sbd.tokens". With `row_format` "sbd" (the default, and the
+  synthetic language) every row starts with BOS; with "bd3lm" a row is L raw stream tokens
+  (BD3-LM's OpenWebText rows). Either way position 0 is context, never masked or scored.
 - `manifest.json` (schema "sbd.data"): source, tokenizer (kind, sha256, ids), vocab_size,
-  mask_id, bos_id, eos_id, seq_len, rows/tokens/documents per split, shards, seed, command.
+  mask_id, bos_id, eos_id, seq_len, row_format, rows/tokens/documents per split, shards,
+  seed, command (a manifest without `row_format` is "sbd").
 - `tokenizer.json` for text tokenizers; `oracle.safetensors` for the synthetic language.
 
 `read_manifest`, `load_split` (all rows in memory), `TokenRows` (rows read lazily from the
@@ -44,6 +47,7 @@ def build_manifest(
     command: str,
     source: dict[str, Any],
     stats: dict[str, dict[str, Any]],
+    row_format: str = "sbd",
 ) -> dict[str, Any]:
     manifest = {
         "schema": SCHEMA,
@@ -56,6 +60,7 @@ def build_manifest(
         "bos_id": codec.bos_id,
         "eos_id": codec.eos_id,
         "seq_len": seq_len,
+        "row_format": row_format,
         "rows": {s: stats[s]["rows"] for s in SPLITS},
         "tokens": {s: stats[s]["rows"] * seq_len for s in SPLITS},
         "documents": {s: stats[s]["documents"] for s in SPLITS},
@@ -67,6 +72,11 @@ def build_manifest(
         manifest["stream_tokens"] = {s: stats[s]["stream_tokens"] for s in SPLITS}
         manifest["dropped_tokens"] = {s: stats[s]["dropped_tokens"] for s in SPLITS}
     return manifest
+
+
+def row_format(manifest: dict[str, Any]) -> str:
+    """The manifest's row format; "sbd" for manifests written before it was recorded."""
+    return str(manifest.get("row_format", "sbd"))
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:

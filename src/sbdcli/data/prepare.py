@@ -1,11 +1,14 @@
 """`sbd prepare`: packing token streams into rows of a data directory (layout: datadir.py).
 
 Text is packed the BD3-LM/MDLM "wrap" way: documents are tokenized without special tokens,
-EOS is appended to each, everything is concatenated, and rows are [BOS] + the next L-1
-stream tokens (the reference writes [BOS] + L-2 + [EOS]; sbd keeps every row BOS-first).
-The tail that does not fill a row is dropped and counted. Validation = the last
-`val_docs` documents (held back in a FIFO while streaming) or every (1/f)-th document
-for `val_fraction` f (evenly spread, needs no corpus size); each split is packed apart.
+EOS is appended to each, everything is concatenated, and the stream is cut into rows by
+the row format (`row_format`): `sbd` (default) = [BOS] + the next L-1 stream tokens (every
+row BOS-first); `bd3lm` = the next L stream tokens, nothing inserted (BD3-LM's OpenWebText
+rows, its `insert_train_special=False`; the reference's other wrapped data sets write
+[BOS] + L-2 + [EOS]). The tail that does not fill a row is dropped and counted.
+Validation = the last `val_docs` documents (held back in a FIFO while streaming) or every
+(1/f)-th document for `val_fraction` f (evenly spread, needs no corpus size); each split
+is packed apart.
 Memory is bounded by one tokenization batch, one shard and the held-back validation
 documents, not by the corpus. Output is built in a temporary directory and swapped in
 only on success. Sources live in sources.py, tokenizers in codec.py, the language in
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from sbdcli.artifacts import atomic_dir, save_tensors, sha256_file
-from sbdcli.config import DEFAULT_SHARD_TOKENS
+from sbdcli.config import DEFAULT_SHARD_TOKENS, ROW_FORMATS
 from sbdcli.data.codec import (
     ByteCodec,
     Codec,
@@ -45,7 +48,7 @@ from sbdcli.data.sources import Source
 from sbdcli.data.synthetic import ORACLE_FILE, TopicMarkovSpec, build_oracle
 from sbdcli.errors import UserError
 
-__all__ = ["derive_seed", "make_codec", "prepare_synthetic", "prepare_text"]
+__all__ = ["check_row_format", "derive_seed", "make_codec", "prepare_synthetic", "prepare_text"]
 
 BATCH_CHARS = 1 << 20  # characters of text per tokenization batch
 SYNTHETIC_CHUNK = 4096  # synthetic rows drawn per call
@@ -99,11 +102,16 @@ class ShardWriter:
 
 
 class Packer:
-    """Wrap packing: documents + EOS concatenated, rows = [BOS] + next L-1 stream tokens."""
+    """Wrap packing: documents + EOS concatenated, rows = [BOS] + next L-1 stream tokens
+    (`row_format` sbd) or the next L stream tokens (bd3lm)."""
 
-    def __init__(self, writer: ShardWriter, bos_id: int, eos_id: int) -> None:
+    def __init__(
+        self, writer: ShardWriter, bos_id: int, eos_id: int, row_format: str = "sbd"
+    ) -> None:
+        check_row_format(row_format)
         self.writer, self.bos_id, self.eos_id = writer, bos_id, eos_id
-        self.body = writer.seq_len - 1
+        self.lead = 1 if row_format == "sbd" else 0  # tokens inserted before the body
+        self.body = writer.seq_len - self.lead
         self.carry = np.empty(0, dtype=np.int32)
         self.documents = 0
         self.stream_tokens = 0
@@ -117,8 +125,9 @@ class Packer:
         n = len(stream) // self.body
         if n:
             rows = np.empty((n, self.writer.seq_len), dtype=np.int32)  # (n, L)
-            rows[:, 0] = self.bos_id
-            rows[:, 1:] = stream[: n * self.body].reshape(n, self.body)
+            if self.lead:
+                rows[:, 0] = self.bos_id
+            rows[:, self.lead :] = stream[: n * self.body].reshape(n, self.body)
             self.writer.add(rows)
         self.carry = stream[n * self.body :].copy()
 
@@ -203,12 +212,15 @@ def prepare_text(
     workers: int = 1,
     command: str = "",
     progress: Progress | None = None,
+    row_format: str = "sbd",
 ) -> dict[str, Any]:
     """Tokenize, pack and write a text corpus into data directory `out`; return its manifest.
 
     `workers` > 1 tokenizes in that many processes; 1 (default) in this process with the
     tokenizer's own threads, which was faster on 2 cores (docs/benchmarks.md).
+    `row_format`: `sbd` ([BOS] + L-1 tokens) or `bd3lm` (L raw tokens), see the module doc.
     """
+    check_row_format(row_format)
     if workers < 1:
         raise UserError("`workers` must be >= 1")
     _check_common(seq_len, shard_tokens)
@@ -231,7 +243,7 @@ def prepare_text(
         if progress is not None:
             progress.start("tokenizing", source.total, source.unit)
         pairs = split_docs(advance)
-        stats, seconds = _pack_text(tmp, codec, pairs, seq_len, shard_tokens, workers)
+        stats, seconds = _pack_text(tmp, codec, pairs, seq_len, shard_tokens, workers, row_format)
         if stats["train"]["documents"] + stats["val"]["documents"] == 0:
             raise UserError(f"empty corpus: no documents in {_source_name(source)}")
         if stats["train"]["rows"] == 0:
@@ -242,7 +254,9 @@ def prepare_text(
         if isinstance(codec, TokenizerCodec):
             codec.save(tmp / "tokenizer.json")
             codec.info["sha256"] = sha256_file(tmp / "tokenizer.json")
-        manifest = build_manifest(codec, seq_len, seed, command, source.describe(), stats)
+        manifest = build_manifest(
+            codec, seq_len, seed, command, source.describe(), stats, row_format
+        )
         manifest["split"] = {
             "val_docs": val_docs,
             "val_fraction": val_fraction if val_docs is None else None,
@@ -259,6 +273,7 @@ def _pack_text(
     seq_len: int,
     shard_tokens: int,
     workers: int,
+    row_format: str = "sbd",
 ) -> tuple[dict[str, dict[str, Any]], float]:
     """Tokenize batches of (is_val, doc) and pack train and val streams apart; time it.
 
@@ -269,7 +284,9 @@ def _pack_text(
     assert codec.eos_id is not None
     rows_per_shard = max(1, shard_tokens // seq_len)
     packers = {
-        s: Packer(ShardWriter(tmp, s, seq_len, rows_per_shard), codec.bos_id, codec.eos_id)
+        s: Packer(
+            ShardWriter(tmp, s, seq_len, rows_per_shard), codec.bos_id, codec.eos_id, row_format
+        )
         for s in SPLITS
     }
     in_flight: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
@@ -404,6 +421,12 @@ def derive_seed(seed: int, tag: str) -> int:
 
 
 # --------------------------------------------------------------------------- manifest
+def check_row_format(row_format: str) -> None:
+    """Refuse an unknown row format."""
+    if row_format not in ROW_FORMATS:
+        raise UserError(f"`row_format` must be one of {', '.join(ROW_FORMATS)}, got {row_format!r}")
+
+
 def _check_common(seq_len: int, shard_tokens: int) -> None:
     if seq_len < 2:
         raise UserError(f"`seq_len` must be >= 2 (got {seq_len})")

@@ -3,7 +3,9 @@
 - schedule.py: log-linear noise schedule, antithetic noise levels, mask drawing;
 - loss.py: block NELBO with SUBS, variance-minimising clip search;
 - sampler.py: draft and revise with the exact KV cache, float64 categorical draws, nucleus;
+- reveal.py: how many positions a sampler call reveals (fixed, reference, threshold);
 - remask.py: remask scores (snapshot, random, post-hoc, k-pass masked) and selection.
+- degenerate.py: unigram entropy of a token window, BD3-LM's degenerate-sample rule.
 
 Imports only torch, config and errors: no files, no records, no CLI.
 """

@@ -4,10 +4,13 @@ NELBO (log-linear schedule, BD3-LM eq. for masked block diffusion): for every bl
 size B a level t_b ~ U[eps_min, eps_max] (antithetic), x_t masks each token of block b with
 probability t_b, and
     L(x_0) = sum_b E[ sum_{i in b, x_t^i = [MASK]} -log p_theta(x_0^i | x_t^b, x_0^{<b}) / t_b ].
-`block_nelbo` reports it per token (position 0, BOS, is never masked and is excluded from
-the mean). SUBS: the [MASK] logit is suppressed and unmasked positions copy their input
-token (so they cost 0). `clip_search` picks the interval [eps_min, eps_max] that minimises
-the variance of the per-block loss on validation batches, as BD3-LM does.
+`block_nelbo` reports it per token (position 0, BOS or the first raw token of a `bd3lm`
+row, is never masked and is excluded from the mean: B (L - 1) tokens, where the reference
+divides its training loss by B L; docs/evaluation.md). SUBS: the [MASK] logit is
+suppressed and unmasked positions copy their input token (so they cost 0). `clip_search`
+picks the interval [eps_min, eps_max] that minimises the variance of the per-block loss
+on validation batches, as BD3-LM does (the trainer passes it `clip_search_batches`
+batches, by default the reference's 100).
 
 What is not here: the optimisation loop (train.py) and the noise draws (schedule.py).
 """

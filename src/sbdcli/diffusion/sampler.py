@@ -13,15 +13,36 @@ Rules this module fixes (docs/sampling.md explains them):
   block) with a block-causal mask over the pending part and `cache_commit` = its length;
   so there is never a separate cache-write pass and NFE counts every network call.
   `kv_cache=False` recomputes the whole visible window at every call (reference path).
+- **Approximate cache** (`cache="approx"`, refresh R). Inside the current block, the first
+  call and every R-th call run the block in full and leave the keys/values of all its
+  positions in the cache; the calls between run only the positions masked at the previous
+  call (still masked, or just committed) as queries: they overwrite their own stored
+  keys/values and attend to every stored one, so the others keep keys/values computed
+  when more of the block was masked. R = 1 is the exact cache, bit for bit. Earlier
+  blocks stay exact; one global block is where it pays (every exact call runs all L).
+- **Captured call** (`compile`, CUDA only). The cached call is run at a fixed shape (the
+  whole preallocated slab, its invalid slots masked; the cache is written back outside)
+  so torch.compile with CUDA graphs captures one graph per input length.
 - **Longer than the trained length L.** The window is the last L positions ending at the
   block's end: [max(0, hi - L), hi) with window-relative positions 0.., exactly as if the
   window were the whole sequence (BD3-LM keeps the last L - B tokens of context). When the
   window slides the cache is rebuilt inside the next call (exact, costs no extra call).
 - **Tokens per call.** `first_hitting`: one masked position per call, chosen uniformly.
-  Otherwise `steps_per_block` S (default: the block size): a sample with r masked
-  positions left in the block after s of its calls reveals ceil(r / max(S - s, 1)).
-  Which positions: `unmask="random"` (uniform, default; the schedule of BD3-LM/MDLM reveals
-  an exchangeable random subset) or `"confident"` (highest model probability first).
+  `threshold` TAU: every masked position of the block is drawn and each whose draw has
+  snapshot confidence >= TAU is committed, and always the most confident one (ties:
+  leftmost). Otherwise `steps_per_block` S (default: the block size) and `schedule`:
+  "fixed", a sample with r masked positions left in the block after s of its calls reveals
+  ceil(r / max(S - s, 1)); "reference", BD3-LM's law: at step i of S each masked position
+  is revealed with probability `reference_reveal_probs(S)[i]` (1 at the last step), steps
+  that reveal nothing are skipped without a call (reveal.py holds these counts). Which
+  positions (fixed, reference): `unmask="random"` (uniform, default; the schedule of
+  BD3-LM/MDLM reveals an exchangeable random subset) or `"confident"` (highest model
+  probability first).
+- **Waiting.** A sample with nothing left in the current block takes no part in a call:
+  it draws nothing from its generator and its `nfe` does not grow.
+- **Noise level** (time-conditioned models only): each call passes sigma(t) per sample, t
+  from `schedule.call_level` (BD3-LM's per-call t); with the cache, the clean blocks
+  written in a call carry the level they were finished at (docs/sampling.md).
 - **Categorical draw.** SUBS: the [MASK] logit is -inf. Logits -> float64 (or float32 as a
   recorded ablation), divided by `temperature`, nucleus-truncated, Gumbel-max with the
   sample's own `torch.Generator`. Nucleus rule (as BD3-LM): sort descending, keep the tokens
@@ -37,12 +58,16 @@ Rules this module fixes (docs/sampling.md explains them):
   rounding of batched matmuls), and cache/no-cache runs draw identical random numbers.
 
 Not here: record formats and model loading (pipeline/), remasking (remask.py).
+The module is long (over 470 lines) because the engine, its network-call window (exact,
+approximate and captured caches) and the draw rules share private state and are read
+together; the per-call counts already live in reveal.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +75,8 @@ from typing import Any
 import torch
 
 from sbdcli.config import SamplerConfig
+from sbdcli.diffusion.reveal import reference_reveal_probs, tokens_per_call
+from sbdcli.diffusion.schedule import LogLinearSchedule, call_level, reveal_level
 from sbdcli.errors import UserError
 
 __all__ = [
@@ -59,6 +86,7 @@ __all__ = [
     "fill_masked",
     "make_generator",
     "nucleus_keep",
+    "reference_reveal_probs",
     "revise",
     "sample_categorical",
 ]
@@ -143,15 +171,31 @@ def gumbel_max(
 class _Window:
     """Computes logits of one block given everything before it, with or without a KV cache."""
 
-    def __init__(self, model: Any, n: int, length: int, block: int, use_cache: bool) -> None:
+    def __init__(
+        self,
+        model: Any,
+        n: int,
+        length: int,
+        block: int,
+        use_cache: bool,
+        refresh: int | None = None,
+        step: Callable[..., Any] | None = None,
+    ) -> None:
         self.model, self.block, self.length = model, block, length
         self.max_len = model.config.seq_len
         single_block = block >= length
         self.cache = None
-        if use_cache and not single_block:
-            self.cache = model.new_cache(n, min(length, self.max_len))
+        self.refresh, self.step = refresh, step  # approximate cache; fixed-shape call
+        if use_cache and (refresh is not None or not single_block):
+            # approx: one spare last slot takes the keys/values of padded queries
+            spare = 1 if refresh is not None else 0
+            self.cache = model.new_cache(n, min(length, self.max_len) + spare)
+        self.block_lo, self.calls = -1, 0  # approx: the current block, its calls so far
+        self.prev: torch.Tensor | None = None  # approx: (n, N) masked at the previous call
+        self.queries: torch.Tensor | None = None  # approx: the previous call's `prev`
         self.start = 0  # absolute index of the first cached token
         self.end = 0  # absolute index after the last cached token
+        self.levels: torch.Tensor | None = None  # (n, T) sigma each block was last called at
         bos, eos = getattr(model.config, "bos_id", None), getattr(model.config, "eos_id", None)
         # A BOS distinct from EOS only ever opens a row in training data: never sample it.
         self.suppress = bos if bos is not None and bos != eos else None
@@ -167,14 +211,38 @@ class _Window:
         mask = blk[None, :] <= blk[:, None]  # (N, N)
         return None if bool(mask.all()) else mask
 
-    def logits(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Raw logits (n, hi - lo, V) for block [lo, hi) of x (n, T)."""
+    def record(self, lo: int, hi: int, sigma: torch.Tensor) -> None:
+        """Set the level (n,) block [lo, hi) is cached at (cached paths; no-op before any)."""
+        if self.levels is not None:
+            self.levels[:, lo:hi] = sigma.to(self.levels.device)[:, None]
+
+    def _levels(self, x: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Per-token levels (n, hi - end) of a cached call: clean pending blocks at the level of
+        their last call (BD3-LM writes a block's cache at that level; 0 if never called), the
+        block [lo, hi) at this call's level, which is recorded."""
+        if self.levels is None:
+            self.levels = torch.zeros(x.shape, dtype=sigma.dtype, device=sigma.device)
+        self.levels[:, lo:hi] = sigma[:, None]
+        return self.levels[:, self.end : hi].clone()
+
+    def logits(
+        self, x: torch.Tensor, lo: int, hi: int, sigma: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw logits (n, hi - lo, V) for block [lo, hi) of x (n, T); `sigma` (n,): this call's
+        noise level per sample, for time-conditioned models (None: not passed)."""
         start = max(0, hi - self.max_len)  # sliding window [start, hi)
         device = x.device
+        kw = {} if sigma is None else {"sigma": sigma}
         if self.cache is None:
             idx = torch.arange(start, hi, device=device)
-            out = self.model(x[:, start:hi], idx - start, self._block_causal(idx))
+            args = (x[:, start:hi], idx - start, self._block_causal(idx))
+            if self.step is None:
+                out = self.model(*args, **kw)
+            else:
+                out = _replay(_compiled_forward(self.model), *args, **kw)
             return self._finish(out[:, lo - start :])
+        if self.refresh is not None and self._approximate(x, lo, hi, start):
+            return self._partial(x, lo, hi, start, sigma)
         if start != self.start:  # the window slid: rebuild the cache inside this call
             self.cache.truncate(0)
             self.start = self.end = start
@@ -184,12 +252,122 @@ class _Window:
         if mask is not None and self.cache.length > 0:
             seen = torch.ones(len(idx), self.cache.length, dtype=torch.bool, device=device)
             mask = torch.cat((seen, mask), dim=1)  # (C + N, T_cache + C + N)
-        out = self.model(x[:, self.end : hi], idx - start, mask, self.cache, pending)
+        if sigma is not None:
+            kw["sigma"] = self._levels(x, sigma, lo, hi)
+        if self.step is None:
+            out = self.model(x[:, self.end : hi], idx - start, mask, self.cache, pending, **kw)
+        else:
+            out = self._fixed(x[:, self.end : hi], idx - start, mask, pending, kw)
         self.end = lo
         return self._finish(out[:, pending:])
 
+    def _approximate(self, x: torch.Tensor, lo: int, hi: int, start: int) -> bool:
+        """Approx cache: whether this call of block [lo, hi) may reuse stored keys/values
+        (not the block's first call, nor one of every `refresh`); remembers its masked set."""
+        fresh = lo != self.block_lo or start != self.start
+        if fresh:
+            self.block_lo, self.calls = lo, 0
+        partial = not fresh and self.calls % int(self.refresh or 1) != 0
+        self.calls += 1
+        self.queries, self.prev = self.prev, x[:, lo:hi] == self.model.config.mask_id
+        return partial
+
+    def _partial(
+        self, x: torch.Tensor, lo: int, hi: int, start: int, sigma: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Approximate call: only the positions masked at the previous call (still masked, or
+        just committed) are run; they overwrite their stored keys/values and attend to all
+        stored ones (every other position keeps the keys/values of an earlier call)."""
+        prev = self.queries  # (n, N) bool
+        n, width = prev.shape
+        count = int(prev.sum(dim=1).max())
+        order = (~prev).to(torch.int8).argsort(dim=1, stable=True)[:, :count]  # queried first
+        valid = prev.gather(1, order)
+        spare = self.cache.max_len - 1
+        slots = torch.where(valid, order + (lo - start), spare)  # padding -> the spare slot
+        kw: dict[str, Any] = {}
+        if sigma is not None:
+            self._levels(x, sigma, lo, hi)  # records the block's level for later calls
+            kw["sigma"] = sigma
+        view = self.cache.scattering(slots, hi - start)
+        out = self.model(x[:, lo:hi].gather(1, order), order + (lo - start), None, view, 0, **kw)
+        full = out.new_zeros(n, width, out.shape[-1])
+        full.scatter_(1, order[..., None].expand_as(out), out)  # padding lands on unused rows
+        return self._finish(full)
+
+    def _fixed(
+        self,
+        tokens: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None,
+        pending: int,
+        kw: dict[str, Any],
+    ) -> torch.Tensor:
+        """The cached call at a fixed shape (the whole slab, invalid slots masked) through
+        `self.step` (the model's `fixed_step`, captured by torch.compile)."""
+        cache, width = self.cache, tokens.shape[1]
+        device = tokens.device
+        inner = torch.ones(width, width, dtype=torch.bool, device=device)
+        if mask is not None:
+            inner = mask[:, -width:]
+        valid = torch.arange(cache.max_len, device=device) < cache.length
+        full = torch.cat((valid[None].expand(width, -1), inner), dim=1)  # (N, S + N)
+        out, k_new, v_new = _replay(self.step, tokens, pos, full, cache.k, cache.v, **kw)
+        cache.put(cache.length, k_new, v_new)
+        cache.advance(pending)
+        return out
+
 
 # --------------------------------------------------------------------------- the engine
+_COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def check_compile(cfg: SamplerConfig, device: Any) -> None:
+    """Refuse `compile` off CUDA: on a CPU the captured call is not faster (docs/sampling.md)."""
+    if not cfg.compile:
+        return
+    kind = str(device)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(kind).type != "cuda":
+        raise UserError(
+            f"`compile` needs a CUDA device: it captures the cached call as CUDA graphs, "
+            f"which do not exist on {kind} (drop `compile` or pass --device cuda)"
+        )
+
+
+def _captured(model: Any) -> tuple[Any, Any]:
+    """(fixed_step, forward) of the model captured by torch.compile, made once per model."""
+    if model not in _COMPILED:
+        opts: dict[str, Any] = {"mode": "reduce-overhead", "dynamic": False}
+        _COMPILED[model] = (
+            torch.compile(model.fixed_step, **opts),
+            torch.compile(model.forward, **opts),
+        )
+    return _COMPILED[model]
+
+
+def _compiled_step(model: Any) -> Callable[..., Any]:
+    """The fixed-shape cached call (the whole slab, invalid slots masked), captured."""
+    return _captured(model)[0]
+
+
+def _compiled_forward(model: Any) -> Callable[..., Any]:
+    """The cache-free call (one fixed-shape window per block), captured."""
+    return _captured(model)[1]
+
+
+def _replay(call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """One captured call; its outputs are cloned (a CUDA graph overwrites them next time)."""
+    mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if mark is not None and args[0].is_cuda:
+        mark()  # the previous call's outputs are no longer read
+    out = call(*args, **kw)
+    if isinstance(out, tuple):
+        return tuple(t.clone() for t in out)
+    return out.clone()
+
+
 def _check_lengths(model: Any, length: int, block: int) -> None:
     max_len = model.config.seq_len
     if length > max_len and block > max_len:
@@ -197,8 +375,6 @@ def _check_lengths(model: Any, length: int, block: int) -> None:
             f"a block of {block} tokens exceeds the model's trained length {max_len}: a "
             f"sequence of {length} tokens needs a block size <= {max_len} (sliding window)"
         )
-    if getattr(model.config, "time_conditioning", False):
-        raise UserError("time-conditioned models are not supported by the sampler")
 
 
 class _State:
@@ -216,18 +392,6 @@ class _State:
         self.step = torch.zeros(n, length, dtype=torch.long, device=device)
         self.nfe = torch.zeros(n, dtype=torch.long)
         self.offset = step_offset.to(torch.long).cpu()
-
-
-def _tokens_per_call(
-    remaining: torch.Tensor, calls: torch.Tensor, block: int, cfg: SamplerConfig
-) -> torch.Tensor:
-    """k_i = 1 (first hitting) or ceil(r_i / max(S - s_i, 1)); 0 for samples with r_i = 0."""
-    if cfg.first_hitting:
-        k = torch.ones_like(remaining)
-    else:
-        left = ((cfg.steps_per_block or block) - calls).clamp_min(1)
-        k = (remaining + left - 1) // left
-    return torch.where(remaining > 0, k, 0)
 
 
 def _uniforms(gens: Sequence[Any], counts: list[int], cols: int, dtype: Any, device: Any) -> Any:
@@ -253,12 +417,13 @@ def _choose(
     todo (n, N) bool, k (n,) tokens per sample, logits (n, N, V). random: sample i draws N
     uniform keys and reveals its k_i masked positions with the smallest keys, then draws
     Gumbel noise for them only. confident: draws for every masked position, keeps the k_i
-    with the highest model probability (ties: leftmost).
+    with the highest model probability (ties: leftmost). threshold: draws for every masked
+    position, keeps those with probability >= the threshold and the most confident one.
     """
     n, block, vocab = logits.shape
     dtype, device = DTYPES[cfg.dtype], logits.device
     kk = k.to(device)
-    if cfg.unmask == "random":
+    if cfg.unmask == "random" and cfg.threshold is None:
         keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
         full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
         full[k.to(device) > 0] = keys.view(-1, block)
@@ -272,7 +437,10 @@ def _choose(
     score = torch.full((n, block), -1.0, dtype=torch.float64, device=device)
     score[rows, cols] = conf
     rank = (-score).argsort(dim=1, stable=True).argsort(dim=1)
-    keep = rank[rows, cols] < kk[rows]
+    if cfg.threshold is not None:
+        keep = (conf >= cfg.threshold) | (rank[rows, cols] == 0)
+    else:
+        keep = rank[rows, cols] < kk[rows]
     return rows[keep], cols[keep], tok[keep], conf[keep], conf_n[keep]
 
 
@@ -280,13 +448,17 @@ def _reveal(
     state: _State,
     logits: torch.Tensor,
     lo: int,
-    calls: torch.Tensor,
+    clock: tuple[torch.Tensor, torch.Tensor],
     cfg: SamplerConfig,
     gens: Sequence[Any],
 ) -> torch.Tensor:
-    """One call's commits in block [lo, lo + N) for every sample; returns active (n,) bool."""
+    """One call's commits in block [lo, lo + N) for every sample; returns active (n,) bool.
+
+    clock = (calls, steps): each sample's calls and reference-schedule steps in this block.
+    """
     todo = state.todo[:, lo : lo + logits.shape[1]]  # (n, N)
-    k = _tokens_per_call(todo.sum(dim=1).cpu(), calls, logits.shape[1], cfg)  # (n,)
+    remaining = todo.sum(dim=1).cpu()
+    k = tokens_per_call(remaining, *clock, logits.shape[1], cfg, gens)  # (n,)
     active = k > 0
     rows, cols, tok, conf, conf_n = _choose(todo, k, logits, cfg, gens, state.mask_id)
     state.nfe += active.long()
@@ -336,13 +508,27 @@ def fill_masked(
     offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
     state = _State(x, todo.clone(), offset, model.config.mask_id)
     stop = torch.full((n,), -1, dtype=torch.long)
-    window = _Window(model, n, length, block, cfg.kv_cache)
+    check_compile(cfg, x.device)
+    step = _compiled_step(model) if cfg.compile else None
+    window = _Window(model, n, length, block, cfg.kv_cache, cfg.refresh_every, step)
+    timed = bool(getattr(model.config, "time_conditioning", False))
     for lo in range(0, length, block):
         hi = min(length, lo + block)
         calls = torch.zeros(n, dtype=torch.long)  # calls each sample spent on this block
+        steps = torch.zeros(n, dtype=torch.long)  # reference-schedule steps it used
+        level = state.todo[:, lo:hi].any(dim=1).double().cpu()  # t: 1, or 0 if nothing to do
         while bool(state.todo[:, lo:hi].any()):
-            logits = window.logits(state.x, lo, hi)  # (n, hi - lo, V)
-            calls += _reveal(state, logits, lo, calls, cfg, generators).long()
+            sigma = None
+            if timed:  # the noise level of this call (schedule.call_level, docs/sampling.md)
+                left = state.todo[:, lo:hi].sum(dim=1).cpu()
+                level = call_level(level, left, (calls, steps), hi - lo, cfg, generators)
+                sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
+            logits = window.logits(state.x, lo, hi, sigma)  # (n, hi - lo, V)
+            active = _reveal(state, logits, lo, (calls, steps), cfg, generators)
+            calls += active.long()
+            if timed and cfg.schedule == "reference":  # cached at the step that revealed
+                level = reveal_level(level, steps, active, hi - lo, cfg)
+                window.record(lo, hi, LogLinearSchedule().sigma(level.float()))
             if progress is not None:
                 progress(1)
         if eos_id is not None:

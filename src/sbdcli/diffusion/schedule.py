@@ -3,24 +3,40 @@
 What is here
 - `LogLinearSchedule`: the BD3-LM / MDLM log-linear schedule. A token is masked with
   probability t (alpha_t = 1 - t keeps it), and the NELBO weight on a masked token is
-  -alpha'_t / (1 - alpha_t) = 1 / t. `sigma(t)` is the matching total noise, only used as
-  the network's timestep input when time conditioning is on.
+  -alpha'_t / (1 - alpha_t) = 1 / t. `sigma(t)` is the noise level a time-conditioned
+  network receives, BD3-LM's min(-log(1 - t), -log eps) (bd3lms `_sigma_from_p`, commit
+  1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7); a network without time conditioning ignores it.
 - `sample_t`: one t per (sequence, block), drawn low-discrepancy (antithetic / stratified).
 - `sample_masks` and `resample_masks`: the forward process q(x_t | x_0) per block, with
   position 0 (BOS) never masked, and optional redraws into a clipped interval.
 - `draw_noise`: the levels and masks of a whole batch at once (what training draws per
   global batch before splitting it over processes and micro-batches).
+- `call_level`: the mask rate t a sampler call is made at, per sample (the level a
+  time-conditioned network receives is then `sigma(t)`; docs/sampling.md), and
+  `reveal_level`: the rate a finished block is cached at under the reference schedule.
 
 What is not here: the network or the loss itself (loss.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["LogLinearSchedule", "draw_noise", "resample_masks", "sample_masks", "sample_t"]
+from sbdcli.config import SamplerConfig
+
+__all__ = [
+    "LogLinearSchedule",
+    "call_level",
+    "draw_noise",
+    "resample_masks",
+    "reveal_level",
+    "sample_masks",
+    "sample_t",
+]
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,7 @@ class LogLinearSchedule:
     """Log-linear masking schedule: mask probability t, loss weight 1/t (t in (0, 1])."""
 
     eps: float = 1e-3
-    """Keeps sigma finite at t = 1: sigma(t) = -log(1 - (1 - eps) t)."""
+    """Caps the noise level at t = 1: sigma(t) <= sigma_max = -log eps."""
 
     def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
         """P(x_t^i = [MASK] | x_0) = 1 - alpha_t = t."""
@@ -38,9 +54,21 @@ class LogLinearSchedule:
         """NELBO weight on masked tokens, -alpha'_t / (1 - alpha_t) = 1 / t."""
         return 1.0 / t
 
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """Total noise sigma(t) = -log(1 - (1 - eps) t) (the DiT timestep input)."""
-        return -torch.log1p(-(1.0 - self.eps) * t)
+    @property
+    def sigma_max(self) -> float:
+        """-log eps, computed as BD3-LM does (-log1p(-(1 - eps)) in float32): sigma at t = 1."""
+        return float(-torch.log1p(torch.tensor(-(1.0 - self.eps))))
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Noise level of mask rate t fed to a time-conditioned DiT: min(-log(1 - t), -log eps).
+
+        BD3-LM's mapping in training (the first block's t of each row) and in every sampling
+        call (its semi-AR DDPM / first-hitting update); t = 1 gives -log eps, t = 0 gives 0.
+        """
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.float()
+        return torch.clamp(-torch.log(1 - t), max=self.sigma_max)
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device):
@@ -158,3 +186,60 @@ def draw_noise(
     if resample:
         masked = resample_masks(masked, t_tok, block, eps[0], eps[1], generator)
     return t, masked
+
+
+def call_level(
+    t: torch.Tensor,
+    remaining: torch.Tensor,
+    clock: tuple[torch.Tensor, torch.Tensor],
+    block: int,
+    cfg: SamplerConfig,
+    gens: Sequence[Any],
+) -> torch.Tensor:
+    """Mask rate t (n,) float64 of this sampler call in the current block, per sample.
+
+    `t` holds each sample's previous rate in this block (1 before its first call),
+    `remaining` (n,) its masked positions, clock = (calls, reference-schedule steps) it spent
+    on the block. As the reference's semi-AR sampler (bd3lms commit
+    1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7, `_semi_ar_sampler`): first hitting multiplies
+    t by u^(1 / r), u ~ U(0, 1) from the sample's generator (one draw per call, r masked
+    positions before it); fixed steps use t = linspace(1, 0, S)[i] at step i (the call count
+    for the fixed schedule, the schedule step for the reference one). Threshold decoding has
+    no reference counterpart: t = r / block, the masked fraction. Waiting samples keep t.
+    """
+    t = t.clone()
+    calls, steps = clock
+    for i in (remaining > 0).nonzero()[:, 0].tolist():
+        r = int(remaining[i])
+        if cfg.first_hitting:
+            gen = gens[i]
+            device = getattr(gen, "device", torch.device("cpu"))
+            u = float(torch.rand((), generator=gen, dtype=torch.float64, device=device))
+            t[i] = t[i] * u ** (1.0 / r)
+        elif cfg.threshold is not None:
+            t[i] = r / block
+        else:
+            total = cfg.steps_per_block or block
+            step = int(steps[i] if cfg.schedule == "reference" else calls[i])
+            t[i] = float(torch.linspace(1.0, 0.0, total)[min(step, total - 1)])  # float32 grid
+    return t
+
+
+def reveal_level(
+    t: torch.Tensor, steps: torch.Tensor, active: torch.Tensor, block: int, cfg: SamplerConfig
+) -> torch.Tensor:
+    """Rates (n,) after a call of the reference schedule: t at the step that revealed.
+
+    The reference calls the network at the step after a change and reuses those
+    probabilities until a step reveals something; it writes a finished block's KV cache at
+    the level of that revealing step, linspace(1, 0, S)[steps - 1] (`steps` as advanced by
+    the call). Other rules reveal at the call itself: `t` is returned unchanged.
+    """
+    if cfg.schedule != "reference" or cfg.first_hitting or cfg.threshold is not None:
+        return t
+    total = cfg.steps_per_block or block
+    grid = torch.linspace(1.0, 0.0, total).double()
+    t = t.clone()
+    for i in active.nonzero()[:, 0].tolist():
+        t[i] = grid[min(max(int(steps[i]) - 1, 0), total - 1)]
+    return t

@@ -7,7 +7,10 @@
 - hf_judge.py: the transformers causal-LM judge;
 - genppl.py: the driver (`evaluate_sets`: special ids, judge choice, one summary per group);
 - perplexity.py: test perplexity exp(NELBO) of a run on held-out rows;
-- report.py: tables (cells, markdown) and the Gen PPL plot.
+- report.py: tables (cells, markdown) and the Gen PPL plot;
+- views.py: per-token views of records (what `sbd show` and the HTML report display);
+- calibration.py: snapshot confidence against survival of revision and the oracle;
+- svgplot.py, html_report.py: the self-contained HTML report (`sbd report`).
 
 docs/evaluation.md states the protocol. Not here: sampling (pipeline/), the NELBO itself
 (diffusion/), the command line (cli/evaluate.py). Nothing here prints.

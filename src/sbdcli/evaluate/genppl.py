@@ -6,7 +6,9 @@ records' run directory, else BOS = tokens[0]), refuses unfinished samples
 `allow_partial` (`check_complete`), resolves `evaluator` to a judge (`make_judge`: the
 oracle, an sbd block-1 run, or a transformers causal LM), then for every file (or stage
 group of a file) asks the judge for its scores through the `judges.Judge` protocol and
-summarizes them (metrics.summarize). docs/evaluation.md states the protocol in prose.
+summarizes them (metrics.summarize), with the count of low-entropy samples when a
+threshold is given or the draft recorded one (`low_entropy_setting`).
+docs/evaluation.md states the protocol in prose.
 
 Not here: the metric math (metrics.py), grouping (grouping.py), the judges themselves
 (judges.py, hf_judge.py), tables and plots (report.py). It never prints: notes for the
@@ -19,16 +21,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sbdcli import distributed
 from sbdcli.artifacts import read_json
 from sbdcli.artifacts.records import DraftTally
 from sbdcli.artifacts.rundir import data_dirs_of
-from sbdcli.config import GenPplOptions
+from sbdcli.config import REDRAW_WINDOW, GenPplOptions
 from sbdcli.data import Codec, load_codec
 from sbdcli.errors import UserError
 from sbdcli.evaluate.grouping import group_records
 from sbdcli.evaluate.hf_judge import HFJudge
 from sbdcli.evaluate.judges import Judge, OracleJudge, SbdJudge
-from sbdcli.evaluate.metrics import Progress, VocabInfo, check_eos, summarize
+from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo, check_eos, summarize
 
 
 # --------------------------------------------------------------------------- records
@@ -174,6 +179,40 @@ def _partial_note(row: str, completeness: dict[str, Any], n: int) -> list[str]:
     return [f"{row} is partial: {n} records scored, its drafts declared {declared}"]
 
 
+def _scores(judge: Judge, grp: list[dict[str, Any]], chunk: int, progress: Progress) -> Scores:
+    """The judge's scores of one group. Under a launch of P processes, chunk k of `chunk`
+    consecutive records is scored by process k mod P and every process gets all scores
+    (sbdcli.distributed); in one process the judge sees the whole group at once."""
+    world = distributed.world()
+    if world.size == 1:
+        return judge.score(grp, progress)
+    chunks = [grp[i : i + chunk] for i in range(0, len(grp), chunk)]
+    parts = list(
+        distributed.map_ordered(lambda c: judge.score(c, progress), chunks, world, everywhere=True)
+    )
+    notes = list(dict.fromkeys(n for p in parts for n in p.notes))
+    nll, ntok = (np.concatenate([getattr(p, k) for p in parts]) for k in ("nll", "ntok"))
+    return Scores(nll, ntok, notes)
+
+
+def low_entropy_setting(
+    records: Sequence[dict[str, Any]], opts: GenPplOptions
+) -> tuple[float, int] | None:
+    """(threshold, window) of the low-entropy count: `low_entropy` / `low_entropy_window`,
+    else what the records' draft entries recorded for their redraw, else off (None)."""
+    drafts = [r["stages"][0] for r in records if r["stages"] and r["stages"][0]["name"] == "draft"]
+    recorded = next((d for d in drafts if d.get("redraw_low_entropy") is not None), None)
+    threshold = opts.low_entropy
+    if threshold is None and recorded is not None:
+        threshold = float(recorded["redraw_low_entropy"])
+    if threshold is None:
+        return None
+    window = opts.low_entropy_window
+    if window is None:
+        window = int(recorded["redraw_window"]) if recorded is not None else REDRAW_WINDOW
+    return threshold, window
+
+
 def _group_summary(
     judge: Judge,
     grp: list[dict[str, Any]],
@@ -183,9 +222,10 @@ def _group_summary(
     progress: Progress,
 ) -> dict[str, Any]:
     """One group's summary: its scores under the judge, the run-wide notes, the extras."""
-    scores = judge.score(grp, progress)
+    scores = _scores(judge, grp, opts.batch_size, progress)
     scores.notes = [*scores.notes, *notes]
-    summary = summarize(grp, scores, info, opts.eos, judge.describe())
+    low = low_entropy_setting(grp, opts)
+    summary = summarize(grp, scores, info, opts.eos, judge.describe(), low)
     summary.update(judge.extras(grp, opts))
     return summary
 

@@ -16,9 +16,11 @@ from typing import Any
 NOT_SETTINGS = frozenset(
     {"nfe", "seconds", "cache_writes", "seed", "batch_size", "n_masked", "model"}
     | {"vocab_size", "mask_id", "bos_id", "n_records"}
+    | {"redraws", "redraw_nfe", "low_entropy"}
 )
-"""Stage-entry keys that are costs, seeds, per-batch/per-record outcomes or the model's
-identity (its name, its vocabulary ids), and the draft's record count, not settings:
+"""Stage-entry keys that are costs, seeds, per-batch/per-record outcomes (a draft's
+redraw count of the record among them) or the model's identity (its name, its vocabulary
+ids), and the draft's record count, not settings:
 records that differ only in these belong to the same group."""
 
 
@@ -83,6 +85,10 @@ def short_settings(settings: dict[str, Any]) -> str:
                 bits.append(f"{names[key]}{_fmt(st[key])}")
         if st.get("first_hitting"):
             bits.append("first-hitting")
+        if st.get("name") != "remask" and st.get("threshold") is not None:
+            bits.append(f"τ{_fmt(st['threshold'])}")  # adaptive decoding's TAU
+        if st.get("schedule") not in (None, "fixed"):
+            bits.append(f"{st['schedule']}-schedule")
         if st.get("dtype") is not None:
             bits.append(str(st["dtype"]))
         seeds = st.get("seeds") or []

@@ -5,8 +5,12 @@ and "The numbers"):
   after `prompt_len` (BOS is position 0 and never scored), never a special id (BOS/EOS);
   EOS rule `skip` (default, BD3-LM's): EOS tokens stay in the sequence as context but are not
   scored; `cut`: the sample ends at its first generated EOS and nothing after it counts.
-- **Gen PPL**: `gen_ppl_corpus` = exp(sum NLL / sum scored tokens) over a group, and
-  `gen_ppl_per_sample_mean` = mean over samples of exp(NLL_i / n_i); both always reported.
+- **Gen PPL**: `gen_ppl_per_sample_mean` = mean over samples of exp(NLL_i / n_i), the
+  headline (what BD3-LM and MDLM report: each sample's perplexity, averaged), and
+  `gen_ppl_corpus` = exp(sum NLL / sum scored tokens) over a group (token-weighted); both
+  always reported.
+- **Low-entropy samples** (`low_entropy_stats`): how many end in a window whose unigram
+  entropy is below a threshold (BD3-LM's degenerate-sample rule, diffusion/degenerate.py).
 - **Unigram entropy** (nats) over the scored positions' model-vocabulary ids: the mean over
   samples of each sample's entropy (BD3-LM's definition) and the entropy of the pooled counts.
 - **Costs**: NFE and seconds per sample, generated tokens per second.
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from sbdcli.config import EOS_MODES
+from sbdcli.diffusion.degenerate import tail_entropy
 from sbdcli.errors import UserError
 from sbdcli.evaluate.grouping import sampler_settings, short_settings
 
@@ -160,6 +165,22 @@ def costs(records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
+def low_entropy_stats(
+    records: Sequence[dict[str, Any]], threshold: float, window: int
+) -> dict[str, Any]:
+    """How many samples end in a low-entropy window (BD3-LM's degenerate-sample rule on the
+    finished sample): unigram entropy (nats) of the last `window` model-vocabulary tokens
+    below `threshold`; only samples longer than `window` are checked, as in the reference."""
+    tails = [tail_entropy(r["tokens"], window) for r in records]
+    checked = [h for h in tails if h is not None]
+    return {
+        "low_entropy": threshold,
+        "low_entropy_window": window,
+        "n_low_entropy": sum(1 for h in checked if h < threshold),
+        "n_low_entropy_checked": len(checked),
+    }
+
+
 def finite(obj: Any) -> Any:
     """Replace NaN/inf by None (recursively) so the object is valid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -177,12 +198,16 @@ def summarize(
     info: VocabInfo,
     eos: str,
     evaluator: dict[str, Any],
+    low_entropy: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
-    """The JSON summary of one group: Gen PPL (both kinds), entropy, costs, settings, n."""
+    """The JSON summary of one group: Gen PPL (both kinds), entropy, costs, settings, n;
+    with `low_entropy` (threshold, window) also the count of low-entropy samples."""
     tokens, masks = records_mask(records, info, eos)
     out: dict[str, Any] = {"evaluator": evaluator, "n": len(records)}
     out.update(gen_ppl(scores.nll, scores.ntok))
     out.update(entropy_stats(tokens, masks))
+    if low_entropy is not None:
+        out.update(low_entropy_stats(records, *low_entropy))
     out["entropy_over"] = ENTROPY_OVER
     out["eos"] = eos
     out.update(costs(records))

@@ -70,8 +70,9 @@ def heldout_perplexity(
 ) -> PplResult:
     """exp(NELBO) of `rows` (N, L) under the block NELBO (docs/evaluation.md).
 
-    NELBO per token = sum of `token_nelbo` over positions 1..L-1 / (N (L - 1)) (BOS is never
-    predicted; BD3-LM's `ignore_bos`). Each of `mc` repetitions draws fresh antithetic
+    NELBO per token = sum of `token_nelbo` over positions 1..L-1 / (N (L - 1)) (position 0,
+    BOS or the first raw token of a `bd3lm` row, is never predicted; BD3-LM's `ignore_bos`
+    at evaluation). Each of `mc` repetitions draws fresh antithetic
     t in [eps_min, eps_max] per (row, block) from seed + rep; stderr = std / sqrt(mc).
     Block size 1 is evaluated exactly: t = 1 masks every token (weight 1) → the AR NLL.
     `t` ((N, n_blocks) or (N, L)) and `x_t` (N, L) fix the noise instead (one repetition),

@@ -1,5 +1,7 @@
 """Tables and plots of Gen PPL summaries: the columns, cell formatting, the rows, the
 markdown table (for docs/) and the plot of Gen PPL against NFE and seconds per sample.
+The headline Gen PPL is the per-sample mean (`HEADLINE`, the BD3-LM/MDLM protocol); the
+corpus-level (token-weighted) number is the second Gen PPL column.
 
 It formats summaries that genppl.evaluate_sets made; it computes nothing and never prints
 (the CLI prints). matplotlib is imported inside `plot_genppl`: a heavy, optional
@@ -16,12 +18,18 @@ from sbdcli.artifacts import atomic_path
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import ENTROPY_OVER
 
+HEADLINE = "gen_ppl_per_sample_mean"
+"""The headline Gen PPL: the mean over samples of exp(NLL_i / n_i), as BD3-LM and MDLM
+report it; the first Gen PPL column of every table and the quantity of every plot."""
+HEADLINE_HEADER = "Gen PPL (per-sample mean, BD3-LM/MDLM protocol)"
+CORPUS_HEADER = "Gen PPL (corpus, token-weighted)"
 COLUMNS = (
     ("name", "file / group"),
     ("n", "n"),
-    ("gen_ppl_corpus", "Gen PPL (corpus)"),
-    ("gen_ppl_per_sample_mean", "Gen PPL (mean/sample)"),
+    ("gen_ppl_per_sample_mean", HEADLINE_HEADER),
+    ("gen_ppl_corpus", CORPUS_HEADER),
     ("nll_per_token", "NLL/tok"),
+    ("n_low_entropy", "low-entropy samples"),
     ("oracle_floor_nll_per_token", "oracle floor (NLL/tok)"),
     ("entropy_per_sample_mean", "entropy"),
     ("nfe_per_sample", "NFE"),
@@ -30,7 +38,16 @@ COLUMNS = (
     ("settings_short", "settings"),
 )
 """Summary keys and their table headers, in table order."""
-SHORT_HEADERS = {"gen_ppl_corpus": "PPL corpus", "gen_ppl_per_sample_mean": "PPL mean"}
+AVERAGING = (
+    "Gen PPL (per-sample mean, BD3-LM/MDLM protocol) = mean over samples of exp(NLL_i / n_i); "
+    "Gen PPL (corpus, token-weighted) = exp(total NLL / total scored tokens)."
+)
+"""The two averagings in one sentence (table footers)."""
+SHORT_HEADERS = {
+    "gen_ppl_per_sample_mean": "PPL per-sample",
+    "gen_ppl_corpus": "PPL corpus",
+    "n_low_entropy": "low-H",
+}
 """Narrower headers for the terminal table."""
 BESIDE_THE_TABLE = ("name", "settings_short", "oracle_floor_nll_per_token")
 """Columns the terminal shows under the table (by row number) or in its footer."""
@@ -86,7 +103,8 @@ def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
         f"Evaluator: {evaluator.get('kind', '?')} {evaluator.get('path', '')}".rstrip()
         + f"; EOS rule: {summaries[0].get('eos') if summaries else '?'}; entropy in nats over "
         + ENTROPY_OVER
-        + "."
+        + ". "
+        + AVERAGING
     )
     return "\n".join(lines) + "\n"
 
@@ -105,7 +123,8 @@ def check_plot_path(path: str | Path) -> None:
 
 
 def plot_genppl(summaries: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Gen PPL (corpus) against NFE and against seconds per sample, entropy annotated."""
+    """The headline Gen PPL (per-sample mean) against NFE and against seconds per sample,
+    entropy annotated."""
     import matplotlib  # heavy optional dependency: only when a plot is asked for
 
     matplotlib.use("Agg")
@@ -126,7 +145,8 @@ def plot_genppl(summaries: Sequence[dict[str, Any]], path: str | Path) -> None:
     axes[0].legend(fontsize=7, loc="best")
     ev = summaries[0].get("evaluator", {}) if summaries else {}
     fig.suptitle(
-        f"Gen PPL under {ev.get('kind', '?')} {Path(str(ev.get('path', ''))).name} "
+        f"Gen PPL (per-sample mean, BD3-LM/MDLM protocol) under {ev.get('kind', '?')} "
+        f"{Path(str(ev.get('path', ''))).name} "
         "(H = unigram entropy per sample, nats)",
         fontsize=10,
     )
@@ -138,7 +158,7 @@ def plot_genppl(summaries: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 def _plot_axis(ax: Any, summaries: Sequence[dict[str, Any]], key: str, label: str) -> None:
     for i, s in enumerate(summaries):
-        x, y = s.get(key), s.get("gen_ppl_corpus")
+        x, y = s.get(key), s.get(HEADLINE)
         if x is None or y is None:
             continue
         ax.scatter([x], [y], color=f"C{i % 10}", label=f"[{i + 1}] {s.get('name', '')}"[:70])
@@ -146,5 +166,5 @@ def _plot_axis(ax: Any, summaries: Sequence[dict[str, Any]], key: str, label: st
         note = f"[{i + 1}] H={ent:.2f}" if ent is not None else f"[{i + 1}]"
         ax.annotate(note, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel(label)
-    ax.set_ylabel("Gen PPL (corpus-level)")
+    ax.set_ylabel("Gen PPL (per-sample mean)")
     ax.grid(alpha=0.3)

@@ -10,7 +10,11 @@ What is here
   `BlockMask`.
 - `flex_block_mask(L, B, device)`: the same training mask as a cached FlexAttention
   `BlockMask` (CUDA only; `flex_available(device)` says whether it can be used).
-- `KVCache`: preallocated per-layer keys/values for block-by-block sampling.
+- `KVCache`: preallocated per-layer keys/values for block-by-block sampling, and two views
+  of it that a network call can use in its place: `ScatterView` (the approximate cache:
+  a call's inputs overwrite their own slots, the queries attend to every stored slot) and
+  `StackView` (a pure, fixed-shape call for torch.compile: the whole slab is read, nothing
+  is written, the new keys/values are returned).
 
 What is not here: the network (denoiser.py) and anything about noise or losses.
 """
@@ -27,6 +31,8 @@ import torch.nn.functional as F
 __all__ = [
     "HalvesMask",
     "KVCache",
+    "ScatterView",
+    "StackView",
     "attend",
     "block_causal_mask",
     "block_diff_mask",
@@ -244,8 +250,78 @@ class KVCache:
             self.v[layer, :, :, self.length : self.length + n] = v.detach()
         self.length += n
 
+    def advance(self, n: int) -> None:
+        """Make the next `n` slots valid (their keys/values were written in place)."""
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {n} > max_len {self.max_len}")
+        self.length += n
+
+    def put(self, offset: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write stacked keys/values (layers, B, H, N, Dh) at slots [offset, offset + N)."""
+        end = offset + k.shape[3]
+        if end > self.max_len:
+            raise ValueError(f"KV cache has {self.max_len} slots, writing up to {end}")
+        self.k[:, :, :, offset:end] = k
+        self.v[:, :, :, offset:end] = v
+
+    def scattering(self, slots: torch.Tensor, visible: int) -> ScatterView:
+        """A `ScatterView` of this cache (the approximate cache's call)."""
+        return ScatterView(self, slots, visible)
+
     def truncate(self, n: int) -> None:
         """Keep only the first `n` cached positions (n <= length)."""
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
         self.length = n
+
+
+class ScatterView:
+    """The approximate cache of one call: inputs write their keys/values into given slots.
+
+    `slots` (B, N) long: the slab index each input's keys/values are written to (a slot
+    past `visible`, e.g. the cache's spare last slot, discards them: padding); queries
+    attend to slots [0, visible) of the slab: stored entries of positions that were not
+    recomputed, and the fresh ones just written. Nothing else of the cache changes.
+    """
+
+    def __init__(self, cache: KVCache, slots: torch.Tensor, visible: int) -> None:
+        if visible > cache.max_len - 1:
+            raise ValueError(f"{visible} visible slots leave no spare slot in {cache.max_len}")
+        self.cache, self.slots, self.visible = cache, slots, visible
+        self.length = visible  # unused: the caller passes the positions
+
+    def keys_values(
+        self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k_new/v_new (B, H, N, Dh) at their slots; the visible slab (B, H, visible, Dh)."""
+        index = self.slots[:, None, :, None].expand_as(k_new)
+        k, v = self.cache.k[layer], self.cache.v[layer]
+        k.scatter_(2, index, k_new.to(k.dtype))
+        v.scatter_(2, index, v_new.to(v.dtype))
+        return k[:, :, : self.visible], v[:, :, : self.visible]
+
+
+class StackView:
+    """A pure cached call of fixed shape: keys = the whole slab followed by the new inputs.
+
+    `k`, `v` (layers, B, H, S, Dh) are read, never written (a mask must hide the slab's
+    invalid slots); the new keys/values of every layer are kept in `new_k`/`new_v` for the
+    caller to write back. Shapes never depend on how much of the cache is valid, so one
+    captured graph (torch.compile / CUDA graphs) serves every call of a given input length.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
+        self.length = 0  # unused: the caller passes the positions
+        self.new_k: list[torch.Tensor] = []
+        self.new_v: list[torch.Tensor] = []
+
+    def keys_values(
+        self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, S + N, Dh) each: the slab of `layer`, then the new entries."""
+        self.new_k.append(k_new)
+        self.new_v.append(v_new)
+        k_all = torch.cat((self.k[layer], k_new.to(self.k.dtype)), dim=2)
+        v_all = torch.cat((self.v[layer], v_new.to(self.v.dtype)), dim=2)
+        return k_all, v_all

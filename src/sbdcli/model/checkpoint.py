@@ -10,6 +10,14 @@ What is here
 
 Safetensors only: pickle checkpoints (`pytorch_model.bin`, `.ckpt`) are refused. What is not
 here: the network itself (model.py) and training state (train.py).
+
+Time conditioning. The flag (`time_conditioning`) decides which function the weights compute,
+but the weights alone cannot tell it: `sigma_map` exists either way (without time
+conditioning it is fed sigma = 0 and its output is a learned constant). So every record of
+the flag that travels with the weights is checked against the flag in force, and a
+disagreement is refused: an sbd run's config.json against its model.safetensors header, and
+a BD3-LM directory's config.json against the flag `export_bd3lm` stores in the safetensors
+metadata. config.json's flag must be a JSON boolean.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ __all__ = ["export_bd3lm", "hf_model_config", "load_model", "resolve_device", "s
 SBD_SCHEMA = "sbd.model"
 HF_TYPES = ("bd3lm", "mdlm")
 HF_EXTRA_KEYS = ("sampling_eps_min", "sampling_eps_max")
+TIME_FLAG_KEY = "time_conditioning"
+"""Safetensors metadata key: the flag the exported weights were trained with."""
 PICKLES = ("pytorch_model.bin", "model.ckpt", "last.ckpt", "model.pt", "model.pth")
 # MDLM/BD3-LM field -> accepted aliases (Hydra-style or transformers-style names)
 HF_ALIASES = {
@@ -146,6 +156,26 @@ def _field(cfg: dict[str, Any], name: str, source: Path) -> Any:
     raise UserError(f"{source}: config.json lacks '{name}' (not a BD3-LM/MDLM checkpoint?)")
 
 
+def _flag(cfg: dict[str, Any], name: str, source: Path) -> bool:
+    value = cfg.get(name, False)
+    if not isinstance(value, bool):
+        raise UserError(f"{source}: '{name}' must be true or false, got {value!r}")
+    return value
+
+
+def _check_time_flag(declared: bool, recorded: Any, source: Path, where: str) -> None:
+    """A flag recorded with the weights ("true"/"false" or a bool) must equal the declared one."""
+    if recorded is None:
+        return
+    if isinstance(recorded, str):
+        recorded = {"true": True, "false": False}.get(recorded.lower(), recorded)
+    if recorded != declared:
+        raise UserError(
+            f"{source}: time_conditioning is {str(declared).lower()} in config.json but the "
+            f"weights were saved with time_conditioning = {recorded!r} ({where}); fix config.json"
+        )
+
+
 def hf_model_config(cfg: dict[str, Any], source: Path) -> ModelConfig:
     """Map a BD3-LM / MDLM config.json to a ModelConfig ([MASK] = the last id, as published)."""
     kind = str(cfg.get("model_type", "bd3lm")).lower()
@@ -167,7 +197,7 @@ def hf_model_config(cfg: dict[str, Any], source: Path) -> ModelConfig:
             n_heads=int(_field(cfg, "n_heads", source)),
             cond_dim=int(_field(cfg, "cond_dim", source)),
             dropout=float(cfg.get("dropout", 0.1)),
-            time_conditioning=bool(cfg.get("time_conditioning", False)),
+            time_conditioning=_flag(cfg, "time_conditioning", source),
             bos_id=50256 if gpt2 else None,
             eos_id=50256 if gpt2 else None,
         )
@@ -177,6 +207,8 @@ def hf_model_config(cfg: dict[str, Any], source: Path) -> ModelConfig:
 
 def _load_hf(directory: Path, cfg: dict[str, Any], weights: Path, device: str) -> Denoiser:
     config = hf_model_config(cfg, directory / "config.json")
+    recorded = artifacts.read_tensor_metadata(weights).get(TIME_FLAG_KEY)
+    _check_time_flag(config.time_conditioning, recorded, directory, f"{weights.name} metadata")
     raw, _ = artifacts.load_tensors(weights)
     state, header = {}, {"source": "hf", "model_type": cfg.get("model_type", "bd3lm")}
     for key, tensor in raw.items():
@@ -193,6 +225,21 @@ def _load_hf(directory: Path, cfg: dict[str, Any], weights: Path, device: str) -
     if "block_size" in cfg:
         header["block_sizes"] = [int(cfg["block_size"])]
     return _finish(_build(config, state, weights), device, header)
+
+
+def _check_run_config(run: Path, in_weights: bool) -> None:
+    """An sbd run's config.json `model.time_conditioning`, when present, equals the header's."""
+    path = run / "config.json"
+    if not path.is_file():
+        return
+    cfg = artifacts.read_json(path, "run config")
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    declared = model.get("time_conditioning", in_weights) if isinstance(model, dict) else in_weights
+    if declared != in_weights:
+        raise UserError(
+            f"{run}: config.json says time_conditioning = {declared!r} "
+            f"but model.safetensors was trained with {str(in_weights).lower()}"
+        )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -217,7 +264,9 @@ def load_model(path: str | Path, device: str = "cpu") -> Denoiser:
             )
         raise UserError(f"{p}: no model.safetensors (not an sbd run or a BD3-LM/MDLM directory)")
     if artifacts.read_tensor_metadata(weights).get("schema") == SBD_SCHEMA:
-        return _load_sbd(weights, device)
+        model = _load_sbd(weights, device)
+        _check_run_config(p, model.config.time_conditioning)
+        return model
     cfg_path = p / "config.json"
     if not cfg_path.is_file():
         raise UserError(f"{p}: model.safetensors is not an sbd model and there is no config.json")
@@ -301,7 +350,8 @@ def export_bd3lm(
     with artifacts.atomic_dir(out) as tmp:
         config = _export_config(model, block)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        meta = {"format": "pt", TIME_FLAG_KEY: str(model.config.time_conditioning).lower()}
+        save_file(state, str(tmp / "model.safetensors"), metadata=meta)
     return out
 
 

@@ -6,7 +6,9 @@ parameter names equal theirs minus the `backbone.` prefix, so their state dicts 
 `blocks.{i}.{norm1,attn_qkv,attn_out,norm2,mlp.0,mlp.2,adaLN_modulation}`,
 `output_layer.{norm_final,linear,adaLN_modulation}`.
 
-One block (c = SiLU(sigma_map(sigma)), sigma = 0 without time conditioning):
+One block (c = SiLU(sigma_map(sigma)), sigma = 0 without time conditioning; sigma is one
+noise level per sample (B,), or per token (B, N) so that one KV-cache call can encode clean
+context at the level it was finished at and the noisy block at the current one):
     shift1, scale1, gate1, shift2, scale2, gate2 = adaLN_modulation(c)
     h = LN(x) * (1 + scale1) + shift1;  q, k, v = split(h W_qkv)  (rotary on q and k)
     x = x + gate1 * dropout(attention(q, k, v) W_out)
@@ -29,6 +31,7 @@ from sbdcli.config import ModelConfig
 from sbdcli.model.attention import (
     HalvesMask,
     KVCache,
+    StackView,
     attend,
     block_causal_mask,
     flex_available,
@@ -159,12 +162,13 @@ class DiTBlock(nn.Module):
         n_query: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, N, D) -> (x' (B, n_query or N, D), k (B,H,N,Dh), v (B,H,N,Dh))."""
-        mods = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)  # 6 x (B or 1, 1, D)
+        mods = self.adaLN_modulation(c).chunk(6, dim=2)  # 6 x (B or 1, 1 or N, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         q, k, v = self.qkv(modulate(self.norm1(x), shift1, scale1), cos, sin)
         k_all, v_all = (k, v) if cache is None else cache.keys_values(layer, k, v)
         if n_query is not None:
             q, x = q[:, :, :n_query], x[:, :n_query]
+            gate1, shift2, scale2, gate2 = (m[:, :n_query] for m in (gate1, shift2, scale2, gate2))
         o = attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)  # (B, H, n, Dh)
         o = o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         p, train = self.dropout, self.training
@@ -184,7 +188,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Linear(config.cond_dim, 2 * config.d_model)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=2)  # (B or 1, 1 or N, D)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -227,10 +231,16 @@ class Denoiser(nn.Module):
 
     # ----------------------------------------------------------------------- core pass
     def conditioning(self, sigma: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """c = SiLU(sigma_map(sigma)), (B or 1, cond_dim); sigma is zeroed without time cond."""
+        """c = SiLU(sigma_map(sigma)) (B or 1, 1 or N, cond_dim) from sigma () / (B,) / (B, N).
+
+        Without time conditioning sigma is replaced by 0 (c is then a learned constant).
+        """
         if sigma is None or not self.config.time_conditioning:
             sigma = torch.zeros(1, device=device)
-        return F.silu(self.sigma_map(sigma.reshape(-1)))
+        sigma = sigma.to(device)
+        grid = sigma.reshape(-1, 1) if sigma.dim() < 2 else sigma  # (B, 1) or (B, N)
+        c = F.silu(self.sigma_map(grid.reshape(-1)))
+        return c.view(grid.shape[0], grid.shape[1], -1)
 
     def forward(
         self,
@@ -249,7 +259,8 @@ class Denoiser(nn.Module):
         BlockMask, or None (all visible). With `kv_cache` the inputs attend to the T cached
         positions followed by themselves, and afterwards the keys/values of the first
         `cache_commit` inputs are appended to the cache. `n_out`: only the first n_out
-        positions are read out (the last layer skips the other queries).
+        positions are read out (the last layer skips the other queries). sigma: the noise
+        level per sample (B,) or per input token (B, N) (ignored without time conditioning).
         """
         last = attn_mask
         if n_out is not None and attn_mask is not None:
@@ -287,7 +298,7 @@ class Denoiser(nn.Module):
         if ks:
             cache.append(ks, vs)  # type: ignore[union-attr]
         if n_out is not None:
-            x = x[:, :n_out]
+            x, c = x[:, :n_out], c[:, :n_out]
         return self.output_layer(x, c).float()
 
     # ----------------------------------------------------------------------- passes
@@ -334,6 +345,25 @@ class Denoiser(nn.Module):
         mask = None if block_size >= n else block_causal_mask(n, block_size, tokens.device)
         pos = torch.arange(n, device=tokens.device)
         return self._run(tokens, pos, mask, mask, None, 0, sigma, None)
+
+    def fixed_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        attn_mask: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A cached call whose shapes never depend on the cache's fill (for torch.compile).
+
+        tokens (B, N) attend to the whole slab `cache_k`/`cache_v` (layers, B, H, S, Dh),
+        then to themselves; `attn_mask` (N, S + N) bool hides the invalid slots. Nothing is
+        written: returns logits (B, N, V) and the inputs' keys and values (layers, B, H, N, Dh).
+        """
+        view: Any = StackView(cache_k, cache_v)
+        logits = self._run(tokens, positions, attn_mask, attn_mask, view, 0, sigma, None)
+        return logits, torch.stack(view.new_k), torch.stack(view.new_v)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for this model (float32, on the model's device)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sbdcli.artifacts.records import Record
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
@@ -75,10 +75,12 @@ def generate_batch(
     stop_at_eos: bool = False,
     progress: Progress = None,
     n_records: int | None = None,
+    redraw: RedrawConfig | None = None,
 ) -> list[Record]:
     """Draft, then remask + revise per stage of `plan`, in one process with one model.
 
-    `n_records`: the records the whole command writes (see `draft_batch`).
+    `n_records`, `redraw`: the records the whole command writes and the redraw of
+    degenerate drafts (see `draft_batch`).
     """
     records = draft_batch(
         ref,
@@ -89,6 +91,7 @@ def generate_batch(
         stop_at_eos=stop_at_eos,
         progress=progress,
         n_records=n_records,
+        redraw=redraw,
     )
     for stage in plan:
         records = remask_batch(records, stage.remask, ref)

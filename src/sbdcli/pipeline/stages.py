@@ -8,7 +8,8 @@ a stream before a stage sees them; `batched` cuts a stream into batches. Every r
 comes from a generator keyed by (seed, stage name, stage index, record id)
 (`sampler.make_generator`), never from batch position, so a record's result does not
 depend on its batch. A stage's `seconds` is its batch's wall-clock time divided by the
-batch's number of records.
+batch's number of records. With a `RedrawConfig` the draft draws degenerate records
+again (BD3-LM's low-entropy rule, diffusion/degenerate.py).
 
 Not here: the sampling math (diffusion/sampler.py, diffusion/remask.py), prompts
 (prompts.py), the K-stage schedule (plans.py) and any printing (cli/).
@@ -30,9 +31,10 @@ from sbdcli.artifacts.records import (
     group_by_length,
     validate_record,
 )
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
+from sbdcli.diffusion.degenerate import is_degenerate
 from sbdcli.errors import UserError
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
@@ -76,11 +78,13 @@ def draft_batch(
     stop_at_eos: bool = False,
     progress: Progress = None,
     n_records: int | None = None,
+    redraw: RedrawConfig | None = None,
 ) -> list[Record]:
     """Draft one batch of records (stage index 0).
 
     `n_records`: how many records the whole draft writes (default: this batch's), recorded
     in the stage entry so that a later stage or `sbd eval` can tell a cut input.
+    `redraw`: draw degenerate records again (`_draw_until_diverse`; default off).
     """
     start = time.perf_counter()
     model = ref.model
@@ -88,22 +92,85 @@ def draft_batch(
     if stop_at_eos and eos is None:
         raise UserError("`stop_at_eos`: this model's vocabulary has no EOS token")
     gens = [sp.make_generator(seed, "draft", 0, p.id, ref.device) for p in prompts]
-    out = sp.draft(
-        model, [p.tokens for p in prompts], length, cfg, gens, eos_id=eos, progress=progress
-    )
+
+    def sample(idx: list[int]) -> list[Record]:
+        """Draft prompts `idx` with their own generators (each stream continues)."""
+        toks = [prompts[i].tokens for i in idx]
+        sub = [gens[i] for i in idx]
+        out = sp.draft(model, toks, length, cfg, sub, eos_id=eos, progress=progress)
+        recs = [_draft_record(ref, prompts[i], out, row, length) for row, i in enumerate(idx)]
+        if stop_at_eos:
+            for row, rec in enumerate(recs):
+                rec["stop"] = int(out.stop[row])
+        return recs
+
+    redraw = redraw or RedrawConfig()
+    records, tallies = _draw_until_diverse(sample, len(prompts), redraw, _block_size(cfg, length))
     seconds = (time.perf_counter() - start) / len(prompts)
     params = {"block_size": _block_size(cfg, length), "length": length, **cfg.params()}
     params.update(seed=seed, model=ref.id, **_vocab_ids(ref))
     params.update(n_records=len(prompts) if n_records is None else n_records)
     params.update(batch_size=len(prompts))
-    records = []
-    for i, p in enumerate(prompts):
-        rec = _draft_record(ref, p, out, i, length)
-        rec["stages"] = [_stage("draft", rec["nfe"], seconds, **params)]
-        if stop_at_eos:
-            rec["stop"] = int(out.stop[i])
-        records.append(rec)
+    for rec, tally in zip(records, tallies, strict=True):
+        extra = tally.params(redraw) if redraw.enabled else {}
+        rec["nfe"] += tally.nfe
+        rec["stages"] = [_stage("draft", rec["nfe"], seconds, **params, **extra)]
     return records
+
+
+@dataclass
+class _RedrawTally:
+    """One record's redraws: how many, the calls of its discarded drafts, still degenerate."""
+
+    redraws: int = 0
+    nfe: int = 0
+    low_entropy: bool = False
+
+    def params(self, redraw: RedrawConfig) -> dict[str, Any]:
+        """The draft entry's redraw keys (docs/records.md)."""
+        out: dict[str, Any] = {
+            "redraw_low_entropy": redraw.redraw_low_entropy,
+            "redraw_window": redraw.redraw_window,
+            "redraw_attempts": redraw.redraw_attempts,
+            "redraws": self.redraws,
+            "redraw_nfe": self.nfe,
+        }
+        if self.low_entropy:
+            out["low_entropy"] = True
+        return out
+
+
+def _draw_until_diverse(
+    sample: Callable[[list[int]], list[Record]], n: int, redraw: RedrawConfig, block: int
+) -> tuple[list[Record], list[_RedrawTally]]:
+    """Draft all n records, then draw the degenerate ones again (BD3-LM's rule, per record).
+
+    A record is degenerate when `degenerate.is_degenerate` holds for its tokens; it is drawn
+    again from its own generator, which continues where its previous draft left it, so the
+    result depends only on (seed, record id), never on the batch. After
+    `redraw_attempts` draws the last one is kept (its tally says `low_entropy`).
+    """
+    records = sample(list(range(n)))
+    tallies = [_RedrawTally() for _ in range(n)]
+    if not redraw.enabled:
+        return records, tallies
+    h, window = float(redraw.redraw_low_entropy or 0.0), redraw.redraw_window
+
+    def bad(i: int) -> bool:
+        return is_degenerate(records[i]["tokens"], h, window, block)
+
+    todo = [i for i in range(n) if bad(i)]
+    for _ in range(redraw.redraw_attempts - 1):
+        if not todo:
+            break
+        for i, rec in zip(todo, sample(todo), strict=True):
+            tallies[i].redraws += 1
+            tallies[i].nfe += records[i]["nfe"]
+            records[i] = rec
+        todo = [i for i in todo if bad(i)]
+    for i in todo:
+        tallies[i].low_entropy = True
+    return records, tallies
 
 
 def _vocab_ids(ref: ModelRef) -> dict[str, int | None]:
@@ -265,6 +332,7 @@ class _Revision:
     record: Record
     nfe: int
     n_masked: int
+    replaced: dict[str, list[Any]]
 
 
 def revise_batch(
@@ -287,7 +355,8 @@ def revise_batch(
         rec, length = rev.record, len(rev.record["tokens"])
         block = _block_size(cfg, length)
         params = {"block": "full" if block >= length else block, "block_size": block}
-        params.update(cfg.params(), seed=seed, n_masked=rev.n_masked, model=ref.id)
+        params.update(cfg.params(), seed=seed, n_masked=rev.n_masked, **rev.replaced)
+        params.update(model=ref.id)
         stage = _stage("revise", rev.nfe, seconds, **params, batch_size=len(records))
         rec["stages"] = [*rec["stages"], stage]
         rec["text"] = ref.decode(rec["tokens"])
@@ -323,4 +392,9 @@ def _revised(rec: Record, res: sp.FillResult, row: int) -> _Revision:
     nfe = int(res.nfe[row])
     new.update(tokens=tokens, confidence=conf, confidence_nucleus=conf_n, step=step)
     new.update(masked=[], nfe=rec["nfe"] + nfe)
-    return _Revision(new, nfe, len(pos))
+    replaced = {  # what the positions held before: `sbd show` diffs against the draft
+        "positions": list(pos),
+        "replaced": [rec["tokens"][p] for p in pos],
+        "replaced_confidence": [rec["confidence"][p] for p in pos],
+    }
+    return _Revision(new, nfe, len(pos), replaced)

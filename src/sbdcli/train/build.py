@@ -182,11 +182,25 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     precision = cfg.precision
     if precision == "auto":
         precision = "no" if on_cpu else "bf16"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision="no" if precision == "fp32" else precision,
         dynamo_backend="inductor" if cfg.compile else "no",
     )
+    _check_sharded(accelerator)
+    return accelerator
+
+
+def _check_sharded(accelerator: Accelerator) -> None:
+    """An FSDP launch (`distributed_type: FSDP`) on CPU processes is refused: accelerate runs
+    FSDP only on accelerator devices and would silently train plain data-parallel instead."""
+    wants = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if wants and accelerator.device.type == "cpu":
+        raise UserError(
+            "an FSDP launch on CPU processes: accelerate shards only on GPUs (on CPUs it "
+            "would run unsharded data parallelism); use examples/accelerate/cpu.yaml "
+            "(data parallelism) or GPUs"
+        )
 
 
 def load_run_data(data_dir: Path, val_rows: int) -> RunData:
@@ -221,7 +235,10 @@ def build_model(
 ) -> torch.nn.Module:
     """A fresh denoiser from the preset (seeded), or the weights of `cfg.init`."""
     if cfg.init is not None:
-        return _init_model(cfg.init, manifest, length, notes)
+        model = _init_model(cfg.init, manifest, length, notes)
+        if cfg.time_conditioning and not model.config.time_conditioning:
+            model.config = dataclasses.replace(model.config, time_conditioning=True)
+        return model
     config = preset(
         cfg.preset,
         vocab_size=int(manifest["vocab_size"]),
@@ -229,6 +246,7 @@ def build_model(
         seq_len=length,
         bos_id=manifest.get("bos_id"),
         eos_id=manifest.get("eos_id"),
+        time_conditioning=cfg.time_conditioning,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, "init"))

@@ -381,8 +381,9 @@ class Trainer:
 
     def _clip_search(self, model: _LossView) -> None:
         """BD3-LM var_min: per block size, the interval with the least loss variance, found
-        on up to 4 validation batches (process 0's choice is used by every process)."""
-        rows = self.val_rows[: 4 * self.cfg.batch_size]
+        on up to `clip_search_batches` validation batches (BD3-LM: 100; process 0's choice
+        is used by every process)."""
+        rows = self.val_rows[: self.cfg.clip_search_batches * self.cfg.batch_size]
         batches = list(rows.to(self.accelerator.device).split(self.cfg.batch_size))
         for block in self.sizes:
             gen = torch.Generator().manual_seed(seed_for(self.cfg.seed, "val", 10_000 + block))

@@ -1,0 +1,210 @@
+"""`sbd show [FILE|-]`: sample records rendered for a person in the terminal.
+
+    sbd draft | sbd remask --gamma 0.25 | tee m.jsonl | sbd revise | sbd show
+
+Every token coloured by its snapshot confidence (a legend gives the scale), masked
+positions underlined, and where a revise changed a token the draft's token struck through
+before the new one. Without colour (--no-color, or stdout not a terminal) the same
+positions are marked with brackets. The views come from `sbdcli.evaluate.views` (the HTML
+report shows the same); this module only renders them with rich.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from sbdcli.cli._app import app
+from sbdcli.errors import UserError
+
+PLAIN_LEGEND = (
+    "marks: [x] masked (to be revised) · {old->new} revised, changed · {x} revised, kept · "
+    "| end of the prompt"
+)
+
+
+def _swatches() -> Text:
+    from sbdcli.evaluate.views import CONFIDENCE_COLOURS, bin_labels
+
+    legend = Text("confidence ")
+    for colour, label in zip(CONFIDENCE_COLOURS, bin_labels(), strict=True):
+        legend.append(f" {label} ", style=f"black on {colour}")
+    legend.append("   ")
+    legend.append("masked", style="underline bold")
+    legend.append(" · ")
+    legend.append("draft", style="strike dim")
+    legend.append("new", style="black on #dddddd")
+    legend.append(" revised, changed · ")
+    legend.append("kept", style="italic")
+    legend.append(" revised, kept")
+    return legend
+
+
+def _style(tok: Any) -> str:
+    from sbdcli.evaluate.views import CONFIDENCE_COLOURS, confidence_bin
+
+    if tok.prompt:
+        return "bold"
+    b = confidence_bin(tok.confidence)
+    style = "reverse" if b is None else f"black on {CONFIDENCE_COLOURS[b]}"
+    if tok.masked:
+        style += " underline bold"
+    if tok.revised and not tok.changed:
+        style += " italic"
+    return style
+
+
+def _header(view: Any) -> str:
+    bits = [f"stage {view.stage}/{view.n_stages} {view.stage_name}"]
+    if view.nfe is not None:
+        bits.append(f"nfe {view.nfe}")
+    if view.n_masked:
+        bits.append(f"{view.n_masked} masked")
+    if view.n_revised:
+        bits.append(f"{view.n_revised} revised ({view.n_changed} changed)")
+    return f"{view.id}  " + " · ".join(bits)
+
+
+def _coloured(view: Any) -> Text:
+    text, end, sep = Text(), _prompt_end(view), view.separator
+    for i, tok in enumerate(view.tokens):
+        if i:
+            text.append(f"{sep}|{sep}" if i == end else sep)
+        if tok.changed:
+            text.append(tok.draft_piece or "", style="strike dim")
+        text.append(tok.piece, style=_style(tok))
+    return text
+
+
+def _prompt_end(view: Any) -> int:
+    """Index of the first generated token when the record has a prompt beyond BOS, else -1."""
+    n = sum(t.prompt for t in view.tokens)
+    return n if 1 < n < len(view.tokens) else -1
+
+
+def _plain_piece(tok: Any) -> str:
+    if tok.changed:
+        return f"{{{tok.draft_piece}->{tok.piece}}}"
+    if tok.revised:
+        return f"{{{tok.piece}}}"
+    if tok.masked:
+        return f"[{tok.piece}]"
+    return tok.piece
+
+
+def plain_text(view: Any) -> str:
+    """The record's text with its marked positions in brackets (no colour)."""
+    out = []
+    end = _prompt_end(view)
+    for i, tok in enumerate(view.tokens):
+        if i:
+            out.append(f"{view.separator}|{view.separator}" if i == end else view.separator)
+        out.append(_plain_piece(tok))
+    return "".join(out)
+
+
+def _records(path: str) -> Iterator[Any]:
+    from sbdcli.artifacts import read_records
+
+    if path == "-" and sys.stdin.isatty():
+        raise UserError("no input: pipe records in (... | sbd show) or pass FILE")
+    empty = True
+    for rec in read_records(path, validate=False):
+        empty = False
+        yield rec
+    if empty:
+        raise UserError(f"{'stdin' if path == '-' else path}: no records (empty input)")
+
+
+def _id_set(ids: list[str] | None) -> set[str] | None:
+    if not ids:
+        return None
+    return {part.strip() for item in ids for part in item.split(",") if part.strip()}
+
+
+@app.command()
+def show(
+    file: Annotated[str, typer.Argument(help="Records: JSONL, .safetensors, or - (stdin).")] = "-",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Run whose tokenizer decodes the ids."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data directory whose tokenizer decodes the ids.")
+    ] = None,
+    stage: Annotated[
+        int | None,
+        typer.Option("--stage", help="Show the records as after this stage (1 = the draft)."),
+    ] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--ids", help="Only these record ids (comma-separated or repeated)."),
+    ] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Show at most N records.")] = None,
+    tokens: Annotated[
+        bool, typer.Option("--tokens", help="Show token ids instead of text.")
+    ] = False,
+    color: Annotated[
+        bool | None,
+        typer.Option("--color/--no-color", help="Colour (default: when stdout is a terminal)."),
+    ] = None,
+) -> None:
+    """Show records: text coloured by snapshot confidence, masked and revised tokens marked."""
+    from sbdcli.evaluate import views as vw
+
+    if n is not None and n < 1:
+        raise UserError(f"-n must be >= 1, got {n}")
+    wanted = _id_set(ids)
+    colour = sys.stdout.isatty() if color is None else color
+    system = "truecolor" if color else "auto"  # --color: the legend's exact colours
+    out = Console(
+        file=sys.stdout,
+        force_terminal=colour,
+        no_color=not colour,
+        color_system=system,
+        highlight=False,
+    )
+    pieces: Any = None
+    shown = 0
+    for index, rec in enumerate(_records(file)):
+        vw.check_viewable(rec, index)
+        if pieces is None:
+            codec, source = vw.find_codec(model, data, [rec])
+            pieces = vw.Pieces(codec, ids=tokens)
+            _legend(out, colour, codec is None and not tokens)
+        if pieces.codec is not None:
+            vw.check_codec(rec, index, pieces.codec, source)
+        if wanted is not None and rec.get("id") not in wanted:
+            continue
+        _print_view(out, colour, vw.record_view(rec, index, pieces, stage))
+        shown += 1
+        if n is not None and shown >= n:
+            break
+    if shown == 0 and wanted:
+        raise UserError(f"no record with id {', '.join(sorted(wanted))}")
+
+
+def _legend(out: Console, colour: bool, no_tokenizer: bool) -> None:
+    if no_tokenizer:
+        sys.stderr.write("sbd: note: no tokenizer found (pass -m RUN or --data DIR): ids shown\n")
+    if colour:
+        out.print(_swatches())
+    else:
+        out.print(PLAIN_LEGEND, markup=False, soft_wrap=True)
+
+
+def _print_view(out: Console, colour: bool, view: Any) -> None:
+    out.print()
+    if colour:
+        out.print(Text(_header(view), style="bold"))
+        out.print(_coloured(view))
+    else:
+        out.print(_header(view), markup=False, soft_wrap=True)
+        out.print(plain_text(view), markup=False, soft_wrap=True)
+    for note in view.notes:
+        out.print(f"note: {note}", markup=False, style="dim", soft_wrap=True)
