@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.study_grid import cmd_eval, cmd_extra, cmd_sample, cmd_timing
 from bench.study_report import cmd_report
-from bench.study_runs import DATASETS, MODELS, ROOT, SHAKESPEARE, cmd_prepare, cmd_train
+from bench.study_runs import DATASETS, KINDS, ROOT, SHAKESPEARE, cmd_prepare, cmd_train
 
 STEPS: dict[str, Callable[[argparse.Namespace], None]] = {
     "prepare": cmd_prepare,
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE, help="tinyshakespeare.txt")
-    parser.add_argument("--model", choices=(*MODELS, "judge"), default="mix")
+    parser.add_argument("--model", choices=(*KINDS, "judge"), default="mix")
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     parser.add_argument("--steps", type=int, default=4000, help="train: optimizer steps")
     parser.add_argument("--n", type=int, default=512, help="samples per setting and model")

@@ -48,6 +48,7 @@ EXTRA_STEPS = 3  # the supplementary draft (seed-0 models only): 4/3 tokens per 
 KEPT = (
     "nll_per_token",
     "gen_ppl_corpus",
+    "gen_ppl_per_sample_mean",
     "entropy_per_sample_mean",
     "nfe_per_sample",
     "seconds_per_sample",

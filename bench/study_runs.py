@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 MODELS = {"mix": 0.1, "single": 0.0}
 """Model kind -> mix-scale lambda (probability of a whole-sequence block step)."""
+KINDS = {**MODELS, "mix25": 0.25, "mix50": 0.5}
+"""Every kind `train` makes: the study's two, and the lambda sweep of bench/frontier.py."""
 DRAFT_BLOCK = 4
 
 
@@ -76,7 +78,7 @@ def _block_settings(kind: str, length: int) -> dict[str, Any]:
     """The block-size fields of the training config of one model kind."""
     if kind == "judge":  # autoregressive: block 1, every token masked (t = 1)
         return {"block_small": 1, "block_large": 1, "mix_lambda": 0.0, "eps_min": 1.0}
-    return {"block_small": DRAFT_BLOCK, "block_large": length, "mix_lambda": MODELS[kind]}
+    return {"block_small": DRAFT_BLOCK, "block_large": length, "mix_lambda": KINDS[kind]}
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -1,0 +1,420 @@
+"""The sampler frontier: draft-only against draft + revise at matched CPU seconds.
+
+What it is: a driver over library calls (draft, remask, revise, Gen PPL evaluation) that
+samples a grid of draft settings (fixed calls per block and `--threshold` decoding) and of
+draft + revise settings (exact and approximate global revises, one token per call, a few
+per call or by threshold) with every trained model of bench/study.py's layout, judges
+each sample file, times every setting on one batch (min of repeats, robust to a busy
+machine), and writes one section of docs/results.md between
+`<!-- results:frontier-<dataset>[-<kind>] -->` markers: the settings table (mean ± std over
+the trained models), the threshold rows against one token per call, and at three CPU
+budgets the best draft-only and the best draft + revise setting.
+What it is not: training (`python bench/study.py train ...` trains the models this reads),
+the study's other items (bench/study.py), or a source of hard-coded numbers: every number
+comes from rows this script measured and stored under --out/<dataset>/frontier-<kind>.json.
+
+Steps (each reuses finished sample files):
+    python bench/study.py prepare --dataset synthetic
+    python bench/study.py train --dataset synthetic --model mix --seed S --steps 1200
+    python bench/frontier.py run --dataset synthetic --kind mix --seeds 0,1,2
+    python bench/frontier.py report --dataset synthetic --kind mix
+`--kind` picks the trained models (mix = λ 0.1; mix25, mix50 = λ 0.25, 0.5; single = 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.study_grid import _judge_file, _judge_options, _records
+from bench.study_report import write_section
+from bench.study_runs import DATASETS, DRAFT_BLOCK, KINDS, ROOT, ds_dir, model_dir
+from sbdcli.artifacts.files import write_json
+from sbdcli.artifacts.records import read_records, write_records
+from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.data import read_manifest
+from sbdcli.pipeline import (
+    ModelRef,
+    batched,
+    draft_batch,
+    draft_prompts,
+    load_model_ref,
+    remask_batch,
+    revise_batch,
+)
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Draft:
+    """A draft setting: block 4, `steps` calls per block, or adaptive with `threshold`."""
+
+    name: str
+    steps: int | None = None
+    threshold: float | None = None
+
+    def config(self) -> SamplerConfig:
+        return SamplerConfig(DRAFT_BLOCK, steps_per_block=self.steps, threshold=self.threshold)
+
+    @property
+    def label(self) -> str:
+        if self.threshold is not None:
+            return f"draft τ {self.threshold:g}"
+        return f"draft {DRAFT_BLOCK / (self.steps or DRAFT_BLOCK):.3g} tok/call"
+
+
+@dataclass(frozen=True)
+class Revise:
+    """A global revise of a snapshot remask: gamma, tokens per call or threshold, cache."""
+
+    gamma: float
+    tpc: int | None = 1  # tokens per call (None: `threshold`)
+    threshold: float | None = None
+    refresh: int | None = None  # None: the exact cache
+
+    @property
+    def name(self) -> str:
+        how = f"tau{self.threshold:g}" if self.threshold is not None else f"t{self.tpc}"
+        cache = "exact" if self.refresh is None else f"approx{self.refresh}"
+        return f"g{self.gamma:g}-{how}-{cache}"
+
+    @property
+    def label(self) -> str:
+        how = f"τ {self.threshold:g}" if self.threshold is not None else f"{self.tpc} tok/call"
+        cache = "exact" if self.refresh is None else f"approx R {self.refresh}"
+        return f"revise γ {self.gamma:g}, {how}, {cache}"
+
+    def config(self, length: int) -> SamplerConfig:
+        steps = None
+        if self.threshold is None and self.tpc != 1:
+            steps = max(1, math.ceil(math.floor(self.gamma * (length - 1)) / (self.tpc or 1)))
+        cache = {} if self.refresh is None else {"cache": "approx", "refresh": self.refresh}
+        return SamplerConfig(0, steps_per_block=steps, threshold=self.threshold, **cache)
+
+
+DRAFTS = (
+    Draft("s4", steps=4),
+    Draft("s3", steps=3),
+    Draft("s2", steps=2),
+    Draft("s1", steps=1),
+    Draft("tau0.9", threshold=0.9),
+    Draft("tau0.7", threshold=0.7),
+    Draft("tau0.5", threshold=0.5),
+    Draft("tau0.3", threshold=0.3),
+    Draft("tau0.1", threshold=0.1),
+)
+"""Draft-only settings: 1, 4/3, 2 and 4 tokens per call, then threshold decoding."""
+BASES = ("s4", "s2", "s1", "tau0.5")
+"""The drafts every revise setting is applied to."""
+REVISES = (
+    Revise(0.25, tpc=2),
+    Revise(0.25, tpc=1, refresh=4),
+    Revise(0.25, tpc=None, threshold=0.5, refresh=4),
+    Revise(0.1, tpc=None, threshold=0.5, refresh=4),
+)
+"""Revise settings: an exact revise at 2 tokens per call (the study's default) and the
+approximate cache at one token per call and with threshold decoding."""
+
+
+def settings() -> list[tuple[Draft, Revise | None]]:
+    """Every (draft, revise) pair of the grid; revise None = draft only."""
+    by_name = {d.name: d for d in DRAFTS}
+    pairs: list[tuple[Draft, Revise | None]] = [(d, None) for d in DRAFTS]
+    pairs += [(by_name[b], r) for b in BASES for r in REVISES]
+    return pairs
+
+
+def setting_name(draft: Draft, rev: Revise | None) -> str:
+    return f"{draft.name}-only" if rev is None else f"{draft.name}-{rev.name}"
+
+
+def setting_label(draft: Draft, rev: Revise | None) -> str:
+    return draft.label if rev is None else f"{draft.label} + {rev.label}"
+
+
+# --------------------------------------------------------------------------- sampling
+def _path(args: argparse.Namespace, seed: int, name: str) -> Path:
+    return ds_dir(args) / "frontier" / f"{args.kind}-s{seed}" / f"{name}.jsonl"
+
+
+def _draft_all(args: argparse.Namespace, ref: ModelRef, draft: Draft, seed: int) -> list[Any]:
+    path = _path(args, seed, setting_name(draft, None))
+    found = _records(path, args.n)
+    if found is not None:
+        return found
+    length = ref.model.config.seq_len
+    out: list[Any] = []
+    for batch in batched(draft_prompts(ref, args.n, seed, None), args.batch):
+        out.extend(draft_batch(ref, batch, length, draft.config(), seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_records(out, str(path))
+    return out
+
+
+def _revise_all(ref: ModelRef, drafts: list[Any], rev: Revise, seed: int, batch: int) -> list[Any]:
+    rcfg = RemaskConfig(gamma=rev.gamma, strategy="snapshot", seed=seed)
+    scfg = rev.config(ref.model.config.seq_len)
+    out: list[Any] = []
+    for part in batched(drafts, batch):
+        out.extend(revise_batch(remask_batch([dict(r) for r in part], rcfg, ref), ref, scfg, seed))
+    return out
+
+
+def sample_model(args: argparse.Namespace, seed: int) -> None:
+    """Every setting of the grid with the model of `seed` (finished files are kept)."""
+    ref = load_model_ref(model_dir(args, args.kind, seed), args.device)
+    drafts = {d.name: _draft_all(args, ref, d, seed) for d in DRAFTS}
+    for draft, rev in settings():
+        path = _path(args, seed, setting_name(draft, rev))
+        if rev is None or _records(path, args.n) is not None:
+            continue
+        start = time.perf_counter()
+        write_records(_revise_all(ref, drafts[draft.name], rev, seed, args.batch), str(path))
+        took = time.perf_counter() - start
+        print(f"{args.kind}-s{seed} {path.stem}: {took:.0f} s", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- timing
+def _best(fn: Callable[[], Any], repeats: int) -> float:
+    """Min over `repeats` calls of `fn`, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_model(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    """Seconds per sample of every setting on one batch of `--time-batch` (min of repeats):
+    a draft-only setting its draft; a revise setting its draft + remask + revise."""
+    ref = load_model_ref(model_dir(args, args.kind, seed), args.device)
+    length, n = ref.model.config.seq_len, args.time_batch
+    prompts = draft_prompts(ref, n, seed, None)
+    costs: dict[str, float] = {}
+    drafted: dict[str, list[Any]] = {}
+    for d in DRAFTS:
+        costs[setting_name(d, None)] = (
+            _best(lambda c=d.config(): draft_batch(ref, prompts, length, c, seed), args.repeats) / n
+        )
+        drafted[d.name] = draft_batch(ref, prompts, length, d.config(), seed)
+    for draft, rev in settings():
+        if rev is None:
+            continue
+        base = drafted[draft.name]
+        secs = _best(lambda b=base, r=rev: _revise_all(ref, b, r, seed, n), args.repeats)
+        costs[setting_name(draft, rev)] = costs[setting_name(draft, None)] + secs / n
+    return costs
+
+
+# --------------------------------------------------------------------------- run
+def _judge(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    manifest = read_manifest(ds_dir(args) / "data")
+    ids = (manifest.get("bos_id"), manifest.get("eos_id"))
+    opts = _judge_options(args)
+    rows = []
+    for draft, rev in settings():
+        path = _path(args, seed, setting_name(draft, rev))
+        every = list(read_records(str(path)))
+        row, judged = _judge_file(path, every, opts, ids)
+        row.update(setting=setting_name(draft, rev), seed=seed, n=judged)
+        rows.append(row)
+    return rows
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Sample, judge and time every setting with every seed's model; store the rows."""
+    torch.set_num_threads(args.threads)
+    out = ds_dir(args) / f"frontier-{args.kind}.json"
+    rows, costs = [], {}
+    for seed in args.seeds:
+        sample_model(args, seed)
+        rows += _judge(args, seed)
+        costs[str(seed)] = time_model(args, seed)
+        print(f"{args.kind}-s{seed}: sampled, judged and timed", file=sys.stderr)
+    info = {
+        "threads": args.threads,
+        "time_batch": args.time_batch,
+        "repeats": args.repeats,
+        "n": args.n,
+        "cpu": os.cpu_count(),
+        "torch": torch.__version__,
+        "load": list(os.getloadavg()),
+    }
+    write_json(out, {"info": info, "rows": rows, "seconds": costs})
+
+
+# --------------------------------------------------------------------------- report
+def aggregate(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per setting: mean and std over the trained models of Gen PPL, entropy, NFE, seconds."""
+    by: dict[str, dict[str, list[float]]] = {}
+    for row in stored["rows"]:
+        seed, name = str(row["seed"]), row["setting"]
+        slot = by.setdefault(name, {"ppl": [], "ent": [], "nfe": [], "sec": []})
+        slot["ppl"].append(row["gen_ppl_per_sample_mean"])
+        slot["ent"].append(row["entropy_per_sample_mean"])
+        slot["nfe"].append(row["nfe_per_sample"])
+        slot["sec"].append(stored["seconds"][seed][name])
+    return {
+        name: {k: (float(np.mean(v)), float(np.std(v))) for k, v in vals.items()}
+        | {"k": len(vals["ppl"])}
+        for name, vals in by.items()
+    }
+
+
+def budgets(agg: dict[str, dict[str, Any]]) -> list[float]:
+    """Three CPU budgets log-spaced between the cheapest and the dearest setting."""
+    secs = [v["sec"][0] for v in agg.values()]
+    lo, hi = min(secs), max(secs)
+    return [lo * (hi / lo) ** (q / 4) for q in (1, 2, 3)]
+
+
+def best_within(agg: dict[str, dict[str, Any]], names: list[str], budget: float) -> str | None:
+    """The setting with the lowest mean Gen PPL among `names` costing <= budget."""
+    fit = [n for n in names if agg[n]["sec"][0] <= budget]
+    return min(fit, key=lambda n: agg[n]["ppl"][0]) if fit else None
+
+
+def _fmt(pair: tuple[float, float], digits: int) -> str:
+    return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+
+
+def _table(agg: dict[str, dict[str, Any]]) -> str:
+    head = "| setting | Gen PPL (per-sample mean) | entropy | NFE | CPU ms/sample |\n"
+    head += "|---|---:|---:|---:|---:|\n"
+    lines = []
+    for draft, rev in settings():
+        a = agg[setting_name(draft, rev)]
+        ms = (a["sec"][0] * 1e3, a["sec"][1] * 1e3)
+        lines.append(
+            f"| {setting_label(draft, rev)} | {_fmt(a['ppl'], 3)} | {_fmt(a['ent'], 3)} "
+            f"| {_fmt(a['nfe'], 1)} | {_fmt(ms, 2)} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _threshold_rows(agg: dict[str, dict[str, Any]]) -> str:
+    base = agg["s4-only"]
+    head = "| draft | calls vs one token per call | Gen PPL vs one token per call |\n"
+    head += "|---|---:|---:|\n"
+    lines = []
+    for d in DRAFTS[1:]:
+        a = agg[setting_name(d, None)]
+        lines.append(
+            f"| {d.label} | {base['nfe'][0] / a['nfe'][0]:.2f}x fewer "
+            f"| {a['ppl'][0] / base['ppl'][0]:.3f}x |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+ENTROPY_TOLERANCE = 0.02
+"""A setting keeps the model's diversity if its mean entropy is at least this fraction
+below that of the one-token-per-call draft (the model's own ancestral sampler)."""
+
+
+def diverse(agg: dict[str, dict[str, Any]]) -> set[str]:
+    """The settings whose mean entropy is within `ENTROPY_TOLERANCE` of the 1-token draft's."""
+    floor = (1 - ENTROPY_TOLERANCE) * agg["s4-only"]["ent"][0]
+    return {name for name, a in agg.items() if a["ent"][0] >= floor}
+
+
+def _budget_rows(agg: dict[str, dict[str, Any]], keep: set[str]) -> tuple[str, int]:
+    """Best draft-only and draft + revise settings among `keep` within each budget."""
+    label = {setting_name(d, r): setting_label(d, r) for d, r in settings()}
+    only = [setting_name(d, None) for d in DRAFTS if setting_name(d, None) in keep]
+    revised = [setting_name(d, r) for d, r in settings() if r is not None]
+    revised = [n for n in revised if n in keep]
+    head = "| CPU budget (ms/sample) | best draft only | Gen PPL | best draft + revise | Gen PPL "
+    head += "| winner |\n"
+    head += "|---:|---|---:|---|---:|---|\n"
+    lines, wins = [], 0
+    for b in budgets(agg):
+        a, r = best_within(agg, only, b), best_within(agg, revised, b)
+        pa = agg[a]["ppl"][0] if a else math.inf
+        pr = agg[r]["ppl"][0] if r else math.inf
+        wins += pr < pa
+        winner = "draft + revise" if pr < pa else "draft only"
+        lines.append(
+            f"| {b * 1e3:.2f} | {label[a] if a else '(none fits)'} | {pa:.3f} "
+            f"| {label[r] if r else '(none fits)'} | {pr:.3f} | {winner} |"
+        )
+    return head + "\n".join(lines) + "\n", wins
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    stored = json.loads((ds_dir(args) / f"frontier-{args.kind}.json").read_text())
+    agg = aggregate(stored)
+    info = stored["info"]
+    seeds = sorted({str(r["seed"]) for r in stored["rows"]})
+    every, wins = _budget_rows(agg, set(agg))
+    fair, fair_wins = _budget_rows(agg, diverse(agg))
+    marker = f"frontier-{args.dataset}" + ("" if args.kind == "mix" else f"-{args.kind}")
+    judge = "its exact oracle" if DATASETS[args.dataset].judge == "oracle" else "the block-1 judge"
+    text = (
+        f"## Sampler frontier: {DATASETS[args.dataset].title}, λ = {KINDS[args.kind]:g}\n\n"
+        f"Command: `python bench/frontier.py run --dataset {args.dataset} --kind {args.kind} "
+        f"--seeds {','.join(seeds)} --n {info['n']}` then `report`. Models: `tiny`, "
+        f"training seeds {', '.join(seeds)} (bench/study.py train); {info['n']} samples per "
+        f"setting and model, judged by {judge}; **± is the std over the trained models**. "
+        f"Drafts: block {DRAFT_BLOCK}, exact KV cache, top-p 0.9. Revises: snapshot remask, "
+        "one global block. Gen PPL is the per-sample mean (BD3-LM/MDLM protocol). CPU "
+        f"ms/sample: min of {info['repeats']} runs of one batch of {info['time_batch']}, "
+        f"{info['threads']} torch thread, {info['cpu']} cores, torch {info['torch']}, "
+        f"load average {info['load'][0]:.1f} when the run ended (a revise setting counts "
+        "its draft, remask and revise).\n\n"
+        f"{_table(agg)}\n"
+        f"Fewer calls from threshold drafts (mean over the models):\n\n{_threshold_rows(agg)}\n"
+        "Best setting within each CPU budget (three budgets log-spaced between the cheapest "
+        "and the dearest setting; lowest mean Gen PPL wins), first among every setting:\n\n"
+        f"{every}\nDraft + revise wins at {wins} of 3 budgets. Gen PPL alone rewards "
+        "samplers that lose diversity (a lower entropy than the model's own samples), so "
+        "the same comparison among the settings whose mean entropy stays within "
+        f"{ENTROPY_TOLERANCE:.0%} of the one-token-per-call draft's:\n\n"
+        f"{fair}\nDraft + revise wins at {fair_wins} of 3 budgets.\n\n"
+    )
+    write_section(args.doc, marker, text)
+    print(text)
+
+
+# --------------------------------------------------------------------------- cli
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("run", "report"))
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
+    parser.add_argument("--kind", choices=tuple(KINDS), default="mix")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
+    parser.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="model seeds")
+    parser.add_argument("--n", type=int, default=256, help="samples per setting and model")
+    parser.add_argument("--batch", type=int, default=64, help="rows per sampler call")
+    parser.add_argument("--time-batch", type=int, default=64, help="timing: batch")
+    parser.add_argument("--repeats", type=int, default=3, help="timing: runs, min kept")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    {"run": cmd_run, "report": cmd_report}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
