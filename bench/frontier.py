@@ -6,9 +6,10 @@ draft + revise settings (exact and approximate global revises, one token per cal
 per call or by threshold) with every trained model of bench/study.py's layout, judges
 each sample file, times every setting on one batch (min of repeats, robust to a busy
 machine), and writes one section of docs/results.md between
-`<!-- results:frontier-<dataset>[-<kind>] -->` markers: the settings table (mean ± std over
-the trained models), the threshold rows against one token per call, and at three CPU
-budgets the best draft-only and the best draft + revise setting.
+`<!-- results:frontier-<dataset>[-<kind>] -->` markers: the settings table (mean ± std
+over the trained models), the threshold rows against one token per call, and at three CPU
+budgets the best draft-only and the best draft + revise setting, followed by
+bench/study_notes/frontier-<dataset>[-<kind>].md when that file exists.
 What it is not: training (`python bench/study.py train ...` trains the models this reads),
 the study's other items (bench/study.py), or a source of hard-coded numbers: every number
 comes from rows this script measured and stored under --out/<dataset>/frontier-<kind>.json.
@@ -385,6 +386,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         f"{ENTROPY_TOLERANCE:.0%} of the one-token-per-call draft's:\n\n"
         f"{fair}\nDraft + revise wins at {fair_wins} of 3 budgets.\n\n"
     )
+    notes = ROOT / "bench" / "study_notes" / f"{marker}.md"
+    if notes.is_file():
+        text += notes.read_text() + "\n"
     write_section(args.doc, marker, text)
     print(text)
 
