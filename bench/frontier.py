@@ -19,6 +19,7 @@ Steps (each reuses finished sample files):
     python bench/study.py train --dataset synthetic --model mix --seed S --steps 1200
     python bench/frontier.py run --dataset synthetic --kind mix --seeds 0,1,2
     python bench/frontier.py report --dataset synthetic --kind mix
+    python bench/frontier.py sweep --dataset shakespeare      # across the stored kinds
 `--kind` picks the trained models (mix = λ 0.1; mix25, mix50 = λ 0.25, 0.5; single = 0).
 """
 
@@ -42,7 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.study_grid import _judge_file, _judge_options, _records
 from bench.study_report import write_section
-from bench.study_runs import DATASETS, DRAFT_BLOCK, KINDS, ROOT, ds_dir, model_dir
+from bench.study_runs import (
+    DATASETS,
+    DRAFT_BLOCK,
+    KINDS,
+    ROOT,
+    ds_dir,
+    model_dir,
+    trained_models,
+)
 from sbdcli.artifacts.files import write_json
 from sbdcli.artifacts.records import read_records, write_records
 from sbdcli.config import RemaskConfig, SamplerConfig
@@ -393,6 +402,53 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(text)
 
 
+# --------------------------------------------------------------------------- lambda sweep
+SWEEP = ("s4-only", "s4-g0.25-t2-exact", "s4-g0.25-tau0.5-approx4", "s2-only")
+SWEEP += ("s2-g0.25-tau0.5-approx4",)
+"""The settings the lambda sweep table compares across kinds."""
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """One table across the kinds with a stored frontier: validation NELBO per block size
+    and the Gen PPL (entropy) of the drafts and revises in `SWEEP`."""
+    label = {setting_name(d, r): setting_label(d, r) for d, r in settings()}
+    vals = {(m.kind, m.seed): m.last_val for m in trained_models(args)}
+    kinds = [k for k in KINDS if (ds_dir(args) / f"frontier-{k}.json").is_file()]
+    kinds.sort(key=lambda k: KINDS[k])
+    head = "| setting | " + " | ".join(f"λ = {KINDS[k]:g}" for k in kinds) + " |\n"
+    head += "|---|" + "---:|" * len(kinds) + "\n"
+    rows, aggs = (
+        [],
+        {
+            k: aggregate(json.loads((ds_dir(args) / f"frontier-{k}.json").read_text()))
+            for k in kinds
+        },
+    )
+    for size in sorted({b for v in vals.values() for b in v.get("val_nelbo", {})}, key=int):
+        cells = []
+        for k in kinds:
+            nelbo = [v["val_nelbo"][size] for (kind, _), v in vals.items() if kind == k]
+            cells.append(f"{np.mean(nelbo):.3f}" if nelbo else "-")
+        rows.append(f"| val NELBO, B = {size} | " + " | ".join(cells) + " |")
+    for name in SWEEP:
+        cells = [f"{aggs[k][name]['ppl'][0]:.3f} ({aggs[k][name]['ent'][0]:.3f})" for k in kinds]
+        rows.append(f"| {label[name]} | " + " | ".join(cells) + " |")
+    text = (
+        f"## Lambda sweep: {DATASETS[args.dataset].title}\n\n"
+        f"Command: `python bench/frontier.py sweep --dataset {args.dataset}` over the stored "
+        "frontiers (bench/frontier.py run --kind mix, mix25, mix50). Validation NELBO per "
+        "token (EMA weights, the last validation of each training); then Gen PPL "
+        "(per-sample mean) with the mean entropy in brackets, settings as in the frontier "
+        "sections.\n\n" + head + "\n".join(rows) + "\n\n"
+    )
+    marker = f"frontier-{args.dataset}-sweep"
+    notes = ROOT / "bench" / "study_notes" / f"{marker}.md"
+    if notes.is_file():
+        text += notes.read_text() + "\n"
+    write_section(args.doc, marker, text)
+    print(text)
+
+
 # --------------------------------------------------------------------------- cli
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
@@ -400,7 +456,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("run", "report"))
+    parser.add_argument("step", choices=("run", "report", "sweep"))
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
     parser.add_argument("--kind", choices=tuple(KINDS), default="mix")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
@@ -417,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    {"run": cmd_run, "report": cmd_report}[args.step](args)
+    {"run": cmd_run, "report": cmd_report, "sweep": cmd_sweep}[args.step](args)
 
 
 if __name__ == "__main__":
