@@ -424,10 +424,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             for k in kinds
         },
     )
-    for size in sorted({b for v in vals.values() for b in v.get("val_nelbo", {})}, key=int):
+    sizes = {b for (kind, _), v in vals.items() if kind in kinds for b in v["val_nelbo"]}
+    for size in sorted(sizes, key=int):
         cells = []
         for k in kinds:
-            nelbo = [v["val_nelbo"][size] for (kind, _), v in vals.items() if kind == k]
+            nelbo = [
+                v["val_nelbo"][size]
+                for (kind, _), v in vals.items()
+                if kind == k and size in v["val_nelbo"]
+            ]
             cells.append(f"{np.mean(nelbo):.3f}" if nelbo else "-")
         rows.append(f"| val NELBO, B = {size} | " + " | ".join(cells) + " |")
     for name in SWEEP:
