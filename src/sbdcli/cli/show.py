@@ -60,14 +60,7 @@ def _style(tok: Any) -> str:
 
 
 def _header(view: Any) -> str:
-    bits = [f"stage {view.stage}/{view.n_stages} {view.stage_name}"]
-    if view.nfe is not None:
-        bits.append(f"nfe {view.nfe}")
-    if view.n_masked:
-        bits.append(f"{view.n_masked} masked")
-    if view.n_revised:
-        bits.append(f"{view.n_revised} revised ({view.n_changed} changed)")
-    return f"{view.id}  " + " · ".join(bits)
+    return f"{view.id}  " + " · ".join(view.summary())
 
 
 def _coloured(view: Any) -> Text:

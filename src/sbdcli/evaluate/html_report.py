@@ -169,14 +169,7 @@ def _token_html(tok: vw.TokenView) -> str:
 
 
 def _record_html(view: vw.RecordView, open_: bool) -> str:
-    bits = [f"stage {view.stage}/{view.n_stages} {view.stage_name}"]
-    if view.nfe is not None:
-        bits.append(f"nfe {view.nfe}")
-    if view.n_masked:
-        bits.append(f"{view.n_masked} masked")
-    if view.n_revised:
-        bits.append(f"{view.n_revised} revised ({view.n_changed} changed)")
-    head = escape(f"{view.id} · " + " · ".join(bits))
+    head = escape(f"{view.id} · " + " · ".join(view.summary()))
     toks = escape(view.separator).join(_token_html(t) for t in view.tokens)
     notes = "".join(f'<p class="note">note: {escape(n)}</p>' for n in view.notes)
     attrs = ' open=""' if open_ else ""

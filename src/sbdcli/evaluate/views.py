@@ -105,6 +105,17 @@ class RecordView:
     def n_changed(self) -> int:
         return sum(t.changed for t in self.tokens)
 
+    def summary(self) -> list[str]:
+        """The facts a header shows: stage, calls, masked and revised counts."""
+        bits = [f"stage {self.stage}/{self.n_stages} {self.stage_name}"]
+        if self.nfe is not None:
+            bits.append(f"nfe {self.nfe}")
+        if self.n_masked:
+            bits.append(f"{self.n_masked} masked")
+        if self.n_revised:
+            bits.append(f"{self.n_revised} revised ({self.n_changed} changed)")
+        return bits
+
     def text(self) -> str:
         """The pieces joined, unmarked."""
         return self.separator.join(t.piece for t in self.tokens)
