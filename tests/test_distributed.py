@@ -145,7 +145,8 @@ def test_an_invalid_record_on_one_process_stops_every_process(work):
 
 
 def test_a_killed_process_leaves_no_output(work):
-    args = ("draft", "-n", "64", "--batch-size", "2", "--length", "64", "-o", "killed.jsonl")
+    # long enough (thousands of batches) that no machine finishes it before the kill
+    args = ("draft", "-n", "4096", "--batch-size", "2", "--length", "128", "-o", "killed.jsonl")
     cmd = [*TORCHRUN, "2", "-m", "sbdcli", *args]
     launch = subprocess.Popen(cmd, cwd=work, env=env(), stderr=subprocess.PIPE, text=True)
     victim = _wait_for_rank(launch.pid, 1)
