@@ -4,6 +4,7 @@
   be rebuilt from its file), with presets;
 - `TrainConfig`: one training run, with per-preset defaults (`train_config`);
 - `SamplerConfig`: how a draft or revise stage samples;
+- `RedrawConfig`: when a draft draws a degenerate record again;
 - `RemaskConfig`: how a remask stage chooses positions;
 - `GenPplOptions`: how `sbd eval genppl` judges samples;
 - `DemoConfig`: what `sbd demo` runs.
@@ -11,8 +12,10 @@
 Each field carries its documentation as an attribute docstring; the command line derives
 its options (flag, default, help) from these fields, so a default lives here only.
 Validation messages name fields in backticks (`gamma`); the command line shows the flag
-instead. This module holds no logic beyond validation and presets; it is long (about 570
-lines) because every setting of sbd, with its documentation, lives here and nowhere else.
+instead. This module holds no logic beyond validation and presets; it is long (about 630
+lines) because every setting of sbd, with its documentation, lives here and nowhere else:
+the command line, the stage entries and the docs all read these fields, and splitting the
+dataclasses across modules would scatter the one place a default is defined.
 """
 
 from __future__ import annotations

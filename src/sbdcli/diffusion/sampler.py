@@ -58,7 +58,7 @@ Rules this module fixes (docs/sampling.md explains them):
   rounding of batched matmuls), and cache/no-cache runs draw identical random numbers.
 
 Not here: record formats and model loading (pipeline/), remasking (remask.py).
-The module is long (over 470 lines) because the engine, its network-call window (exact,
+The module is long (about 600 lines) because the engine, its network-call window (exact,
 approximate and captured caches) and the draw rules share private state and are read
 together; the per-call counts already live in reveal.py.
 """
