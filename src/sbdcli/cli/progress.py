@@ -59,13 +59,14 @@ def progress_bar(
 
 @contextlib.contextmanager
 def counting(what: str, total: int | None) -> Iterator[tuple[Callable[[int], None], Any]]:
-    """A sampling bar; yields (advance samples by n, count n network calls)."""
+    """A sampling bar; yields (advance samples by n, the consumer of the sampler's call
+    events, which counts network calls)."""
     bar = progress_bar("samples", "{task.fields[rate]}", eta=False)
     task = bar.add_task(what, total=total, rate="")
     calls, start = [0], time.perf_counter()
 
-    def on_call(n: int) -> None:
-        calls[0] += n
+    def on_call(_event: Any) -> None:
+        calls[0] += 1
         rate = calls[0] / max(time.perf_counter() - start, 1e-9)
         bar.update(task, rate=f"{calls[0]} calls, {rate:.1f} calls/s")
 

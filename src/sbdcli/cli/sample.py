@@ -163,7 +163,7 @@ class Drafting:
             self.seed,
             self.plan,
             stop_at_eos=self.stop_at_eos,
-            progress=on_call,
+            on_call=on_call,
             n_records=len(self.prompts),
             redraw=self.redraw,
         )
@@ -374,7 +374,7 @@ def revise(
     def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
         ref = _batch_model(models, batch)
         pl.check_records(batch, ref, first)
-        return pl.revise_batch(batch, ref, cfg, seed, progress=on_call)
+        return pl.revise_batch(batch, ref, cfg, seed, on_call=on_call)
 
     _rewrite_records("revise", input, output, batch_size, run)
 

@@ -23,7 +23,7 @@ from sbdcli.pipeline.modelref import (
 from sbdcli.pipeline.plans import StagePlan, generate_batch, parse_block, parse_stages
 from sbdcli.pipeline.prompts import Prompt, draft_prompts, read_prompts
 from sbdcli.pipeline.stages import (
-    Progress,
+    OnCall,
     batched,
     check_records,
     draft_batch,
@@ -34,7 +34,7 @@ from sbdcli.pipeline.stages import (
 __all__ = [
     "ModelCache",
     "ModelRef",
-    "Progress",
+    "OnCall",
     "Prompt",
     "RemaskConfig",
     "StagePlan",

@@ -39,8 +39,9 @@ from sbdcli.errors import UserError
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
 
-Progress = Callable[[int], None] | None
-"""Called with 1 after every network call (for a progress display), or None."""
+OnCall = Callable[[sp.CallEvent], None] | None
+"""Called with the `CallEvent` of every network call (a progress display, a live view), or
+None."""
 
 T = TypeVar("T")
 
@@ -76,7 +77,7 @@ def draft_batch(
     seed: int,
     *,
     stop_at_eos: bool = False,
-    progress: Progress = None,
+    on_call: OnCall = None,
     n_records: int | None = None,
     redraw: RedrawConfig | None = None,
 ) -> list[Record]:
@@ -97,7 +98,7 @@ def draft_batch(
         """Draft prompts `idx` with their own generators (each stream continues)."""
         toks = [prompts[i].tokens for i in idx]
         sub = [gens[i] for i in idx]
-        out = sp.draft(model, toks, length, cfg, sub, eos_id=eos, progress=progress)
+        out = sp.draft(model, toks, length, cfg, sub, eos_id=eos, progress=on_call)
         recs = [_draft_record(ref, prompts[i], out, row, length) for row, i in enumerate(idx)]
         if stop_at_eos:
             for row, rec in enumerate(recs):
@@ -341,14 +342,14 @@ def revise_batch(
     cfg: SamplerConfig,
     seed: int,
     *,
-    progress: Progress = None,
+    on_call: OnCall = None,
 ) -> list[Record]:
     """Regenerate exactly the `masked` positions of a batch of validated records."""
     start = time.perf_counter()
     revised: dict[int, _Revision] = {}
     for idx in group_by_length(records).values():
         group = [records[j] for j in idx]
-        revised.update(zip(idx, _revise_group(group, ref, cfg, seed, progress), strict=True))
+        revised.update(zip(idx, _revise_group(group, ref, cfg, seed, on_call), strict=True))
     seconds = (time.perf_counter() - start) / len(records)
     out = []
     for rev in (revised[j] for j in range(len(records))):
@@ -365,7 +366,7 @@ def revise_batch(
 
 
 def _revise_group(
-    group: list[Record], ref: ModelRef, cfg: SamplerConfig, seed: int, progress: Progress
+    group: list[Record], ref: ModelRef, cfg: SamplerConfig, seed: int, on_call: OnCall
 ) -> list[_Revision]:
     """Revise records of one length together (they stack into one tensor)."""
     length = len(group[0]["tokens"])
@@ -375,7 +376,7 @@ def _revise_group(
         masked[row, r["masked"]] = True
     gens = [sp.make_generator(seed, "revise", len(r["stages"]), r["id"], ref.device) for r in group]
     offset = torch.tensor([r["nfe"] for r in group])
-    res = sp.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=progress)
+    res = sp.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=on_call)
     return [_revised(r, res, row) for row, r in enumerate(group)]
 
 
