@@ -102,6 +102,7 @@ def test_a_shared_batch_gives_each_request_its_generate_records(workdir, ref, ex
     for _, sink in pairs:
         assert sink.done.wait(60)
     batcher.stop()
+    batcher.join(30)
     assert [(s.requests, s.rows) for s in stats] == [(3, 4)]
     alone = [
         generate(workdir, "w1 w2", 7, ["-n", "2", *argv]),
@@ -129,6 +130,7 @@ def test_incompatible_requests_run_in_separate_batches(ref):
     for _, sink in pairs:
         assert sink.done.wait(60)
     batcher.stop()
+    batcher.join(30)
     # oldest first, each batch takes the compatible requests queued behind it
     assert [s.requests for s in stats] == [2, 1, 1]
 
@@ -142,6 +144,7 @@ def test_unseeded_requests_share_a_drawn_seed_and_keep_their_own_ids(ref):
     for _, sink in pairs:
         assert sink.done.wait(60)
     batcher.stop()
+    batcher.join(30)
     recs = [r for _, sink in pairs for r in sink.records()]
     assert [r["id"] for r in recs] == ["cmpl-a", "cmpl-b-0", "cmpl-b-1"]
     seeds = {s["seed"] for r in recs for s in r["stages"]}
@@ -158,28 +161,29 @@ def test_a_full_queue_refuses(ref):
     assert batcher.depth == 2 and batcher.retry_after >= 1
 
 
-def test_a_cancelled_request_leaves_the_batch_at_the_next_stage(workdir, ref, monkeypatch):
-    from sbdcli.serve import batcher as bt
-
+def test_a_cancelled_request_leaves_the_batch_at_the_next_call(workdir, ref):
     gone, stay = ticket(ref, {"seed": 4, "prompt": "w1"}), ticket(ref, {"seed": 4})
-    real_live = bt._live
+    post = gone[0].post
 
-    def cancel_after_draft(owners, records):
-        gone[0].cancelled.set()  # its client went away while the draft ran
-        return real_live(owners, records)
+    def leave_after_the_first_event(event: dict) -> None:
+        post(event)
+        gone[0].cancelled.set()  # its client went away after the first draft call
 
-    monkeypatch.setattr(bt, "_live", cancel_after_draft)
+    gone[0].post = leave_after_the_first_event
     batcher = Batcher(ref, max_batch=8, max_queue=8)
     batcher.submit(gone[0])
     batcher.submit(stay[0])
     batcher.start()
     assert stay[1].done.wait(60)
     batcher.stop()
-    assert [e["type"] for e in gone[1].events] == ["draft"]
+    batcher.join(30)
+    assert [(e["type"], e["call"]) for e in gone[1].events] == [("draft", 1)]
+    draft_calls = [e["call"] for e in stay[1].events if e["type"] == "draft"]
+    assert draft_calls == list(range(1, 32))  # one token per call, every call streamed
     rec = stay[1].records()[0]
     assert rec["stages"][0]["batch_size"] == 2 and rec["stages"][2]["batch_size"] == 1
     expected = generate(workdir, "", 4, [])
-    assert comparable({**rec, "id": "p1"}) == comparable(expected[0])
+    assert comparable(rec) == comparable(expected[0])
 
 
 def test_stop_ends_queued_requests_with_an_error_event(ref):
@@ -187,6 +191,7 @@ def test_stop_ends_queued_requests_with_an_error_event(ref):
     t, sink = ticket(ref, {})
     batcher.submit(t)
     batcher.stop()
+    batcher.join(30)
     assert sink.events == [{"type": "error", "status": 503,
                             "message": "the server is shutting down"}]  # fmt: skip
     with pytest.raises(Busy):

@@ -9,8 +9,9 @@ Rules (docs/serving.md, "Batching"):
   that arrives while a batch runs waits for the next batch.
 - A request whose rows would take the queue past `max_queue` rows is refused at once
   (`Busy`: the app answers 429 with Retry-After).
-- A request is cancelled when its client goes away: its rows leave the batch before the
-  next stage (the others continue; their records do not depend on the batch).
+- A request is cancelled when its client goes away: its rows take no part in the
+  engine's next network call (`FillEngine.cancel`) and leave the batch before the next
+  stage; the others continue, their records unchanged (they do not depend on the batch).
 - Each request's rows are seeded by its own seed and named by its own ids, so its records
   are those `sbd generate` writes for it alone (the draft entry's `n_records` is the
   request's n; `batch_size` and `seconds` say how the batch ran).
@@ -53,7 +54,7 @@ class Ticket:
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    nfe: int = 0
+    finished: bool = False
 
     @property
     def rows(self) -> int:
@@ -134,8 +135,9 @@ class Batcher:
             running = list(self._running)
             self._cond.notify_all()
         for t in waiting + running:
-            t.cancelled.set()
-            t.post({"type": "error", "status": 503, "message": reason})
+            if not (t.finished or t.cancelled.is_set()):
+                t.cancelled.set()
+                t.post({"type": "error", "status": 503, "message": reason})
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
@@ -166,7 +168,10 @@ class Batcher:
                 self._run(batch)
             except Exception as exc:  # a bug must not take the server down
                 for t in batch:
-                    t.post({"type": "error", "status": 500, "message": f"sampling failed: {exc}"})
+                    if not t.finished:
+                        t.post(
+                            {"type": "error", "status": 500, "message": f"sampling failed: {exc}"}
+                        )
             seconds = time.monotonic() - start
             self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * seconds
             with self._cond:
@@ -176,40 +181,95 @@ class Batcher:
                 self.on_batch(BatchStats(sum(t.rows for t in batch), len(batch), tokens, seconds))
 
     def _run(self, batch: list[Ticket]) -> None:
-        """Draft, then remask + revise per stage; events after every stage."""
-        job = batch[0].job
+        """Draft, then remask + revise per stage, posting every call's commits."""
+        job, ref = batch[0].job, self.ref
         seed = job.seed if job.seed is not None else secrets.randbits(31)
         jobs = [t.job if t.job.seed is not None else t.job.with_seed(seed) for t in batch]
         now = time.monotonic()
         for t in batch:
             t.started = now
         prompts = [p for j in jobs for p in j.prompts]
-        records = pl.draft_batch(
-            self.ref,
-            prompts,
-            job.length,
-            job.draft_cfg,
-            seed,
-            stop_at_eos=job.stop_at_eos,
-            redraw=RedrawConfig(),
-        )
         owners = [(t, i) for t in batch for i in range(t.rows)]
-        for (t, i), rec in zip(owners, records, strict=True):
-            rec["stages"][0]["n_records"] = t.rows
-            t.post(ev.draft_event(self.ref, rec, i))
+        mask = ref.model.config.mask_id
+        seqs = [p.tokens + [mask] * (job.length - len(p.tokens)) for p in prompts]
+        live = _Live(ref, owners, seqs, 0)
+        records = pl.draft_batch(ref, prompts, job.length, job.draft_cfg, seed,
+                                 stop_at_eos=job.stop_at_eos, redraw=RedrawConfig(),
+                                 on_call=live.call, on_engine=live.engine)  # fmt: skip
+        for (t, _), rec in zip(owners, records, strict=True):
+            rec["stages"][0]["n_records"] = t.rows  # the request's records, as `generate -n`
         for k, stage in enumerate(jobs[0].plan, start=1):
             owners, records = _live(owners, records)
             if not records:
                 return
-            records = pl.remask_batch(records, stage.remask, self.ref)
+            records = pl.remask_batch(records, stage.remask, ref)
             for (t, i), rec in zip(owners, records, strict=True):
                 t.post(ev.remask_event(rec, i, k))
-            records = pl.revise_batch(records, self.ref, stage.revise, stage.seed)
-            for (t, i), rec in zip(owners, records, strict=True):
-                t.post(ev.revise_event(self.ref, rec, i, k))
+            seqs = [_masked(rec, mask) for rec in records]
+            live = _Live(ref, owners, seqs, k, [list(rec["tokens"]) for rec in records])
+            records = pl.revise_batch(records, ref, stage.revise, stage.seed,
+                                      on_call=live.call, on_engine=live.engine)  # fmt: skip
+        owners, records = _live(owners, records)
         for (t, i), rec in zip(owners, records, strict=True):
-            if not t.cancelled.is_set():
-                t.post(ev.final_event(self.ref, rec, i, t.job.stop))
+            t.finished = i == t.rows - 1
+            t.post(ev.final_event(ref, rec, i, t.job.stop))
+
+
+class _Live:
+    """Watches the running stage of a batch: posts each network call's commits to the
+    requests they belong to, and cancels the rows of a request whose client went away
+    (they take no part from the next call on)."""
+
+    def __init__(
+        self,
+        ref: pl.ModelRef,
+        owners: list[tuple[Ticket, int]],
+        seqs: list[list[int]],
+        stage: int,
+        before: list[list[int]] | None = None,
+    ) -> None:
+        self.ref, self.owners, self.seqs, self.stage, self.before = ref, owners, seqs, stage, before
+        self.kind = "draft" if before is None else "revise"
+        self.running: Any = None
+        self.rows: list[int] = []
+        self.dropped: set[int] = set()
+
+    def engine(self, engine: Any, rows: list[int]) -> None:
+        """A stepping engine starts; its row r is input row rows[r]."""
+        self.running, self.rows, self.dropped = engine, rows, set()
+        self._cancel()
+
+    def call(self, call: Any) -> None:
+        """One network call (`CallEvent`): each row's commits to its request."""
+        for r, pos, tok, conf in zip(
+            call.rows, call.positions, call.tokens, call.confidences, strict=True
+        ):
+            j = self.rows[r]
+            ticket, index = self.owners[j]
+            if ticket.cancelled.is_set():
+                continue
+            head = {"type": self.kind, "index": index, "stage": self.stage, "call": call.call,
+                    "block": [call.lo, call.hi]}  # fmt: skip
+            before = None if self.before is None else self.before[j]
+            start = ticket.job.prompt_len
+            ticket.post(
+                ev.call_event(self.ref, self.seqs[j], start, (pos, tok, conf), head, before)
+            )
+        self._cancel()
+
+    def _cancel(self) -> None:
+        for r, j in enumerate(self.rows):
+            if r not in self.dropped and self.owners[j][0].cancelled.is_set():
+                self.running.cancel(r)
+                self.dropped.add(r)
+
+
+def _masked(rec: Record, mask: int) -> list[int]:
+    """A record's tokens with its remasked positions as [MASK] (what its revise starts from)."""
+    seq = list(rec["tokens"])
+    for p in rec["masked"]:
+        seq[p] = mask
+    return seq
 
 
 def _live(

@@ -1,20 +1,24 @@
-"""The typed events of a request's stream, built from its records between stages.
+"""The typed events of a request's stream, one per network call and per remask.
 
-One choice (row) of a request goes through: `draft` (positions committed, token ids, text
-pieces, snapshot confidences), then per revise stage `remask` (the positions chosen) and
-`revise` (each position's old and new id, new piece and confidence), then `final` (the
-completion text, the finish reason and the record). A piece is the text a token adds to
-the completion at its position (the decoded prefix through it minus the decoded prefix
-before it), so the pieces of the final tokens, in position order, concatenate to the
-completion text for tokenizers that decode token by token (the synthetic and word-level
-ones; a byte-level tokenizer may split a character over two tokens). `completion_text` is
-what the OpenAI-compatible answer returns as `text`.
+One choice (row) of a request goes through: `draft` events, one per network call of the
+draft (the positions it committed, their token ids, text pieces and snapshot
+confidences), then per revise stage one `remask` event (the positions chosen) and `revise`
+events, one per network call of the revise (each position's old and new id, new piece and
+confidence), then `final` (the completion text, the finish reason and the record).
+
+A piece is the text a token adds at its position: the decoded completion through it minus
+the decoded completion before it, in the row's current sequence (positions not yet
+filled decode as [MASK]). In the final sequence the pieces, in position order, concatenate
+to the completion text for tokenizers that decode token by token (the synthetic and
+word-level ones; a byte-level tokenizer may split a character over two tokens).
+`completion_text` is what the OpenAI-compatible answer returns as `text`.
 
 Not here: when events are sent (batcher.py) or how they are framed (app.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sbdcli.artifacts.records import Record
@@ -27,22 +31,16 @@ def _end(rec: Record) -> int:
     return int(stop) if stop is not None and stop >= 0 else len(rec["tokens"])
 
 
-def _decode(ref: ModelRef, ids: list[int]) -> str:
-    return "" if ref.codec is None else ref.codec.decode(ids)
+def _decode(ref: ModelRef, ids: Sequence[int]) -> str:
+    return "" if ref.codec is None else ref.codec.decode(list(ids))
 
 
-def pieces(ref: ModelRef, rec: Record, positions: list[int]) -> list[str]:
-    """The text each of `positions` adds to the completion (empty past its end)."""
-    start, end, toks = rec["prompt_len"], _end(rec), rec["tokens"]
+def pieces(ref: ModelRef, seq: Sequence[int], start: int, positions: Sequence[int]) -> list[str]:
+    """The text each of `positions` adds to the completion seq[start:]."""
     out = []
     for p in positions:
-        if p >= end or p < start:
-            out.append("")
-            continue
-        before, through = _decode(ref, toks[start:p]), _decode(ref, toks[start : p + 1])
-        out.append(
-            through[len(before) :] if through.startswith(before) else _decode(ref, [toks[p]])
-        )
+        before, through = _decode(ref, seq[start:p]), _decode(ref, seq[start : p + 1])
+        out.append(through[len(before) :] if through.startswith(before) else _decode(ref, [seq[p]]))
     return out
 
 
@@ -57,37 +55,30 @@ def completion_text(ref: ModelRef, rec: Record, stops: list[str]) -> tuple[str, 
     return text, reason
 
 
-def draft_event(ref: ModelRef, rec: Record, index: int) -> dict[str, Any]:
-    """The draft's commits: every generated position of the record."""
-    pos = list(range(rec["prompt_len"], len(rec["tokens"])))
-    return {
-        "type": "draft",
-        "index": index,
-        "positions": pos,
-        "tokens": [rec["tokens"][p] for p in pos],
-        "pieces": pieces(ref, rec, pos),
-        "confidence": [rec["confidence"][p] for p in pos],
-    }
+def call_event(
+    ref: ModelRef,
+    seq: list[int],
+    start: int,
+    commits: tuple[Sequence[int], Sequence[int], Sequence[float]],
+    head: dict[str, Any],
+    before: list[int] | None = None,
+) -> dict[str, Any]:
+    """One network call's commits (positions, ids, confidences) in one row whose sequence
+    `seq` is updated in place: a draft event, or with `before` (the ids the row held before
+    its remask) a revise event, which also names the `old` ids."""
+    positions, tokens, conf = commits
+    for p, t in zip(positions, tokens, strict=True):
+        seq[p] = t
+    out: dict[str, Any] = {**head, "positions": list(positions)}
+    if before is not None:
+        out["old"] = [before[p] for p in positions]
+    out.update(tokens=list(tokens), pieces=pieces(ref, seq, start, positions))
+    out["confidence"] = list(conf)
+    return out
 
 
 def remask_event(rec: Record, index: int, stage: int) -> dict[str, Any]:
     return {"type": "remask", "index": index, "stage": stage, "positions": list(rec["masked"])}
-
-
-def revise_event(ref: ModelRef, rec: Record, index: int, stage: int) -> dict[str, Any]:
-    """The replacements of the record's last (revise) stage entry."""
-    entry = rec["stages"][-1]
-    pos = list(entry["positions"])
-    return {
-        "type": "revise",
-        "index": index,
-        "stage": stage,
-        "positions": pos,
-        "old": list(entry["replaced"]),
-        "new": [rec["tokens"][p] for p in pos],
-        "pieces": pieces(ref, rec, pos),
-        "confidence": [rec["confidence"][p] for p in pos],
-    }
 
 
 def final_event(ref: ModelRef, rec: Record, index: int, stops: list[str]) -> dict[str, Any]:
