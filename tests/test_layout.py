@@ -25,12 +25,15 @@ LAYERS = {
     "pipeline": 4,
     "evaluate": 4,
     "demo": 5,
+    "serve": 5,  # the HTTP server: a client of pipeline/ and evaluate/, like demo.py
     "cli": 6,
     "__main__": 7,
 }
 """Layer of each top-level part of sbdcli; a part may import only lower layers (and itself)."""
 DIFFUSION_MAY_IMPORT = {"config", "errors", "diffusion"}
 CLI_ONLY = {"typer", "rich", "click"}
+SERVER_STACK = {"fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client"}
+"""Imported only by serve/ (and started by cli/serve.py through it)."""
 
 
 def modules() -> list[Path]:
@@ -81,6 +84,14 @@ def test_only_the_cli_imports_typer_and_rich(path):
         return
     for line, name in imported(path):
         assert name.split(".")[0] not in CLI_ONLY, f"{path.relative_to(PACKAGE)}:{line} {name}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_serve_imports_the_server_stack(path):
+    if part_of(path) == "serve":
+        return
+    for line, name in imported(path):
+        assert name.split(".")[0] not in SERVER_STACK, f"{path.relative_to(PACKAGE)}:{line} {name}"
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))

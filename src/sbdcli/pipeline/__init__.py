@@ -24,6 +24,7 @@ from sbdcli.pipeline.plans import StagePlan, generate_batch, parse_block, parse_
 from sbdcli.pipeline.prompts import Prompt, draft_prompts, read_prompts
 from sbdcli.pipeline.stages import (
     OnCall,
+    OnEngine,
     batched,
     check_records,
     draft_batch,
@@ -35,6 +36,7 @@ __all__ = [
     "ModelCache",
     "ModelRef",
     "OnCall",
+    "OnEngine",
     "Prompt",
     "RemaskConfig",
     "StagePlan",

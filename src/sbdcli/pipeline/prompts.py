@@ -1,8 +1,9 @@
 """What a draft starts from: prompts (fixed prefixes) read from JSONL or made up as bare BOS.
 
 `read_prompts` reads a prompts file (`prompt` text or `prompt_tokens` ids, optional `id`;
-BOS is prepended when missing); `draft_prompts` turns it, or nothing, into the list of
-prompts a draft samples, one per record, with the record ids of docs/records.md.
+BOS is prepended when missing), each object checked by `parse_prompt`; `draft_prompts`
+turns it, or nothing, into the list of prompts a draft samples, one per record, with the
+record ids of docs/records.md.
 
 Not here: sampling (stages.py) or the model itself (modelref.py).
 """
@@ -47,15 +48,21 @@ def _prompt_tokens(obj: dict[str, Any], ref: ModelRef, where: str) -> list[int]:
     return toks if toks[:1] == [bos] else [bos, *toks]
 
 
+def parse_prompt(obj: dict[str, Any], ref: ModelRef, where: str) -> list[int]:
+    """One prompts-file object (`prompt` text or `prompt_tokens` ids) as checked ids, BOS first."""
+    cfg = ref.model.config
+    toks = _prompt_tokens(obj, ref, where)
+    bad = [t for t in toks if not 0 <= t < cfg.vocab_size or t == cfg.mask_id]
+    if bad:
+        raise UserError(f"{where}: token id {bad[0]} is not a valid prompt token")
+    return toks
+
+
 def read_prompts(path: str, ref: ModelRef) -> list[Prompt]:
     """Prompts JSONL: `prompt` (text, needs a tokenizer) or `prompt_tokens`; optional `id`."""
-    cfg = ref.model.config
     prompts = []
     for line, obj in enumerate(read_jsonl(path), start=1):
-        toks = _prompt_tokens(obj, ref, f"{path}:{line}")
-        bad = [t for t in toks if not 0 <= t < cfg.vocab_size or t == cfg.mask_id]
-        if bad:
-            raise UserError(f"{path}:{line}: token id {bad[0]} is not a valid prompt token")
+        toks = parse_prompt(obj, ref, f"{path}:{line}")
         rid = obj.get("id")
         prompts.append(Prompt(str(rid) if rid is not None else f"p{line}", toks))
     if not prompts:
