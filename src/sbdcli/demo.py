@@ -35,6 +35,8 @@ from sbdcli.train import setup
 
 Log = Callable[[str], None]
 
+DEMO_SEQ_LEN = 128
+"""Sequence length of the demo's data (the synthetic default)."""
 DATA_SIZES = {
     True: {"num_train": 2048, "num_val": 256, "floor_samples": 1024},
     False: {"num_train": 16384, "num_val": 1024, "floor_samples": 4096},
@@ -57,7 +59,7 @@ def demo_data(cfg: DemoConfig, log: Log) -> Path:
             return data_dir
     log("preparing the topic-markov language")
     command = f"sbd prepare --out {data_dir} --seed {cfg.seed} --num-train {sizes['num_train']}"
-    prepare_synthetic(data_dir, seed=cfg.seed, command=command, **sizes)
+    prepare_synthetic(data_dir, None, DEMO_SEQ_LEN, seed=cfg.seed, command=command, **sizes)
     return data_dir
 
 
@@ -210,9 +212,13 @@ def demo_report(
 
 
 def check_demo(cfg: DemoConfig) -> None:
-    """What can be refused before any work: an `out` that is a file, an unusable device."""
+    """What can be refused before any work: an `out` that is a file, an unusable device, a
+    training setting (steps) or a sample count that cannot run."""
     check_output_dir(cfg.out)
     resolve_device(cfg.device)
+    _train_config(cfg, DEMO_SEQ_LEN)  # validates the training settings
+    if cfg.n_samples < 1:
+        raise UserError(f"--samples must be >= 1, got {cfg.n_samples}")
 
 
 def run_demo(

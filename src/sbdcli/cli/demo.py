@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import metric_table
 
@@ -69,18 +69,19 @@ def demo(
 ) -> None:
     """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
     from sbdcli.config import DemoConfig
-    from sbdcli.demo import run_demo
+    from sbdcli.demo import check_demo, run_demo
 
     cfg = DemoConfig(
         out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
     )
+    check_demo(cfg)  # refused before the progress bar or any directory
     with progress_bar("loss {task.fields[loss]}", elapsed=False) as progress:
         task = progress.add_task("training", total=cfg.n_steps, loss="–")
         rows = run_demo(
             cfg,
-            log=lambda msg: console.print(f"[dim]·[/] {msg}"),
+            log=lambda msg: console.print(f"[dim]·[/] {term(msg)}"),
             train_progress=_train_progress(progress, task),
-            step=lambda msg: console.print(f"[dim]·[/] {msg}"),
+            step=lambda msg: console.print(f"[dim]·[/] {term(msg)}"),
         )
     console.print(results_table(rows))
-    console.print(f"artifacts, results.md, pareto.png and report.html in {out}")
+    console.print(f"artifacts, results.md, pareto.png and report.html in {term(out)}")

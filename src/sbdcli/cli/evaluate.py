@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli import distributed as dist
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import metric_table
@@ -78,8 +78,10 @@ def _table(summaries: list[dict[str, Any]]) -> None:
             if s.get("partial")
             else ""
         )
-        console.print(f"[bold]{i}[/] {s.get('name', '')}{partial}", highlight=False, soft_wrap=True)
-        console.print(f"  {s.get('settings_short', '')}", style="dim", highlight=False)
+        console.print(
+            f"[bold]{i}[/] {term(s.get('name', ''))}{partial}", highlight=False, soft_wrap=True
+        )
+        console.print(f"  {term(s.get('settings_short', ''))}", style="dim", highlight=False)
 
 
 def _footer(summaries: list[dict[str, Any]]) -> None:
@@ -88,12 +90,13 @@ def _footer(summaries: list[dict[str, Any]]) -> None:
 
     ev = summaries[0]["evaluator"]
     detail = ", ".join(f"{k} {v}" for k, v in ev.items() if k not in ("kind", "path"))
-    console.print(f"evaluator: {ev['kind']} {ev.get('path', '')} {detail}".rstrip(), style="dim")
+    line = f"evaluator: {ev['kind']} {ev.get('path', '')} {detail}".rstrip()
+    console.print(term(line), style="dim")
     first = summaries[0]
     if first.get("oracle_floor_nll_per_token") is not None:
         console.print(
             f"oracle floor: NLL/token {first['oracle_floor_nll_per_token']:.4f} "
-            f"(PPL {first['oracle_floor_ppl']:.4f}) from {first['oracle_floor_source']}; "
+            f"(PPL {first['oracle_floor_ppl']:.4f}) from {term(first['oracle_floor_source'])}; "
             f"true samples' entropy {first['oracle_true_entropy_per_sample_mean']:.4f}",
             style="dim",
         )
@@ -103,7 +106,7 @@ def _footer(summaries: list[dict[str, Any]]) -> None:
         style="dim",
     )
     for note in sorted({n for s in summaries for n in s.get("notes", [])}):
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {term(note)}", highlight=False)
 
 
 def _low_entropy_note(summary: dict[str, Any]) -> str:
@@ -263,7 +266,7 @@ def genppl(
     _footer(summaries)
     if plot is not None:
         plot_genppl(summaries, plot)
-        console.print(f"plot written to {plot}", style="dim")
+        console.print(f"plot written to {term(plot)}", style="dim")
     _write_json(summaries, out, to_stdout=not markdown)
     if markdown:
         sys.stdout.write(markdown_table(summaries))

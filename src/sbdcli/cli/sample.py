@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli.artifacts.files import check_output_path
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -76,8 +76,7 @@ def _draft_setup(
     """Load the model and the prompts and check them before any work starts."""
     from sbdcli import pipeline as pl
 
-    if n is not None and n < 1:
-        raise UserError(f"-n must be >= 1, got {n}")
+    pl.check_record_count(n)  # before the model loads or a work list is built
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     length = ref.model.config.seq_len if length is None else length
     if length < 2:
@@ -238,7 +237,7 @@ def _warn_partial(what: str, tally: Any) -> None:
     short = tally.shortfall()
     if short is not None:
         console.print(
-            f"[bold yellow]sbd: warning:[/] {what}: the input ended after {short[0]} of the "
+            f"[bold yellow]sbd: warning:[/] {term(what)}: the input ended after {short[0]} of the "
             f"{short[1]} records its draft declared (a cut or partial input?)",
             highlight=False,
             soft_wrap=True,

@@ -5,8 +5,10 @@
 Every token coloured by its snapshot confidence (a legend gives the scale), masked
 positions underlined, and where a revise changed a token the draft's token struck through
 before the new one. Without colour (--no-color, or stdout not a terminal) the same
-positions are marked with brackets. The views come from `sbdcli.evaluate.views` (the HTML
-report shows the same); this module only renders them with rich.
+positions are marked with brackets. Control characters in ids and decoded tokens are
+shown as escapes (`\x1b`), never sent to the terminal. The views come from
+`sbdcli.evaluate.views` (the HTML report shows the same); this module only renders them
+with rich.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from sbdcli.artifacts.printable import visible
 from sbdcli.cli._app import app
 from sbdcli.errors import UserError
 
@@ -60,7 +63,7 @@ def _style(tok: Any) -> str:
 
 
 def _header(view: Any) -> str:
-    return f"{view.id}  " + " · ".join(view.summary())
+    return visible(f"{view.id}  " + " · ".join(view.summary()))
 
 
 def _coloured(view: Any) -> Text:
@@ -69,8 +72,8 @@ def _coloured(view: Any) -> Text:
         if i:
             text.append(f"{sep}|{sep}" if i == end else sep)
         if tok.changed:
-            text.append(tok.draft_piece or "", style="strike dim")
-        text.append(tok.piece, style=_style(tok))
+            text.append(visible(tok.draft_piece or "", lines=True), style="strike dim")
+        text.append(visible(tok.piece, lines=True), style=_style(tok))
     return text
 
 
@@ -98,7 +101,7 @@ def plain_text(view: Any) -> str:
         if i:
             out.append(f"{view.separator}|{view.separator}" if i == end else view.separator)
         out.append(_plain_piece(tok))
-    return "".join(out)
+    return visible("".join(out), lines=True)
 
 
 def _records(path: str) -> Iterator[Any]:
@@ -169,12 +172,14 @@ def show(
         if pieces is None:
             codec, source = vw.find_codec(model, data, [rec])
             pieces = vw.Pieces(codec, ids=tokens)
-            _legend(out, colour, codec is None and not tokens)
         if pieces.codec is not None:
             vw.check_codec(rec, index, pieces.codec, source)
         if wanted is not None and rec.get("id") not in wanted:
             continue
-        _print_view(out, colour, vw.record_view(rec, index, pieces, stage))
+        view = vw.record_view(rec, index, pieces, stage)  # refused before anything is printed
+        if shown == 0:
+            _legend(out, colour, pieces.codec is None and not tokens)
+        _print_view(out, colour, view)
         shown += 1
         if n is not None and shown >= n:
             break
@@ -200,4 +205,4 @@ def _print_view(out: Console, colour: bool, view: Any) -> None:
         out.print(_header(view), markup=False, soft_wrap=True)
         out.print(plain_text(view), markup=False, soft_wrap=True)
     for note in view.notes:
-        out.print(f"note: {note}", markup=False, style="dim", soft_wrap=True)
+        out.print(f"note: {visible(note)}", markup=False, style="dim", soft_wrap=True)

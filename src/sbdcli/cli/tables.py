@@ -3,7 +3,9 @@
 `render_table` turns a title, headers and rows of already formatted cells into a rich
 table with one look: the title left, a left-aligned label column first (when there is
 one) and right-aligned numbers. `metric_table` renders rows of dicts by (key, header)
-columns with one cell formatter. CLI plumbing only: the numbers come from the library.
+columns with one cell formatter. Cells and titles are plain text (file names and record
+names are never read as markup; control characters are shown visibly). CLI plumbing only:
+the numbers come from the library.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
+
+from sbdcli.artifacts.printable import visible
 
 
 def render_table(
@@ -25,12 +30,13 @@ def render_table(
 ) -> Table:
     """A rich table; the first column is a left-aligned label unless `label_column=False`;
     `no_wrap` keeps every cell on one line (wide numeric tables)."""
-    table = Table(title=title, title_justify="left", caption=caption)
+    plain_caption = Text(visible(caption)) if caption is not None else None
+    table = Table(title=Text(visible(title)), title_justify="left", caption=plain_caption)
     for i, header in enumerate(headers):
         left = label_column and i == 0
         table.add_column(header, justify="left" if left else "right", no_wrap=no_wrap)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(visible(str(cell))) for cell in row))
     return table
 
 

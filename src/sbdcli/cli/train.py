@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import config_options
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import render_table
@@ -188,15 +188,15 @@ def train(
     trainer = setup(cfg, data_dir, out, resume=resume)
     if trainer.is_main:
         for note in trainer.notes:
-            console.print(f"note: {note}")
+            console.print(f"note: {term(note)}")
         _describe(trainer)
     try:
         summary = _fit(trainer)
     except KeyboardInterrupt:
         if trainer.is_main:
             console.print(
-                f"checkpoint written to {trainer.run_dir}/state; continue with "
-                f"'sbd train --resume --out {trainer.run_dir}'"
+                f"checkpoint written to {term(trainer.run_dir)}/state; continue with "
+                f"'sbd train --resume --out {term(trainer.run_dir)}'"
             )
         raise
     if trainer.is_main:
@@ -209,7 +209,7 @@ def _describe(trainer: Any) -> None:
     sizes = ", ".join(str(b) for b in trainer.sizes)
     mix = f"Mix({sizes}), lambda {cfg.mix_lambda}" if len(trainer.sizes) > 1 else f"B = {sizes}"
     console.print(
-        f"run {trainer.run_dir}: {params / 1e6:.2f}M params ({mc.n_layers} layers, d "
+        f"run {term(trainer.run_dir)}: {params / 1e6:.2f}M params ({mc.n_layers} layers, d "
         f"{mc.d_model}), L = {trainer.length}, {mix}, global batch {trainer.global_batch} = "
         f"{cfg.batch_size} x {trainer.processes} process(es) x {trainer.accum} accumulation, "
         f"lr {cfg.lr:g}, {cfg.steps} steps",

@@ -335,8 +335,7 @@ def export_bd3lm(
     model = model_or_run if isinstance(model_or_run, Denoiser) else load_model(model_or_run)
     _check_exportable(model)
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise UserError(f"{out} already exists (choose a new directory, or --force to replace it)")
+    _check_replaceable(out, overwrite)
     block = block_size if block_size is not None else _default_block(model, model.config.seq_len)
     if block < 1:
         raise UserError(f"block size must be >= 1, got {block}")
@@ -353,6 +352,32 @@ def export_bd3lm(
         meta = {"format": "pt", TIME_FLAG_KEY: str(model.config.time_conditioning).lower()}
         save_file(state, str(tmp / "model.safetensors"), metadata=meta)
     return out
+
+
+EXPORT_FILES = frozenset({"config.json", "model.safetensors"})
+"""What `export_bd3lm` writes: the only entries of a directory `overwrite` may replace."""
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """`out` may be created, or (with `overwrite`) replaced only when it holds nothing but an
+    earlier export: a run directory, its resume state, or files sbd did not write are never
+    deleted."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir() or not overwrite:
+        raise UserError(f"{out} already exists (choose a new directory, or --force to replace it)")
+    names = {p.name for p in out.iterdir()}
+    config = out / "config.json"
+    try:
+        exported = json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bd3lm"
+    except (OSError, ValueError, AttributeError):
+        exported = False
+    if not names <= EXPORT_FILES or not exported:
+        kept = ", ".join(sorted(names - EXPORT_FILES)) or "config.json"
+        raise UserError(
+            f"{out} is not an earlier export (it holds {kept}): --force replaces only a "
+            "directory written by 'sbd export'; choose a new directory"
+        )
 
 
 def resolve_device(device: str) -> str:

@@ -21,7 +21,7 @@ from sbdcli.pipeline.modelref import (
     resolve_device,
 )
 from sbdcli.pipeline.plans import StagePlan, generate_batch, parse_block, parse_stages
-from sbdcli.pipeline.prompts import Prompt, draft_prompts, read_prompts
+from sbdcli.pipeline.prompts import Prompt, check_record_count, draft_prompts, read_prompts
 from sbdcli.pipeline.stages import (
     OnCall,
     OnEngine,
@@ -41,6 +41,7 @@ __all__ = [
     "RemaskConfig",
     "StagePlan",
     "batched",
+    "check_record_count",
     "check_records",
     "default_model_path",
     "draft_batch",

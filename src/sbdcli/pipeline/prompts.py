@@ -3,7 +3,8 @@
 `read_prompts` reads a prompts file (`prompt` text or `prompt_tokens` ids, optional `id`;
 BOS is prepended when missing), each object checked by `parse_prompt`; `draft_prompts`
 turns it, or nothing, into the list of prompts a draft samples, one per record, with the
-record ids of docs/records.md.
+record ids of docs/records.md; `check_record_count` bounds how many records one command
+samples (`MAX_RECORDS`), before any list is built.
 
 Not here: sampling (stages.py) or the model itself (modelref.py).
 """
@@ -16,6 +17,24 @@ from typing import Any
 from sbdcli.artifacts.files import read_jsonl
 from sbdcli.errors import UserError
 from sbdcli.pipeline.modelref import ModelRef
+
+MAX_RECORDS = 1_000_000
+"""Records one draft or generate command samples at most (its work list is built up front);
+a larger set is drafted in parts with different `--seed`s."""
+
+
+def check_record_count(n: int | None, prompts: int | None = None) -> None:
+    """`n` samples (bare BOS; or per prompt of `prompts` given) must be >= 1, and the records
+    of the command at most MAX_RECORDS."""
+    if n is not None and n < 1:
+        raise UserError(f"-n must be >= 1, got {n}")
+    per = n if n is not None else (16 if prompts is None else 1)
+    total = per * (1 if prompts is None else prompts)
+    if total > MAX_RECORDS:
+        raise UserError(
+            f"-n {n} asks for {total} records, more than {MAX_RECORDS:,} in one command "
+            "(draft larger sets in parts with different --seed)"
+        )
 
 
 @dataclass
@@ -77,6 +96,7 @@ def draft_prompts(
 
     Ids: `s<seed>-<i>` without prompts; the prompt's id, suffixed `-<j>` when n > 1.
     """
+    check_record_count(n, None if prompts is None else len(prompts))
     if prompts is None:
         return [Prompt(f"s{seed}-{i}", [_bos(ref)]) for i in range(16 if n is None else n)]
     per = 1 if n is None else n
