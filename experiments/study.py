@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE, help="tinyshakespeare.txt")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="prepare: synthetic training rows (16384)"
+    )
     parser.add_argument("--model", choices=(*KINDS, "judge"), default="mix")
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     parser.add_argument("--steps", type=int, default=4000, help="train: optimizer steps")

@@ -68,7 +68,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     data.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(map(shlex.quote, sys.argv))
     if args.dataset == "synthetic":
-        prepare_synthetic(data, seed=0, command=command)
+        sizes = {} if args.rows is None else {"num_train": args.rows, "num_val": args.rows // 8}
+        prepare_synthetic(data, seed=0, command=command, **sizes)
     else:
         source = TextFiles([str(args.text)])
         prepare_text(data, source, "bytes", DATASETS[args.dataset].seq_len, command=command)
