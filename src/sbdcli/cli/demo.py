@@ -17,6 +17,7 @@ from sbdcli.cli.tables import metric_table
 
 COLUMNS = (
     ("stage", "stage"),
+    ("draft", "draft"),
     ("strategy", "strategy"),
     ("gamma", "gamma"),
     ("gen_ppl_per_sample_mean", "oracle Gen PPL (per-sample mean)"),
@@ -69,7 +70,7 @@ def demo(
 ) -> None:
     """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
     from sbdcli.config import DemoConfig
-    from sbdcli.demo import check_demo, run_demo
+    from sbdcli.demo import check_demo, demo_summary, run_demo
 
     cfg = DemoConfig(
         out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
@@ -84,4 +85,6 @@ def demo(
             step=lambda msg: console.print(f"[dim]·[/] {term(msg)}"),
         )
     console.print(results_table(rows))
+    for line in demo_summary(rows):
+        console.print(f"[dim]·[/] {term(line)}")
     console.print(f"artifacts, results.md, pareto.png and report.html in {term(out)}")

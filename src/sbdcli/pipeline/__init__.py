@@ -3,7 +3,8 @@
 - prompts.py: `Prompt`, reading a prompts file, the prompts (and record ids) a draft samples;
 - stages.py: draft, remask and revise a batch of records; `check_records`, `batched`;
 - plans.py: the K-stage schedule (`parse_stages`, `StagePlan`) and `generate_batch`;
-- modelref.py: which model a stage uses and the name records give it.
+- modelref.py: which model a stage uses and the name records give it;
+- sweep.py: whole sample sets (draft n, remask and revise a set), reusing finished files.
 
 Records in and out follow docs/records.md (`sbdcli.artifacts.Record`); what the stages do
 is explained in docs/sampling.md. Not here: the math on token tensors (diffusion/), file
@@ -31,6 +32,7 @@ from sbdcli.pipeline.stages import (
     remask_batch,
     revise_batch,
 )
+from sbdcli.pipeline.sweep import draft_set, finished, reuse_or_write, revise_set
 
 __all__ = [
     "ModelCache",
@@ -46,6 +48,8 @@ __all__ = [
     "default_model_path",
     "draft_batch",
     "draft_prompts",
+    "draft_set",
+    "finished",
     "generate_batch",
     "load_model_ref",
     "parse_block",
@@ -53,5 +57,7 @@ __all__ = [
     "read_prompts",
     "remask_batch",
     "resolve_device",
+    "reuse_or_write",
     "revise_batch",
+    "revise_set",
 ]
