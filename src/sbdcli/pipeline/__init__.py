@@ -21,7 +21,7 @@ from sbdcli.pipeline.modelref import (
     resolve_device,
 )
 from sbdcli.pipeline.plans import StagePlan, generate_batch, parse_block, parse_stages
-from sbdcli.pipeline.prompts import Prompt, draft_prompts, read_prompts
+from sbdcli.pipeline.prompts import Prompt, draft_prompts, read_prompts, text_prompts
 from sbdcli.pipeline.stages import (
     Progress,
     batched,
@@ -51,4 +51,5 @@ __all__ = [
     "remask_batch",
     "resolve_device",
     "revise_batch",
+    "text_prompts",
 ]

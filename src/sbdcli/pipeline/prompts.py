@@ -1,8 +1,10 @@
 """What a draft starts from: prompts (fixed prefixes) read from JSONL or made up as bare BOS.
 
 `read_prompts` reads a prompts file (`prompt` text or `prompt_tokens` ids, optional `id`;
-BOS is prepended when missing); `draft_prompts` turns it, or nothing, into the list of
-prompts a draft samples, one per record, with the record ids of docs/records.md.
+BOS is prepended when missing), `text_prompts` takes texts given on the command line
+(`--prompt`, ids `p1`, `p2`, ... as a file's lines would get); `draft_prompts` turns
+either, or nothing, into the list of prompts a draft samples, one per record, with the
+record ids of docs/records.md.
 
 Not here: sampling (stages.py) or the model itself (modelref.py).
 """
@@ -49,18 +51,34 @@ def _prompt_tokens(obj: dict[str, Any], ref: ModelRef, where: str) -> list[int]:
 
 def read_prompts(path: str, ref: ModelRef) -> list[Prompt]:
     """Prompts JSONL: `prompt` (text, needs a tokenizer) or `prompt_tokens`; optional `id`."""
-    cfg = ref.model.config
     prompts = []
     for line, obj in enumerate(read_jsonl(path), start=1):
-        toks = _prompt_tokens(obj, ref, f"{path}:{line}")
-        bad = [t for t in toks if not 0 <= t < cfg.vocab_size or t == cfg.mask_id]
-        if bad:
-            raise UserError(f"{path}:{line}: token id {bad[0]} is not a valid prompt token")
+        toks = _checked(_prompt_tokens(obj, ref, f"{path}:{line}"), ref, f"{path}:{line}")
         rid = obj.get("id")
         prompts.append(Prompt(str(rid) if rid is not None else f"p{line}", toks))
     if not prompts:
         raise UserError(f"{path}: no prompts")
     return prompts
+
+
+def text_prompts(texts: list[str], ref: ModelRef) -> list[Prompt]:
+    """Prompts given as text on the command line: ids `p1`, `p2`, ... in the order given."""
+    prompts = []
+    for i, text in enumerate(texts, start=1):
+        where = f"--prompt {text!r}"
+        prompts.append(
+            Prompt(f"p{i}", _checked(_prompt_tokens({"prompt": text}, ref, where), ref, where))
+        )
+    return prompts
+
+
+def _checked(toks: list[int], ref: ModelRef, where: str) -> list[int]:
+    """`toks` when every id is a token of the model's vocabulary (never [MASK])."""
+    cfg = ref.model.config
+    bad = [t for t in toks if not 0 <= t < cfg.vocab_size or t == cfg.mask_id]
+    if bad:
+        raise UserError(f"{where}: token id {bad[0]} is not a valid prompt token")
+    return toks
 
 
 def draft_prompts(
