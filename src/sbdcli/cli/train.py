@@ -141,7 +141,7 @@ def train(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<time>)."),
+        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<data>-<time>)."),
     ] = None,
     preset: Annotated[
         str | None,

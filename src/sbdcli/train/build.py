@@ -1,7 +1,7 @@
 """Building a run: the accelerator, the model, the data, the run directory's `config.json`.
 
 - `setup(cfg, data_dir, out)` prepares a `Trainer`: a new run directory (default
-  `runs_root/<preset>-<time>`), or with `resume=True` an existing one (default
+  `runs_root/<preset>-<data>-<time>`), or with `resume=True` an existing one (default
   `runs_root/latest`); `train(...)` is `setup(...).fit(progress)`;
 - `build_trainer` builds the pieces in order (`make_accelerator`, `load_run_data`, the
   block sizes and gradient accumulation, `build_model`), restores a resumed run and writes
@@ -52,7 +52,7 @@ def setup(
     resume: bool = False,
     runs_root: str | os.PathLike[str] = "runs",
 ) -> Trainer:
-    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<time>`), or, with
+    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<data>-<time>`), or, with
     `resume`, the existing run `out` (default `runs_root/latest`)."""
     data, root = Path(data_dir), Path(runs_root)
     if not (data / "manifest.json").is_file():
