@@ -1,8 +1,9 @@
 """`sbd eval genppl` and `sbd eval ppl`: thin commands over `sbdcli.evaluate`.
 
 genppl reads sample records (files, or stdin), judges them and prints a rich table on
-stderr plus one JSON object per file / stage group on stdout (or --out); --markdown prints
-the table as markdown on stdout instead of the JSON; --plot draws Gen PPL against NFE and
+stderr (narrowed to the terminal's width); one JSON object per file / stage group goes to
+--out, and to stdout when stdout is a pipe or a file (or with --json); --markdown prints the
+table as markdown on stdout instead of the JSON; --plot draws Gen PPL against NFE and
 seconds. ppl prints the held-out perplexity exp(NELBO) of a run with its Monte Carlo error.
 """
 
@@ -19,7 +20,7 @@ from sbdcli import distributed as dist
 from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.progress import progress_bar
-from sbdcli.cli.tables import metric_table
+from sbdcli.cli.tables import fit_columns, metric_table
 from sbdcli.errors import UserError
 
 eval_app = typer.Typer(
@@ -68,10 +69,19 @@ def _progress(total: int, what: str) -> Any:
 
 def _table(summaries: list[dict[str, Any]]) -> None:
     """The rich table of numbers; names and settings listed under it by row number."""
-    from sbdcli.evaluate.report import cell, terminal_columns
+    from sbdcli.evaluate.report import NARROW_DROP_ORDER, cell, terminal_columns
 
-    cols = terminal_columns(summaries)
+    cols, dropped = fit_columns(
+        terminal_columns(summaries), summaries, cell, console.width, NARROW_DROP_ORDER
+    )
     console.print(metric_table("Gen PPL", cols, summaries, cell, numbered=True, no_wrap=True))
+    if dropped:
+        console.print(
+            f"({', '.join(dropped)} left out at {console.width} columns: widen the terminal, "
+            "or see --markdown, --json)",
+            style="dim",
+            highlight=False,
+        )
     for i, s in enumerate(summaries, start=1):
         partial = (
             f" [yellow](partial: {s['n']} of {s['n_declared']} records)[/]"
@@ -131,6 +141,12 @@ def _check_outputs(out: str | None, plot: Path | None = None) -> None:
         check_plot_path(plot)
 
 
+def _json_to_stdout(out: str | None, markdown: bool) -> bool:
+    """Without --json: the summaries go to stdout when it is a pipe or a file (a person at a
+    terminal reads the table) and neither --out nor --markdown took them."""
+    return out is None and not markdown and not sys.stdout.isatty()
+
+
 def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
     from sbdcli.artifacts import JsonlWriter
 
@@ -138,7 +154,7 @@ def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) ->
         with JsonlWriter(out) as writer:
             for obj in objs:
                 writer.write(obj)
-    elif to_stdout:
+    if to_stdout:
         for obj in objs:
             sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
@@ -203,6 +219,12 @@ def genppl(
         bool,
         typer.Option("--markdown", help="Print the table as markdown on stdout instead of JSON."),
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the JSON summaries on stdout even when it is a terminal."
+        ),
+    ] = False,
     floor_samples: Annotated[
         int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
     ] = 1000,
@@ -235,6 +257,8 @@ def genppl(
     from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
 
     _check_outputs(out, plot)
+    if as_json and markdown:
+        raise UserError("--json and --markdown exclude each other: both print on stdout")
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     paths = [*(files or []), *(inputs or [])]
@@ -267,7 +291,7 @@ def genppl(
     if plot is not None:
         plot_genppl(summaries, plot)
         console.print(f"plot written to {term(plot)}", style="dim")
-    _write_json(summaries, out, to_stdout=not markdown)
+    _write_json(summaries, out, to_stdout=as_json or _json_to_stdout(out, markdown))
     if markdown:
         sys.stdout.write(markdown_table(summaries))
         sys.stdout.flush()
@@ -352,4 +376,4 @@ def ppl(
         f"{result['bits_per_token']:.4f} bits/token  B={block_size}  {result['rows']} rows",
         highlight=False,
     )
-    _write_json([result], out, to_stdout=True)
+    _write_json([result], out, to_stdout=out is None)

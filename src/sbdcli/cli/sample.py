@@ -72,11 +72,14 @@ def _draft_setup(
     prompts: str | None,
     seed: int,
     block: int,
+    texts: list[str] | None = None,
 ) -> tuple[Any, list[Any], int]:
     """Load the model and the prompts and check them before any work starts."""
     from sbdcli import pipeline as pl
 
     pl.check_record_count(n)  # before the model loads or a work list is built
+    if texts and prompts:
+        raise UserError("--prompt and --prompts exclude each other: give texts or one file")
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     length = ref.model.config.seq_len if length is None else length
     if length < 2:
@@ -89,6 +92,7 @@ def _draft_setup(
     if length > ref.model.config.seq_len and block > ref.model.config.seq_len:
         raise UserError(f"--block {block} exceeds the model's trained length for sliding")
     given = pl.read_prompts(prompts, ref) if prompts else None
+    given = pl.text_prompts(texts, ref) if texts else given
     plist = pl.draft_prompts(ref, n, seed, given)
     for p in plist:
         if len(p.tokens) > length:
@@ -257,6 +261,12 @@ PromptsOpt = Annotated[
         "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
     ),
 ]
+PromptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt."
+    ),
+]
 EosOpt = Annotated[
     bool,
     typer.Option(
@@ -276,6 +286,7 @@ def draft(
     length: LengthOpt = None,
     block: Annotated[int, typer.Option("--block", help="Draft block size B.")] = 4,
     prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
     stop_at_eos: EosOpt = False,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
@@ -294,7 +305,7 @@ def draft(
     cfg = _sampler(block, sampling or {})
     _check_compile(cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block, prompt)
 
     job = Drafting(ref, plist, length, cfg, seed, [], stop_at_eos, redraw)
     _write_drafts("draft", output, batch_size, job)
@@ -404,6 +415,7 @@ def generate(
         ),
     ] = None,
     prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
     stop_at_eos: EosOpt = False,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of every stage (as --seed on each piped command).")
@@ -437,7 +449,7 @@ def generate(
         )
         for gamma, blk in schedule
     ]
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block, prompt)
 
     job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos, redraw)
     _write_drafts("generate", output, batch_size, job)

@@ -83,8 +83,8 @@ def parse_interval(text: str) -> tuple[float, float]:
 
 def _progress_bar(show: bool) -> Progress:
     return progress_bar(
-        "loss {task.fields[loss]:.4f}  B {task.fields[block]:>4}",
-        "{task.fields[tps]:>9,.0f} tok/s",
+        "loss {task.fields[loss]:.4f}  block {task.fields[block]:>4}",
+        "{task.fields[tps]:>7,.0f} tok/s",
         transient=False,
         show=show,
     )
@@ -141,7 +141,7 @@ def train(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<time>)."),
+        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<data>-<time>)."),
     ] = None,
     preset: Annotated[
         str | None,

@@ -49,6 +49,17 @@ SHORT_HEADERS = {
     "n_low_entropy": "low-H",
 }
 """Narrower headers for the terminal table."""
+NARROW_DROP_ORDER = (
+    "tokens_per_second",
+    "nll_per_token",
+    "gen_ppl_corpus",
+    "n_low_entropy",
+    "seconds_per_sample",
+    "entropy_per_sample_mean",
+)
+"""Columns a narrow terminal leaves out, least useful first: rates and quantities another
+column implies go before the cost and diversity columns; the row number, n, the headline
+Gen PPL and NFE always stay."""
 BESIDE_THE_TABLE = ("name", "settings_short", "oracle_floor_nll_per_token")
 """Columns the terminal shows under the table (by row number) or in its footer."""
 

@@ -27,6 +27,7 @@ from sbdcli.artifacts.rundir import data_dirs_of
 from sbdcli.data.codec import Codec
 from sbdcli.data.datadir import load_codec
 from sbdcli.errors import UserError
+from sbdcli.model.checkpoint import model_not_found
 
 CONFIDENCE_EDGES = (0.2, 0.4, 0.6, 0.8)
 """Upper edges of the confidence colour bins below the last: [0, .2), [.2, .4), ... [.8, 1]."""
@@ -358,7 +359,7 @@ def find_codec(
     if model is not None:
         path = Path(model)
         if not path.exists():
-            raise UserError(f"model not found: {model}")
+            raise model_not_found(model)
         base = path if path.is_dir() else path.parent
         for candidate in (base / "data", base):
             if (candidate / "manifest.json").is_file():

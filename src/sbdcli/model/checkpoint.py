@@ -23,6 +23,8 @@ metadata. config.json's flag must be a JSON boolean.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -243,11 +245,33 @@ def _check_run_config(run: Path, in_weights: bool) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""`owner/name`, as the Hugging Face hub names a model."""
+
+
+def model_not_found(name: str | Path, source: str = "") -> UserError:
+    """The one-line error of a model path that does not exist; a hub-style `owner/name`
+    says how to get it (sbd loads local directories only: download, then -m DIR)."""
+    text, where = str(name), f" (from {source})" if source else ""
+    if not HUB_NAME.match(text) or Path(text.split("/")[0]).exists():
+        return UserError(f"model not found: {text}{where}")
+    offline = (
+        " (HF_HUB_OFFLINE is set here: the download needs the network)"
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        else ""
+    )
+    local = text.split("/")[1]
+    return UserError(
+        f"model not found: {text}{where} is no local directory; sbd does not download, so get "
+        f"the hub model first: hf download {text} --local-dir {local}, then -m {local}{offline}"
+    )
+
+
 def load_model(path: str | Path, device: str = "cpu") -> Denoiser:
     """Load an sbd run / sbd model.safetensors / BD3-LM or MDLM HF directory, in eval mode."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"model not found: {p}")
+        raise model_not_found(path)
     if p.is_file():
         if p.suffix != ".safetensors":
             raise UserError(

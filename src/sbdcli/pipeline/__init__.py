@@ -22,7 +22,13 @@ from sbdcli.pipeline.modelref import (
     resolve_device,
 )
 from sbdcli.pipeline.plans import StagePlan, generate_batch, parse_block, parse_stages
-from sbdcli.pipeline.prompts import Prompt, check_record_count, draft_prompts, read_prompts
+from sbdcli.pipeline.prompts import (
+    Prompt,
+    check_record_count,
+    draft_prompts,
+    read_prompts,
+    text_prompts,
+)
 from sbdcli.pipeline.stages import (
     OnCall,
     OnEngine,
@@ -60,4 +66,5 @@ __all__ = [
     "reuse_or_write",
     "revise_batch",
     "revise_set",
+    "text_prompts",
 ]

@@ -1,9 +1,10 @@
 """What a draft starts from: prompts (fixed prefixes) read from JSONL or made up as bare BOS.
 
 `read_prompts` reads a prompts file (`prompt` text or `prompt_tokens` ids, optional `id`;
-BOS is prepended when missing), each object checked by `parse_prompt`; `draft_prompts`
-turns it, or nothing, into the list of prompts a draft samples, one per record, with the
-record ids of docs/records.md; `check_record_count` bounds how many records one command
+BOS is prepended when missing), each object checked by `parse_prompt`; `text_prompts`
+takes texts given on the command line (`--prompt`, ids `p1`, `p2`, ... as a file's lines
+would get); `draft_prompts` turns either, or nothing, into the list of prompts a draft
+samples, one per record, with the record ids of docs/records.md; `check_record_count` bounds how many records one command
 samples (`MAX_RECORDS`), before any list is built.
 
 Not here: sampling (stages.py) or the model itself (modelref.py).
@@ -87,6 +88,14 @@ def read_prompts(path: str, ref: ModelRef) -> list[Prompt]:
     if not prompts:
         raise UserError(f"{path}: no prompts")
     return prompts
+
+
+def text_prompts(texts: list[str], ref: ModelRef) -> list[Prompt]:
+    """Prompts given as text on the command line: ids `p1`, `p2`, ... in the order given."""
+    return [
+        Prompt(f"p{i}", parse_prompt({"prompt": text}, ref, f"--prompt {text!r}"))
+        for i, text in enumerate(texts, start=1)
+    ]
 
 
 def draft_prompts(

@@ -1,7 +1,7 @@
 """Building a run: the accelerator, the model, the data, the run directory's `config.json`.
 
 - `setup(cfg, data_dir, out)` prepares a `Trainer`: a new run directory (default
-  `runs_root/<preset>-<time>`), or with `resume=True` an existing one (default
+  `runs_root/<preset>-<data>-<time>`), or with `resume=True` an existing one (default
   `runs_root/latest`); `train(...)` is `setup(...).fit(progress)`;
 - `build_trainer` builds the pieces in order (`make_accelerator`, `load_run_data`, the
   block sizes and gradient accumulation, `build_model`), restores a resumed run and writes
@@ -28,7 +28,7 @@ from accelerate.utils import broadcast_object_list
 from sbdcli.artifacts.files import sha256_file
 from sbdcli.artifacts.rundir import LOCK_FILE, RunDir, RunLock, new_run_dir, point_latest
 from sbdcli.config import TrainConfig, preset
-from sbdcli.data.datadir import TokenRows, read_data_manifest
+from sbdcli.data.datadir import TokenRows, data_label, read_data_manifest
 from sbdcli.data.synthetic import oracle_references
 from sbdcli.errors import UserError
 from sbdcli.model.checkpoint import load_model
@@ -52,12 +52,14 @@ def setup(
     resume: bool = False,
     runs_root: str | os.PathLike[str] = "runs",
 ) -> Trainer:
-    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<time>`), or, with
+    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<data>-<time>`), or, with
     `resume`, the existing run `out` (default `runs_root/latest`)."""
     data, root = Path(data_dir), Path(runs_root)
     if not (data / "manifest.json").is_file():
         raise UserError(f"no data at {data}: manifest.json missing (run 'sbd prepare' first)")
-    run_dir = _resumed_dir(out, root) if resume else _new_dir(out, root, cfg.preset)
+    run_dir = (
+        _resumed_dir(out, root) if resume else _new_dir(out, root, cfg.preset, data_label(data))
+    )
     existed = run_dir.exists()
     lock, notes = _claim(RunDir(run_dir), resume) if _is_main_process() else (None, [])
     try:
@@ -69,7 +71,12 @@ def setup(
     trainer.run_lock = lock  # held for the life of the process (the kernel drops it at exit)
     trainer.notes[:0] = notes
     if trainer.is_main:
-        point_latest(run_dir, root)
+        before = point_latest(run_dir, root)
+        if before is not None:
+            trainer.notes.append(
+                f"{root / 'latest'} now points at {run_dir.name} (was {before}): commands "
+                "without -m use this run"
+            )
     return trainer
 
 
@@ -128,8 +135,10 @@ def _check_resumable(run: RunDir) -> None:
         raise UserError(f"nothing to resume at {run.path} (no state/trainer.json)")
 
 
-def _new_dir(out: str | os.PathLike[str] | None, root: Path, preset_name: str) -> Path:
-    run_dir = Path(out) if out is not None else _agreed_name(root, preset_name)
+def _new_dir(
+    out: str | os.PathLike[str] | None, root: Path, preset_name: str, data_name: str
+) -> Path:
+    run_dir = Path(out) if out is not None else _agreed_name(root, preset_name, data_name)
     run = RunDir(run_dir)
     _check_not_locked(run)
     if [n for n in run.entries() if n != LOCK_FILE] and not run.is_unfinished():
@@ -143,12 +152,12 @@ def _check_not_locked(run: RunDir) -> None:
         run.check_unlocked()
 
 
-def _agreed_name(root: Path, preset_name: str) -> Path:
+def _agreed_name(root: Path, preset_name: str, data_name: str) -> Path:
     """A new run path chosen by process 0 and shared with every process of the launch."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return new_run_dir(root, preset_name)
+        return new_run_dir(root, preset_name, data_name)
     PartialState()  # joins the launch's process group
-    box = [new_run_dir(root, preset_name).name]
+    box = [new_run_dir(root, preset_name, data_name).name]
     broadcast_object_list(box, from_process=0)
     return root / box[0]
 
