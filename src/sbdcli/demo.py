@@ -39,6 +39,7 @@ from sbdcli.config import DemoConfig, SamplerConfig, train_config
 from sbdcli.data import prepare_synthetic, read_manifest
 from sbdcli.evaluate.report import HEADLINE
 from sbdcli.model.checkpoint import resolve_device
+from sbdcli.errors import UserError
 from sbdcli.train import setup
 
 Log = Callable[[str], None]

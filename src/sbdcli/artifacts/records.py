@@ -229,15 +229,22 @@ def _check_positions(rec: Mapping[str, Any], where: str) -> None:
 
 
 # --------------------------------------------------------------------------- draft tally
-DRAFT_OUTCOMES = frozenset({"nfe", "seconds", "batch_size", "redraws", "redraw_nfe", "low_entropy"})
-"""Draft-entry keys that differ between records of one draft command (per record or batch)."""
+DRAFT_OUTCOMES = frozenset(
+    {"nfe", "seconds", "batch_size", "redraws", "redraw_nfe", "low_entropy"}
+    | {"n_tokens", "windows", "n_markers"}  # an encode entry's per-text values
+)
+"""Draft-entry (or encode-entry) keys that differ between records of one command."""
 
 
 def draft_entry(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The record's draft stage entry (its first stage, named `draft`), or None."""
+    """The record's first stage entry when it is a `draft` or an `encode` (text in), or None.
+
+    Both name the vocabulary (`vocab_size`, `mask_id`, `bos_id`) and the records written
+    together (`n_records`).
+    """
     stages = rec.get("stages")
     first = stages[0] if isinstance(stages, list) and stages else None
-    if isinstance(first, dict) and first.get("name") == "draft":
+    if isinstance(first, dict) and first.get("name") in ("draft", "encode"):
         return cast(Mapping[str, Any], first)
     return None
 

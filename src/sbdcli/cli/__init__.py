@@ -11,8 +11,8 @@ functions, so `sbd --help` and a mistyped flag answer at once.
 
 - options.py: shared options and option groups derived from config.py's fields;
 - progress.py: the one progress-bar factory; tables.py: the one table renderer;
-- prepare, train, sample (draft, remask, revise, generate), show, evaluate, report,
-  export, serve, demo.
+- prepare, train, sample (draft, remask, revise, generate), edit (encode, edit), show,
+  evaluate, report, export, serve, demo.
 
 This package is the only one that imports typer or rich.
 """
@@ -58,6 +58,7 @@ COMMAND_MODULES = (
     "train",
     "export",
     "sample",
+    "edit",
     "show",
     "evaluate",
     "report",

@@ -291,7 +291,8 @@ def record_view(
             f"--stage {n}: {_where(index, rec)}: its revise (stage {later}) does not list "
             "what it replaced (an older record), so earlier stages cannot be shown"
         )
-    draft = states[1] if stages and stages[0].get("name") == "draft" else None
+    from_start = bool(stages) and stages[0].get("name") in ("draft", "encode")  # text in too
+    draft = states[1] if from_start else None
     revised, unknown = _revised_positions(stages, n)
     if unknown:
         notes.append(
@@ -301,7 +302,7 @@ def record_view(
     masked = _masked_at(rec, stages, n)
     scores = _scores_at(rec, stages, n)
     prompt_len = rec.get("prompt_len") if is_int(rec.get("prompt_len")) else 0
-    first = 1 if stages and stages[0].get("name") == "draft" else None
+    first = 1 if from_start else None
     views = []
     for pos, tok in enumerate(state.tokens):
         by = revised.get(pos)

@@ -4,8 +4,8 @@
 BOS is prepended when missing), each object checked by `parse_prompt`; `text_prompts`
 takes texts given on the command line (`--prompt`, ids `p1`, `p2`, ... as a file's lines
 would get); `draft_prompts` turns either, or nothing, into the list of prompts a draft
-samples, one per record, with the record ids of docs/records.md; `check_record_count` bounds how many records one command
-samples (`MAX_RECORDS`), before any list is built.
+samples, one per record, with the record ids of docs/records.md; `check_record_count`
+bounds how many records one command samples (`MAX_RECORDS`), before any list is built.
 
 Not here: sampling (stages.py) or the model itself (modelref.py).
 """

@@ -37,8 +37,10 @@ from sbdcli.artifacts.records import (
 from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
+from sbdcli.diffusion import windows as win
 from sbdcli.diffusion.degenerate import is_degenerate
 from sbdcli.errors import UserError
+from sbdcli.pipeline import encode as enc
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
 
@@ -232,6 +234,7 @@ def check_records(
         validate_record(rec, first_index + j, model=ids)
         if ref is not None:
             _check_no_kept_mask(rec, ref, first_index + j)
+            enc.check_tokenizer(rec, ref, first_index + j)
         n = len(rec["tokens"])
         if len(rec.get("confidence_nucleus", [])) != n:
             rec["confidence_nucleus"] = list(rec["confidence"])
@@ -258,16 +261,14 @@ def _check_no_kept_mask(rec: Record, ref: ModelRef, index: int) -> None:
 def _model_scores(
     records: list[Record], ref: ModelRef, cfg: RemaskConfig
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Post-hoc or masked scores for every record, batched per sequence length."""
+    """Post-hoc or masked scores for every record, batched per sequence length (in windows
+    beyond the trained length, diffusion/windows.py)."""
     scores: list[Any] = [None] * len(records)
     calls = [0] * len(records)
     for length, idx in group_by_length(records).items():
         tokens = torch.tensor([records[j]["tokens"] for j in idx], device=ref.device)
-        if cfg.strategy == "posthoc":
-            s, c = rm.posthoc_scores(ref.model, tokens), torch.ones(len(idx), dtype=torch.long)
-        else:
-            elig = torch.stack([rm.eligible_mask(length, records[j]["prompt_len"]) for j in idx])
-            s, c = rm.masked_scores(ref.model, tokens, elig, cfg.passes)
+        elig = torch.stack([rm.eligible_mask(length, records[j]["prompt_len"]) for j in idx])
+        s, c = win.scores(ref.model, tokens, elig, cfg.strategy, cfg.passes)
         for row, j in enumerate(idx):
             scores[j], calls[j] = s[row], int(c[row])
     return scores, calls
@@ -314,14 +315,19 @@ def remask_batch(
     start = time.perf_counter()
     if cfg.needs_model and ref is None:
         raise UserError(f"the {cfg.strategy} strategy needs a model (-m RUN)")
+    if cfg.strategy == "snapshot":
+        enc.refuse_snapshot(records)
     gens = [sp.make_generator(cfg.seed, "remask", len(r["stages"]), r["id"]) for r in records]
     ties = [  # drawn before any random scores, from the same generators
         torch.rand(len(r["tokens"]), generator=g, dtype=torch.float64)
         for r, g in zip(records, gens, strict=True)
     ]
+    held = [enc.held_markers(r, enc.record_mask_id(r)) for r in records]  # unfilled markers
     elig = [rm.eligible_mask(len(r["tokens"]), r["prompt_len"]) for r in records]
+    for e, h in zip(elig, held, strict=True):
+        e[h] = False
     scores, calls = _remask_scores(records, cfg, ref, gens)
-    chosen = _select(scores, elig, ties, cfg)
+    chosen = [sorted({*p, *h}) for p, h in zip(_select(scores, elig, ties, cfg), held, strict=True)]
     seconds = (time.perf_counter() - start) / len(records)
     extra = {"model": ref.id} if cfg.needs_model and ref is not None else {}
     out = []
@@ -358,6 +364,7 @@ def revise_batch(
 ) -> list[Record]:
     """Regenerate exactly the `masked` positions of a batch of validated records."""
     start = time.perf_counter()
+    enc.check_revisable(records)
     revised: dict[int, _Revision] = {}
     for idx in group_by_length(records).values():
         group = [records[j] for j in idx]
@@ -402,10 +409,14 @@ def _revise_group(
         masked[row, r["masked"]] = True
     gens = [sp.make_generator(seed, "revise", len(r["stages"]), r["id"], ref.device) for r in group]
     offset = torch.tensor([r["nfe"] for r in group])
-    engine = sp.revise_engine(ref.model, tokens, masked, cfg, gens, step_offset=offset)
-    if on_engine is not None:
-        on_engine(engine, list(range(len(group))))
-    res = engine.run(on_call)
+    if _block_size(cfg, length) >= length > ref.model.config.seq_len:
+        # one full block longer than the trained length: centred windows (not cancellable)
+        res = win.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=on_call)
+    else:
+        engine = sp.revise_engine(ref.model, tokens, masked, cfg, gens, step_offset=offset)
+        if on_engine is not None:
+            on_engine(engine, list(range(len(group))))
+        res = engine.run(on_call)
     return [_revised(r, res, row) for row, r in enumerate(group)]
 
 
