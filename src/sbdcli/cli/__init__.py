@@ -9,8 +9,8 @@ functions, so `sbd --help` and a mistyped flag answer at once.
 
 - options.py: shared options and option groups derived from config.py's fields;
 - progress.py: the one progress-bar factory; tables.py: the one table renderer;
-- prepare, train, sample (draft, remask, revise, generate), show, evaluate, report,
-  export, demo.
+- prepare, train, sample (draft, remask, revise, generate), show, evaluate, harness
+  (eval harness, eval mauve), report, export, demo.
 
 This package is the only one that imports typer or rich.
 """
@@ -51,7 +51,9 @@ def root(
     """Structural Block Diffusion toolkit."""
 
 
-COMMAND_MODULES = ("prepare", "train", "export", "sample", "show", "evaluate", "report", "demo")
+COMMAND_MODULES = (
+    "prepare", "train", "export", "sample", "show", "evaluate", "harness", "report", "demo",
+)  # fmt: skip
 """Imported for their side effect of registering subcommands on `app`, in help order."""
 for _name in COMMAND_MODULES:
     importlib.import_module(f"sbdcli.cli.{_name}")
