@@ -22,18 +22,28 @@ def run_main(argv: list[str]) -> int:
     return int(info.value.code or 0)
 
 
+WORDS = {
+    "det": ["the", "a", "every", "some"],
+    "adj": ["red", "old", "quick", "small", "green", "quiet"],
+    "noun": ["cat", "dog", "bird", "man", "child", "horse", "fox", "king"],
+    "verb": ["sees", "likes", "follows", "finds", "hears", "meets"],
+    "prep": ["near", "behind", "under", "with"],
+}
+GRAMMAR = ("det", "adj", "noun", "verb", "det", "noun", "prep", "det", "adj", "noun")
+VOCAB = ["<eot>", ".", *sorted({w for ws in WORDS.values() for w in ws})]
+
+
 @pytest.fixture(scope="module")
 def featurizer(tmp_path_factory) -> Path:
-    """A random 2-layer GPT-2 over the words w0..w63, saved as a local directory."""
+    """A random 2-layer GPT-2 over the toy grammar's words, saved as a local directory."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    vocab = {"<eot>": 0, **{f"w{i}": i + 1 for i in range(64)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eot>"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<eot>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<eot>", eos_token="<eot>")
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=65, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+    cfg = GPT2Config(vocab_size=len(VOCAB), n_positions=64, n_embd=32, n_layer=2, n_head=2,
                      bos_token_id=0, eos_token_id=0)  # fmt: skip
     out = tmp_path_factory.mktemp("gpt2")
     GPT2LMHeadModel(cfg).save_pretrained(out)
@@ -43,14 +53,17 @@ def featurizer(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    from sbdcli.data.synthetic import TopicMarkovSpec, build_oracle
+    """Sentences of a toy grammar (11 tokens, each ending with a full stop)."""
+    g = torch.Generator().manual_seed(0)
 
-    oracle = build_oracle(TopicMarkovSpec(), 3)
-    rows = oracle.sample(240, 25, torch.Generator().manual_seed(0))[:, 1:]
-    return [" ".join(f"w{t}" for t in row.tolist()) for row in rows]
+    def pick(kind: str) -> str:
+        return WORDS[kind][int(torch.randint(len(WORDS[kind]), (1,), generator=g))]
+
+    return [" ".join([*(pick(k) for k in GRAMMAR), "."]) for _ in range(240)]
 
 
 def _shuffled(texts: list[str]) -> list[str]:
+    """Each text's tokens in a random order."""
     g = torch.Generator().manual_seed(1)
     out = []
     for t in texts:
@@ -66,8 +79,8 @@ def test_identical_sets_score_one_and_shuffled_text_far_lower(featurizer, texts)
     assert same["mauve"] > 0.99
     assert other["mauve"] > 0.8  # two samples of the same language
     assert shuffled["mauve"] < other["mauve"] - 0.3
-    assert same["n"] == 120 and same["settings"]["tokens"] == 24
-    assert same["settings"]["n_reference"] == 120 and "24 tokens" in same["settings_short"]
+    assert same["n"] == 120 and same["settings"]["tokens"] == 11
+    assert same["settings"]["n_reference"] == 120 and "11 tokens" in same["settings_short"]
 
 
 def test_features_are_the_final_tokens_last_hidden_state(featurizer):
@@ -84,9 +97,9 @@ def test_features_are_the_final_tokens_last_hidden_state(featurizer):
 
 def test_lengths_are_matched(featurizer, texts):
     long_refs = texts[120:]
-    short = [" ".join(t.split()[:10]) for t in texts[:60]]
-    out = mauve_summary(short, long_refs + ["w1 w2"] * 10, featurizer)
-    assert out["settings"]["tokens"] == 10 and out["settings"]["n_reference"] == 60
+    short = [" ".join(t.split()[:8]) for t in texts[:60]]
+    out = mauve_summary(short, long_refs + ["the cat"] * 10, featurizer)
+    assert out["settings"]["tokens"] == 8 and out["settings"]["n_reference"] == 60
 
 
 def test_too_few_samples_name_the_minimum(featurizer, texts):
@@ -95,19 +108,18 @@ def test_too_few_samples_name_the_minimum(featurizer, texts):
 
 
 def test_a_featurizer_that_is_not_a_causal_lm_is_refused(tmp_path, texts):
-    from transformers import BertConfig
+    from transformers import T5Config
 
-    BertConfig(vocab_size=70, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=64).save_pretrained(tmp_path)  # fmt: skip
+    T5Config(vocab_size=70, d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="featurizer .* not a causal language model"):
         mauve_summary(texts[:40], texts[40:80], tmp_path)
 
 
 def test_read_texts_of_records_jsonl_and_lines(tmp_path):
-    (tmp_path / "a.txt").write_text("w1 w2\n\nw3\n")
-    (tmp_path / "b.jsonl").write_text('{"text": "w1"}\n{"text": "w2 w3"}\n')
-    assert read_texts(tmp_path / "a.txt") == ["w1 w2", "w3"]
-    assert read_texts(tmp_path / "b.jsonl") == ["w1", "w2 w3"]
+    (tmp_path / "a.txt").write_text("a cat\n\nthe dog\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "a"}\n{"text": "the cat"}\n')
+    assert read_texts(tmp_path / "a.txt") == ["a cat", "the dog"]
+    assert read_texts(tmp_path / "b.jsonl") == ["a", "the cat"]
     with pytest.raises(UserError, match="no such file"):
         read_texts(tmp_path / "missing.txt")
 

@@ -157,22 +157,23 @@ def mauve_cmd(
     """MAUVE between generated and reference texts (mauve-text, GPL-3.0)."""
     _need("mauve", "mauve")
     from sbdcli.artifacts import check_output_path
-    from sbdcli.evaluate.mauve import mauve_summary, read_texts
-    from sbdcli.evaluate.report import cell
+    from sbdcli.evaluate.mauve import mauve_summary, read_samples, read_texts
+    from sbdcli.evaluate.report import cell, terminal_columns
     from sbdcli.model.checkpoint import resolve_device
 
     if out is not None:
         check_output_path(out)
     if batch_size < 1 or (tokens is not None and tokens < 1) or scaling <= 0:
         raise UserError("--batch-size and --tokens must be >= 1 and --scaling > 0")
+    texts, records = read_samples(samples)
     summary = mauve_summary(
-        read_texts(samples), read_texts(reference), featurizer, name=samples,
-        reference_name=reference, tokens=tokens, device=resolve_device(device),
-        batch_size=batch_size, seed=seed, scaling=scaling,
+        texts, read_texts(reference), featurizer, name=samples, reference_name=reference,
+        tokens=tokens, device=resolve_device(device), batch_size=batch_size, seed=seed,
+        scaling=scaling, records=records,
     )  # fmt: skip
-    cols = [("name", "file / group"), ("n", "n"), ("mauve", "MAUVE"),
-            ("frontier_integral", "frontier integral")]  # fmt: skip
-    console.print(metric_table("MAUVE", cols, [summary], cell, numbered=True))
+    cols = terminal_columns([summary])
+    console.print(metric_table("MAUVE", cols, [summary], cell, numbered=True, no_wrap=True))
+    console.print(f"[bold]1[/] {summary['name']}", highlight=False, soft_wrap=True)
     console.print(f"  {summary['settings_short']}", style="dim", highlight=False)
     console.print(f"featurizer: {featurizer} (last hidden state, final token)", style="dim")
     _emit([summary], out)

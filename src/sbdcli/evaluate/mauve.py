@@ -13,8 +13,8 @@ shorter than that are dropped, and at most as many references as generated texts
 so both sides have the same count and length. Fewer than `MIN_SAMPLES` texts on either side
 is refused (k-means on a handful of points says nothing).
 
-Not here: reading files (texts.py is not needed: `read_texts` below reads the three input
-kinds), printing (cli/harness.py), Gen PPL (genppl.py).
+`read_samples` reads the texts of either side (a data directory's val rows, sample records,
+JSONL with `text`, plain lines). Not here: printing (cli/harness.py), Gen PPL (genppl.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 from sbdcli.artifacts import read_records
 from sbdcli.errors import UserError
 from sbdcli.evaluate.hf_judge import load_causal_lm, model_context
-from sbdcli.evaluate.metrics import finite
+from sbdcli.evaluate.grouping import sampler_settings, short_settings
+from sbdcli.evaluate.metrics import costs, finite
 
 MIN_SAMPLES = 20
 """Fewest texts per side MAUVE is computed on (its k-means needs at least 2 buckets of ~10)."""
@@ -40,25 +41,41 @@ MIN_SAMPLES = 20
 def read_texts(path: str | Path) -> list[str]:
     """Texts of a data directory (its val rows, decoded), a record file (their `text`),
     a JSONL file of objects with `text`, or a plain text file (one text per line)."""
+    return read_samples(path)[0]
+
+
+def read_samples(path: str | Path) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """`read_texts`, and the sample records when the file holds records (else None)."""
     p = Path(path)
     if p.is_dir():
-        return _val_texts(p)
+        return _val_texts(p), None
     if not p.is_file():
         raise UserError(f"{p}: no such file or data directory")
     if p.suffix == ".safetensors":
-        return [str(r.get("text", "")) for r in read_records(str(p), validate=False)]
+        records = list(read_records(str(p)))
+        return [str(r["text"]) for r in records], records
     lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if lines and lines[0].lstrip().startswith("{"):
-        return [_text_of(line, p, i) for i, line in enumerate(lines, start=1)]
-    return lines
+    if not (lines and lines[0].lstrip().startswith("{")):
+        return lines, None
+    objs = [_object(line, p, i) for i, line in enumerate(lines, start=1)]
+    if all("tokens" in o for o in objs):
+        records = list(read_records(str(p)))
+        return [str(r["text"]) for r in records], records
+    return [_text_of(o, p, i) for i, o in enumerate(objs, start=1)], None
 
 
-def _text_of(line: str, path: Path, number: int) -> str:
+def _object(line: str, path: Path, number: int) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError:
         raise UserError(f"{path}:{number}: not a JSON object") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}:{number}: not a JSON object")
+    return obj
+
+
+def _text_of(obj: dict[str, Any], path: Path, number: int) -> str:
+    if not isinstance(obj.get("text"), str):
         raise UserError(f"{path}:{number}: expected an object with a 'text' string")
     return obj["text"]
 
@@ -133,8 +150,12 @@ def mauve_summary(
     batch_size: int = 16,
     seed: int = 25,
     scaling: float = 5.0,
+    records: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """MAUVE of `generated` against `reference` with features of `featurizer` (a summary)."""
+    """MAUVE of `generated` against `reference` with features of `featurizer` (a summary).
+
+    With the generated texts' sample `records`, the summary also carries their NFE,
+    seconds and sampler settings, as a row of `sbd eval genppl` does."""
     _check_count("generated", len(generated))
     try:
         import mauve  # GPL-3.0 (the optional `mauve` extra)
@@ -155,14 +176,19 @@ def mauve_summary(
                               mauve_scaling_factor=scaling, verbose=False)  # fmt: skip
     settings = {"tokens": n, "n_reference": len(q_ids), "buckets": int(out.num_buckets),
                 "scaling": scaling, "seed": seed}  # fmt: skip
-    return finite({
-        "name": name,
-        "n": len(p_ids),
-        "mauve": float(out.mauve),
-        "frontier_integral": float(out.frontier_integral),
-        "reference": reference_name,
-        "evaluator": {"kind": "mauve", "path": str(featurizer), "feature": "last hidden, final token"},
-        "settings": settings,
-        "settings_short": f"MAUVE vs {reference_name}: {n} tokens, {len(q_ids)} references, "
-        f"{settings['buckets']} buckets, c={scaling:g}, seed {seed}",
-    })  # fmt: skip
+    short = (f"MAUVE vs {reference_name}: {n} tokens, {len(q_ids)} references, "
+             f"{settings['buckets']} buckets, c={scaling:g}, seed {seed}")  # fmt: skip
+    summary: dict[str, Any] = {"name": name, "n": len(p_ids), "mauve": float(out.mauve),
+                               "frontier_integral": float(out.frontier_integral)}  # fmt: skip
+    if records:
+        sampler = sampler_settings(records)
+        summary.update(costs(records))
+        settings["sampler"] = sampler
+        short = f"{short_settings(sampler)} · {short}"
+    summary.update(
+        reference=reference_name,
+        evaluator={"kind": "mauve", "path": str(featurizer), "feature": "last hidden, final token"},
+        settings=settings,
+        settings_short=short,
+    )
+    return finite(summary)
