@@ -16,7 +16,7 @@ $(BIN)/python:
 # would otherwise resolve to a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,eval,serve]"
+	$(BIN)/pip install -q -e ".[dev,eval,serve,harness,mauve,track]"
 	@touch $(STAMP)
 
 install: $(STAMP)

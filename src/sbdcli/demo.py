@@ -37,9 +37,9 @@ from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import DemoConfig, SamplerConfig, train_config
 from sbdcli.data import prepare_synthetic, read_manifest
+from sbdcli.errors import UserError
 from sbdcli.evaluate.report import HEADLINE
 from sbdcli.model.checkpoint import resolve_device
-from sbdcli.errors import UserError
 from sbdcli.train import setup
 
 Log = Callable[[str], None]

@@ -12,7 +12,7 @@ functions, so `sbd --help` and a mistyped flag answer at once.
 - options.py: shared options and option groups derived from config.py's fields;
 - progress.py: the one progress-bar factory; tables.py: the one table renderer;
 - prepare, train, sample (draft, remask, revise, generate), edit (encode, edit), show,
-  evaluate, report, export, serve, demo.
+  evaluate, harness (eval harness, eval mauve), report, export, serve, demo.
 
 This package is the only one that imports typer or rich.
 """
@@ -61,6 +61,7 @@ COMMAND_MODULES = (
     "edit",
     "show",
     "evaluate",
+    "harness",
     "report",
     "serve",
     "demo",

@@ -168,10 +168,22 @@ def train(
             "--eps-large", help="Noise interval 'lo,hi' of large-block steps (default 0.001,1)."
         ),
     ] = None,
+    log_with: Annotated[
+        str | None,
+        typer.Option(
+            "--log-with",
+            help="accelerate trackers that watch the run, e.g. tensorboard or wandb "
+            "(comma-separated; files under RUN/logs; WANDB_MODE=offline works).",
+        ),
+    ] = None,
     given: dict[str, Any] | None = None,
 ) -> None:
     """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
     from sbdcli.train import resume_config, setup  # torch: imported when a command runs
+    from sbdcli.train.tracking import check_trackers, parse_trackers
+
+    trackers = parse_trackers(log_with)
+    check_trackers(trackers)
 
     if out is not None:
         check_output_dir(out)
@@ -185,7 +197,7 @@ def train(
     else:
         cfg = train_config(preset or "tiny", **given)
         data_dir = data if data is not None else Path("data")
-    trainer = setup(cfg, data_dir, out, resume=resume)
+    trainer = setup(cfg, data_dir, out, resume=resume, log_with=trackers)
     if trainer.is_main:
         for note in trainer.notes:
             console.print(f"note: {term(note)}")

@@ -34,7 +34,7 @@ from sbdcli.evaluate.report import AVERAGING, HEADLINE, cell, visible_columns
 from sbdcli.evaluate.svgplot import Series, axis_for, svg_chart
 
 RecordSet = tuple[str, list[dict[str, Any]]]
-SUMMARY_KEYS = ("gen_ppl_corpus", HEADLINE)
+SUMMARY_KEYS = ("gen_ppl_corpus", HEADLINE, "mauve")
 """A JSON object with one of these keys is an eval summary."""
 MAX_RECORDS = 20
 """Records shown per file by default (the calibration uses every record)."""

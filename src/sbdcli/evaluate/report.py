@@ -29,6 +29,7 @@ COLUMNS = (
     ("gen_ppl_per_sample_mean", HEADLINE_HEADER),
     ("gen_ppl_corpus", CORPUS_HEADER),
     ("nll_per_token", "NLL/tok"),
+    ("mauve", "MAUVE"),
     ("n_low_entropy", "low-entropy samples"),
     ("oracle_floor_nll_per_token", "oracle floor (NLL/tok)"),
     ("entropy_per_sample_mean", "entropy"),
