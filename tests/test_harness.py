@@ -289,9 +289,10 @@ def test_lm_eval_finds_the_model_by_name(oracle_run, tasks):
     import sbdcli.harness.lm  # noqa: F401  (registers the model)
 
     assert get_model("sbd").__name__ == "SbdLM"
+    manager = TaskManager(include_path=str(tasks), include_defaults=False)
     res = lm_eval.simple_evaluate(
         model="sbd", model_args=f"pretrained={oracle_run},block=1,device=cpu",
-        tasks=["sbd_synthetic_mc"], limit=8, task_manager=TaskManager(include_path=str(tasks)),
+        tasks=["sbd_synthetic_mc"], limit=8, task_manager=manager,
     )  # fmt: skip
     want = oracle_accuracy(_docs("synthetic_mc.jsonl")[:8])
     assert res["results"]["sbd_synthetic_mc"]["acc,none"] == pytest.approx(want)
