@@ -196,7 +196,8 @@ def test_multiple_choice_with_the_block_bound_is_the_models_own_answer(run, task
     res = _harness(capsys, "--tasks", "sbd_synthetic_mc", "--include-path", str(tasks),
                    "-m", str(run), "--mc", "4", "--block", "4", "--limit", "12")  # fmt: skip
     assert res["sbd"]["mc"] == 4 and not res["sbd"]["exact"]
-    assert "NELBO bound, B = 4, K = 4" in res["stderr"]
+    assert res["sbd"]["estimator"] == "count"
+    assert "NELBO bound, B = 4, K = 4 (count draws)" in res["stderr"]
 
     from sbdcli.harness.lm import SbdLM
 
@@ -263,6 +264,7 @@ def test_rolling_loglikelihood_is_the_sum_over_windows(oracle_run):
         (["--tasks", "sbd_synthetic_mc", "--include-path", "nowhere"], "not a directory"),
         (["--tasks", "sbd_synthetic_mc", "--mc", "0"], "--mc"),
         (["--tasks", "sbd_synthetic_mc", "--model-arg", "gamma"], "key=value"),
+        (["--tasks", "sbd_synthetic_mc", "--model-arg", "estimator=nope"], "estimator"),
     ],
 )
 def test_bad_input_is_one_line(run, tasks, capsys, argv, says):

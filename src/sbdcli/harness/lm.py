@@ -13,8 +13,9 @@
 
 Model arguments (lm-eval's `--model_args k=v,...`): `pretrained` (the run), `block`
 (likelihood block size; default the run's smallest trained block), `mc` (K, default 16),
-`seed`, `draft_block` (4), `steps_per_block`, `top_p`, `revise` (false), `gamma` (0.25),
-`revise_block` (`full`). Importing this module registers the model with lm-eval.
+`estimator` (`count`, default, or `time`: evaluate/likelihood.py), `seed`, `draft_block`
+(4), `steps_per_block`, `top_p`, `revise` (false), `gamma` (0.25), `revise_block` (`full`).
+Importing this module registers the model with lm-eval.
 
 Not here: the likelihood math (evaluate/likelihood.py), task loading and the results
 (run.py), printing (cli/).
@@ -35,7 +36,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
-from sbdcli.evaluate.likelihood import ContinuationScore, continuation_scores
+from sbdcli.evaluate.likelihood import ESTIMATORS, ContinuationScore, continuation_scores
 from sbdcli.pipeline import (
     Prompt,
     StagePlan,
@@ -73,6 +74,7 @@ class SbdLM(LM):
         revise: bool | str = False,
         gamma: float = 0.25,
         revise_block: str = "full",
+        estimator: str = "count",
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -85,6 +87,10 @@ class SbdLM(LM):
         self.mc, self.seed = int(mc), int(seed)
         if self.mc < 1 or self.block < 1:
             raise UserError("model args `mc` and `block` must be >= 1")
+        if estimator not in ESTIMATORS:
+            raise UserError(f"model arg `estimator` {estimator!r}: one of {', '.join(ESTIMATORS)}")
+        tc = bool(self.cfg.time_conditioning)
+        self.estimator = "exact" if self.block == 1 else "time" if tc else str(estimator)
         extra = {} if top_p is None else {"top_p": float(top_p)}
         steps = None if steps_per_block is None else int(steps_per_block)
         self.draft_cfg = SamplerConfig(block_size=int(draft_block), steps_per_block=steps, **extra)
@@ -138,6 +144,7 @@ class SbdLM(LM):
                 mc=self.mc,
                 generator=self._generator("loglikelihood", context),
                 batch_size=self.batch_size,
+                estimator=self._form(),
             )
             for i, score in zip(members, found, strict=True):
                 scores[i] = score
@@ -162,12 +169,16 @@ class SbdLM(LM):
                 gen = self._generator("rolling", text)
                 (score,) = continuation_scores(
                     self.ref.model, [[*ctx, *cont]], [len(ctx)], self.block, mc=self.mc,
-                    generator=gen, batch_size=self.batch_size,
+                    generator=gen, batch_size=self.batch_size, estimator=self._form(),
                 )  # fmt: skip
                 total += score.loglik
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
         return out
+
+    def _form(self) -> str:
+        """The Monte Carlo form continuation_scores draws (moot when exact)."""
+        return "count" if self.estimator == "exact" else self.estimator
 
     def _generator(self, kind: str, key: str) -> torch.Generator:
         """A generator keyed by seed, request kind and text: the same request always draws

@@ -95,6 +95,7 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
         "model": model.ref.id,
         "likelihood_block": model.block,
         "mc": model.mc,
+        "estimator": model.estimator,
         "exact": model.block == 1,
         "draft": model.draft_cfg.params(),
         "revise": bool(model.plan),
