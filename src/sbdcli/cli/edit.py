@@ -210,7 +210,7 @@ def edit(
     done_records: list[Any] = []
     with counting("edit", len(records)) as (done, on_call):
         for batch in pl.batched(records, batch_size):
-            done_records.extend(edit_batch(batch, ref, plan, on_call))
+            done_records.extend(edit_batch(batch, ref, plan, on_call=on_call))
             done(len(batch))
     if diff:
         name = "stdin" if file == "-" else Path(file).name
