@@ -231,3 +231,40 @@ def test_every_bad_input_is_one_line_exit_2_and_no_output(workdir, in_workdir, c
         assert len(err) == 1 and "error" in err[0], (name, err)
         assert EXPECTED.get(name, "") in err[0], (name, err)
         assert not out.exists(), name
+
+
+def _byte_run(root: Path) -> Path:
+    """A tiny random model over UTF-8 bytes (BOS 256, EOS 257, MASK 258), L = 32."""
+    import torch
+
+    from sbdcli.config import ModelConfig
+    from sbdcli.model import Denoiser
+    from sbdcli.model.checkpoint import save_sbd_model
+
+    cfg = ModelConfig(vocab_size=259, mask_id=258, seq_len=32, n_layers=1, d_model=32,
+                      n_heads=4, cond_dim=16, dropout=0.0, bos_id=256, eos_id=257)  # fmt: skip
+    torch.manual_seed(0)
+    run = root / "byte-run"
+    (run / "data").mkdir(parents=True)
+    save_sbd_model(Denoiser(cfg).eval(), run / "model.safetensors", {"model_config": cfg.to_dict()})
+    manifest = {"schema": "sbd.data", "schema_version": 1, "source": "test",
+                "tokenizer": {"kind": "bytes"}, "vocab_size": 259, "mask_id": 258,
+                "bos_id": 256, "eos_id": 257, "seq_len": 32}  # fmt: skip
+    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_infill_keeps_every_other_byte_of_a_real_text(workdir, in_workdir):
+    run = _byte_run(workdir)
+    head, tail = "Hé  wö,\t", " ☃ end  \n"  # spaces, a tab, multi-byte characters
+    (workdir / "bytes.txt").write_text(head + "[MASK:3]" + tail)
+    out, recs = workdir / "bytes-out.txt", workdir / "bytes.jsonl"
+    argv = ["edit", "bytes.txt", "--whole", "-m", str(run), "--infill", "--records", str(recs)]
+    assert run_main([*argv, "-o", str(out)]) == 0
+    rec = next(read_records(str(recs)))
+    n = len(head.encode())
+    assert rec["stages"][-1]["positions"] == [1 + n, 2 + n, 3 + n]
+    assert rec["tokens"][1 : 1 + n] == list(head.encode())
+    assert rec["tokens"][4 + n :] == list(tail.encode())
+    text = out.read_text()
+    assert text.startswith(head) and text.endswith(tail) and "[MASK" not in text
