@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sbdcli.config import ModelConfig
+from sbdcli.config import ModelConfig, legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.model import Denoiser
@@ -78,7 +78,7 @@ def gens(n: int, stage: str, device: str) -> list[Any]:
 
 
 def draft(model: Denoiser, n: int, length: int, device: str, **kw: Any) -> tuple[float, Any]:
-    cfg = sp.SamplerConfig(block_size=4, **kw)
+    cfg = legacy_sampler(block_size=4, **kw)
     bos = model.config.bos_id
     return timed(lambda: sp.draft(model, [[bos]] * n, length, cfg, gens(n, "d", device)), device)
 
@@ -93,7 +93,7 @@ def revise(model: Denoiser, out: Any, device: str, per_call: int | None) -> tupl
         masked[i, rm.select_lowest(out.confidence[i].cpu(), elig, 0.25, keys)] = True
     m = int(masked[0].sum())
     steps = None if per_call is None else math.ceil(m / per_call)
-    cfg = sp.SamplerConfig(block_size=0, steps_per_block=steps)
+    cfg = legacy_sampler(block_size=0, steps_per_block=steps)
     secs, res = timed(
         lambda: sp.revise(model, out.tokens, masked.to(device), cfg, gens(n, "r", device)), device
     )
@@ -216,7 +216,7 @@ def approx_speed_row(
         best["draft"] = min(best.get("draft", math.inf), secs)
         masked = snapshot_mask(out).to(device)
         for name, kw in settings:
-            cfg = sp.SamplerConfig(block_size=0, **kw)
+            cfg = legacy_sampler(block_size=0, **kw)
             job = functools.partial(sp.revise, model, out.tokens, masked, cfg, gens(n, "r", device))
             secs, outs[name] = timed(job, device)
             best[name] = min(best.get(name, math.inf), secs)
@@ -282,7 +282,7 @@ def approx_quality_rows(
         for name, _ in settings
     }
     for seed in range(repeats):
-        cfg = sp.SamplerConfig(block_size=4)
+        cfg = legacy_sampler(block_size=4)
         job = functools.partial(
             pl.draft_batch, ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed
         )
@@ -292,7 +292,7 @@ def approx_quality_rows(
             if kw is None:
                 out, secs = recs, draft_secs
             else:
-                rcfg = sp.SamplerConfig(block_size=0, **kw)
+                rcfg = legacy_sampler(block_size=0, **kw)
                 secs, out = timed(
                     functools.partial(pl.revise_batch, masked, ref, rcfg, seed), device
                 )
@@ -515,7 +515,7 @@ def threshold_rows(
     }
     for seed in range(repeats):
         for name, kw in settings:
-            cfg = sp.SamplerConfig(block_size=block, **kw)
+            cfg = legacy_sampler(block_size=block, **kw)
             job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
             secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
             nll, ntok = _oracle_scores(judge, recs)

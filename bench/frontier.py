@@ -54,7 +54,7 @@ from bench.study_runs import (
 )
 from sbdcli.artifacts.files import write_json
 from sbdcli.artifacts.records import read_records, write_records
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import RemaskConfig, SamplerConfig, legacy_sampler
 from sbdcli.data import read_manifest
 from sbdcli.pipeline import (
     ModelRef,
@@ -77,7 +77,7 @@ class Draft:
     threshold: float | None = None
 
     def config(self) -> SamplerConfig:
-        return SamplerConfig(DRAFT_BLOCK, steps_per_block=self.steps, threshold=self.threshold)
+        return legacy_sampler(DRAFT_BLOCK, steps_per_block=self.steps, threshold=self.threshold)
 
     @property
     def label(self) -> str:
@@ -112,7 +112,7 @@ class Revise:
         if self.threshold is None and self.tpc != 1:
             steps = max(1, math.ceil(math.floor(self.gamma * (length - 1)) / (self.tpc or 1)))
         cache = {} if self.refresh is None else {"cache": "approx", "refresh": self.refresh}
-        return SamplerConfig(0, steps_per_block=steps, threshold=self.threshold, **cache)
+        return legacy_sampler(0, steps_per_block=steps, threshold=self.threshold, **cache)
 
 
 DRAFTS = (

@@ -27,7 +27,7 @@ from sbdcli import artifacts, pipeline
 from sbdcli import evaluate as ev
 from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
-from sbdcli.config import DemoConfig, SamplerConfig, train_config
+from sbdcli.config import DemoConfig, FixedSteps, SamplerConfig, train_config
 from sbdcli.data import prepare_synthetic, read_manifest
 from sbdcli.errors import UserError
 from sbdcli.model.checkpoint import resolve_device
@@ -117,7 +117,7 @@ def demo_draft(cfg: DemoConfig, ref: Any, log: Log) -> list[dict[str, Any]]:
         return _read(path)
     length = ref.model.config.seq_len
     steps = max(1, math.ceil(cfg.draft_block / cfg.tokens_per_call))
-    scfg = SamplerConfig(block_size=cfg.draft_block, steps_per_block=steps)
+    scfg = SamplerConfig(block_size=cfg.draft_block, reveal=FixedSteps(steps))
     log(f"drafting {cfg.n_samples} samples (block {cfg.draft_block}, {steps} calls per block)")
     prompts = pipeline.draft_prompts(ref, cfg.n_samples, cfg.seed, None)
     records: list[dict[str, Any]] = []
@@ -140,7 +140,7 @@ def demo_revise(
     n_masked = math.floor(gamma * (length - 1))
     steps = max(1, math.ceil(n_masked / cfg.tokens_per_call))
     rcfg = pipeline.RemaskConfig(gamma=gamma, strategy=strategy, seed=cfg.seed)
-    scfg = SamplerConfig(block_size=0, steps_per_block=steps)
+    scfg = SamplerConfig(block_size=0, reveal=FixedSteps(steps))
     records: list[dict[str, Any]] = []
     for batch in pipeline.batched(drafts, 64):
         remasked = pipeline.remask_batch([dict(r) for r in batch], rcfg, ref)

@@ -12,6 +12,7 @@ and process 0 writes the records in order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,36 +23,50 @@ from sbdcli.artifacts.files import check_output_path
 from sbdcli.cli._app import app, console
 from sbdcli.cli.options import (
     BatchOpt,
+    CacheOpt,
     DeviceOpt,
     InputOpt,
     ModelOpt,
     OutputOpt,
+    RevealOpt,
     SeedOpt,
     config_options,
+    flag_for,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
+from sbdcli.config import (
+    REVEAL_ALIASES,
+    ApproxCache,
+    ExactCache,
+    LegacySampling,
+    RedrawConfig,
+    RemaskConfig,
+    RevealPolicy,
+    SamplerConfig,
+    Threshold,
+    cache_spelling,
+    parse_cache,
+    parse_reveal,
+)
 from sbdcli.errors import UserError
 
 MAX_LENGTH_FACTOR = 16
 """Longest --length, in multiples of the trained length (longer samples slide a window)."""
 
-SAMPLER_FIELDS = (
-    "steps_per_block",
-    "first_hitting",
-    "threshold",
-    "schedule",
-    "top_p",
-    "temperature",
-    "dtype",
-    "unmask",
-    "kv_cache",
-    "cache",
-    "refresh",
-    "compile",
-)
-"""`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
-sampler_options = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
+SAMPLER_FIELDS = ("top_p", "temperature", "dtype")
+"""`SamplerConfig` fields every sampling command exposes beside --reveal and --cache (the
+block size is per command)."""
+_sampling = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
+ALIAS_FIELDS = tuple(f for f in LegacySampling.__dataclass_fields__ if f != "cache")
+"""The flags of 0.1/0.2 that name a policy or a cache: hidden aliases of --reveal/--cache."""
+_aliases = config_options("aliases", LegacySampling, ALIAS_FIELDS, hidden=True)
+
+
+def sampler_options(command: Any) -> Any:
+    """--reveal, --cache, --top-p, --temperature, --sampling-dtype and the hidden aliases."""
+    return _sampling(_aliases(command))
+
+
 redraw_options = config_options(
     "redraw_opts", RedrawConfig, ("redraw_low_entropy", "redraw_window", "redraw_attempts")
 )
@@ -124,11 +139,49 @@ def _batch_model(models: Any, batch: list[dict[str, Any]]) -> Any:
     return models.for_record(batch[0])
 
 
-def _sampler(block: int, values: dict[str, Any], steps: int | None = None) -> SamplerConfig:
-    """The stage's SamplerConfig from the derived options (`steps` overrides theirs)."""
-    if steps is not None:
-        values = {**values, "steps_per_block": steps}
-    return SamplerConfig(block_size=block, **values)
+def _sampler(
+    block: int, reveal: str | None, cache: str, values: dict[str, Any]
+) -> tuple[SamplerConfig, str]:
+    """The stage's SamplerConfig from --reveal, --cache, the derived options and the aliases
+    (the 0.2 flags), and the note that gives the aliases' new spelling ("" without aliases).
+    The command prints the note with `_note` once every argument is checked, so a user error
+    stays one line."""
+    old = LegacySampling(**values.pop("aliases", {}), cache="exact")
+    aliases = old.given(ALIAS_FIELDS)
+    if not aliases:
+        policy, kind = parse_reveal(reveal or "steps"), parse_cache(cache)
+        return SamplerConfig(block, policy, kind, **values), ""
+    given_reveal = [f for f in aliases if f in REVEAL_ALIASES]
+    if reveal is not None and given_reveal:
+        raise UserError(f"--reveal and `{given_reveal[0]}` exclude each other")
+    policy = parse_reveal(reveal) if reveal is not None else old.reveal()
+    if len(given_reveal) < len(aliases):  # cache aliases, with --cache exact or approx
+        name = cache.split(":")[0]
+        if name not in ("exact", "approx") or ":" in cache:
+            raise UserError(f"--cache {cache} and `{aliases[-1]}` exclude each other")
+        kind = LegacySampling(**{f: getattr(old, f) for f in ALIAS_FIELDS}, cache=name).cache_kind()
+    else:
+        kind = parse_cache(cache)
+    cfg = SamplerConfig(block, policy, kind, **values)
+    flags = " ".join(flag_for(f) for f in aliases)
+    note = (
+        f"{flags} will go in a later version; write --reveal {cfg.reveal.spelling()} "
+        f"--cache {cache_spelling(cfg.cache)}"
+    )
+    return cfg, note
+
+
+def _note(note: str) -> None:
+    """Print an alias note (one line on stderr); nothing for an empty note."""
+    if note:
+        console.print(f"sbd: note: {note}", highlight=False, soft_wrap=True)
+
+
+def _with_steps(policy: RevealPolicy, steps: int | None) -> RevealPolicy:
+    """The policy with S calls per block (steps and reference; the others have no S)."""
+    if isinstance(policy, Threshold) and steps is not None:
+        raise UserError("--reveal threshold and --revise-steps-per-block exclude each other")
+    return dataclasses.replace(policy, steps=steps) if hasattr(policy, "steps") else policy
 
 
 def _check_compile(cfg: SamplerConfig, device: str) -> None:
@@ -282,7 +335,10 @@ def draft(
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
+    reveal: RevealOpt = None,
+    cache: CacheOpt = "exact",
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
     """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
@@ -292,10 +348,11 @@ def draft(
     device = _processes(device, output)
     if block < 1:
         raise UserError(f"--block must be >= 1, got {block}")
-    cfg = _sampler(block, sampling or {})
+    cfg, note = _sampler(block, reveal, cache, {**(sampling or {}), "aliases": aliases or {}})
     _check_compile(cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
+    _note(note)
 
     job = Drafting(ref, plist, length, cfg, seed, [], stop_at_eos, redraw)
     _write_drafts("draft", output, batch_size, job)
@@ -359,7 +416,10 @@ def revise(
     device: DeviceOpt = "auto",
     input: InputOpt = "-",
     output: OutputOpt = "-",
+    reveal: RevealOpt = None,
+    cache: CacheOpt = "exact",
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
 ) -> None:
     """Regenerate exactly the `masked` positions, everything else fixed and visible."""
     from sbdcli import pipeline as pl
@@ -367,9 +427,11 @@ def revise(
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output, input)
-    cfg = _sampler(pl.parse_block(block), sampling or {})
+    values = {**(sampling or {}), "aliases": aliases or {}}
+    cfg, note = _sampler(pl.parse_block(block), reveal, cache, values)
     _check_compile(cfg, device)
     models = pl.ModelCache(model, device)
+    _note(note)
 
     def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
         ref = _batch_model(models, batch)
@@ -412,7 +474,10 @@ def generate(
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
+    reveal: RevealOpt = None,
+    cache: CacheOpt = "exact",
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
     remask_opts: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
@@ -422,23 +487,24 @@ def generate(
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output)
-    values = sampling or {}
     draft_block, schedule = pl.parse_stages(stages, gammas)
-    if revise_steps_per_block is not None and values.get("threshold") is not None:
-        raise UserError("--threshold and --revise-steps-per-block exclude each other")
+    cfg, note = _sampler(draft_block, reveal, cache, {**(sampling or {}), "aliases": aliases or {}})
+    revise_policy = _with_steps(cfg.reveal, revise_steps_per_block)
     # --cache approx is a revise setting here: a draft block's call runs <= 2B positions
-    draft_cfg = _sampler(draft_block, {**values, "cache": "exact", "refresh": None})
+    exact = ExactCache() if isinstance(cfg.cache, ApproxCache) else cfg.cache
+    draft_cfg = dataclasses.replace(cfg, cache=exact)
     _check_compile(draft_cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
     plan = [
         pl.StagePlan(
             RemaskConfig(gamma=gamma, seed=seed, **(remask_opts or {})),
-            _sampler(blk, {**values, "steps_per_block": revise_steps_per_block}),
+            dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
             seed,
         )
         for gamma, blk in schedule
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
+    _note(note)
 
     job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos, redraw)
     _write_drafts("generate", output, batch_size, job)

@@ -85,9 +85,9 @@ from typing import Any
 
 import torch
 
-from sbdcli.config import SamplerConfig
-from sbdcli.diffusion.reveal import reference_reveal_probs, tokens_per_call
-from sbdcli.diffusion.schedule import LogLinearSchedule, call_level, reveal_level
+from sbdcli.config import ApproxCache, CacheKind, CapturedCache, NoCache, SamplerConfig
+from sbdcli.diffusion.reveal import FixedStepsRule, reference_reveal_probs, rule_for
+from sbdcli.diffusion.schedule import LogLinearSchedule
 from sbdcli.errors import UserError
 
 __all__ = [
@@ -348,16 +348,16 @@ _COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def check_compile(cfg: SamplerConfig, device: Any) -> None:
-    """Refuse `compile` off CUDA: on a CPU the captured call is not faster (docs/sampling.md)."""
-    if not cfg.compile:
+    """Refuse the captured cache off CUDA: on a CPU it is not faster (docs/sampling.md)."""
+    if not isinstance(cfg.cache, CapturedCache):
         return
     kind = str(device)
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if torch.device(kind).type != "cuda":
         raise UserError(
-            f"`compile` needs a CUDA device: it captures the cached call as CUDA graphs, "
-            f"which do not exist on {kind} (drop `compile` or pass --device cuda)"
+            f"`cache` captured needs a CUDA device: it captures the cached call as CUDA "
+            f"graphs, which do not exist on {kind} (choose another cache or pass --device cuda)"
         )
 
 
@@ -391,6 +391,16 @@ def _replay(call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     if isinstance(out, tuple):
         return tuple(t.clone() for t in out)
     return out.clone()
+
+
+def make_window(cache: CacheKind, model: Any, n: int, length: int, block: int) -> _Window:
+    """The network-call window of a cache kind for n sequences of `length` in `block`s."""
+    if isinstance(cache, NoCache):
+        return _Window(model, n, length, block, False)
+    if isinstance(cache, ApproxCache):
+        return _Window(model, n, length, block, True, cache.refresh)
+    step = _compiled_step(model) if isinstance(cache, CapturedCache) else None
+    return _Window(model, n, length, block, True, None, step)
 
 
 def _check_lengths(model: Any, length: int, block: int) -> None:
@@ -434,6 +444,7 @@ def _choose(
     k: torch.Tensor,
     logits: torch.Tensor,
     cfg: SamplerConfig,
+    rule: FixedStepsRule,
     gens: Any,
     mask_id: int,
 ) -> tuple[torch.Tensor, ...]:
@@ -441,14 +452,14 @@ def _choose(
 
     todo (n, N) bool, k (n,) tokens per sample, logits (n, N, V). random: sample i draws N
     uniform keys and reveals its k_i masked positions with the smallest keys, then draws
-    Gumbel noise for them only. confident: draws for every masked position, keeps the k_i
-    with the highest model probability (ties: leftmost). threshold: draws for every masked
-    position, keeps those with probability >= the threshold and the most confident one.
+    Gumbel noise for them only (`rule.random_order`). Otherwise it draws for every masked
+    position and `rule.keep` chooses among the draws by their rank (0 = the most probable;
+    ties: leftmost): the k_i best (confident), or those above a threshold and the best.
     """
     n, block, vocab = logits.shape
     dtype, device = DTYPES[cfg.dtype], logits.device
     kk = k.to(device)
-    if cfg.unmask == "random" and cfg.threshold is None:
+    if rule.random_order:
         keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
         full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
         full[k.to(device) > 0] = keys.view(-1, block)
@@ -462,10 +473,7 @@ def _choose(
     score = torch.full((n, block), -1.0, dtype=torch.float64, device=device)
     score[rows, cols] = conf
     rank = (-score).argsort(dim=1, stable=True).argsort(dim=1)
-    if cfg.threshold is not None:
-        keep = (conf >= cfg.threshold) | (rank[rows, cols] == 0)
-    else:
-        keep = rank[rows, cols] < kk[rows]
+    keep = rule.keep(conf, rank[rows, cols], kk[rows])
     return rows[keep], cols[keep], tok[keep], conf[keep], conf_n[keep]
 
 
@@ -475,6 +483,7 @@ def _reveal(
     lo: int,
     clock: tuple[torch.Tensor, torch.Tensor],
     cfg: SamplerConfig,
+    rule: FixedStepsRule,
     gens: Sequence[Any],
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """One call's commits in block [lo, lo + N) for every sample.
@@ -485,9 +494,9 @@ def _reveal(
     """
     todo = state.todo[:, lo : lo + logits.shape[1]]  # (n, N)
     remaining = todo.sum(dim=1).cpu()
-    k = tokens_per_call(remaining, *clock, logits.shape[1], cfg, gens)  # (n,)
+    k = rule.count(remaining, clock, logits.shape[1], gens)  # (n,)
     active = k > 0
-    rows, cols, tok, conf, conf_n = _choose(todo, k, logits, cfg, gens, state.mask_id)
+    rows, cols, tok, conf, conf_n = _choose(todo, k, logits, cfg, rule, gens, state.mask_id)
     state.nfe += active.long()
     pos = lo + cols
     state.x[rows, pos] = tok
@@ -578,13 +587,13 @@ class FillEngine:
         _check_lengths(model, length, self.block)
         check_compile(cfg, tokens.device)
         self.model, self.cfg, self.generators, self.eos_id = model, cfg, generators, eos_id
+        self.rule = rule_for(cfg.reveal)
         x = tokens.clone()
         x[todo] = model.config.mask_id
         offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
         self.state = _State(x, todo.clone(), offset, model.config.mask_id)
         self.cancelled = torch.zeros(n, dtype=torch.bool)
-        step = _compiled_step(model) if cfg.compile else None
-        self.window = _Window(model, n, length, self.block, cfg.kv_cache, cfg.refresh_every, step)
+        self.window = make_window(cfg.cache, model, n, length, self.block)
         self.result: FillResult | None = None
         self._events = self._run()
 
@@ -644,13 +653,13 @@ class FillEngine:
             sigma = None
             if timed:  # the noise level of this call (schedule.call_level, docs/sampling.md)
                 left = state.todo[:, lo:hi].sum(dim=1).cpu()
-                level = call_level(level, left, (calls, steps), hi - lo, cfg, gens)
+                level = self.rule.level(level, left, (calls, steps), hi - lo, gens)
                 sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
             logits = self.window.logits(state.x, lo, hi, sigma)  # (n, hi - lo, V)
-            active, commits = _reveal(state, logits, lo, (calls, steps), cfg, gens)
+            active, commits = _reveal(state, logits, lo, (calls, steps), cfg, self.rule, gens)
             calls += active.long()
-            if timed and cfg.schedule == "reference":  # cached at the step that revealed
-                level = reveal_level(level, steps, active, hi - lo, cfg)
+            if timed and self.rule.settles:  # cached at the step that revealed (reference)
+                level = self.rule.settle(level, steps, active, hi - lo)
                 self.window.record(lo, hi, LogLinearSchedule().sigma(level.float()))
             yield commits
 
