@@ -42,7 +42,7 @@ def test_every_spelling_parses_to_its_policy_and_back(text):
 )
 def test_every_cache_spelling_parses(text, cache):
     assert c.parse_cache(text) == cache
-    assert c.parse_cache(c.cache_spelling(cache)) == cache
+    assert c.parse_cache(cache.spelling()) == cache
 
 
 @pytest.mark.parametrize(

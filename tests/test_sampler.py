@@ -17,7 +17,7 @@ import torch
 
 from fake_model import CopyRightDenoiser, FakeDenoiser, one_thread, tiny_denoiser  # noqa: F401 (autouse fixture)
 from sbdcli.config import legacy_sampler
-from sbdcli.diffusion import reveal
+from sbdcli.diffusion import calls, reveal
 from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
 
@@ -100,7 +100,7 @@ def test_cache_scheme_reproduces_fixture_kvcache_logits(fixture_dir):
     model = load_model(str(fixture_dir))
     x = load_file(str(fixture_dir / "inputs.safetensors"))["sample_input_ids"].long()
     ref = load_file(str(fixture_dir / "outputs.safetensors"))
-    window = sp._Window(model, x.shape[0], x.shape[1], 4, use_cache=True)
+    window = calls.ExactWindow(model, x.shape[0], x.shape[1], 4)
     with torch.inference_mode():
         got = torch.cat([window.logits(x, lo, lo + 4) for lo in range(0, x.shape[1], 4)], 1)
     torch.testing.assert_close(got, ref["kvcache_logits"], rtol=0, atol=1e-4)
@@ -737,7 +737,7 @@ def test_window_reproduces_timecond_fixture_kvcache_logits():
     inputs = load_file(str(fixture / "inputs.safetensors"))
     ref = load_file(str(fixture / "outputs.safetensors"))["kvcache_logits"]
     x, query, store = inputs["sample_input_ids"], inputs["kv_query_sigma"], inputs["kv_store_sigma"]
-    window = sp._Window(model, 2, 12, 4, use_cache=True)
+    window = calls.ExactWindow(model, 2, 12, 4)
     got = []
     with torch.inference_mode():
         for b in range(3):
@@ -813,7 +813,7 @@ def test_approx_cache_refreshes_changed_positions_and_keeps_the_others(tiny_deno
     tokens, masked = revise_inputs(model, n=n)
     x = tokens.clone()
     x[masked] = model.config.mask_id
-    window = sp._Window(model, n, length, length, True, refresh=100)
+    window = calls.ApproxWindow(model, n, length, length, refresh=100)
     window.logits(x, 0, length)
     before = window.cache.k[:, :, :, :length].clone()
     queried = masked.clone()
@@ -825,7 +825,7 @@ def test_approx_cache_refreshes_changed_positions_and_keeps_the_others(tiny_deno
     for layer in range(model.config.n_layers):
         for i in range(n):
             assert torch.equal(after[layer, i][:, kept[i]], before[layer, i][:, kept[i]])
-    fresh = sp._Window(model, n, length, length, True, refresh=1)
+    fresh = calls.ApproxWindow(model, n, length, length, refresh=1)
     fresh.logits(x, 0, length)
     for i in range(n):
         cols = queried[i]
@@ -863,7 +863,7 @@ def test_fixed_shape_call_samples_the_tokens_of_the_exact_cache(tiny_denoiser_mo
     masked gives the exact cache's tokens (confidences to float rounding), sliding window
     and partial last block included; the cache-free global revise call likewise."""
     model = tiny_denoiser_model
-    monkeypatch.setattr(sp, "_captured", lambda m: (m.fixed_step, m.forward))
+    monkeypatch.setattr(calls, "_captured", lambda m: (m.fixed_step, m.forward))
     monkeypatch.setattr(sp, "check_compile", lambda cfg, device: None)
     bos = model.config.bos_id
     for length in (32, 30, 61):

@@ -29,6 +29,16 @@ from typing import Any
 from sbdcli.errors import UserError
 
 
+def check_finite(config: Any) -> None:
+    """Every float setting of a config dataclass (alone or in a tuple) must be a finite
+    number: no setting of sbd has a meaning for infinity or NaN. Each config calls it first."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UserError(f"`{field.name}` must be a finite number, got {value}")
+
+
 def _check(*checks: tuple[bool, str]) -> None:
     """Raise a UserError with the message of the first failed (ok, message) check."""
     for ok, message in checks:
@@ -70,6 +80,7 @@ class ModelConfig:
     """End-of-sequence id, informational."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         checks = [
             (self.vocab_size >= 2, "vocab_size must be >= 2"),
             (0 <= self.mask_id < self.vocab_size, "mask_id must lie inside the vocabulary"),
@@ -216,6 +227,7 @@ class TrainConfig:
     conditioning on for a checkpoint trained without it (a checkpoint trained with it keeps it)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         checks = [
             (self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
             (self.steps >= 1, "steps must be >= 1"),
@@ -452,6 +464,9 @@ class NoCache:
     SPELLING = "none"
     SUMMARY = "every call recomputes the whole visible window"
 
+    def spelling(self) -> str:
+        return self.NAME
+
     def params(self) -> dict[str, Any]:
         return _cache_params(False, "exact", None, False)
 
@@ -463,6 +478,9 @@ class ExactCache:
     NAME = "exact"
     SPELLING = "exact"
     SUMMARY = "exact KV cache of earlier blocks, the default"
+
+    def spelling(self) -> str:
+        return self.NAME
 
     def params(self) -> dict[str, Any]:
         return _cache_params(True, "exact", None, False)
@@ -484,6 +502,9 @@ class ApproxCache:
     def __post_init__(self) -> None:
         _check((self.refresh >= 1, f"`refresh` must be >= 1, got {self.refresh}"))
 
+    def spelling(self) -> str:
+        return f"{self.NAME}:{self.refresh}"
+
     def params(self) -> dict[str, Any]:
         return _cache_params(True, "approx", self.refresh, False)
 
@@ -497,6 +518,9 @@ class CapturedCache:
     SPELLING = "captured"
     SUMMARY = "the exact cache, its call captured as CUDA graphs by torch.compile (CUDA only)"
 
+    def spelling(self) -> str:
+        return self.NAME
+
     def params(self) -> dict[str, Any]:
         return _cache_params(True, "exact", None, True)
 
@@ -507,7 +531,7 @@ def _cache_params(kv: bool, kind: str, refresh: int | None, compiled: bool) -> d
 
 
 CacheKind = NoCache | ExactCache | ApproxCache | CapturedCache
-"""Where a call's keys/values come from (diffusion/window.py runs them)."""
+"""Where a call's keys/values come from (diffusion/calls.py runs them)."""
 CACHE_KINDS: tuple[type, ...] = (NoCache, ExactCache, ApproxCache, CapturedCache)
 
 
@@ -534,9 +558,9 @@ def parse_cache(text: str) -> CacheKind:
     raise UserError(f"unknown `cache` {text!r} (choose from {choices})")
 
 
-def cache_spelling(cache: CacheKind) -> str:
-    """The `--cache` spelling of a cache value (approx:R with its refresh)."""
-    return f"approx:{cache.refresh}" if isinstance(cache, ApproxCache) else cache.NAME
+def choices(kinds: tuple[type, ...]) -> str:
+    """Each policy's or cache's spelling and summary, for help text and messages."""
+    return "; ".join(f"{c.SPELLING} ({c.SUMMARY})" for c in kinds)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -546,9 +570,11 @@ class SamplerConfig:
     block_size: int
     """Block size B; 0 or >= the sequence length means one block over everything ("full")."""
     reveal: RevealPolicy = FixedSteps()
-    """How many masked positions each call reveals and which (a policy of reveal.py)."""
+    """How many masked positions each network call reveals, and which. S defaults to the
+    block size (one token per call); positions are random unless confident (the most
+    probable first)."""
     cache: CacheKind = ExactCache()
-    """Where each call's keys/values come from: none, exact, approx or captured."""
+    """Where each network call's keys and values come from."""
     top_p: float = 0.9
     """Nucleus mass in (0, 1]; 1 disables truncation."""
     temperature: float = 1.0
@@ -557,6 +583,7 @@ class SamplerConfig:
     """Precision of probabilities and the Gumbel draw: float64, or float32 (ablation only)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         _check(
             (self.block_size >= 0, "`block_size` must be >= 1 (or 'full')"),
             (0.0 < self.top_p <= 1.0, f"`top_p` must lie in (0, 1], got {self.top_p}"),
@@ -660,6 +687,48 @@ def _exclusive(named: list[str]) -> None:
         raise UserError(f"`{named[0]}` and `{named[1]}` exclude each other")
 
 
+LEGACY_ALIASES = (*REVEAL_ALIASES, "kv_cache", "refresh", "compile")
+"""The `LegacySampling` fields a caller may still accept beside a `cache` spelling (`cache`
+itself is both: exact and approx are spellings of 0.2 and of today)."""
+
+
+def resolve_sampler(
+    block_size: int, reveal: str | None, cache: str, old: dict[str, Any], **values: Any
+) -> tuple[SamplerConfig, list[str]]:
+    """A `SamplerConfig` from a `reveal` spelling (None = steps), a `cache` spelling and the
+    0.2 fields in `old` (`LEGACY_ALIASES`, each at its default or set), and the names of the
+    0.2 fields that were set, in order (a caller prints their new spelling). A set 0.2 field
+    that names a policy excludes `reveal`; one that names a cache needs `cache` exact or
+    approx (`cache` approx with `refresh` R is approx:R)."""
+    legacy = LegacySampling(**old)
+    aliases = legacy.given(LEGACY_ALIASES)
+    if not aliases:
+        return SamplerConfig(block_size, parse_reveal(reveal or "steps"), parse_cache(cache),
+                             **values), []  # fmt: skip
+    policy_aliases = [f for f in aliases if f in REVEAL_ALIASES]
+    if reveal is not None and policy_aliases:
+        raise UserError(f"`reveal` and `{policy_aliases[0]}` exclude each other")
+    policy = parse_reveal(reveal) if reveal is not None else legacy.reveal()
+    if len(policy_aliases) < len(aliases):  # a cache alias: cache must be exact or approx
+        _check((cache in ("exact", "approx"),
+                f"`cache` {cache} and `{aliases[-1]}` exclude each other"))  # fmt: skip
+        kind = dataclasses.replace(legacy, cache=cache).cache_kind()
+    else:
+        kind = parse_cache(cache)
+    return SamplerConfig(block_size, policy, kind, **values), aliases
+
+
+def with_steps(policy: RevealPolicy, steps: int | None) -> RevealPolicy:
+    """The policy with S = `steps` calls per block (a revise stage's own S): fixed steps and
+    the reference schedule take it; first hitting has no S; a threshold refuses one."""
+    if isinstance(policy, Threshold):
+        _check(
+            (steps is None, "`reveal` threshold and `revise_steps_per_block` exclude each other")
+        )
+        return policy
+    return dataclasses.replace(policy, steps=steps) if isinstance(policy, FixedSteps) else policy
+
+
 def legacy_sampler(block_size: int, **fields: Any) -> SamplerConfig:
     """A `SamplerConfig` from the 0.2 field names (steps_per_block, first_hitting, threshold,
     schedule, unmask, kv_cache, cache, refresh, compile) and the others (top_p, ...)."""
@@ -670,6 +739,9 @@ def legacy_sampler(block_size: int, **fields: Any) -> SamplerConfig:
 
 REDRAW_WINDOW = 256
 """The window of BD3-LM's degenerate-sample check (its last 256 tokens)."""
+REDRAW_ATTEMPTS = 10
+"""BD3-LM's draws per sample at most."""
+REDRAW_DEFAULTS = (REDRAW_WINDOW, REDRAW_ATTEMPTS)
 
 
 @dataclass(frozen=True)
@@ -681,15 +753,21 @@ class RedrawConfig:
     with unigram entropy (nats) below this value (BD3-LM: 4); unset (default) = never."""
     redraw_window: int = REDRAW_WINDOW
     """Tokens of the entropy window of `redraw_low_entropy` (BD3-LM: 256)."""
-    redraw_attempts: int = 10
+    redraw_attempts: int = REDRAW_ATTEMPTS
     """Draws per sample at most (BD3-LM: 10); the last one is kept and flagged."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         h = self.redraw_low_entropy
         _check(
             (h is None or (math.isfinite(h) and h >= 0), "`redraw_low_entropy` must be >= 0"),
             (self.redraw_window >= 1, "`redraw_window` must be >= 1"),
             (self.redraw_attempts >= 1, "`redraw_attempts` must be >= 1"),
+            (
+                h is not None or (self.redraw_window, self.redraw_attempts) == REDRAW_DEFAULTS,
+                "`redraw_window` and `redraw_attempts` need `redraw_low_entropy` (without it "
+                "no draft is redrawn)",
+            ),
         )
 
     @property
@@ -722,6 +800,7 @@ class RemaskConfig:
     """Seed of the random scores and of tie breaking."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         _check(
             (
                 self.strategy in REMASK_STRATEGIES,
@@ -751,7 +830,8 @@ class RemaskConfig:
         return self.strategy in ("posthoc", "masked")
 
     def params(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"strategy": self.strategy, "gamma": self.gamma}
+        gamma = self.gamma if self.threshold is None else None  # null: the threshold chose
+        out: dict[str, Any] = {"strategy": self.strategy, "gamma": gamma}
         out.update(scope=self.scope, threshold=self.threshold, seed=self.seed)
         if self.strategy == "masked":
             out["passes"] = self.passes
@@ -795,6 +875,7 @@ class GenPplOptions:
     """Window of `low_entropy` (default: the draft's `redraw_window`, else 256)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         h, w = self.low_entropy, self.low_entropy_window
         _check(
             (h is None or (math.isfinite(h) and h >= 0), "`low_entropy` must be >= 0"),
@@ -835,6 +916,7 @@ class DemoConfig:
     """Device for training and sampling."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         _check(
             (
                 self.tokens_per_call >= 1 and self.draft_block >= 1,

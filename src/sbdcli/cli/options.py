@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.config import CACHE_KINDS, REVEAL_POLICIES
+from sbdcli.config import choices
 
 FIELD_FLAGS: dict[str, str] = {
     "block_size": "--block",
@@ -90,30 +90,6 @@ OutputOpt = Annotated[
 ]
 
 
-def _choices(classes: tuple[type, ...]) -> str:
-    """Each class's spelling and summary, for help text."""
-    return "; ".join(f"{c.SPELLING} ({c.SUMMARY})" for c in classes)  # type: ignore[attr-defined]
-
-
-RevealOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--reveal",
-        help="How many masked positions each network call reveals, and which: "
-        + _choices(REVEAL_POLICIES)
-        + ". S defaults to the block size (one token per call); positions are random unless "
-        "confident (the most probable first). Default: steps.",
-    ),
-]
-CacheOpt = Annotated[
-    str,
-    typer.Option(
-        "--cache",
-        help="Where each call's keys and values come from: " + _choices(CACHE_KINDS) + ".",
-    ),
-]
-
-
 # --------------------------------------------------------------------------- derived options
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
@@ -135,9 +111,12 @@ def _option(
     spec = {f.name: f for f in dataclasses.fields(cls)}[field]
     kind = typing.get_type_hints(cls)[field]
     doc = _help_text(field_docs(cls).get(field, ""), {f.name for f in dataclasses.fields(cls)})
+    default = spec.default if spec.default is not dataclasses.MISSING else NO_DEFAULT
+    if hasattr(default, "spelling"):  # a policy or cache value: the option is its spelling
+        doc = f"{doc} Choices: {choices(typing.get_args(kind))}."
+        kind, default = str, default.spelling()
     if suffix is not None:
         doc = f"{doc} {suffix(field)}".strip()
-    default = spec.default if spec.default is not dataclasses.MISSING else NO_DEFAULT
     flag = flag_for(field)
     if kind is bool and not optional:
         base = flag.removeprefix("--no-").removeprefix("--")

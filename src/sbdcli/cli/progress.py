@@ -25,6 +25,9 @@ from rich.progress import (
 
 from sbdcli.cli._app import console
 
+NARROW = 110
+"""Terminal width below which bars drop their elapsed time and draw a short bar."""
+
 
 def progress_bar(
     *fields: str | ProgressColumn,
@@ -39,13 +42,16 @@ def progress_bar(
 
     `fields` are rich column templates ("loss {task.fields[loss]:.4f}") or columns;
     `amount` replaces the done/total column; `show=False` (e.g. not process 0) hides it.
-    The bar draws only on a terminal, so logs and pipes stay clean.
+    The bar draws only on a terminal, so logs and pipes stay clean. Below NARROW columns
+    (an 80-column terminal) the bar shrinks and the elapsed time goes, so that the counts,
+    the fields and the eta keep their place.
     """
+    narrow = console.width < NARROW
     columns: list[str | ProgressColumn] = [SpinnerColumn()] if spinner else []
-    columns += [TextColumn("[bold]{task.description}"), BarColumn(bar_width=24)]
+    columns += [TextColumn("[bold]{task.description}"), BarColumn(bar_width=8 if narrow else 24)]
     columns.append(amount or MofNCompleteColumn())
     columns += [TextColumn(f) if isinstance(f, str) else f for f in fields]
-    if elapsed:
+    if elapsed and not narrow:
         columns.append(TimeElapsedColumn())
     if eta:
         columns += [TextColumn("eta"), TimeRemainingColumn()]

@@ -20,52 +20,30 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli.artifacts.files import check_output_path
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import (
     BatchOpt,
-    CacheOpt,
     DeviceOpt,
     InputOpt,
     ModelOpt,
     OutputOpt,
-    RevealOpt,
     SeedOpt,
     config_options,
-    flag_for,
 )
 from sbdcli.cli.progress import counting
+from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
 from sbdcli.config import (
-    REVEAL_ALIASES,
     ApproxCache,
     ExactCache,
-    LegacySampling,
     RedrawConfig,
     RemaskConfig,
-    RevealPolicy,
     SamplerConfig,
-    Threshold,
-    cache_spelling,
-    parse_cache,
-    parse_reveal,
+    with_steps,
 )
 from sbdcli.errors import UserError
 
 MAX_LENGTH_FACTOR = 16
 """Longest --length, in multiples of the trained length (longer samples slide a window)."""
-
-SAMPLER_FIELDS = ("top_p", "temperature", "dtype")
-"""`SamplerConfig` fields every sampling command exposes beside --reveal and --cache (the
-block size is per command)."""
-_sampling = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
-ALIAS_FIELDS = tuple(f for f in LegacySampling.__dataclass_fields__ if f != "cache")
-"""The flags of 0.1/0.2 that name a policy or a cache: hidden aliases of --reveal/--cache."""
-_aliases = config_options("aliases", LegacySampling, ALIAS_FIELDS, hidden=True)
-
-
-def sampler_options(command: Any) -> Any:
-    """--reveal, --cache, --top-p, --temperature, --sampling-dtype and the hidden aliases."""
-    return _sampling(_aliases(command))
-
 
 redraw_options = config_options(
     "redraw_opts", RedrawConfig, ("redraw_low_entropy", "redraw_window", "redraw_attempts")
@@ -87,12 +65,14 @@ def _draft_setup(
     prompts: str | None,
     seed: int,
     block: int,
+    texts: list[str] | None = None,
 ) -> tuple[Any, list[Any], int]:
     """Load the model and the prompts and check them before any work starts."""
     from sbdcli import pipeline as pl
 
-    if n is not None and n < 1:
-        raise UserError(f"-n must be >= 1, got {n}")
+    pl.check_record_count(n)  # before the model loads or a work list is built
+    if texts and prompts:
+        raise UserError("--prompt and --prompts exclude each other: give texts or one file")
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     length = ref.model.config.seq_len if length is None else length
     if length < 2:
@@ -105,6 +85,7 @@ def _draft_setup(
     if length > ref.model.config.seq_len and block > ref.model.config.seq_len:
         raise UserError(f"--block {block} exceeds the model's trained length for sliding")
     given = pl.read_prompts(prompts, ref) if prompts else None
+    given = pl.text_prompts(texts, ref) if texts else given
     plist = pl.draft_prompts(ref, n, seed, given)
     for p in plist:
         if len(p.tokens) > length:
@@ -137,58 +118,6 @@ def _batch_model(models: Any, batch: list[dict[str, Any]]) -> Any:
     if len(names) > 1:
         raise UserError("the records name different models; pass -m to choose one")
     return models.for_record(batch[0])
-
-
-def _sampler(
-    block: int, reveal: str | None, cache: str, values: dict[str, Any]
-) -> tuple[SamplerConfig, str]:
-    """The stage's SamplerConfig from --reveal, --cache, the derived options and the aliases
-    (the 0.2 flags), and the note that gives the aliases' new spelling ("" without aliases).
-    The command prints the note with `_note` once every argument is checked, so a user error
-    stays one line."""
-    old = LegacySampling(**values.pop("aliases", {}), cache="exact")
-    aliases = old.given(ALIAS_FIELDS)
-    if not aliases:
-        policy, kind = parse_reveal(reveal or "steps"), parse_cache(cache)
-        return SamplerConfig(block, policy, kind, **values), ""
-    given_reveal = [f for f in aliases if f in REVEAL_ALIASES]
-    if reveal is not None and given_reveal:
-        raise UserError(f"--reveal and `{given_reveal[0]}` exclude each other")
-    policy = parse_reveal(reveal) if reveal is not None else old.reveal()
-    if len(given_reveal) < len(aliases):  # cache aliases, with --cache exact or approx
-        name = cache.split(":")[0]
-        if name not in ("exact", "approx") or ":" in cache:
-            raise UserError(f"--cache {cache} and `{aliases[-1]}` exclude each other")
-        kind = LegacySampling(**{f: getattr(old, f) for f in ALIAS_FIELDS}, cache=name).cache_kind()
-    else:
-        kind = parse_cache(cache)
-    cfg = SamplerConfig(block, policy, kind, **values)
-    flags = " ".join(flag_for(f) for f in aliases)
-    note = (
-        f"{flags} will go in a later version; write --reveal {cfg.reveal.spelling()} "
-        f"--cache {cache_spelling(cfg.cache)}"
-    )
-    return cfg, note
-
-
-def _note(note: str) -> None:
-    """Print an alias note (one line on stderr); nothing for an empty note."""
-    if note:
-        console.print(f"sbd: note: {note}", highlight=False, soft_wrap=True)
-
-
-def _with_steps(policy: RevealPolicy, steps: int | None) -> RevealPolicy:
-    """The policy with S calls per block (steps and reference; the others have no S)."""
-    if isinstance(policy, Threshold) and steps is not None:
-        raise UserError("--reveal threshold and --revise-steps-per-block exclude each other")
-    return dataclasses.replace(policy, steps=steps) if hasattr(policy, "steps") else policy
-
-
-def _check_compile(cfg: SamplerConfig, device: str) -> None:
-    """--compile where it cannot work fails before anything is read or written."""
-    from sbdcli.diffusion.sampler import check_compile
-
-    check_compile(cfg, device)
 
 
 @dataclass(frozen=True)
@@ -291,7 +220,7 @@ def _warn_partial(what: str, tally: Any) -> None:
     short = tally.shortfall()
     if short is not None:
         console.print(
-            f"[bold yellow]sbd: warning:[/] {what}: the input ended after {short[0]} of the "
+            f"[bold yellow]sbd: warning:[/] {term(what)}: the input ended after {short[0]} of the "
             f"{short[1]} records its draft declared (a cut or partial input?)",
             highlight=False,
             soft_wrap=True,
@@ -309,6 +238,12 @@ PromptsOpt = Annotated[
     str | None,
     typer.Option(
         "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
+    ),
+]
+PromptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt."
     ),
 ]
 EosOpt = Annotated[
@@ -330,13 +265,12 @@ def draft(
     length: LengthOpt = None,
     block: Annotated[int, typer.Option("--block", help="Draft block size B.")] = 4,
     prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
     stop_at_eos: EosOpt = False,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
-    reveal: RevealOpt = None,
-    cache: CacheOpt = "exact",
     sampling: dict[str, Any] | None = None,
     aliases: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
@@ -348,11 +282,11 @@ def draft(
     device = _processes(device, output)
     if block < 1:
         raise UserError(f"--block must be >= 1, got {block}")
-    cfg, note = _sampler(block, reveal, cache, {**(sampling or {}), "aliases": aliases or {}})
-    _check_compile(cfg, device)
+    cfg, note = sampler_config(block, sampling, aliases)
+    check_captured(cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
-    _note(note)
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block, prompt)
+    print_note(note)
 
     job = Drafting(ref, plist, length, cfg, seed, [], stop_at_eos, redraw)
     _write_drafts("draft", output, batch_size, job)
@@ -416,8 +350,6 @@ def revise(
     device: DeviceOpt = "auto",
     input: InputOpt = "-",
     output: OutputOpt = "-",
-    reveal: RevealOpt = None,
-    cache: CacheOpt = "exact",
     sampling: dict[str, Any] | None = None,
     aliases: dict[str, Any] | None = None,
 ) -> None:
@@ -427,11 +359,10 @@ def revise(
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output, input)
-    values = {**(sampling or {}), "aliases": aliases or {}}
-    cfg, note = _sampler(pl.parse_block(block), reveal, cache, values)
-    _check_compile(cfg, device)
+    cfg, note = sampler_config(pl.parse_block(block), sampling, aliases)
+    check_captured(cfg, device)
     models = pl.ModelCache(model, device)
-    _note(note)
+    print_note(note)
 
     def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
         ref = _batch_model(models, batch)
@@ -467,6 +398,7 @@ def generate(
         ),
     ] = None,
     prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
     stop_at_eos: EosOpt = False,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of every stage (as --seed on each piped command).")
@@ -474,8 +406,6 @@ def generate(
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
-    reveal: RevealOpt = None,
-    cache: CacheOpt = "exact",
     sampling: dict[str, Any] | None = None,
     aliases: dict[str, Any] | None = None,
     remask_opts: dict[str, Any] | None = None,
@@ -488,12 +418,12 @@ def generate(
     check_output_path(output)
     device = _processes(device, output)
     draft_block, schedule = pl.parse_stages(stages, gammas)
-    cfg, note = _sampler(draft_block, reveal, cache, {**(sampling or {}), "aliases": aliases or {}})
-    revise_policy = _with_steps(cfg.reveal, revise_steps_per_block)
+    cfg, note = sampler_config(draft_block, sampling, aliases)
+    revise_policy = with_steps(cfg.reveal, revise_steps_per_block)
     # --cache approx is a revise setting here: a draft block's call runs <= 2B positions
     exact = ExactCache() if isinstance(cfg.cache, ApproxCache) else cfg.cache
     draft_cfg = dataclasses.replace(cfg, cache=exact)
-    _check_compile(draft_cfg, device)
+    check_captured(draft_cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
     plan = [
         pl.StagePlan(
@@ -503,8 +433,8 @@ def generate(
         )
         for gamma, blk in schedule
     ]
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
-    _note(note)
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block, prompt)
+    print_note(note)
 
     job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos, redraw)
     _write_drafts("generate", output, batch_size, job)
