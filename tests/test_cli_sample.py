@@ -264,12 +264,13 @@ def good_record(workdir) -> dict:
 
 
 def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
+    k = 17  # beyond the 16 x L that revise runs in centred windows
     long = dict(
         rec,
-        tokens=rec["tokens"] * 2,
-        confidence=rec["confidence"] * 2,
-        step=rec["step"] * 2,
-        confidence_nucleus=rec["confidence_nucleus"] * 2,
+        tokens=rec["tokens"] * k,
+        confidence=rec["confidence"] * k,
+        step=rec["step"] * k,
+        confidence_nucleus=rec["confidence_nucleus"] * k,
     )
     wrong = workdir / "wrong.safetensors"
     save_tensors(wrong, {"tokens": torch.zeros(2, 4, dtype=torch.int32)}, "sbd.tokens")
