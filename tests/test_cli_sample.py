@@ -264,11 +264,20 @@ def good_record(workdir) -> dict:
 
 
 def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
+    k = 17  # beyond the 16 x L that revise runs in centred windows
+    long = dict(
+        rec,
+        tokens=rec["tokens"] * k,
+        confidence=rec["confidence"] * k,
+        step=rec["step"] * k,
+        confidence_nucleus=rec["confidence_nucleus"] * k,
+    )
     wrong = workdir / "wrong.safetensors"
     save_tensors(wrong, {"tokens": torch.zeros(2, 4, dtype=torch.int32)}, "sbd.tokens")
     j = lambda name, r: write_jsonl(workdir / f"{name}.jsonl", [r])  # noqa: E731
     return {
         "vocab": ["revise", "-i", j("vocab", dict(rec, tokens=[99, *rec["tokens"][1:]]))],
+        "too long": ["revise", "-i", j("long", long)],
         "masked range": ["revise", "-i", j("range", dict(rec, masked=[3, 40]))],
         "masked missing": [
             "revise",
@@ -310,6 +319,7 @@ def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
         "redraw window": ["draft", "--redraw-low-entropy", "4", "--redraw-window", "0"],
         "device": ["draft", "--device", "tpu"],
         "stages": ["generate", "--stages", "4,full,full", "--gammas", "0.1,0.2,0.3"],
+        "posthoc long": ["remask", "--strategy", "posthoc", "-i", j("long2", long)],
     }
 
 
