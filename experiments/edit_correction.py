@@ -98,7 +98,8 @@ def measure(args: argparse.Namespace) -> None:
                 rows.append({**base, **score(recs, true, where, oracle), "scorer": scorer,
                              "gamma": gamma, "seconds": seconds})  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}, indent=1))
+                # after every row: an interrupted run keeps (and reports) what it measured
+                (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}))
 
 
 def score(recs: list[dict], true: torch.Tensor, where: list[list[int]], oracle: Any) -> dict:
