@@ -133,6 +133,7 @@ def report(args: argparse.Namespace) -> None:
             f"{r['recall']:.2f} | {r['precision']:.2f} | {r['restored']:.2f} | {r['seconds']:.0f} |"
         )
     body = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
+    body = body.replace("{n}", str(data["n"]))
     text = body.replace("{table}", "\n".join(lines)) if "{table}" in body else "\n".join(lines)
     write_section(Path(args.doc), SECTION, text + "\n")
 
