@@ -6,6 +6,7 @@ run from the repository root:
     python -m experiments.harness_measure variance RUN [--k 2,4,16,64] [--docs N]
         [--estimator count,time]
     python -m experiments.harness_measure featurizer OUT [--layers 4] [--width 64]
+        [--train DATA --steps 300]
 
 `variance` scores the multiple-choice task of tests/fixtures/harness (the topic-markov
 language of `sbd prepare --synthetic --seed 1`) with the run's NELBO bound at each K and
@@ -13,9 +14,9 @@ prints a markdown table: the standard error of one choice's estimate, the standa
 of the difference true − distractor under common random numbers (the draws the model
 shares across a question's choices) and as it would be with independent draws, the
 model's accuracy, and the oracle's accuracy on the same questions. `featurizer` writes a
-randomly initialised GPT-2 over the language's words (`w0` ... `w63`, a word-level
-tokenizer) for `sbd eval mauve --featurizer` where no trained text model knows the
-language.
+GPT-2 over the language's words (`w0` ... `w63`, a word-level tokenizer) for `sbd eval
+mauve --featurizer`, where no published text model knows the language: random, or
+trained as a next-token model on a data directory's train rows (`--train`).
 
 What it is not: a test, a speed benchmark (bench/), or part of the installed package.
 """
@@ -118,9 +119,36 @@ def featurizer(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     cfg = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=args.width,
                      n_layer=args.layers, n_head=4, bos_token_id=0, eos_token_id=0)  # fmt: skip
-    GPT2LMHeadModel(cfg).save_pretrained(args.out)
+    model = GPT2LMHeadModel(cfg)
+    if args.train:
+        loss = train_featurizer(model, Path(args.train), args.steps, args.seed)
+        what = f"trained {args.steps} steps on {args.train} (last loss {loss:.3f})"
+    else:
+        what = "random"
+    model.save_pretrained(args.out)
     fast.save_pretrained(args.out)
-    print(f"wrote a random {args.layers}-layer GPT-2 (width {args.width}) to {args.out}")
+    print(f"wrote a {what} {args.layers}-layer GPT-2 (width {args.width}) to {args.out}")
+
+
+def train_featurizer(model: torch.nn.Module, data_dir: Path, steps: int, seed: int) -> float:
+    """Next-token training on the data directory's train rows (BOS -> <eot>, w_i -> i + 1):
+    a featurizer that knows the language. Returns the last batch's loss (nats/token)."""
+    from sbdcli.data import load_split
+
+    rows = load_split(data_dir, "train")  # (N, L): BOS, then content ids
+    ids = torch.cat([torch.zeros_like(rows[:, :1]), rows[:, 1:] + 1], dim=1).long()
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    loss = torch.tensor(math.nan)
+    for _ in range(steps):
+        batch = ids[torch.randint(len(ids), (64,), generator=gen)]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     feat.add_argument("--layers", type=int, default=4)
     feat.add_argument("--width", type=int, default=64)
     feat.add_argument("--seed", type=int, default=0)
+    feat.add_argument("--train", default=None, help="train it on this data directory first")
+    feat.add_argument("--steps", type=int, default=300)
     args = parser.parse_args(argv)
     {"variance": variance, "featurizer": featurizer}[args.command](args)
 
