@@ -1,12 +1,10 @@
-"""The typer application object, the stderr console and option types shared by commands.
+"""The typer application object, the stderr console and the escaping of printed text.
 
 Command modules (`prepare`, `train`, ...) register themselves on `app`. This is CLI
 plumbing only: no math, no file formats.
 """
 
 from __future__ import annotations
-
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -33,12 +31,3 @@ def term(text: object) -> str:
     """The one escaping function for text from users or data (paths, ids, messages) put
     into a rich markup string: control characters shown visibly, markup escaped."""
     return escape(visible(str(text)))
-
-
-InputOpt = Annotated[
-    str, typer.Option("--input", "-i", help="Records to read: JSONL, .safetensors, or - (stdin).")
-]
-OutputOpt = Annotated[
-    str,
-    typer.Option("--output", "-o", help="Where to write: JSONL path, .safetensors, or - (stdout)."),
-]

@@ -6,14 +6,13 @@ stderr. See the library module for the steps and the artifacts.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from sbdcli.cli._app import app, console, term
+from sbdcli.cli.options import config_options
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import metric_table
+from sbdcli.config import DemoConfig
 
 COLUMNS = (
     ("stage", "stage"),
@@ -50,31 +49,20 @@ def _train_progress(progress: Any, task: Any) -> Any:
     return update
 
 
+DEMO_FIELDS = ("out", "seed", "fresh", "quick", "steps", "samples", "device")
+"""`DemoConfig` fields `sbd demo` takes as flags (defaults and help from config.py)."""
+
+
 @app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="Demo directory.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every step.")] = 0,
-    fresh: Annotated[
-        bool, typer.Option("--fresh", help="Rebuild every step instead of reusing it.")
-    ] = False,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A reduced budget (tests and CI).")
-    ] = False,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Training steps (default 1200; quick 120).")
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("-n", "--samples", help="Samples per setting (256; quick 16).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-) -> None:
-    """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
-    from sbdcli.config import DemoConfig
+@config_options("given", DemoConfig, DEMO_FIELDS)
+def demo(given: dict[str, Any] | None = None) -> None:
+    """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate.
+
+    Example: sbd demo --quick --out runs/demo-quick
+    """
     from sbdcli.demo import check_demo, demo_summary, run_demo
 
-    cfg = DemoConfig(
-        out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
-    )
+    cfg = DemoConfig(**(given or {}))
     check_demo(cfg)  # refused before the progress bar or any directory
     with progress_bar("loss {task.fields[loss]}", elapsed=False) as progress:
         task = progress.add_task("training", total=cfg.n_steps, loss="–")
@@ -87,4 +75,4 @@ def demo(
     console.print(results_table(rows))
     for line in demo_summary(rows):
         console.print(f"[dim]·[/] {term(line)}")
-    console.print(f"artifacts, results.md, pareto.png and report.html in {term(out)}")
+    console.print(f"artifacts, results.md, pareto.png and report.html in {term(cfg.out)}")

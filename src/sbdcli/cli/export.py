@@ -34,7 +34,10 @@ def export(
         bool, typer.Option("--force", help="Replace OUT if it already exists and is not empty.")
     ] = False,
 ) -> None:
-    """Export a trained model to the BD3-LM Hugging Face checkpoint layout."""
+    """Export a trained model to the BD3-LM Hugging Face checkpoint layout.
+
+    Example: sbd export runs/latest bd3lm-export
+    """
     if format not in FORMATS:
         raise UserError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
     from sbdcli.artifacts import read_json

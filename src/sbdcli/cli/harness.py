@@ -98,7 +98,10 @@ def harness(
     ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """lm-evaluation-harness tasks on an sbd run (likelihoods are NELBO bounds)."""
+    """lm-evaluation-harness tasks on an sbd run (likelihoods are NELBO bounds).
+
+    Example: sbd eval harness -m runs/latest --tasks lambada_openai --limit 100
+    """
     _need("lm_eval", "harness")
     from sbdcli.artifacts import check_output_path
 
@@ -168,7 +171,10 @@ def mauve_cmd(
     ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """MAUVE between generated and reference texts (mauve-text, GPL-3.0)."""
+    """MAUVE between generated and reference texts (mauve-text, GPL-3.0).
+
+    Example: sbd draft -n 64 -o drafts.jsonl && sbd eval mauve drafts.jsonl --reference data
+    """
     _need("mauve", "mauve")
     from sbdcli.artifacts import check_output_path
     from sbdcli.evaluate.mauve import mauve_summary, read_samples, read_texts

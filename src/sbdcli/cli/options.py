@@ -40,10 +40,12 @@ FIELD_FLAGS: dict[str, str] = {
     "large_eps_max": "--eps-large",
     "data_dir": "--data",
     "group": "--per-file",
-    "samples": "-n",
+    "samples": "--samples",
     "n": "-n",
 }
 """Config fields whose command-line flag is not `--<field-name>`."""
+MORE_FLAGS: dict[str, str] = {"evaluator": "-e", "samples": "-n", "lr_schedule": "--schedule"}
+"""Config fields with a second flag: a one-letter one, or the name of 0.1/0.2."""
 
 _FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
 NO_DEFAULT = object()
@@ -118,11 +120,11 @@ def _option(
     if suffix is not None:
         doc = f"{doc} {suffix(field)}".strip()
     flag = flag_for(field)
-    if kind is bool and not optional:
+    if kind is bool and not optional and default is True:  # on by default: --x/--no-x
         base = flag.removeprefix("--no-").removeprefix("--")
         names = [f"--{base}/--no-{base}"]
     else:
-        names = [flag]
+        names = [flag, *([MORE_FLAGS[field]] if field in MORE_FLAGS else [])]
     if optional:
         kind, default = kind | None, None
     return Annotated[kind, typer.Option(*names, help=doc, hidden=hidden)], default

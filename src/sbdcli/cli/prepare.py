@@ -52,7 +52,7 @@ class _Amount(ProgressColumn):
 
 
 class RichProgress:
-    """`sbdcli.data.prepare.Progress` drawn with rich on stderr (only on a terminal)."""
+    """`sbdcli.data.prepare.PrepareReporter` drawn with rich on stderr (only on a terminal)."""
 
     def __init__(self) -> None:
         self.bar = progress_bar(amount=_Amount(), spinner=True)
@@ -261,7 +261,10 @@ def prepare(
     ] = 1,
 ) -> None:
     """Build a data directory: token rows (BOS-first unless --row-format bd3lm), a manifest
-    and a tokenizer."""
+    and a tokenizer.
+
+    Example: sbd prepare --synthetic topic-markov --out data
+    """
     from sbdcli.data.prepare import check_row_format
 
     params = dict(ctx.params)

@@ -275,7 +275,10 @@ def draft(
     aliases: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
-    """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
+    """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence.
+
+    Example: sbd draft -n 64 --reveal steps:2 | sbd remask --gamma 0.25 | sbd revise
+    """
 
     _check_batch(batch_size)
     check_output_path(output)
@@ -319,7 +322,10 @@ def remask(
     output: OutputOpt = "-",
     remask_opts: dict[str, Any] | None = None,
 ) -> None:
-    """Choose the least trusted tokens: sets `masked` and `scores`, leaves `tokens` untouched."""
+    """Choose the least trusted tokens: sets the masked positions and scores, keeps the tokens.
+
+    Example: sbd draft -n 64 | sbd remask --strategy snapshot --gamma 0.25 | sbd revise
+    """
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
@@ -353,7 +359,10 @@ def revise(
     sampling: dict[str, Any] | None = None,
     aliases: dict[str, Any] | None = None,
 ) -> None:
-    """Regenerate exactly the `masked` positions, everything else fixed and visible."""
+    """Regenerate exactly the masked positions, everything else fixed and visible.
+
+    Example: sbd draft -n 64 | sbd remask --gamma 0.25 | sbd revise --block full --cache approx:4
+    """
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
@@ -411,13 +420,16 @@ def generate(
     remask_opts: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
-    """Draft, then remask + revise per stage, in one process (same records as the pipe)."""
+    """Draft, then remask + revise per stage, in one process (same records as the pipe).
+
+    Example: sbd generate -n 64 --stages 4,64,full --gammas 0.5,0.25 -o revised.jsonl
+    """
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output)
-    draft_block, schedule = pl.parse_stages(stages, gammas)
+    draft_block, revise_stages = pl.parse_stages(stages, gammas)
     cfg, note = sampler_config(draft_block, sampling, aliases)
     revise_policy = with_steps(cfg.reveal, revise_steps_per_block)
     # --cache approx is a revise setting here: a draft block's call runs <= 2B positions
@@ -431,7 +443,7 @@ def generate(
             dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
             seed,
         )
-        for gamma, blk in schedule
+        for gamma, blk in revise_stages
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block, prompt)
     print_note(note)

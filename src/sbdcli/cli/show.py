@@ -181,7 +181,10 @@ def show(
         ),
     ] = False,
 ) -> None:
-    """Show records: text coloured by snapshot confidence, masked and revised tokens marked."""
+    """Show records: text coloured by snapshot confidence, masked and revised tokens marked.
+
+    Example: sbd draft -n 4 | sbd remask --gamma 0.25 | sbd revise | sbd show
+    """
     from sbdcli.evaluate import views as vw
 
     if n is not None and n < 1:

@@ -27,7 +27,7 @@ from sbdcli.config import TRAIN_PRESETS, TrainConfig, train_config
 from sbdcli.errors import UserError
 
 TRAIN_FIELDS = (
-    "steps", "batch_size", "global_batch", "lr", "warmup", "schedule", "seed", "init",
+    "steps", "batch_size", "global_batch", "lr", "warmup", "lr_schedule", "seed", "init",
     "eps_min", "eps_max", "clip_search", "clip_search_batches", "resample", "ema",
     "val_every", "val_rows", "save_every", "device", "precision", "compile", "time_conditioning",
 )  # fmt: skip
@@ -39,11 +39,13 @@ def preset_defaults(field: str) -> str:
     base = TrainConfig.__dataclass_fields__[field].default
     values = [(name, spec.get(field, base)) for name, spec in TRAIN_PRESETS.items()]
     if len({repr(v) for _, v in values}) == 1:
-        return f"(default {_show(base)})"
+        return "" if base is None else f"(default {_show(base)})"  # unset: the doc says
     return "(" + ", ".join(f"{name} {_show(v)}" for name, v in values) + ")"
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -178,7 +180,10 @@ def train(
     ] = None,
     given: dict[str, Any] | None = None,
 ) -> None:
-    """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
+    """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1).
+
+    Example: sbd prepare --synthetic topic-markov && sbd train --steps 200
+    """
     from sbdcli.train import resume_config, setup  # torch: imported when a command runs
     from sbdcli.train.tracking import check_trackers, parse_trackers
 
