@@ -31,7 +31,17 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
+from sbdcli.cli.sampling import (
+    EosOpt,
+    LengthOpt,
+    NOpt,
+    PromptOpt,
+    PromptsOpt,
+    check_captured,
+    print_note,
+    sampler_config,
+    sampler_options,
+)
 from sbdcli.config import (
     ApproxCache,
     ExactCache,
@@ -227,34 +237,6 @@ def _warn_partial(what: str, tally: Any) -> None:
         )
 
 
-NOpt = Annotated[
-    int | None, typer.Option("-n", help="Samples (default 16), or samples per prompt (default 1).")
-]
-LengthOpt = Annotated[
-    int | None,
-    typer.Option("--length", help="Tokens per sample incl. BOS (default: trained length)."),
-]
-PromptsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
-    ),
-]
-PromptOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--prompt", help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt."
-    ),
-]
-EosOpt = Annotated[
-    bool,
-    typer.Option(
-        "--stop-at-eos",
-        help="Stop a sample after the block in which it generates EOS; cut after the EOS.",
-    ),
-]
-
-
 # --------------------------------------------------------------------------- draft
 @app.command()
 @sampler_options
@@ -403,7 +385,9 @@ def generate(
     revise_steps_per_block: Annotated[
         int | None,
         typer.Option(
-            "--revise-steps-per-block", help="Calls per revise block (default: one token per call)."
+            "--revise-steps-per-block",
+            help="Calls per revise block.",
+            show_default="one token per call",
         ),
     ] = None,
     prompts: PromptsOpt = None,
