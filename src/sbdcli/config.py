@@ -720,15 +720,15 @@ def resolve_sampler(
     legacy = LegacySampling(**old)
     aliases = legacy.given(LEGACY_ALIASES)
     if not aliases:
-        return SamplerConfig(block_size, parse_reveal(reveal or "steps"), parse_cache(cache),
-                             **values), []  # fmt: skip
+        policy, kind = parse_reveal(reveal or "steps"), parse_cache(cache)
+        return SamplerConfig(block_size, policy, kind, **values), []
     policy_aliases = [f for f in aliases if f in REVEAL_ALIASES]
     if reveal is not None and policy_aliases:
         raise UserError(f"`reveal` and `{policy_aliases[0]}` exclude each other")
     policy = parse_reveal(reveal) if reveal is not None else legacy.reveal()
     if len(policy_aliases) < len(aliases):  # a cache alias: cache must be exact or approx
-        _check((cache in ("exact", "approx"),
-                f"`cache` {cache} and `{aliases[-1]}` exclude each other"))  # fmt: skip
+        message = f"`cache` {cache} and `{aliases[-1]}` exclude each other"
+        _check((cache in ("exact", "approx"), message))
         kind = dataclasses.replace(legacy, cache=cache).cache_kind()
     else:
         kind = parse_cache(cache)
