@@ -1,5 +1,6 @@
 """Tests for cli/helptext.py: every command's --help reads without Python (no `<bool>`,
-`None`, `False`, `list[...]` or backticked field names), shows one example pipeline, and
+`None`, `False`, `list[...]` or backticked field names), writes every default one way
+([default: ...]), shows one example pipeline, and
 the sampling commands list their options in the Model, Sampling, Cache, Output and Run
 panels."""
 
@@ -44,6 +45,7 @@ def test_help_shows_no_python_and_one_example(path, capsys, monkeypatch):
     text = help_text(path, capsys)
     found = sorted({m.group(0) for m in PYTHON.finditer(text)})
     assert not found, f"sbd {' '.join(path)} --help shows {found}"
+    assert "(default" not in text, "a default written inline instead of as [default: ...]"
     examples = [line for line in text.splitlines() if "Example: sbd " in line]
     assert len(examples) == 1, f"sbd {' '.join(path)} --help: {len(examples)} examples"
 

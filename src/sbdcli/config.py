@@ -514,7 +514,7 @@ class ApproxCache:
     NAME = "approx"
     SPELLING = "approx[:R]"
     SUMMARY = "inside a block, calls between refreshes rerun only the positions masked at the "
-    SUMMARY += "previous call; every R-th call reruns all (default 4)"
+    SUMMARY += "previous call; every R-th call reruns all, R = 4 unless given"
 
     def __post_init__(self) -> None:
         _check((self.refresh >= 1, f"`refresh` must be >= 1, got {self.refresh}"))
@@ -767,7 +767,7 @@ class RedrawConfig:
 
     redraw_low_entropy: float | None = None
     """Draw a sample again while some block end leaves its last `redraw_window` tokens
-    with unigram entropy (nats) below this value (BD3-LM: 4); unset (default) = never."""
+    with unigram entropy (nats) below this value (BD3-LM: 4) (default: never)."""
     redraw_window: int = REDRAW_WINDOW
     """Tokens of the entropy window of `redraw_low_entropy` (BD3-LM: 256)."""
     redraw_attempts: int = REDRAW_ATTEMPTS

@@ -267,12 +267,14 @@ def ppl(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", help="Data directory whose val split is scored (default: the run's)."
+            "--data", help="Data directory whose val split is scored.", show_default="the run's"
         ),
     ] = None,
     block: Annotated[
         int | None,
-        typer.Option("--block", help="Block size B of the NELBO (default: the run's small block)."),
+        typer.Option(
+            "--block", help="Block size B of the NELBO.", show_default="the run's small block"
+        ),
     ] = None,
     mc: Annotated[
         int, typer.Option("--mc", help="Monte Carlo repetitions of the noise draw (K).")

@@ -27,7 +27,8 @@ def export(
         int | None,
         typer.Option(
             "--block-size",
-            help="block_size written to config.json (default: the run's smallest block size).",
+            help="Block size written to config.json.",
+            show_default="the run's smallest block size",
         ),
     ] = None,
     force: Annotated[

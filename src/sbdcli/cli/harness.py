@@ -71,7 +71,8 @@ def harness(
         int | None,
         typer.Option(
             "--block",
-            help="Block size of the likelihood bound (default: the run's small block; 1 is exact).",
+            help="Block size of the likelihood bound (1 is exact).",
+            show_default="the run's small block",
         ),
     ] = None,
     revise: Annotated[
@@ -158,14 +159,14 @@ def mauve_cmd(
     tokens: Annotated[
         int | None,
         typer.Option(
-            "--tokens", help="Featurizer tokens per text (default: the shortest generated text)."
+            "--tokens",
+            help="Featurizer tokens per text.",
+            show_default="the shortest generated text",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of MAUVE's k-means.")] = 25,
-    scaling: Annotated[
-        float, typer.Option("--scaling", help="MAUVE's scaling constant c (default 5).")
-    ] = 5.0,
+    scaling: Annotated[float, typer.Option("--scaling", help="MAUVE's scaling constant c.")] = 5.0,
     out: Annotated[
         str | None, typer.Option("--out", help="Write the JSON summary here (atomically).")
     ] = None,

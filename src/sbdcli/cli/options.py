@@ -137,8 +137,22 @@ def _option(
     shown: str | bool = True
     if optional:
         kind, default, shown = kind | None, None, shown_defaults.get(field, True)
+    if default is None and shown is True:  # "(default: X)" in the doc: shown as [default: X]
+        doc, shown = _default_in_words(doc)
     option = typer.Option(*names, help=doc, hidden=hidden, show_default=shown)
     return Annotated[kind, option], default
+
+
+_DEFAULT_WORDS = re.compile(r"\s*\(default:? ((?:[^()]|\([^()]*\))+)\)")
+
+
+def _default_in_words(doc: str) -> tuple[str, str | bool]:
+    """A help text without its "(default ...)" and the words, for one way of showing a
+    default ([default: ...]) whether the field has a value or a rule for being unset."""
+    found = _DEFAULT_WORDS.search(doc)
+    if found is None:
+        return doc, True
+    return (doc[: found.start()] + doc[found.end() :]).strip(), found.group(1)
 
 
 def config_options(

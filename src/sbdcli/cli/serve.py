@@ -31,8 +31,8 @@ def serve(
         str | None,
         typer.Option(
             "--api-key",
-            help="Require the header 'Authorization: Bearer KEY' on every route but /health "
-            "(default: $SBD_API_KEY; unset: no key).",
+            help="Require the header 'Authorization: Bearer KEY' on every route but /health.",
+            show_default="$SBD_API_KEY; unset: no key",
         ),
     ] = None,
     max_batch: Annotated[

@@ -172,7 +172,9 @@ def show(
     ] = False,
     color: Annotated[
         bool | None,
-        typer.Option("--color/--no-color", help="Colour (default: when stdout is a terminal)."),
+        typer.Option(
+            "--color/--no-color", help="Colour.", show_default="when stdout is a terminal"
+        ),
     ] = None,
     plain: Annotated[
         bool,

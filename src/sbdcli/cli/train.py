@@ -139,27 +139,31 @@ def _fit(trainer: Any) -> Any:
 def train(
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Data directory from 'sbd prepare' (default ./data)."),
+        typer.Option("--data", help="Data directory from 'sbd prepare'.", show_default="./data"),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<data>-<time>)."),
+        typer.Option(
+            "--out", help="Run directory.", show_default="a new ./runs/<preset>-<data>-<time>"
+        ),
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", help="Model size: tiny, small or medium (default tiny)."),
+        typer.Option("--preset", help="Model size: tiny, small or medium.", show_default="tiny"),
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Continue the run --out (default ./runs/latest) exactly."),
+        typer.Option(
+            "--resume", help="Continue the run --out (./runs/latest unless given) exactly."
+        ),
     ] = False,
     mix: Annotated[
         str | None,
-        typer.Option("--mix", help="Mix-scale block sizes 'small,large' (default 4,1024)."),
+        typer.Option("--mix", help="Mix-scale block sizes 'small,large'.", show_default="4,1024"),
     ] = None,
     mix_lambda: Annotated[
         float | None,
-        typer.Option("--lambda", help="Probability of a large-block step (default 0.1)."),
+        typer.Option("--lambda", help="Probability of a large-block step.", show_default="0.1"),
     ] = None,
     block: Annotated[
         int | None, typer.Option("--block", help="Train a single block size instead of a mix.")
@@ -167,7 +171,9 @@ def train(
     eps_large: Annotated[
         str | None,
         typer.Option(
-            "--eps-large", help="Noise interval 'lo,hi' of large-block steps (default 0.001,1)."
+            "--eps-large",
+            help="Noise interval 'lo,hi' of large-block steps.",
+            show_default="0.001,1",
         ),
     ] = None,
     log_with: Annotated[
