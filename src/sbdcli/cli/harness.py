@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.cli._app import console
+from sbdcli.cli._app import console, term
 from sbdcli.cli.evaluate import eval_app
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.tables import metric_table, render_table
@@ -125,7 +125,7 @@ def harness(
         if s["exact"]
         else f"NELBO bound, B = {s['likelihood_block']}, K = {s['mc']}"
     )
-    console.print(f"model {s['model']}; loglikelihood: {bound}", style="dim", highlight=False)
+    console.print(f"model {term(s['model'])}; loglikelihood: {bound}", style="dim", highlight=False)
     _emit([results], out)
 
 
@@ -187,7 +187,7 @@ def mauve_cmd(
     )  # fmt: skip
     cols = terminal_columns([summary])
     console.print(metric_table("MAUVE", cols, [summary], cell, numbered=True, no_wrap=True))
-    console.print(f"[bold]1[/] {summary['name']}", highlight=False, soft_wrap=True)
-    console.print(f"  {summary['settings_short']}", style="dim", highlight=False)
-    console.print(f"featurizer: {featurizer} (last hidden state, final token)", style="dim")
+    console.print(f"[bold]1[/] {term(summary['name'])}", highlight=False, soft_wrap=True)
+    console.print(f"  {term(summary['settings_short'])}", style="dim", highlight=False)
+    console.print(f"featurizer: {term(featurizer)} (last hidden state, final token)", style="dim")
     _emit([summary], out)
