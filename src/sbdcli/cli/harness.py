@@ -43,13 +43,18 @@ def _emit(objs: list[dict[str, Any]], out: str | None) -> None:
     sys.stdout.flush()
 
 
-def _model_args(pairs: list[str] | None) -> dict[str, Any]:
-    """--model-arg k=v (repeatable) into keyword arguments of the lm-eval model."""
+def _model_args(pairs: list[str] | None, known: tuple[str, ...]) -> dict[str, Any]:
+    """--model-arg k=v (repeatable) into keyword arguments of the lm-eval model; a key it
+    does not take is refused (it would be ignored silently)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--model-arg {pair!r}: expected key=value")
+        if key.strip() not in known:
+            raise UserError(
+                f"--model-arg {key.strip()!r}: not a model argument ({', '.join(known)})"
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -109,8 +114,9 @@ def harness(
     if not Path(model).exists():
         raise UserError(f"model not found: {model}")
     from sbdcli.harness import HarnessOptions, result_rows, run_tasks
+    from sbdcli.harness.lm import MODEL_ARGS
 
-    args = {"mc": mc, "revise": revise, **_model_args(model_arg)}
+    args = {"mc": mc, "revise": revise, **_model_args(model_arg, MODEL_ARGS)}
     if block is not None:
         args["block"] = block
     names = [t.strip() for t in tasks.split(",") if t.strip()]
