@@ -111,6 +111,8 @@ def harness(
         check_output_path(out)
     if mc < 1 or batch_size < 1 or (block is not None and block < 1):
         raise UserError("--mc, --batch-size and --block must be >= 1")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be > 0 (documents per task, or a fraction < 1), got {limit}")
     if not Path(model).exists():
         raise UserError(f"model not found: {model}")
     from sbdcli.harness import HarnessOptions, result_rows, run_tasks

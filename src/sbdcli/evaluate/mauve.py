@@ -56,7 +56,7 @@ def read_samples(path: str | Path) -> tuple[list[str], list[dict[str, Any]] | No
         return [str(r["text"]) for r in records], records
     name = str(path)
     try:
-        data = read_input_bytes(name, "samples file").decode("utf-8")
+        data = read_input_bytes(name).decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{name}: not UTF-8 text") from None
     if is_json_document(name):
