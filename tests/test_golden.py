@@ -75,6 +75,9 @@ def strip(obj: Any) -> Any:
 
 
 def records(path: Path) -> list[Any]:
+    """The objects of a JSON Lines file, or of a `.json` file's one JSON list."""
+    if path.suffix == ".json":
+        return [strip(obj) for obj in json.loads(path.read_text())]
     return [strip(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
@@ -140,7 +143,7 @@ def chain(tmp_path_factory) -> dict[str, Any]:
     for path in sorted(root.glob("*.jsonl")):
         out[path.name] = records(path)
     for name in ("genppl.json", "genppl-sbd.json", "ppl.json"):
-        out[name] = records(root / name)  # one JSON summary per line
+        out[name] = records(root / name)  # one JSON list of summaries
     metrics = [json.loads(x) for x in (rundir / "metrics.jsonl").read_text().splitlines() if x]
     out["metrics"] = [strip(m) for m in metrics]
     return out
