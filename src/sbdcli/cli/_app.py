@@ -4,7 +4,8 @@ Command modules (`prepare`, `train`, ...) register themselves on `app`. `make_co
 every console sbd writes to a terminal with: whatever is printed through it, a control
 character that came with the text (an ESC in a file name, a record id or a decoded token)
 reaches the terminal as a visible escape, while rich's own colours and cursor moves pass.
-`term` escapes text from users or data for a markup string. This is CLI plumbing only: no
+`term` escapes text from users or data for a markup string; `emit` writes text that is
+data to stdout (visibly on a terminal, exactly into a pipe). This is CLI plumbing only: no
 math, no file formats.
 """
 
@@ -58,6 +59,16 @@ def make_console(**kwargs: Any) -> Console:
 
 console = make_console(stderr=True)
 """Everything human-facing goes to stderr; stdout carries only data."""
+
+
+def emit(text: str) -> None:
+    """Text that is data (edited texts, a diff, a markdown table) to stdout: exactly as it is
+    into a pipe or a file; on a terminal, with control characters shown visibly (newlines
+    and tabs kept), as every other terminal output."""
+    import sys
+
+    sys.stdout.write(visible(text, lines=True) if sys.stdout.isatty() else text)
+    sys.stdout.flush()
 
 
 def term(text: object) -> str:

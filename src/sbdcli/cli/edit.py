@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli.artifacts.files import check_output_path, is_json_document
-from sbdcli.cli._app import app
+from sbdcli.cli._app import app, emit
 from sbdcli.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -128,9 +128,8 @@ def _write_outputs(
 ) -> None:
     """Files first, stdout last: `--records` is written while `-o` is still a temporary, so
     a failed write leaves neither file and prints nothing; then `shown` (the texts or the
-    diff) goes to stdout."""
+    diff) goes to stdout (`emit`: control characters visible on a terminal)."""
     import contextlib
-    import sys
 
     from sbdcli.artifacts import write_records
     from sbdcli.artifacts.files import atomic_file
@@ -141,8 +140,7 @@ def _write_outputs(
         if records_out is not None:
             write_records(records, records_out)
     if shown is not None:
-        sys.stdout.write(shown)
-        sys.stdout.flush()
+        emit(shown)
 
 
 def _render(records: list[Any], fmt: str, output: str) -> str:
