@@ -105,9 +105,14 @@ def finite_floats(command: Any) -> Any:
 
 
 def _quiet_broken_pipe() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again (a
+    stdout without a file descriptor, as when sbd runs inside another program, is left)."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fileno)
 
 
 def _error(message: str) -> None:
