@@ -20,12 +20,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from fake_model import one_thread  # noqa: F401 (autouse fixture)
 from fault_helpers import SBD, refused, refused_in_shell
 from fault_helpers import code as _code
 from fault_helpers import env as _env
 from sbdcli.artifacts import load_tensors, save_tensors, visible
+from sbdcli.cli import app
 from test_cli_sample import make_run
 
 BYTES_MANIFEST = {
@@ -195,6 +197,33 @@ def test_deeply_nested_json_is_one_line(here, capsys, name, argv):
 def test_non_finite_numbers_are_refused_before_any_work(here, capsys, argv, expect):
     line = refused([*argv, "--device", "cpu"], here, capsys, expect)
     assert "finite" in line
+
+
+def _float_options(command, path=()):
+    """(command path, option, placeholder values of its required parameters) for every
+    float option of every sbd command."""
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _float_options(sub, (*path, name))
+    required = []
+    for p in command.params:
+        kind = str(p.type_descriptor.annotation)
+        if p.required:
+            value = "1" if "int" in kind else "x"
+            required += [value] if not p.opts[0].startswith("-") else [p.opts[0], value]
+    for p in command.params:
+        if "float" in str(p.type_descriptor.annotation) and p.opts[0].startswith("--"):
+            yield path, p.opts[0], required
+
+
+FLOAT_OPTIONS = list(_float_options(typer.main.get_command(app)))
+
+
+def test_every_float_option_of_every_command_is_finite(here, capsys):
+    assert len(FLOAT_OPTIONS) >= 25, FLOAT_OPTIONS  # the walk found sbd's float options
+    for i, (path, option, required) in enumerate(FLOAT_OPTIONS):
+        value = ("inf", "-inf", "nan", "1e999")[i % 4]
+        line = refused([*path, *required, option, value], here, capsys, option)
+        assert "finite" in line, (path, option, line)
 
 
 # --------------------------------------------------------------------------- 6. control chars
