@@ -293,6 +293,12 @@ def test_a_redraw_setting_without_redraw_is_refused(here, capsys, argv):
     refused([*argv, "--device", "cpu", "-o", "x.jsonl"], here, capsys, "--redraw-low-entropy")
 
 
+@pytest.mark.parametrize("strategy", [[], ["--strategy", "random"], ["--strategy", "posthoc"]])
+def test_passes_without_the_masked_strategy_is_refused(here, capsys, strategy):
+    argv = ["remask", "-i", "draft.jsonl", "--gamma", "0.5", "--passes", "3", *strategy]
+    refused([*argv, "-o", "x.jsonl"], here, capsys, "needs --strategy masked")
+
+
 # --------------------------------------------------------------------------- 9. FIFO inputs
 @pytest.mark.parametrize(
     "cmd",

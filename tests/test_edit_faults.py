@@ -2,7 +2,7 @@
 class of fault (the classes of tests/test_cli_faults.py): `-o` and `--records` naming a
 device, names the console would read as markup, deeply nested JSON, non-finite numbers,
 control characters, FIFO and /dev/fd inputs, errors naming the path asked for, `.json`
-against `.jsonl`. Every refusal holds the contract of tests/fault_helpers.py (exit 2, one
+against `.jsonl`, settings that would be ignored. Every refusal holds the contract of tests/fault_helpers.py (exit 2, one
 line, no traceback, nothing on stdout, nothing that existed changed)."""
 
 from __future__ import annotations
@@ -147,6 +147,19 @@ def test_edited_text_is_exact_into_a_pipe_and_visible_on_a_terminal(here, capsys
         shown.append(capsys.readouterr().out)
     assert shown[0].endswith("\x1b[2J")  # a pipe gets the bytes as they are
     assert "\x1b" not in shown[1] and shown[1].endswith("\\x1b[2J")
+
+
+# --------------------------------------------------------------------------- 8. dependent options
+@pytest.mark.parametrize(
+    "flags, expect",
+    [
+        (["--infill", "--strategy", "random"], "--infill remasks nothing"),
+        (["--infill", "--passes", "2"], "--infill remasks nothing"),
+        (["--gamma", "0.5", "--strategy", "random", "--passes", "3"], "needs --strategy masked"),
+    ],
+)
+def test_a_setting_that_would_be_ignored_is_refused(here, capsys, flags, expect):
+    refused(["edit", "t.txt", "-m", "runs/b1", "--device", "cpu", *flags], here, capsys, expect)
 
 
 # --------------------------------------------------------------------------- 9. FIFOs, /dev/fd

@@ -138,6 +138,8 @@ def lm_eval_run(here) -> Path:
         (["--model-arg", "gama=0.5"], "'gama': not a model argument"),
         (["--model-arg", "gamma"], "expected key=value"),
         (["--mc", "0"], "must be >= 1"),
+        (["--model-arg", "gamma=0.5"], "needs --revise"),
+        (["--model-arg", "revise_block=8"], "needs --revise"),
     ],
 )
 def test_bad_harness_settings_are_one_line_before_any_work(here, capsys, lm_eval_run, flags,

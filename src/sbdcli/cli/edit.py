@@ -27,7 +27,7 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import DEFAULT_PASSES, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
 FileArg = Annotated[
@@ -114,6 +114,9 @@ def _plan(
     gamma = remask_opts.get("gamma")
     if infill == (gamma is not None):
         raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
+    if infill and (remask_opts.get("strategy") or remask_opts.get("passes", DEFAULT_PASSES)
+                   != DEFAULT_PASSES):  # fmt: skip
+        raise UserError("--strategy and --passes choose what to remask: --infill remasks nothing")
     remask_opts["strategy"] = remask_opts.get("strategy") or "masked"
     if remask_opts["strategy"] == "snapshot":
         raise UserError(

@@ -119,6 +119,9 @@ def harness(
     from sbdcli.harness.lm import MODEL_ARGS
 
     args = {"mc": mc, "revise": revise, **_model_args(model_arg, MODEL_ARGS)}
+    unused = [k for k in ("gamma", "revise_block") if k in args and not revise]
+    if unused:
+        raise UserError(f"--model-arg {unused[0]} sets the revise: it needs --revise")
     if block is not None:
         args["block"] = block
     names = [t.strip() for t in tasks.split(",") if t.strip()]
