@@ -2,8 +2,9 @@
 class of fault (the classes of tests/test_cli_faults.py): `-o` and `--records` naming a
 device, names the console would read as markup, deeply nested JSON, non-finite numbers,
 control characters, FIFO and /dev/fd inputs, errors naming the path asked for, `.json`
-against `.jsonl`, settings that would be ignored. Every refusal holds the contract of tests/fault_helpers.py (exit 2, one
-line, no traceback, nothing on stdout, nothing that existed changed)."""
+against `.jsonl`, settings that would be ignored. Every refusal holds the contract of
+tests/fault_helpers.py (exit 2, one line, no traceback, nothing on stdout, nothing that
+existed changed)."""
 
 from __future__ import annotations
 
