@@ -5,9 +5,9 @@ mistakes into one line on stderr with exit status 2 (never a traceback; under a
 multi-process launch, from process 0 only); every string from users or data passes through
 `term` (markup and control characters escaped) on its way to the terminal, and every console
 shows control characters visibly (`make_console`); a library message names config fields
-(`gamma`), shown here as the flags that set them (--gamma). A closed stdout pipe (`| head
--1`) ends quietly. The command modules imported below register their subcommands; they hold
-no math. They import the heavy part of the library (torch, ~1 s) inside the command
+(`gamma`), shown here as the flags that set them (--gamma). A closed stdout pipe
+(`| head -1`) ends quietly. The command modules imported below register their subcommands;
+they hold no math. They import the heavy part of the library (torch, ~1 s) inside the command
 functions, so `sbd --help` and a mistyped flag answer at once.
 
 - options.py: shared options and option groups derived from config.py's fields;
