@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli import distributed as dist
-from sbdcli.cli._app import app, console, term
+from sbdcli.cli._app import app, console, emit, term
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import fit_columns, metric_table
@@ -293,8 +293,7 @@ def genppl(
         console.print(f"plot written to {term(plot)}", style="dim")
     _write_json(summaries, out, to_stdout=as_json or _json_to_stdout(out, markdown))
     if markdown:
-        sys.stdout.write(markdown_table(summaries))
-        sys.stdout.flush()
+        emit(markdown_table(summaries))
 
 
 def _ppl_inputs(run: Path, data: Path | None, block: int | None) -> tuple[Path, int]:

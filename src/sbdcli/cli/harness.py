@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.cli._app import console
+from sbdcli.cli._app import console, term
 from sbdcli.cli.evaluate import eval_app
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.tables import metric_table, render_table
@@ -43,13 +43,18 @@ def _emit(objs: list[dict[str, Any]], out: str | None) -> None:
     sys.stdout.flush()
 
 
-def _model_args(pairs: list[str] | None) -> dict[str, Any]:
-    """--model-arg k=v (repeatable) into keyword arguments of the lm-eval model."""
+def _model_args(pairs: list[str] | None, known: tuple[str, ...]) -> dict[str, Any]:
+    """--model-arg k=v (repeatable) into keyword arguments of the lm-eval model; a key it
+    does not take is refused (it would be ignored silently)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--model-arg {pair!r}: expected key=value")
+        if key.strip() not in known:
+            raise UserError(
+                f"--model-arg {key.strip()!r}: not a model argument ({', '.join(known)})"
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -106,11 +111,17 @@ def harness(
         check_output_path(out)
     if mc < 1 or batch_size < 1 or (block is not None and block < 1):
         raise UserError("--mc, --batch-size and --block must be >= 1")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be > 0 (documents per task, or a fraction < 1), got {limit}")
     if not Path(model).exists():
         raise UserError(f"model not found: {model}")
     from sbdcli.harness import HarnessOptions, result_rows, run_tasks
+    from sbdcli.harness.lm import MODEL_ARGS
 
-    args = {"mc": mc, "revise": revise, **_model_args(model_arg)}
+    args = {"mc": mc, "revise": revise, **_model_args(model_arg, MODEL_ARGS)}
+    unused = [k for k in ("gamma", "revise_block") if k in args and not revise]
+    if unused:
+        raise UserError(f"--model-arg {unused[0]} sets the revise: it needs --revise")
     if block is not None:
         args["block"] = block
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -125,7 +136,7 @@ def harness(
         if s["exact"]
         else f"NELBO bound, B = {s['likelihood_block']}, K = {s['mc']}"
     )
-    console.print(f"model {s['model']}; loglikelihood: {bound}", style="dim", highlight=False)
+    console.print(f"model {term(s['model'])}; loglikelihood: {bound}", style="dim", highlight=False)
     _emit([results], out)
 
 
@@ -187,7 +198,7 @@ def mauve_cmd(
     )  # fmt: skip
     cols = terminal_columns([summary])
     console.print(metric_table("MAUVE", cols, [summary], cell, numbered=True, no_wrap=True))
-    console.print(f"[bold]1[/] {summary['name']}", highlight=False, soft_wrap=True)
-    console.print(f"  {summary['settings_short']}", style="dim", highlight=False)
-    console.print(f"featurizer: {featurizer} (last hidden state, final token)", style="dim")
+    console.print(f"[bold]1[/] {term(summary['name'])}", highlight=False, soft_wrap=True)
+    console.print(f"  {term(summary['settings_short'])}", style="dim", highlight=False)
+    console.print(f"featurizer: {term(featurizer)} (last hidden state, final token)", style="dim")
     _emit([summary], out)
