@@ -134,7 +134,7 @@ def harness(
     bound = (
         "exact (B = 1)"
         if s["exact"]
-        else f"NELBO bound, B = {s['likelihood_block']}, K = {s['mc']}"
+        else f"NELBO bound, B = {s['likelihood_block']}, K = {s['mc']} ({s['estimator']} draws)"
     )
     console.print(f"model {term(s['model'])}; loglikelihood: {bound}", style="dim", highlight=False)
     _emit([results], out)

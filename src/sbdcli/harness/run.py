@@ -36,23 +36,30 @@ class HarnessOptions:
     model_args: dict[str, Any] = field(default_factory=dict)
 
 
-def _task_manager(include_path: Path | None) -> Any:
+def _task_manager(include_path: Path | None, tasks: list[str]) -> Any:
+    """lm-eval's `TaskManager` that knows `tasks`: the tasks under `include_path` alone
+    when they are all there (indexing lm-eval's thousands of built-in YAMLs takes many
+    seconds), else the built-in ones too. Unknown names are refused in one line."""
     from lm_eval.tasks import TaskManager  # heavy optional dependency (the `harness` extra)
 
-    if include_path is not None and not include_path.is_dir():
-        raise UserError(f"--include-path {include_path}: not a directory")
-    return TaskManager(include_path=str(include_path) if include_path else None)
-
-
-def _check_tasks(manager: Any, tasks: list[str]) -> None:
     if not tasks:
         raise UserError("--tasks names no task")
-    known = set(manager.all_tasks)
-    unknown = [t for t in tasks if t not in known]
+    if include_path is not None:
+        if not include_path.is_dir():
+            raise UserError(f"--include-path {include_path}: not a directory")
+        try:
+            local = TaskManager(include_path=str(include_path), include_defaults=False)
+        except TypeError:  # an lm-eval without `include_defaults`
+            local = None
+        if local is not None and set(tasks) <= set(local.all_tasks):
+            return local
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in set(manager.all_tasks)]
     if unknown:
         raise UserError(
             f"unknown lm-eval task {unknown[0]!r} (not built in and not under --include-path)"
         )
+    return manager
 
 
 def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
@@ -63,8 +70,7 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
 
     for name in ("lm-eval", "lm_eval"):  # its INFO lines would bury the table on stderr
         logging.getLogger(name).setLevel(logging.WARNING)
-    manager = _task_manager(opts.include_path)
-    _check_tasks(manager, opts.tasks)
+    manager = _task_manager(opts.include_path, opts.tasks)
     model = SbdLM(
         pretrained=opts.model,
         device=opts.device,
@@ -89,6 +95,7 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
         "model": model.ref.id,
         "likelihood_block": model.block,
         "mc": model.mc,
+        "estimator": model.estimator,
         "exact": model.block == 1,
         "draft": model.draft_cfg.params(),
         "revise": bool(model.plan),
