@@ -160,3 +160,10 @@ def test_lm_eval_registry_knows_the_model():
     import sbdcli.harness.lm  # noqa: F401  (registers the model)
 
     assert get_model("sbd").__name__ == "SbdLM"
+
+
+def test_a_hub_name_gets_the_download_hint(capsys):
+    code = run_main(["eval", "harness", "--tasks", "x", "-m", "owner/model-name"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "hf download owner/model-name --local-dir model-name" in err[0]
