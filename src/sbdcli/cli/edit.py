@@ -192,7 +192,7 @@ def edit(
     from sbdcli import pipeline as pl
     from sbdcli.artifacts import write_records
     from sbdcli.pipeline import encode as enc
-    from sbdcli.pipeline.edit import edit_batch, text_diff
+    from sbdcli.pipeline.edit import edit_texts, text_diff
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
@@ -202,21 +202,21 @@ def edit(
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     fmt = _format(file, fmt, whole)
     items = enc.read_texts(file, fmt)
-    records = enc.encode_records(items, enc.target_from_model(ref), mask_token, not allow_normalize)
-    # the diff's "before": the text as given (with a prompt, the decoded prompt + text)
-    originals = {
-        i.id: r["text"] if i.prompt else i.text for i, r in zip(items, records, strict=True)
-    }
-    done_records: list[Any] = []
-    with counting("edit", len(records)) as (done, on_call):
-        for batch in pl.batched(records, batch_size):
-            done_records.extend(edit_batch(batch, ref, plan, on_call))
-            done(len(batch))
+    with counting("edit", len(items)) as (done, on_call):
+        edited = edit_texts(
+            items,
+            ref,
+            plan,
+            marker=mask_token,
+            exact=not allow_normalize,
+            batch_size=batch_size,
+            on_call=on_call,
+            on_batch=done,
+        )
+    done_records = [e.record for e in edited]
     if diff:
         name = "stdin" if file == "-" else Path(file).name
-        text = "".join(
-            text_diff(originals[r["id"]], r["text"], f"{name}:{r['id']}") for r in done_records
-        )
+        text = "".join(text_diff(e.before, e.after, f"{name}:{e.record['id']}") for e in edited)
         _write_text("-", text)
         if output != "-":
             _write_text(output, _render(done_records, fmt))
