@@ -11,12 +11,12 @@ from sbdcli.evaluate import svgplot as sv
 def boxes(svg: str) -> list[tuple[float, float, float, float]]:
     """Approximate boxes of the point labels in a chart (the placement's own estimate)."""
     out = []
-    for x, y, end, text in re.findall(
-        r'<text x="([\d.]+)" y="([\d.]+)" class="tl"( style="text-anchor:end")?>([^<]*)</text>',
+    for x, y, anchor, text in re.findall(
+        r'<text x="([\d.]+)" y="([\d.]+)" class="tl"(?: style="text-anchor:(\w+)")?>([^<]*)</text>',
         svg,
     ):
         w = sv.CHAR_W * len(text)
-        x0 = float(x) - w if end else float(x)
+        x0 = float(x) - {"": 0, "middle": w / 2, "end": w}[anchor]
         out.append((x0, float(y) - 9, x0 + w, float(y) + 1))
     return out
 
@@ -35,7 +35,7 @@ def test_labels_of_crowded_points_do_not_overlap():
     drawn = []
     for x, y, anchor, text in placed:
         w = sv.CHAR_W * len(text)
-        x0 = x if anchor == "start" else x - w
+        x0 = x - {"start": 0, "middle": w / 2, "end": w}[anchor]
         box = (x0, y - 9, x0 + w, y + 1)
         assert not sv._overlaps(box, drawn)
         assert not sv._overlaps(box, [(a - 5, b - 5, a + 5, b + 5) for a, b, _ in points])
@@ -68,7 +68,7 @@ def test_chart_labels_do_not_overlap_and_the_legend_wraps_under_the_axes():
 def test_a_label_keeps_off_a_reference_line_label():
     floor = (300.0, 135.0, 370.0, 146.0)  # "oracle floor", where the first choice would go
     ((x, y, anchor, text),) = sv.place_labels([(300.0, 150.0, "[18]")], (0, 0, 400, 300), [floor])
-    x0 = x if anchor == "start" else x - sv.CHAR_W * len(text)
+    x0 = x - {"start": 0, "middle": 0.5, "end": 1}[anchor] * sv.CHAR_W * len(text)
     assert not sv._overlaps((x0, y - 9, x0 + sv.CHAR_W * len(text), y + 1), [floor])
     svg = sv.svg_chart(
         [sv.Series("", [(127.0, 3.6, "tip", "[18]")])],

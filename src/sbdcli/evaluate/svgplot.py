@@ -138,6 +138,12 @@ def marker(shape: str, cx: float, cy: float, colour: str, attrs: str = "", inner
     return f'<polygon points="{points}" {head}>{inner}</polygon>'
 
 
+LABEL_SPOTS = ((6, -5, "start"), (6, 13, "start"), (-6, -5, "end"), (-6, 13, "end"),
+               (0, -8, "middle"), (0, 17, "middle"))  # fmt: skip
+"""Where a point's label may go, in order of preference: (dx, dy of the text's baseline
+anchor, SVG text-anchor)."""
+
+
 def _overlaps(box: Box, boxes: Sequence[Box]) -> bool:
     x0, y0, x1, y1 = box
     return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in boxes)
@@ -146,18 +152,17 @@ def _overlaps(box: Box, boxes: Sequence[Box]) -> bool:
 def place_labels(
     points: Sequence[tuple[float, float, str]], bounds: Box, avoid: Sequence[Box] = ()
 ) -> list[tuple[float, float, str, str]]:
-    """(x, y, anchor, text) of each label that fits beside its point (right or left, above or
-    below) without overlapping another label, any marker, the boxes to `avoid` or the plot's
-    edge; the rest are left out."""
+    """(x, y, anchor, text) of each label that fits beside its point (`LABEL_SPOTS`: right,
+    left, above or below) without overlapping another label, any marker, the boxes to
+    `avoid` or the plot's edge; the rest are left out."""
     taken: list[Box] = [*avoid, *((a - 5, b - 5, a + 5, b + 5) for a, b, _ in points)]
     placed = []
     for a, b, text in points:
         if not text:
             continue
         w = CHAR_W * len(text)
-        for dx, dy, anchor in ((6, -5, "start"), (6, 13, "start"), (-6, -5, "end"),
-                               (-6, 13, "end")):  # fmt: skip
-            x0 = a + dx if anchor == "start" else a + dx - w
+        for dx, dy, anchor in LABEL_SPOTS:
+            x0 = a + dx - {"start": 0, "middle": w / 2, "end": w}[anchor]
             box = (x0, b + dy - 9, x0 + w, b + dy + 1)
             inside = bounds[0] <= box[0] and box[2] <= bounds[2] and bounds[1] <= box[1]
             if inside and box[3] <= bounds[3] and not _overlaps(box, taken):
@@ -252,7 +257,7 @@ def svg_chart(
             out.append(marker(shape, a, b, colour, attrs, f"<title>{escape(tip)}</title>"))
             labels.append((a, b, lab))
     for a, b, anchor, text in place_labels(labels, (LEFT, TOP, LEFT + pw, TOP + ph), avoid):
-        end = ' style="text-anchor:end"' if anchor == "end" else ""
+        end = f' style="text-anchor:{anchor}"' if anchor != "start" else ""
         out.append(f'<text x="{a}" y="{b}" class="tl"{end}>{escape(text)}</text>')
     out.append(_legend(legend))
     out.append("</svg>")
