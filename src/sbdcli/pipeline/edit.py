@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sbdcli.artifacts.records import Record
 from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.pipeline.modelref import ModelRef
-from sbdcli.pipeline.stages import Progress, check_records, remask_batch, revise_batch
+from sbdcli.pipeline.stages import OnCall, check_records, remask_batch, revise_batch
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,13 @@ class EditPlan:
 
 
 def edit_batch(
-    records: list[Record], ref: ModelRef, plan: EditPlan, progress: Progress = None
+    records: list[Record], ref: ModelRef, plan: EditPlan, on_call: OnCall = None
 ) -> list[Record]:
     """Remask (when planned) and revise a batch of encoded records with one model."""
     check_records(records, ref)
     if plan.remask is not None:
         records = check_records(remask_batch(records, plan.remask, ref), ref)
-    return revise_batch(records, ref, plan.sampler, plan.seed, progress=progress)
+    return revise_batch(records, ref, plan.sampler, plan.seed, on_call=on_call)
 
 
 def edited_text(rec: Record) -> str:
