@@ -4,7 +4,9 @@ says what it is, no module grows past `MAX_LINES` unless `LONG_MODULES` lists it
 reason (so a module's growth past the limit is a visible decision in this file); and, for
 every Python file of the repository, no edit of `sys.path` (scripts run as modules from the
 root), and no benchmark or experiment that replaces a library attribute (they measure the
-library as it ships, through its public functions).
+library as it ships, through its public functions), reads a clock of its own (they time
+through bench/timer.py) or writes a markdown table by hand (they write through the
+library's `markdown_grid`).
 
 Imports are read from the sources (module level and inside functions alike)."""
 
@@ -186,3 +188,21 @@ def test_benchmarks_and_experiments_replace_no_library_attribute():
                 assert not (isinstance(base, ast.Name) and base.id in lib), (
                     f"{path.relative_to(ROOT)}:{node.lineno} replaces {ast.unparse(t)}"
                 )
+
+
+CLOCKS = {"perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "time", "time_ns"}
+"""Wall clocks of the `time` module: only bench/timer.py reads one in bench/ and experiments/."""
+
+
+def test_benchmarks_and_experiments_time_through_one_timer_and_one_table_writer():
+    for path in repository_files("bench", "experiments"):
+        where = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and where != Path("bench/timer.py"):
+                name = ast.unparse(node.func)
+                bare = name in CLOCKS - {"time"}  # from time import perf_counter
+                clock = bare or (name.startswith("time.") and name.split(".", 1)[1] in CLOCKS)
+                assert not clock, f"{where}:{node.lineno} reads {name}: time with bench.timer"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                rule = "|---" in node.value.replace(" ", "")
+                assert not rule, f"{where}:{node.lineno} writes a table: use markdown_grid"
