@@ -70,7 +70,7 @@ def run_edit(
     """`sbd edit` on the texts; its records and its wall-clock seconds."""
     records = out / f"{texts.stem}-{scorer}-g{gamma:g}.jsonl"
     cmd = [sys.executable, "-m", "sbdcli", "edit", str(texts), "-m", str(run), "--gamma",
-           f"{gamma:g}", "--strategy", scorer, "--seed", "0", "--batch-size", "64",
+           f"{gamma:g}", "--strategy", scorer, "--seed", "0", "--batch-size", "128",
            "--device", "cpu", "--records", str(records), "-o", os.devnull]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     seconds, _ = timed(lambda: subprocess.run(cmd, check=True, env=env))
@@ -98,7 +98,8 @@ def measure(args: argparse.Namespace) -> None:
                 rows.append({**base, **score(recs, true, where, oracle), "scorer": scorer,
                              "gamma": gamma, "seconds": seconds})  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}, indent=1))
+                # after every row: an interrupted run keeps (and reports) what it measured
+                (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}))
 
 
 def score(recs: list[dict], true: torch.Tensor, where: list[list[int]], oracle: Any) -> dict:
@@ -133,8 +134,9 @@ def report(args: argparse.Namespace) -> None:
     data = json.loads((Path(args.out) / "edit-correction.json").read_text())
     table = markdown_grid(HEADER, [_cells(r) for r in data["rows"]], "rlrrrrrrrrr")
     body = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
+    body = body.replace("{n}", str(data["n"]))
     text = body.replace("{table}", table) if "{table}" in body else table
-    write_section(args.doc, SECTION, text + "\n")
+    write_section(Path(args.doc), SECTION, text + "\n")
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -153,8 +155,10 @@ def main() -> None:
     p.add_argument("--scorers", type=lambda s: s.split(","), default=SCORERS)
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
-    p.add_argument("--notes", default="experiments/study_notes/edit-correction.md")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")
+    p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument(
+        "--notes", default=str(ROOT / "experiments" / "study_notes" / "edit-correction.md")
+    )
     args = parser.parse_args()
     measure(args) if args.cmd == "run" else report(args)
 
