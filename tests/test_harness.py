@@ -312,3 +312,26 @@ def test_lm_eval_finds_the_model_by_name(oracle_run, tasks):
     )  # fmt: skip
     want = oracle_accuracy(_docs("synthetic_mc.jsonl")[:8])
     assert res["results"]["sbd_synthetic_mc"]["acc,none"] == pytest.approx(want)
+
+
+def test_a_hub_name_gets_the_download_hint(capsys):
+    code = run_main(["eval", "harness", "--tasks", "x", "-m", "owner/model-name"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "hf download owner/model-name --local-dir model-name" in err[0]
+
+
+def test_a_task_whose_data_cannot_be_fetched_is_one_line(run, monkeypatch, capsys):
+    import lm_eval
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    def offline(**_kwargs):  # what lm-eval raises for a hub task under HF_DATASETS_OFFLINE
+        raise OfflineModeIsEnabled("Couldn't reach 'EleutherAI/lambada_openai' on the Hub")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    code = run_main(["eval", "harness", "--tasks", "lambada_openai", "-m", str(run),
+                     "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "could not fetch the data of --tasks lambada_openai" in err[0]
+    assert "HF_HUB_OFFLINE" in err[0] and "--include-path" in err[0]

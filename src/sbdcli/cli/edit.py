@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.artifacts.files import check_output_path
-from sbdcli.cli._app import app
+from sbdcli.artifacts.files import check_output_path, is_json_document
+from sbdcli.cli._app import app, emit
 from sbdcli.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -27,7 +27,8 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
+from sbdcli.config import DEFAULT_PASSES, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
 FileArg = Annotated[
@@ -63,7 +64,7 @@ def _format(path: str, fmt: str, whole: bool) -> str:
             raise UserError(f"--whole and --format {fmt} exclude each other")
         return "whole"
     if fmt == "auto":
-        return "jsonl" if path.endswith(".jsonl") else "lines"
+        return "jsonl" if path.endswith(".jsonl") or is_json_document(path) else "lines"
     return fmt
 
 
@@ -88,7 +89,11 @@ def encode(
     device: DeviceOpt = "cpu",
     output: OutputOpt = "-",
 ) -> None:
-    """Texts become sample records: [MASK] markers become positions for sbd revise to fill."""
+    """Texts become sample records: [MASK] markers become positions for sbd revise to fill.
+
+    Example: sbd encode notes.txt -m runs/latest | sbd remask --strategy masked --gamma 0.1
+    | sbd revise
+    """
     from sbdcli import pipeline as pl
     from sbdcli.artifacts import write_records
     from sbdcli.pipeline import encode as enc
@@ -105,40 +110,47 @@ def encode(
 
 
 # --------------------------------------------------------------------------- edit
-def _plan(
-    remask_opts: dict[str, Any], infill: bool, block: str, values: dict[str, Any], seed: int
-) -> Any:
-    from sbdcli import pipeline as pl
+def _plan(remask_opts: dict[str, Any], infill: bool, sampler: SamplerConfig, seed: int) -> Any:
     from sbdcli.pipeline.edit import EditPlan
 
     gamma = remask_opts.get("gamma")
     if infill == (gamma is not None):
         raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
+    if infill and (remask_opts.get("strategy") or remask_opts.get("passes", DEFAULT_PASSES)
+                   != DEFAULT_PASSES):  # fmt: skip
+        raise UserError("--strategy and --passes choose what to remask: --infill remasks nothing")
     remask_opts["strategy"] = remask_opts.get("strategy") or "masked"
     if remask_opts["strategy"] == "snapshot":
         raise UserError(
             "--strategy snapshot needs a draft's confidence; use masked, posthoc or random"
         )
     remask = None if infill else RemaskConfig(**remask_opts, seed=seed)
-    return EditPlan(remask, SamplerConfig(block_size=pl.parse_block(block), **values), seed)
+    return EditPlan(remask, sampler, seed)
 
 
-def _write_text(output: str, text: str) -> None:
-    """The edited texts to stdout, or atomically to a file."""
-    import sys
+def _write_outputs(
+    output: str, text: str, records_out: str | None, records: list[Any], shown: str | None
+) -> None:
+    """Files first, stdout last: `--records` is written while `-o` is still a temporary, so
+    a failed write leaves neither file and prints nothing; then `shown` (the texts or the
+    diff) goes to stdout (`emit`: control characters visible on a terminal)."""
+    import contextlib
 
+    from sbdcli.artifacts import write_records
     from sbdcli.artifacts.files import atomic_file
 
-    if output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    with atomic_file(output) as handle:
-        handle.write(text)
+    with contextlib.ExitStack() as stack:
+        if output != "-":
+            stack.enter_context(atomic_file(output)).write(text)
+        if records_out is not None:
+            write_records(records, records_out)
+    if shown is not None:
+        emit(shown)
 
 
-def _render(records: list[Any], fmt: str) -> str:
-    """The edited texts: one per line, JSONL {id, text}, or the whole text."""
+def _render(records: list[Any], fmt: str, output: str) -> str:
+    """The edited texts: one per line, JSON Lines {id, text} (one JSON list of them for a
+    `.json` output), or the whole text."""
     import json
 
     from sbdcli.pipeline.edit import edited_text
@@ -146,7 +158,10 @@ def _render(records: list[Any], fmt: str) -> str:
     if fmt == "whole":
         return edited_text(records[0])
     if fmt == "jsonl":
-        return "".join(json.dumps({"id": r["id"], "text": edited_text(r)}) + "\n" for r in records)
+        objs = [{"id": r["id"], "text": edited_text(r)} for r in records]
+        if is_json_document(output):
+            return json.dumps(objs, indent=1) + "\n"
+        return "".join(json.dumps(o) + "\n" for o in objs)
     return "".join(edited_text(r).replace("\n", " ") + "\n" for r in records)
 
 
@@ -158,7 +173,7 @@ def _render(records: list[Any], fmt: str) -> str:
     optional=("gamma", "strategy"),
     help_suffix=lambda f: {"strategy": "(default masked)", "gamma": "(or --infill)"}.get(f, ""),
 )
-@config_options("sampling", SamplerConfig, ("top_p", "temperature"))
+@sampler_options
 def edit(
     file: FileArg = "-",
     model: ModelOpt = None,
@@ -187,10 +202,13 @@ def edit(
     output: OutputOpt = "-",
     remask_opts: dict[str, Any] | None = None,
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
 ) -> None:
-    """Encode, remask, revise: text in, edited text out (the pipe's result, same seeds)."""
+    """Encode, remask, revise: text in, edited text out (the pipe's result, same seeds).
+
+    Example: sbd edit notes.txt -m runs/latest --gamma 0.1 --diff
+    """
     from sbdcli import pipeline as pl
-    from sbdcli.artifacts import write_records
     from sbdcli.pipeline import encode as enc
     from sbdcli.pipeline.edit import edit_texts, text_diff
 
@@ -198,8 +216,15 @@ def edit(
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     for path in (output, records_out or "-"):
         check_output_path(path)
-    plan = _plan(dict(remask_opts or {}), infill, block, sampling or {}, seed)
+    if records_out == "-" and (output == "-" or diff):
+        raise UserError(
+            "--records - and the edited texts (or --diff) would share stdout: name a file"
+        )
+    cfg, note = sampler_config(pl.parse_block(block), sampling, aliases)
+    check_captured(cfg, device)
+    plan = _plan(dict(remask_opts or {}), infill, cfg, seed)
     ref = pl.load_model_ref(pl.default_model_path(model), device)
+    print_note(note)
     fmt = _format(file, fmt, whole)
     items = enc.read_texts(file, fmt)
     with counting("edit", len(items)) as (done, on_call):
@@ -214,13 +239,9 @@ def edit(
             on_batch=done,
         )
     done_records = [e.record for e in edited]
+    text = _render(done_records, fmt, output)
+    shown = text if output == "-" else None
     if diff:
         name = "stdin" if file == "-" else Path(file).name
-        text = "".join(text_diff(e.before, e.after, f"{name}:{e.record['id']}") for e in edited)
-        _write_text("-", text)
-        if output != "-":
-            _write_text(output, _render(done_records, fmt))
-    else:
-        _write_text(output, _render(done_records, fmt))
-    if records_out is not None:
-        write_records(done_records, records_out)
+        shown = "".join(text_diff(e.before, e.after, f"{name}:{e.record['id']}") for e in edited)
+    _write_outputs(output, text, records_out, done_records, shown)

@@ -26,6 +26,7 @@ Not here: the likelihood math (evaluate/likelihood.py), task loading and the res
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,23 @@ DEFAULT_MAX_GEN = 256
 """Generated tokens when a generate_until request names no `max_gen_toks` (lm-eval's)."""
 
 
+MODEL_ARGS = ("block", "mc", "draft_block", "steps_per_block", "reveal", "top_p", "revise",
+              "gamma", "revise_block")  # fmt: skip
+"""The model arguments `sbd eval harness --model-arg` sets (the rest have flags of their own)."""
+
+
+def _as(kind: type, name: str, value: Any) -> Any:
+    """A model argument (lm-eval passes them as text) as an int or a finite float."""
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or (isinstance(out, float) and not math.isfinite(out)):
+        what = "an integer" if kind is int else "a finite number"
+        raise UserError(f"model arg {name}={value}: expected {what}")
+    return out
+
+
 def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
@@ -64,7 +82,9 @@ def _draft_reveal(reveal: str | None, steps_per_block: int | str | None) -> Reve
         raise UserError("model args `reveal` and `steps_per_block` exclude each other")
     if reveal is not None:
         return parse_reveal(str(reveal))
-    return FixedSteps(None if steps_per_block is None else int(steps_per_block))
+    return FixedSteps(
+        None if steps_per_block is None else _as(int, "steps_per_block", steps_per_block)
+    )
 
 
 @register_model("sbd")
@@ -95,19 +115,20 @@ class SbdLM(LM):
             raise UserError(f"{pretrained}: no tokenizer (data/manifest.json); lm-eval sends text")
         self.cfg = self.ref.model.config
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
-        self.block = int(block) if block is not None else _small_block(pretrained)
-        self.mc, self.seed = int(mc), int(seed)
+        self.block = _as(int, "block", block) if block is not None else _small_block(pretrained)
+        self.mc, self.seed = _as(int, "mc", mc), _as(int, "seed", seed)
         if self.mc < 1 or self.block < 1:
             raise UserError("model args `mc` and `block` must be >= 1")
         if estimator not in ESTIMATORS:
             raise UserError(f"model arg `estimator` {estimator!r}: one of {', '.join(ESTIMATORS)}")
         tc = bool(self.cfg.time_conditioning)
         self.estimator = "exact" if self.block == 1 else "time" if tc else str(estimator)
-        extra = {} if top_p is None else {"top_p": float(top_p)}
+        extra = {} if top_p is None else {"top_p": _as(float, "top_p", top_p)}
         policy = _draft_reveal(reveal, steps_per_block)
-        self.draft_cfg = SamplerConfig(block_size=int(draft_block), reveal=policy, **extra)
+        draft_block = _as(int, "draft_block", draft_block)
+        self.draft_cfg = SamplerConfig(block_size=draft_block, reveal=policy, **extra)
         revise_stage = StagePlan(
-            RemaskConfig(gamma=float(gamma), seed=self.seed),
+            RemaskConfig(gamma=_as(float, "gamma", gamma), seed=self.seed),
             SamplerConfig(block_size=parse_block(str(revise_block)), **extra),
             self.seed,
         )

@@ -14,6 +14,7 @@ Not here: the model (lm.py), the likelihood math (evaluate/likelihood.py), print
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,20 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
         seed=opts.seed,
         **opts.model_args,
     )
-    results = lm_eval.simple_evaluate(
-        model=model,
-        tasks=opts.tasks,
-        num_fewshot=opts.num_fewshot,
-        limit=opts.limit,
-        task_manager=manager,
-        random_seed=opts.seed,
-        numpy_random_seed=opts.seed,
-        torch_random_seed=opts.seed,
-        fewshot_random_seed=opts.seed,
-    )
+    try:
+        results = lm_eval.simple_evaluate(
+            model=model,
+            tasks=opts.tasks,
+            num_fewshot=opts.num_fewshot,
+            limit=opts.limit,
+            task_manager=manager,
+            random_seed=opts.seed,
+            numpy_random_seed=opts.seed,
+            torch_random_seed=opts.seed,
+            fewshot_random_seed=opts.seed,
+        )
+    except ConnectionError as exc:  # the hub's offline refusal is one, as is a network error
+        raise UserError(_fetch_failed(opts.tasks, exc)) from exc
     if results is None:
         raise UserError("lm-eval returned no results")
     results["sbd"] = {
@@ -102,6 +106,21 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
         "seed": opts.seed,
     }
     return _plain(results)
+
+
+def _fetch_failed(tasks: list[str], exc: Exception) -> str:
+    """One line for a task whose data lm-eval could not download."""
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    why = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set here)" if offline else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"lm-eval could not fetch the data of --tasks {','.join(tasks)}: {first}{why}; "
+        "it downloads each task's dataset, so run once with the network, or give local "
+        "task YAMLs with --include-path"
+    )
 
 
 def _plain(obj: Any) -> Any:
