@@ -102,9 +102,9 @@ def _parse(body: bytes) -> CompletionRequest:
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON") from None
+        raise ApiError(400, "the body is not valid JSON", param="body") from None
     if not isinstance(obj, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise ApiError(400, "the body must be a JSON object", param="body")
     try:
         return CompletionRequest.model_validate(obj)
     except ValidationError as exc:
