@@ -105,24 +105,6 @@ def encode(
 
 
 # --------------------------------------------------------------------------- edit
-def _plan(
-    remask_opts: dict[str, Any], infill: bool, block: str, values: dict[str, Any], seed: int
-) -> Any:
-    from sbdcli import pipeline as pl
-    from sbdcli.pipeline.edit import EditPlan
-
-    gamma = remask_opts.get("gamma")
-    if infill == (gamma is not None):
-        raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
-    remask_opts["strategy"] = remask_opts.get("strategy") or "masked"
-    if remask_opts["strategy"] == "snapshot":
-        raise UserError(
-            "--strategy snapshot needs a draft's confidence; use masked, posthoc or random"
-        )
-    remask = None if infill else RemaskConfig(**remask_opts, seed=seed)
-    return EditPlan(remask, SamplerConfig(block_size=pl.parse_block(block), **values), seed)
-
-
 def _write_text(output: str, text: str) -> None:
     """The edited texts to stdout, or atomically to a file."""
     import sys
@@ -192,13 +174,13 @@ def edit(
     from sbdcli import pipeline as pl
     from sbdcli.artifacts import write_records
     from sbdcli.pipeline import encode as enc
-    from sbdcli.pipeline.edit import edit_batch, text_diff
+    from sbdcli.pipeline.edit import edit_batch, make_plan, text_diff
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     for path in (output, records_out or "-"):
         check_output_path(path)
-    plan = _plan(dict(remask_opts or {}), infill, block, sampling or {}, seed)
+    plan = make_plan(dict(remask_opts or {}), infill, block, sampling or {}, seed)
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     fmt = _format(file, fmt, whole)
     items = enc.read_texts(file, fmt)
