@@ -88,11 +88,11 @@ def held_worker(app: Any) -> Iterator[threading.Event]:
     release, entered = threading.Event(), threading.Event()
     real_run = batcher._run
 
-    def held(batch: Any) -> None:
+    def held(batch: Any) -> int:
         batcher._run = real_run
         entered.set()
         assert release.wait(60), "the held batch was never released"
-        real_run(batch)
+        return real_run(batch)
 
     batcher._run = held
     try:
