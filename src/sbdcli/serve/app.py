@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sbdcli.pipeline import ModelRef
-from sbdcli.serve.batcher import Batcher, Busy, Ticket
+from sbdcli.serve.batcher import Batcher, Busy, Stopping, Ticket
 from sbdcli.serve.jobs import EditJob, Job, Limits, make_edit_job, make_job
 from sbdcli.serve.metrics import Metrics
 from sbdcli.serve.schemas import ApiError, CompletionRequest, EditRequest
@@ -186,6 +186,8 @@ class Server:
         ticket = Ticket(name, job, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e))
         try:
             self.batcher.submit(ticket)
+        except Stopping as exc:
+            raise ApiError(503, str(exc), kind="server_error", code="shutting_down") from None
         except Busy as exc:
             raise ApiError(
                 429,

@@ -51,6 +51,10 @@ class Busy(Exception):
     """The queue is full: try again later."""
 
 
+class Stopping(Busy):
+    """The server is shutting down: no new request is taken."""
+
+
 @dataclass
 class Ticket:
     """A request in the queue or in a batch."""
@@ -105,7 +109,7 @@ class Batcher:
         """Queue a request, or raise `Busy` when its rows do not fit the queue."""
         with self._cond:
             if self._stopping:
-                raise Busy("the server is shutting down")
+                raise Stopping("the server is shutting down")
             if ticket.rows > self.max_batch:
                 raise ValueError("a request larger than a batch")  # the app checks n first
             if self.queued_rows + ticket.rows > self.max_queue:
