@@ -3,7 +3,7 @@ call vs a cached draft call, and a 2-tokens-per-call draft vs an autoregressive 
 the same width and depth decoding with its KV cache (transformers `generate`); and, on a
 trained model of the synthetic language, threshold (adaptive) drafts against one token per
 call: calls per sample, seconds and oracle Gen PPL (`--trained RUN --data DIR`); and the
-approximate revise cache (`--approx`: `--cache approx --refresh R` against the exact
+approximate revise cache (`--approx`: `--cache approx:R` against the exact
 revise and the cached draft, on random weights for time and, with `--trained`, on a
 trained model for oracle Gen PPL).
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sbdcli.config import ModelConfig
+from sbdcli.config import ModelConfig, legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.model import Denoiser
@@ -76,7 +76,7 @@ def gens(n: int, stage: str, device: str) -> list[Any]:
 
 
 def draft(model: Denoiser, n: int, length: int, device: str, **kw: Any) -> tuple[float, Any]:
-    cfg = sp.SamplerConfig(block_size=4, **kw)
+    cfg = legacy_sampler(block_size=4, **kw)
     bos = model.config.bos_id
     return timed(lambda: sp.draft(model, [[bos]] * n, length, cfg, gens(n, "d", device)), device)
 
@@ -91,7 +91,7 @@ def revise(model: Denoiser, out: Any, device: str, per_call: int | None) -> tupl
         masked[i, rm.select_lowest(out.confidence[i].cpu(), elig, 0.25, keys)] = True
     m = int(masked[0].sum())
     steps = None if per_call is None else math.ceil(m / per_call)
-    cfg = sp.SamplerConfig(block_size=0, steps_per_block=steps)
+    cfg = legacy_sampler(block_size=0, steps_per_block=steps)
     secs, res = timed(
         lambda: sp.revise(model, out.tokens, masked.to(device), cfg, gens(n, "r", device)), device
     )
@@ -214,7 +214,7 @@ def approx_speed_row(
         best["draft"] = min(best.get("draft", math.inf), secs)
         masked = snapshot_mask(out).to(device)
         for name, kw in settings:
-            cfg = sp.SamplerConfig(block_size=0, **kw)
+            cfg = legacy_sampler(block_size=0, **kw)
             job = functools.partial(sp.revise, model, out.tokens, masked, cfg, gens(n, "r", device))
             secs, outs[name] = timed(job, device)
             best[name] = min(best.get(name, math.inf), secs)
@@ -280,7 +280,7 @@ def approx_quality_rows(
         for name, _ in settings
     }
     for seed in range(repeats):
-        cfg = sp.SamplerConfig(block_size=4)
+        cfg = legacy_sampler(block_size=4)
         job = functools.partial(
             pl.draft_batch, ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed
         )
@@ -290,7 +290,7 @@ def approx_quality_rows(
             if kw is None:
                 out, secs = recs, draft_secs
             else:
-                rcfg = sp.SamplerConfig(block_size=0, **kw)
+                rcfg = legacy_sampler(block_size=0, **kw)
                 secs, out = timed(
                     functools.partial(pl.revise_batch, masked, ref, rcfg, seed), device
                 )
@@ -377,8 +377,8 @@ APPROX_INTRO = (
     "## Approximate revise cache (`python -m bench.bench_sampler --approx`)\n\n"
     "Snapshot remask gamma 0.25 of a cached one-token-per-call draft (block 4), then one "
     "global revise block (`--block full`), one token per call unless a threshold is given. "
-    "*exact* = `--cache exact` (every call runs all L positions); *approx R* = `--cache "
-    "approx --refresh R` (docs/sampling.md). Time rows: random weights (speed does not "
+    "*exact* = `--cache exact` (every call runs all L positions); *approx R* = "
+    "`--cache approx:R` (docs/sampling.md). Time rows: random weights (speed does not "
     "depend on them), the fastest of `--repeats` interleaved rounds, revise seconds "
     "against the exact revise and against the cached draft they revise. Gen PPL rows: a "
     "trained model, oracle perplexity, per-sample mean, every setting revising the same "
@@ -547,7 +547,7 @@ def threshold_rows(
     }
     for seed in range(repeats):
         for name, kw in settings:
-            cfg = sp.SamplerConfig(block_size=block, **kw)
+            cfg = legacy_sampler(block_size=block, **kw)
             job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
             secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
             nll, ntok = _oracle_scores(judge, recs)
@@ -755,9 +755,9 @@ THRESHOLD_INTRO = (
     "*s/sample* = wall-clock of the draft (records included) / samples; Gen PPL = oracle "
     "perplexity, per-sample mean (BD3-LM protocol) and corpus (token-weighted); *entropy* = "
     "mean unigram entropy (nats) of a sample's generated tokens. *confident* = "
-    "`--unmask confident` (most probable position first), which is what a threshold "
+    "`--reveal steps:confident` (most probable position first), which is what a threshold "
     "degenerates to when no draw passes it. "
-    "`--threshold TAU` commits every position whose draw has probability >= TAU, at least "
+    "`--reveal threshold:TAU` commits every position whose draw has probability >= TAU, at least "
     "one per call (docs/sampling.md).\n\n"
 )
 

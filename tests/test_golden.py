@@ -96,6 +96,17 @@ def close(a: Any, b: Any, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def summaries(path: Path) -> list[Any]:
+    """The summaries of a `.json` file: one JSON document, a list of them or a single one
+    (as `sbd eval --out X.json` writes it; formerly one summary per line)."""
+    text = path.read_text()
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return records(path)
+    return strip(whole if isinstance(whole, list) else [whole])
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("golden")
@@ -140,7 +151,7 @@ def chain(tmp_path_factory) -> dict[str, Any]:
     for path in sorted(root.glob("*.jsonl")):
         out[path.name] = records(path)
     for name in ("genppl.json", "genppl-sbd.json", "ppl.json"):
-        out[name] = records(root / name)  # one JSON summary per line
+        out[name] = summaries(root / name)
     metrics = [json.loads(x) for x in (rundir / "metrics.jsonl").read_text().splitlines() if x]
     out["metrics"] = [strip(m) for m in metrics]
     return out
