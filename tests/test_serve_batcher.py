@@ -181,3 +181,18 @@ def test_stop_ends_queued_requests_with_an_error_event(ref):
                             "message": "the server is shutting down"}]  # fmt: skip
     with pytest.raises(Busy):
         batcher.submit(ticket(ref, {})[0])
+
+
+def test_requests_arriving_together_at_an_idle_worker_run_together(ref):
+    """The idle worker waits `window` seconds from the first arrival before it starts."""
+    stats: list = []
+    batcher = Batcher(ref, max_batch=8, max_queue=8, on_batch=stats.append, window=1.0)
+    batcher.start()
+    pairs = [ticket(ref, {"seed": 3}), ticket(ref, {"seed": 3, "prompt": "w2"})]
+    for t, _ in pairs:
+        batcher.submit(t)
+    for _, sink in pairs:
+        assert sink.done.wait(60)
+    batcher.stop()
+    batcher.join(30)
+    assert [(s.requests, s.rows) for s in stats] == [(2, 2)]

@@ -58,6 +58,8 @@ class Settings:
     max_queue: int = 64
     """Rows waiting for a batch; beyond, 429."""
     limits: Limits = field(default_factory=Limits)
+    batch_window: float = 0.02
+    """Seconds an idle worker waits, from a request's arrival, for others to batch with it."""
 
 
 class _Auth:
@@ -155,7 +157,8 @@ class Server:
     def __init__(self, ref: ModelRef, settings: Settings) -> None:
         self.ref, self.settings = ref, settings
         self.metrics = Metrics(lambda: self.batcher.depth)
-        self.batcher = Batcher(ref, settings.max_batch, settings.max_queue, self.metrics.batch)
+        self.batcher = Batcher(ref, settings.max_batch, settings.max_queue, self.metrics.batch,
+                               settings.batch_window)  # fmt: skip
         self.created = int(time.time())
 
     @property

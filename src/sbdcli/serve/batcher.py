@@ -1,7 +1,9 @@
 """The request queue and the one worker thread that samples batches of requests.
 
 Rules (docs/serving.md, "Batching"):
-- Requests wait in arrival order. When the worker is free it takes the oldest request and
+- Requests wait in arrival order. When the worker is free and a request arrives, it waits
+  `window` seconds from that request's arrival (default 20 ms) for others to arrive with
+  it, unless a batch is full sooner. Then it takes the oldest request and
   every queued request with the same `Job.key` (same length and settings) behind it, in
   order, while the batch has at most `max_batch` rows; they run as one batch of rows
   through the stages of `sbd generate` (draft, then remask + revise per stage: the
@@ -91,8 +93,10 @@ class Batcher:
         max_batch: int = 16,
         max_queue: int = 64,
         on_batch: Callable[[BatchStats], None] | None = None,
+        window: float = 0.02,
     ) -> None:
         self.ref, self.max_batch, self.max_queue = ref, max_batch, max_queue
+        self.window = window
         self.on_batch = on_batch
         self._queue: deque[Ticket] = deque()
         self._running: list[Ticket] = []
@@ -158,8 +162,8 @@ class Batcher:
     def _take(self) -> list[Ticket] | None:
         """The next batch: the oldest request and the compatible ones queued behind it."""
         with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
+            while not self._stopping and not self._gathered():
+                pass
             if self._stopping:
                 return None
             first = self._queue.popleft()
@@ -171,6 +175,20 @@ class Batcher:
                     rows += t.rows
             self._running = batch
             return batch
+
+    def _gathered(self) -> bool:
+        """Wait (holding the condition) for a request, then up to `window` seconds from its
+        arrival for others (requests arriving together run together); whether the queue
+        still holds a request (a cancelled one may have left it)."""
+        while not self._queue and not self._stopping:
+            self._cond.wait()
+        deadline = self._queue[0].arrived + self.window if self._queue else 0.0
+        while not self._stopping and self._queue and self.queued_rows < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+        return bool(self._queue)
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
