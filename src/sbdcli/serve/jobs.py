@@ -2,8 +2,8 @@
 
 `make_job` turns a `CompletionRequest` into the prompts, length, draft configuration and
 K-stage plan that `sbd generate` would build from the same settings as flags (cli/sample.py
-is the reference; the two must agree: tests/test_serve_batcher.py and test_serve_app.py
-check it record for record).
+is the reference; the two must agree: tests/test_serve_jobs.py, test_serve_batcher.py and
+test_serve_app.py check it record for record).
 Record ids: a seeded request's rows are named as `sbd generate --prompts` names the prompt
 of a one-line prompts file (`p1`, or `p1-<j>` with n > 1; `sbd.id` replaces `p1`), so that
 the command reproduces the request exactly; an unseeded request's rows are named after its
