@@ -17,11 +17,27 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli import distributed as dist
-from sbdcli.cli._app import app, console, term
-from sbdcli.cli.options import DeviceOpt
+from sbdcli.cli._app import app, console, emit, term
+from sbdcli.cli.options import DeviceOpt, config_options
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import fit_columns, metric_table
+from sbdcli.config import GenPplOptions
 from sbdcli.errors import UserError
+
+GENPPL_FIELDS = (
+    "evaluator",
+    "data_dir",
+    "eos",
+    "batch_size",
+    "context",
+    "stride",
+    "floor_samples",
+    "seed",
+    "allow_partial",
+    "low_entropy",
+    "low_entropy_window",
+)
+"""`GenPplOptions` fields `sbd eval genppl` takes as flags (defaults and help from config)."""
 
 eval_app = typer.Typer(
     help="Judge samples (Gen PPL with entropy) and held-out data (test perplexity).",
@@ -141,13 +157,15 @@ def _check_outputs(out: str | None, plot: Path | None = None) -> None:
         check_plot_path(plot)
 
 
-def _json_to_stdout(out: str | None, markdown: bool) -> bool:
-    """Without --json: the summaries go to stdout when it is a pipe or a file (a person at a
-    terminal reads the table) and neither --out nor --markdown took them."""
-    return out is None and not markdown and not sys.stdout.isatty()
+def json_to_stdout(out: str | None, as_json: bool = False, markdown: bool = False) -> bool:
+    """Whether an eval command prints its JSON on stdout: with --json, or when stdout is a
+    pipe or a file (a person at a terminal reads the table) and neither --out nor --markdown
+    took it."""
+    return as_json or (out is None and not markdown and not sys.stdout.isatty())
 
 
-def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
+def write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
+    """The JSON objects to --out (atomically, one per line) and, when asked, to stdout."""
     from sbdcli.artifacts import JsonlWriter
 
     if out:
@@ -160,7 +178,14 @@ def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) ->
         sys.stdout.flush()
 
 
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print the JSON on stdout even when it is a terminal."),
+]
+
+
 @eval_app.command("genppl")
+@config_options("judge", GenPplOptions, GENPPL_FIELDS)
 def genppl(
     files: Annotated[
         list[str] | None,
@@ -170,41 +195,6 @@ def genppl(
         list[str] | None,
         typer.Option("--input", "-i", help="Record file to read (repeatable; '-' = stdin)."),
     ] = None,
-    evaluator: Annotated[
-        str | None,
-        typer.Option(
-            "--evaluator",
-            "-e",
-            help="'oracle' (synthetic language; the default for its runs), a local transformers "
-            "causal-LM directory, or an sbd run trained with --block 1.",
-        ),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="Data directory of the records (oracle, tokenizer) when "
-            "their run directory is not reachable.",
-        ),
-    ] = None,
-    eos: Annotated[
-        str,
-        typer.Option(
-            "--eos",
-            help="EOS rule: 'skip' keeps EOS as context but never scores it (BD3-LM); "
-            "'cut' ends each sample before its first generated EOS.",
-        ),
-    ] = "skip",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Windows (or samples) per judge forward pass.")
-    ] = 16,
-    context: Annotated[
-        int | None,
-        typer.Option("--context", help="transformers judge window (default: its max length)."),
-    ] = None,
-    stride: Annotated[
-        int, typer.Option("--stride", help="Stride of windows beyond the judge's context.")
-    ] = 512,
     per_file: Annotated[
         bool, typer.Option("--per-file", help="One row per file instead of per stage group.")
     ] = False,
@@ -219,68 +209,25 @@ def genppl(
         bool,
         typer.Option("--markdown", help="Print the table as markdown on stdout instead of JSON."),
     ] = False,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="Print the JSON summaries on stdout even when it is a terminal."
-        ),
-    ] = False,
-    floor_samples: Annotated[
-        int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
-    ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the oracle floor's samples.")] = 0,
-    allow_partial: Annotated[
-        bool,
-        typer.Option(
-            "--allow-partial",
-            help="Score a set with fewer records than its draft declared (marked partial).",
-        ),
-    ] = False,
-    low_entropy: Annotated[
-        float | None,
-        typer.Option(
-            "--low-entropy",
-            help="Count samples whose last --low-entropy-window tokens have unigram entropy "
-            "(nats) below H (default: the draft's --redraw-low-entropy, else off).",
-        ),
-    ] = None,
-    low_entropy_window: Annotated[
-        int | None,
-        typer.Option(
-            "--low-entropy-window",
-            help="Window of --low-entropy (default: the draft's --redraw-window, else 256).",
-        ),
-    ] = None,
+    as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
+    judge: dict[str, Any] | None = None,
 ) -> None:
-    """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
-    from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
+    """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings.
+
+    Example: sbd draft -n 64 | sbd remask --gamma 0.25 | sbd revise | sbd eval genppl
+    """
+    from sbdcli.evaluate import evaluate_sets, markdown_table, plot_genppl
 
     _check_outputs(out, plot)
     if as_json and markdown:
         raise UserError("--json and --markdown exclude each other: both print on stdout")
-    if batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
     paths = [*(files or []), *(inputs or [])]
     world, device = _processes(paths, device)
+    opts = GenPplOptions(**(judge or {}), device=_device(device), group=not per_file)
     sets = _read_sets(paths)
     n = sum(len(r) for _, r in sets)
     dist.check_enough(world, n, n, "records")
-    opts = GenPplOptions(
-        evaluator=evaluator,
-        data_dir=data,
-        eos=eos,
-        device=_device(device),
-        batch_size=batch_size,
-        context=context,
-        stride=stride,
-        group=not per_file,
-        floor_samples=floor_samples,
-        seed=seed,
-        allow_partial=allow_partial,
-        low_entropy=low_entropy,
-        low_entropy_window=low_entropy_window,
-    )
     bar, advance = _progress(sum(len(r) for _, r in sets), "judging")
     with bar:
         summaries = evaluate_sets(sets, opts, advance)
@@ -291,10 +238,9 @@ def genppl(
     if plot is not None:
         plot_genppl(summaries, plot)
         console.print(f"plot written to {term(plot)}", style="dim")
-    _write_json(summaries, out, to_stdout=as_json or _json_to_stdout(out, markdown))
+    write_json(summaries, out, to_stdout=json_to_stdout(out, as_json, markdown))
     if markdown:
-        sys.stdout.write(markdown_table(summaries))
-        sys.stdout.flush()
+        emit(markdown_table(summaries))
 
 
 def _ppl_inputs(run: Path, data: Path | None, block: int | None) -> tuple[Path, int]:
@@ -323,12 +269,14 @@ def ppl(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", help="Data directory whose val split is scored (default: the run's)."
+            "--data", help="Data directory whose val split is scored.", show_default="the run's"
         ),
     ] = None,
     block: Annotated[
         int | None,
-        typer.Option("--block", help="Block size B of the NELBO (default: the run's small block)."),
+        typer.Option(
+            "--block", help="Block size B of the NELBO.", show_default="the run's small block"
+        ),
     ] = None,
     mc: Annotated[
         int, typer.Option("--mc", help="Monte Carlo repetitions of the noise draw (K).")
@@ -341,14 +289,22 @@ def ppl(
     out: Annotated[
         str | None, typer.Option("--out", help="Write the JSON result here (atomically).")
     ] = None,
+    as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically."""
+    """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically.
+
+    Example: sbd eval ppl -m runs/latest --data data --block 4 --mc 4
+    """
     from sbdcli.evaluate import check_ppl_inputs, heldout_perplexity
 
     if mc < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise UserError("--mc, --batch-size and --max-batches must be >= 1")
     _check_outputs(out)
+    if not model.exists():
+        from sbdcli.model.checkpoint import model_not_found
+
+        raise model_not_found(model)
     data_dir, block_size = _ppl_inputs(model, data, block)
     from sbdcli.data import load_split
     from sbdcli.model.checkpoint import load_model
@@ -376,4 +332,4 @@ def ppl(
         f"{result['bits_per_token']:.4f} bits/token  B={block_size}  {result['rows']} rows",
         highlight=False,
     )
-    _write_json([result], out, to_stdout=out is None)
+    write_json([result], out, to_stdout=json_to_stdout(out, as_json))

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import DeviceOpt, ModelOpt
 from sbdcli.errors import UserError
 
@@ -31,8 +31,8 @@ def serve(
         str | None,
         typer.Option(
             "--api-key",
-            help="Require `Authorization: Bearer KEY` on every route but /health "
-            "(default: $SBD_API_KEY; unset: no key).",
+            help="Require the header 'Authorization: Bearer KEY' on every route but /health.",
+            show_default="$SBD_API_KEY; unset: no key",
         ),
     ] = None,
     max_batch: Annotated[
@@ -41,7 +41,7 @@ def serve(
     max_queue: Annotated[
         int, typer.Option("--max-queue", help="Rows waiting at most; beyond, 429.")
     ] = 64,
-    max_n: Annotated[int, typer.Option("--max-n", help="Largest `n` of one request.")] = 8,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest n (samples) of one request.")] = 8,
     batch_window: Annotated[
         float,
         typer.Option(
@@ -56,7 +56,10 @@ def serve(
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve the model: POST /v1/completions (OpenAI-compatible, streams the draft and its
-    revisions), GET /v1/models, /health, /metrics, and a playground at /."""
+    revisions), GET /v1/models, /health, /metrics, and a playground at /.
+
+    Example: sbd serve -m runs/latest --port 8000
+    """
     try:
         from sbdcli.serve import Limits, Settings, bind, create_app, run
     except ImportError as exc:
@@ -82,7 +85,7 @@ def serve(
     sock = bind(host, port)
 
     def ready(url: str) -> None:
-        console.print(f"sbd serve: {ref.id} at {url} (playground: {url}/)", highlight=False,
+        console.print(f"sbd serve: {term(ref.id)} at {url} (playground: {url}/)", highlight=False,
                       soft_wrap=True)  # fmt: skip
 
     run(application, sock, ready)

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from sbdcli.artifacts.printable import visible
-from sbdcli.cli._app import app
+from sbdcli.cli._app import app, make_console
 from sbdcli.errors import UserError
 
 PLAIN_LEGEND = (
@@ -172,7 +172,9 @@ def show(
     ] = False,
     color: Annotated[
         bool | None,
-        typer.Option("--color/--no-color", help="Colour (default: when stdout is a terminal)."),
+        typer.Option(
+            "--color/--no-color", help="Colour.", show_default="when stdout is a terminal"
+        ),
     ] = None,
     plain: Annotated[
         bool,
@@ -181,7 +183,10 @@ def show(
         ),
     ] = False,
 ) -> None:
-    """Show records: text coloured by snapshot confidence, masked and revised tokens marked."""
+    """Show records: text coloured by snapshot confidence, masked and revised tokens marked.
+
+    Example: sbd draft -n 4 | sbd remask --gamma 0.25 | sbd revise | sbd show
+    """
     from sbdcli.evaluate import views as vw
 
     if n is not None and n < 1:
@@ -191,7 +196,7 @@ def show(
     wanted = _id_set(ids)
     colour = not plain and (sys.stdout.isatty() if color is None else color)
     system = "truecolor" if color else "auto"  # --color: the legend's exact colours
-    out = Console(
+    out = make_console(
         file=sys.stdout,
         force_terminal=colour,
         no_color=not colour,

@@ -278,7 +278,7 @@ class Batcher:
             records,
             ref,
             jobs[0].plan,
-            lambda c: watch[0].call(c),
+            on_call=lambda c: watch[0].call(c),
             on_masked=masked,
             on_engine=lambda e, r: watch[0].engine(e, r),
         )

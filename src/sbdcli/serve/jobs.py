@@ -122,7 +122,7 @@ def _configs(req: CompletionRequest, seed: int) -> tuple[SamplerConfig, list[pl.
     if isinstance(gammas, list):
         gammas = ",".join(str(g) for g in gammas)
     try:
-        draft_block, schedule = pl.parse_stages(stages, str(gammas))
+        draft_block, revise_stages = pl.parse_stages(stages, str(gammas))
     except UserError as exc:
         param = "sbd.gammas" if "gammas" in str(exc) else "sbd.stages"
         raise ApiError(400, str(exc).replace("--", "sbd."), param=param) from None
@@ -145,7 +145,7 @@ def _configs(req: CompletionRequest, seed: int) -> tuple[SamplerConfig, list[pl.
                 dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
                 seed,
             )
-            for g, blk in schedule
+            for g, blk in revise_stages
         ]
     except UserError as exc:
         raise _config_error(exc) from None
@@ -243,7 +243,8 @@ def make_edit_job(req: EditRequest, ref: pl.ModelRef) -> EditJob:
     remask = {"gamma": req.gamma, "strategy": req.strategy, "passes": req.passes}
     sampling = {"top_p": float(req.top_p), "temperature": float(req.temperature)}
     try:
-        plan = make_plan(remask, req.infill, str(req.block), sampling, req.seed)
+        sampler = SamplerConfig(block_size=pl.parse_block(str(req.block)), **sampling)
+        plan = make_plan(remask, req.infill, sampler, req.seed)
     except UserError as exc:
         message = str(exc).replace("--", "")
         raise ApiError(400, message, param=_edit_param(message)) from None
