@@ -3,9 +3,10 @@
 `make_plan` checks an edit's settings (the options of `sbd edit`, or a request of
 `POST /v1/sbd/edit`). `edit_batch` runs on a batch exactly what `sbd remask ... |
 sbd revise ...` runs on it with the same seeds (the records validated before each stage,
-as each piped command does), so the edited records, and their texts, are the pipe's. `edit_texts` is the whole of
+as each piped command does), so the edited records, and their texts, are the pipe's
+(`on_masked` shows a live consumer the positions to revise). `edit_texts` is the whole of
 `sbd edit` for texts already read (encode, then `edit_batch` batch by batch): the library
-entry point of a caller that gets texts from elsewhere (a server request). `edited_text` is
+entry point of a caller that gets texts from elsewhere. `edited_text` is
 what `sbd edit` prints per record and `text_diff` the unified diff it prints with `--diff`.
 
 Not here: reading texts from files (encode.py), the stages (stages.py), printing (cli/).
