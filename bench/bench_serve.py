@@ -44,6 +44,8 @@ import httpx
 import torch
 
 from bench.bench_sampler import build
+from bench.timer import stopwatch, timed
+from sbdcli.evaluate.report import markdown_grid
 
 VOCAB = 64
 """Content tokens of the synthetic vocabulary (+ BOS and MASK)."""
@@ -136,7 +138,7 @@ def sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
 def streamed(url: str, body: dict[str, Any], leave: bool = False) -> dict[str, Any]:
     """One streaming request: seconds to the first event and to the final one, tokens."""
     body = {**body, "stream": True, "sbd": {**body.get("sbd", {}), "events": True}}
-    start = time.perf_counter()
+    clock = stopwatch()
     out: dict[str, Any] = {"status": None, "first": None, "final": None, "tokens": 0}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as resp:
         out["status"] = resp.status_code
@@ -145,12 +147,12 @@ def streamed(url: str, body: dict[str, Any], leave: bool = False) -> dict[str, A
             return out
         for name, data in sse(resp.iter_lines()):
             if out["first"] is None and name.startswith("sbd."):
-                out["first"] = time.perf_counter() - start
+                out["first"] = clock()
                 if leave:
                     return out
             if name == "sbd.final":
                 rec = json.loads(data)["record"]
-                out.update(final=time.perf_counter() - start, record=rec)
+                out.update(final=clock(), record=rec)
                 out["tokens"] += len(rec["tokens"]) - rec["prompt_len"]
             if name == "error":
                 out["status"] = json.loads(data)["error"].get("code") or "error"
@@ -170,10 +172,7 @@ def quantiles(results: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
 
 def run_clients(url: str, bodies: list[dict[str, Any]], clients: int) -> tuple[float, list]:
     """Send `bodies` from `clients` threads (each one request after another)."""
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda b: streamed(url, b), bodies))
-    return time.perf_counter() - start, results
+    return timed(lambda: list(ThreadPoolExecutor(clients).map(lambda b: streamed(url, b), bodies)))
 
 
 # --------------------------------------------------------------------------- load test
@@ -236,10 +235,7 @@ def load_test(server: Server, run: Path, total: int, length: int) -> dict[str, A
         rec = resp.json()["sbd"]["records"][0] if resp.status_code == 200 else None
         return kind, k, (resp.status_code, rec)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(one, range(total)))
-    seconds = time.perf_counter() - start
+    seconds, results = timed(lambda: list(ThreadPoolExecutor(32).map(one, range(total))))
     time.sleep(2)
     after = server.rss_mib()
     up = httpx.get(f"{server.url}/health", timeout=30).json()["status"] == "ok"
@@ -275,22 +271,39 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
         f"Command: `python -m bench.bench_serve --length {args.length} --requests "
         f"{args.requests} --load {args.load} --write`",
         "",
-        "| workload | seconds | completed tokens/s |",
-        "| --- | ---: | ---: |",
-        f"| {args.requests} streaming requests one at a time | {seq['seconds']:.2f} | "
-        f"{seq['tps']:.0f} |",
-        f"| the same from {args.requests} concurrent clients | {conc['seconds']:.2f} | "
-        f"{conc['tps']:.0f} |",
+        markdown_grid(
+            ["workload", "seconds", "completed tokens/s"],
+            [
+                [
+                    f"{args.requests} streaming requests one at a time",
+                    f"{seq['seconds']:.2f}",
+                    f"{seq['tps']:.0f}",
+                ],
+                [
+                    f"the same from {args.requests} concurrent clients",
+                    f"{conc['seconds']:.2f}",
+                    f"{conc['tps']:.0f}",
+                ],
+            ],
+            "lrr",
+        ),
         "",
         f"Concurrent / one at a time: **{conc['tps'] / seq['tps']:.2f}x** (target >= 4x: "
         f"{'met' if conc['tps'] >= 4 * seq['tps'] else 'NOT met'}).",
         "",
-        "| concurrency | first event p50 / p95 (s) | final event p50 / p95 (s) |",
-        "| ---: | ---: | ---: |",
+        markdown_grid(
+            ["concurrency", "first event p50 / p95 (s)", "final event p50 / p95 (s)"],
+            [
+                [
+                    str(c),
+                    f"{lat['first'][0]:.3f} / {lat['first'][1]:.3f}",
+                    f"{lat['final'][0]:.3f} / {lat['final'][1]:.3f}",
+                ]
+                for c, lat in m["latency"].items()
+            ],
+            "rrr",
+        ),
     ]
-    for c, lat in m["latency"].items():
-        lines.append(f"| {c} | {lat['first'][0]:.3f} / {lat['first'][1]:.3f} | "
-                     f"{lat['final'][0]:.3f} / {lat['final'][1]:.3f} |")  # fmt: skip
     bound = 2 * (m["draft_call"] + m["http"])
     first = m["latency"][1]["first"][0]
     lines += [
@@ -336,9 +349,7 @@ def main() -> None:
             streamed(url, body)  # warm up
             rtt = []
             for _ in range(20):
-                t = time.perf_counter()
-                httpx.get(f"{url}/health", timeout=30)
-                rtt.append(time.perf_counter() - t)
+                rtt.append(timed(lambda: httpx.get(f"{url}/health", timeout=30))[0])
             m["http"] = statistics.median(rtt)
             n = args.requests
             seconds, res = run_clients(url, [body] * n, 1)
