@@ -66,9 +66,9 @@ def test_the_playground_shows_the_draft_and_its_revisions(tmp_path):
             tab.fill("#gammas", "0.5,0.25")
             tab.fill("#max_tokens", "20")
             tab.fill("#seed", "3")
-            with tab.expect_response(f"{url}/v1/completions", timeout=60_000) as answer:
+            with tab.expect_response(f"{url}/v1/completions", timeout=180_000) as answer:
                 tab.click("#run")
-            tab.wait_for_selector('#final[data-done="true"]', timeout=60_000)
+            tab.wait_for_selector('#final[data-done="true"]', timeout=180_000)
             body = answer.value.text()
             shown = tab.inner_text("#final")
             cells = tab.locator("#tokens .tok").count()
