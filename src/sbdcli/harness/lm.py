@@ -55,8 +55,8 @@ DEFAULT_MAX_GEN = 256
 """Generated tokens when a generate_until request names no `max_gen_toks` (lm-eval's)."""
 
 
-MODEL_ARGS = ("block", "mc", "estimator", "draft_block", "steps_per_block", "reveal", "top_p",
-              "revise", "gamma", "revise_block")  # fmt: skip
+MODEL_ARGS = ("block", "mc", "draft_block", "steps_per_block", "reveal", "top_p", "revise",
+              "gamma", "revise_block", "estimator")  # fmt: skip
 """The model arguments `sbd eval harness --model-arg` sets (the rest have flags of their own)."""
 
 
