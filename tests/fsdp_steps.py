@@ -22,8 +22,8 @@ import sbdcli.train.build as build
 from train_helpers import tiny
 
 
-def sharded_accelerator(cfg) -> Accelerator:
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
+def sharded_accelerator(cfg, trackers: dict | None = None) -> Accelerator:
+    accelerator = Accelerator(cpu=True, mixed_precision="no", **(trackers or {}))
     accelerator.state.distributed_type = DistributedType.FSDP
     accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
         fsdp_version=2,

@@ -144,8 +144,12 @@ def test_export_refuses_existing_dir_and_non_bd3lm_shapes(tmp_path):
     with pytest.raises(UserError):
         export_bd3lm(src, tmp_path / "busy")
     assert (tmp_path / "busy" / "x").read_text() == "keep me"
-    export_bd3lm(src, tmp_path / "busy", overwrite=True)
-    assert (tmp_path / "busy" / "config.json").is_file()
+    with pytest.raises(UserError, match="not an earlier export"):
+        export_bd3lm(src, tmp_path / "busy", overwrite=True)  # --force replaces exports only
+    assert (tmp_path / "busy" / "x").read_text() == "keep me"
+    export_bd3lm(src, tmp_path / "done")
+    export_bd3lm(random_model(8), tmp_path / "done", overwrite=True)
+    assert (tmp_path / "done" / "config.json").is_file()
     with pytest.raises(UserError, match="mlp_ratio"):
         export_bd3lm(random_model(mlp_ratio=2), tmp_path / "other")
 
