@@ -342,9 +342,13 @@ class SamplerConfig:
     compile: bool = False
     """Capture the fixed-shape cached network call with torch.compile (CUDA graphs); needs a
     CUDA device."""
+    precision: str = "auto"
+    """Arithmetic of the network calls: `auto` (bf16 autocast on GPUs, fp32 on CPU), `fp32`
+    (TF32 matmuls on GPUs) or `bf16`; the draw and the confidences stay float64."""
 
     def __post_init__(self) -> None:
         _check(
+            (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (self.block_size >= 0, "`block_size` must be >= 1 (or 'full')"),
             (
                 self.steps_per_block is None or self.steps_per_block >= 1,
@@ -494,9 +498,13 @@ class RemaskConfig:
     """Passes k of the masked strategy (k network calls)."""
     seed: int = 0
     """Seed of the random scores and of tie breaking."""
+    precision: str = "auto"
+    """Arithmetic of the model strategies' network calls: `auto` (bf16 autocast on GPUs,
+    fp32 on CPU), `fp32` or `bf16`; the scores stay float64."""
 
     def __post_init__(self) -> None:
         _check(
+            (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (
                 self.strategy in REMASK_STRATEGIES,
                 f"unknown `strategy` {self.strategy!r} ({', '.join(REMASK_STRATEGIES)})",
@@ -567,10 +575,14 @@ class GenPplOptions:
     below this value (default: the `redraw_low_entropy` their draft recorded, else off)."""
     low_entropy_window: int | None = None
     """Window of `low_entropy` (default: the draft's `redraw_window`, else 256)."""
+    precision: str = "auto"
+    """Arithmetic of a model judge (sbd or transformers): `auto` (bf16 autocast on GPUs,
+    fp32 on CPU), `fp32` or `bf16`; log-likelihoods are summed in float64."""
 
     def __post_init__(self) -> None:
         h, w = self.low_entropy, self.low_entropy_window
         _check(
+            (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (h is None or (math.isfinite(h) and h >= 0), "`low_entropy` must be >= 0"),
             (w is None or w >= 1, "`low_entropy_window` must be >= 1"),
         )

@@ -17,7 +17,7 @@ import typer
 
 from sbdcli import distributed as dist
 from sbdcli.cli._app import app, console
-from sbdcli.cli.options import DeviceOpt
+from sbdcli.cli.options import DeviceOpt, PrecisionOpt
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import metric_table
 from sbdcli.errors import UserError
@@ -227,6 +227,7 @@ def genppl(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
     from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
@@ -253,6 +254,7 @@ def genppl(
         allow_partial=allow_partial,
         low_entropy=low_entropy,
         low_entropy_window=low_entropy_window,
+        precision=precision,
     )
     bar, advance = _progress(sum(len(r) for _, r in sets), "judging")
     with bar:
@@ -315,6 +317,7 @@ def ppl(
         str | None, typer.Option("--out", help="Write the JSON result here (atomically).")
     ] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically."""
     from sbdcli.evaluate import check_ppl_inputs, heldout_perplexity
@@ -335,7 +338,8 @@ def ppl(
     bar, advance = _progress(reps * rows.shape[0], f"NELBO B={block_size}")
     with bar:
         result = heldout_perplexity(
-            net, rows, block_size, mc=mc, batch_size=batch_size, seed=seed, progress=advance
+            net, rows, block_size, mc=mc, batch_size=batch_size, seed=seed, progress=advance,
+            precision=precision,
         ).to_dict()
     result.update({"model": str(model), "data": str(data_dir), "split": "val", "seed": seed})
     stderr = result["nelbo_stderr"]

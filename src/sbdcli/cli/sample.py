@@ -49,6 +49,7 @@ SAMPLER_FIELDS = (
     "cache",
     "refresh",
     "compile",
+    "precision",
 )
 """`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
 sampler_options = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
@@ -313,7 +314,7 @@ def _remask_config(values: dict[str, Any], seed: int) -> RemaskConfig:
 @config_options(
     "remask_opts",
     RemaskConfig,
-    ("gamma", "strategy", "scope", "threshold", "passes"),
+    ("gamma", "strategy", "scope", "threshold", "passes", "precision"),
     optional=("gamma",),
     help_suffix=lambda f: (
         f"(default {RemaskConfig.gamma} unless --threshold)" if f == "gamma" else ""
@@ -432,7 +433,9 @@ def generate(
     redraw = RedrawConfig(**(redraw_opts or {}))
     plan = [
         pl.StagePlan(
-            RemaskConfig(gamma=gamma, seed=seed, **(remask_opts or {})),
+            RemaskConfig(
+                gamma=gamma, seed=seed, precision=values["precision"], **(remask_opts or {})
+            ),
             _sampler(blk, {**values, "steps_per_block": revise_steps_per_block}),
             seed,
         )

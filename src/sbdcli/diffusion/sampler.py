@@ -65,6 +65,7 @@ together; the per-call counts already live in reveal.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import weakref
@@ -78,6 +79,7 @@ from sbdcli.config import SamplerConfig
 from sbdcli.diffusion.reveal import reference_reveal_probs, tokens_per_call
 from sbdcli.diffusion.schedule import LogLinearSchedule, call_level, reveal_level
 from sbdcli.errors import UserError
+from sbdcli.model import precision
 
 __all__ = [
     "FillResult",
@@ -226,23 +228,31 @@ class _Window:
         return self.levels[:, self.end : hi].clone()
 
     def logits(
-        self, x: torch.Tensor, lo: int, hi: int, sigma: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw logits (n, hi - lo, V) for block [lo, hi) of x (n, T); `sigma` (n,): this call's
-        noise level per sample, for time-conditioned models (None: not passed)."""
+        noise level per sample, for time-conditioned models (None: not passed). `readout`
+        (n, k) block-relative positions: only their logits (n, k, V) are computed."""
         start = max(0, hi - self.max_len)  # sliding window [start, hi)
         device = x.device
-        kw = {} if sigma is None else {"sigma": sigma}
+        kw: dict[str, Any] = {} if sigma is None else {"sigma": sigma}
         if self.cache is None:
             idx = torch.arange(start, hi, device=device)
             args = (x[:, start:hi], idx - start, self._block_causal(idx))
             if self.step is None:
+                if readout is not None:
+                    return self._finish(self.model(*args, readout=readout + (lo - start), **kw))
                 out = self.model(*args, **kw)
             else:
                 out = _replay(_compiled_forward(self.model), *args, **kw)
-            return self._finish(out[:, lo - start :])
+            return self._finish(_take(out[:, lo - start :], readout))
         if self.refresh is not None and self._approximate(x, lo, hi, start):
-            return self._partial(x, lo, hi, start, sigma)
+            return self._partial(x, lo, hi, start, sigma, readout)
         if start != self.start:  # the window slid: rebuild the cache inside this call
             self.cache.truncate(0)
             self.start = self.end = start
@@ -255,11 +265,14 @@ class _Window:
         if sigma is not None:
             kw["sigma"] = self._levels(x, sigma, lo, hi)
         if self.step is None:
+            if readout is not None:
+                kw["readout"] = readout + pending
             out = self.model(x[:, self.end : hi], idx - start, mask, self.cache, pending, **kw)
-        else:
-            out = self._fixed(x[:, self.end : hi], idx - start, mask, pending, kw)
+            self.end = lo
+            return self._finish(out if readout is not None else out[:, pending:])
+        out = self._fixed(x[:, self.end : hi], idx - start, mask, pending, kw)
         self.end = lo
-        return self._finish(out[:, pending:])
+        return self._finish(_take(out[:, pending:], readout))
 
     def _approximate(self, x: torch.Tensor, lo: int, hi: int, start: int) -> bool:
         """Approx cache: whether this call of block [lo, hi) may reuse stored keys/values
@@ -273,11 +286,18 @@ class _Window:
         return partial
 
     def _partial(
-        self, x: torch.Tensor, lo: int, hi: int, start: int, sigma: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        start: int,
+        sigma: torch.Tensor | None,
+        readout: torch.Tensor | None,
     ) -> torch.Tensor:
         """Approximate call: only the positions masked at the previous call (still masked, or
         just committed) are run; they overwrite their stored keys/values and attend to all
-        stored ones (every other position keeps the keys/values of an earlier call)."""
+        stored ones (every other position keeps the keys/values of an earlier call).
+        `readout`: as in `logits` (they are among the queried positions)."""
         prev = self.queries  # (n, N) bool
         n, width = prev.shape
         count = int(prev.sum(dim=1).max())
@@ -290,7 +310,13 @@ class _Window:
             self._levels(x, sigma, lo, hi)  # records the block's level for later calls
             kw["sigma"] = sigma
         view = self.cache.scattering(slots, hi - start)
-        out = self.model(x[:, lo:hi].gather(1, order), order + (lo - start), None, view, 0, **kw)
+        args = (x[:, lo:hi].gather(1, order), order + (lo - start), None, view, 0)
+        if readout is not None:  # where each readout position stands among the queries
+            rank = torch.zeros_like(prev, dtype=torch.long).scatter_(
+                1, order, torch.arange(count, device=order.device).expand(n, -1)
+            )
+            return self._finish(self.model(*args, readout=rank.gather(1, readout), **kw))
+        out = self.model(*args, **kw)
         full = out.new_zeros(n, width, out.shape[-1])
         full.scatter_(1, order[..., None].expand_as(out), out)  # padding lands on unused rows
         return self._finish(full)
@@ -316,6 +342,13 @@ class _Window:
         cache.put(cache.length, k_new, v_new)
         cache.advance(pending)
         return out
+
+
+def _take(out: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor:
+    """The `readout` (n, k) positions of block logits (n, N, V), or all of them."""
+    if readout is None:
+        return out
+    return out.gather(1, readout[..., None].expand(-1, -1, out.shape[-1]))
 
 
 # --------------------------------------------------------------------------- the engine
@@ -404,9 +437,53 @@ def _uniforms(gens: Sequence[Any], counts: list[int], cols: int, dtype: Any, dev
     return torch.cat(parts)
 
 
+@dataclass
+class _Plan:
+    """What one call commits, as far as it is known before the call: tokens per sample k
+    (n,), and under a random order (chosen independently of the logits) the positions
+    (rows, cols) and `readout` (n, max k) block-relative columns to compute (padded)."""
+
+    k: torch.Tensor
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    readout: torch.Tensor | None = None
+    slots: torch.Tensor | None = None  # column of each (row, col) in `readout`
+
+
+def _plan(
+    todo: torch.Tensor,
+    clock: tuple[torch.Tensor, torch.Tensor],
+    cfg: SamplerConfig,
+    gens: Sequence[Any],
+) -> _Plan:
+    """The call's tokens per sample (reveal.py) and, under a random order, its positions.
+
+    todo (n, N) bool: the block's masked positions. random: sample i draws N uniform keys
+    and reveals its k_i masked positions with the smallest keys; the logits are needed only
+    there. confident order and threshold choose from the draws: positions come later.
+    """
+    n, block = todo.shape
+    remaining = todo.sum(dim=1).cpu()
+    k = tokens_per_call(remaining, *clock, block, cfg, gens)  # (n,)
+    if cfg.unmask != "random" or cfg.threshold is not None:
+        return _Plan(k)
+    device = todo.device
+    keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
+    full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
+    full[k.to(device) > 0] = keys.view(-1, block)
+    rank = full.masked_fill(~todo, 3.0).argsort(dim=1).argsort(dim=1)
+    chosen = todo & (rank < k.to(device)[:, None])
+    rows, cols = chosen.nonzero(as_tuple=True)
+    counts = k.to(device)
+    slots = torch.arange(len(rows), device=device) - (counts.cumsum(0) - counts)[rows]
+    readout = torch.zeros(n, max(1, int(k.max())), dtype=torch.long, device=device)
+    readout[rows, slots] = cols
+    return _Plan(k, rows, cols, readout, slots)
+
+
 def _choose(
     todo: torch.Tensor,
-    k: torch.Tensor,
+    plan: _Plan,
     logits: torch.Tensor,
     cfg: SamplerConfig,
     gens: Any,
@@ -414,23 +491,19 @@ def _choose(
 ) -> tuple[torch.Tensor, ...]:
     """Positions to reveal in a block and their draws: (rows, cols, token, conf, conf_n).
 
-    todo (n, N) bool, k (n,) tokens per sample, logits (n, N, V). random: sample i draws N
-    uniform keys and reveals its k_i masked positions with the smallest keys, then draws
-    Gumbel noise for them only. confident: draws for every masked position, keeps the k_i
-    with the highest model probability (ties: leftmost). threshold: draws for every masked
-    position, keeps those with probability >= the threshold and the most confident one.
+    todo (n, N) bool. random: the plan's positions, `logits` (n, max k, V) read out there;
+    Gumbel noise is drawn for them only. Otherwise `logits` is (n, N, V). confident: draws
+    for every masked position, keeps the k_i with the highest model probability (ties:
+    leftmost). threshold: draws for every masked position, keeps those with probability >=
+    the threshold and the most confident one.
     """
-    n, block, vocab = logits.shape
-    dtype, device = DTYPES[cfg.dtype], logits.device
-    kk = k.to(device)
-    if cfg.unmask == "random" and cfg.threshold is None:
-        keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
-        full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
-        full[k.to(device) > 0] = keys.view(-1, block)
-        rank = full.masked_fill(~todo, 3.0).argsort(dim=1).argsort(dim=1)
-        rows, cols = (todo & (rank < kk[:, None])).nonzero(as_tuple=True)
+    n, block = todo.shape
+    vocab, device = logits.shape[-1], logits.device
+    dtype, k = DTYPES[cfg.dtype], plan.k
+    if plan.rows is not None and plan.cols is not None:
         u = _uniforms(gens, k.tolist(), vocab, dtype, device)
-        return rows, cols, *gumbel_max(logits[rows, cols], u, cfg, mask_id)
+        draws = gumbel_max(logits[plan.rows, plan.slots], u, cfg, mask_id)
+        return plan.rows, plan.cols, *draws
     rows, cols = todo.nonzero(as_tuple=True)
     u = _uniforms(gens, todo.sum(dim=1).tolist(), vocab, dtype, device)
     tok, conf, conf_n = gumbel_max(logits[rows, cols], u, cfg, mask_id)
@@ -440,27 +513,24 @@ def _choose(
     if cfg.threshold is not None:
         keep = (conf >= cfg.threshold) | (rank[rows, cols] == 0)
     else:
-        keep = rank[rows, cols] < kk[rows]
+        keep = rank[rows, cols] < k.to(device)[rows]
     return rows[keep], cols[keep], tok[keep], conf[keep], conf_n[keep]
 
 
 def _reveal(
     state: _State,
     logits: torch.Tensor,
-    lo: int,
-    clock: tuple[torch.Tensor, torch.Tensor],
+    window: tuple[int, int],
+    plan: _Plan,
     cfg: SamplerConfig,
     gens: Sequence[Any],
 ) -> torch.Tensor:
-    """One call's commits in block [lo, lo + N) for every sample; returns active (n,) bool.
-
-    clock = (calls, steps): each sample's calls and reference-schedule steps in this block.
-    """
-    todo = state.todo[:, lo : lo + logits.shape[1]]  # (n, N)
-    remaining = todo.sum(dim=1).cpu()
-    k = tokens_per_call(remaining, *clock, logits.shape[1], cfg, gens)  # (n,)
-    active = k > 0
-    rows, cols, tok, conf, conf_n = _choose(todo, k, logits, cfg, gens, state.mask_id)
+    """One call's commits in the block window = [lo, hi) for every sample; returns active
+    (n,) bool."""
+    lo, hi = window
+    active = plan.k > 0
+    todo = state.todo[:, lo:hi]
+    rows, cols, tok, conf, conf_n = _choose(todo, plan, logits, cfg, gens, state.mask_id)
     state.nfe += active.long()
     pos = lo + cols
     state.x[rows, pos] = tok
@@ -481,6 +551,18 @@ def _stop_at_eos(state: _State, hi: int, eos_id: int, stop: torch.Tensor) -> Non
             state.todo[i, hi:] = False
 
 
+def _at_precision(fill: Callable[..., FillResult]) -> Callable[..., FillResult]:
+    """Run a fill inside `precision.session` (bf16 weight casts made once per fill)."""
+
+    @functools.wraps(fill)
+    def run(model: Any, tokens: torch.Tensor, todo: Any, cfg: SamplerConfig, *a: Any, **kw: Any):
+        with precision.session(cfg.precision, tokens.device):
+            return fill(model, tokens, todo, cfg, *a, **kw)
+
+    return run
+
+
+@_at_precision
 @torch.inference_mode()
 def fill_masked(
     model: Any,
@@ -511,6 +593,8 @@ def fill_masked(
     check_compile(cfg, x.device)
     step = _compiled_step(model) if cfg.compile else None
     window = _Window(model, n, length, block, cfg.kv_cache, cfg.refresh_every, step)
+    if window.cache is not None and precision.resolve(cfg.precision, x.device) == "bf16":
+        window.cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no per-call casts
     timed = bool(getattr(model.config, "time_conditioning", False))
     for lo in range(0, length, block):
         hi = min(length, lo + block)
@@ -523,8 +607,10 @@ def fill_masked(
                 left = state.todo[:, lo:hi].sum(dim=1).cpu()
                 level = call_level(level, left, (calls, steps), hi - lo, cfg, generators)
                 sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
-            logits = window.logits(state.x, lo, hi, sigma)  # (n, hi - lo, V)
-            active = _reveal(state, logits, lo, (calls, steps), cfg, generators)
+            plan = _plan(state.todo[:, lo:hi], (calls, steps), cfg, generators)
+            with precision.network(cfg.precision, x.device):
+                logits = window.logits(state.x, lo, hi, sigma, plan.readout)
+            active = _reveal(state, logits, (lo, hi), plan, cfg, generators)
             calls += active.long()
             if timed and cfg.schedule == "reference":  # cached at the step that revealed
                 level = reveal_level(level, steps, active, hi - lo, cfg)

@@ -221,6 +221,13 @@ class KVCache:
     def __len__(self) -> int:
         return self.length
 
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        """Store keys/values in `dtype` from now on (e.g. bf16 for bf16 calls); empty only."""
+        if self.length:
+            raise ValueError("only an empty KV cache changes its dtype")
+        self.k = torch.zeros_like(self.k, dtype=dtype)
+        self.v = torch.zeros_like(self.v, dtype=dtype)
+
     def keys_values(
         self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,268 @@
+"""The paper-shape sampler benchmark (`bench/bench_sampler.py --paper`): sbd at BD3-LM's
+small shape (12 layers, d 768, GPT-2 vocabulary 50,258, random weights) beside
+transformers GPT-2 124M `generate` with its KV cache (`GPT2Config()`, random init, nothing
+downloaded), at the same precision, interleaved in one run.
+
+Rows (per L, per precision): draft at 1 and 2 tokens per call, snapshot remask gamma 0.25
+then the exact and the approximate (refresh 4) global revise, the draft (2/call) + revise
+totals, each as wall clock (median over repeats) and as a ratio to GPT-2's time for the
+same n x (L - 1) tokens (x AR > 1: faster than AR). The long-sequence rows (`--long`)
+time single network calls instead of whole fills (a whole draft at L = 4096 is thousands
+of calls): a cached draft call at the end of the sequence and one exact global revise
+call, with the peak memory (RSS on CPU, max allocated on CUDA) of a fresh process each.
+
+Not here: the small-model grids and the trained-model rows (bench_sampler.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+from sbdcli.config import ModelConfig
+from sbdcli.diffusion import remask as rm
+from sbdcli.diffusion import sampler as sp
+from sbdcli.model import Denoiser
+
+PAPER = {"n_layers": 12, "d_model": 768, "n_heads": 12, "cond_dim": 128}
+VOCAB = 50258  # GPT-2's 50,257 tokens + [MASK]; BOS = EOS = 50256 as in BD3-LM's OWT runs
+
+
+def build(length: int, device: str) -> Denoiser:
+    """Random-weight paper-shape denoiser (non-zero output layer so logits vary)."""
+    cfg = ModelConfig(
+        vocab_size=VOCAB, mask_id=VOCAB - 1, seq_len=length, dropout=0.0, bos_id=VOCAB - 2,
+        eos_id=VOCAB - 2, **PAPER,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Denoiser(cfg)
+    with torch.no_grad():
+        for p in model.output_layer.parameters():
+            p.normal_(0, 0.02)
+        for b in model.blocks:  # open the adaLN gates: every layer does work
+            b.adaLN_modulation.bias.normal_(0, 0.02)
+    return model.to(device).eval()
+
+
+def gpt2(device: str) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config()).to(device).eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def clock(fn: Any, device: str) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def gens(n: int, stage: str, device: str) -> list[Any]:
+    return [sp.make_generator(0, stage, 0, str(i), device) for i in range(n)]
+
+
+def ar_generate(model: Any, n: int, length: int, device: str, prec: str) -> float:
+    """Seconds for GPT-2 `generate` of n x (L - 1) tokens (KV cache, top-p 0.9)."""
+    from sbdcli.model.precision import network
+
+    ids = torch.full((n, 1), 50256, dtype=torch.long, device=device)
+    kw = dict(
+        do_sample=True, top_p=0.9, top_k=0, max_new_tokens=length - 1,
+        min_new_tokens=length - 1, pad_token_id=50256, attention_mask=torch.ones_like(ids),
+    )  # fmt: skip
+    with torch.inference_mode(), network(prec, device):
+        return clock(lambda: model.generate(ids, **kw), device)[0]
+
+
+def sbd_draft(model: Denoiser, n: int, length: int, device: str, **kw: Any) -> tuple[float, Any]:
+    cfg = sp.SamplerConfig(block_size=4, **kw)
+    prompts = [[model.config.bos_id]] * n
+    return clock(lambda: sp.draft(model, prompts, length, cfg, gens(n, "d", device)), device)
+
+
+def snapshot_mask(out: Any, gamma: float = 0.25) -> torch.Tensor:
+    n, length = out.tokens.shape
+    elig = rm.eligible_mask(length, 1)
+    keys = torch.zeros(length, dtype=torch.float64)
+    masked = torch.zeros(n, length, dtype=torch.bool)
+    for i in range(n):
+        masked[i, rm.select_lowest(out.confidence[i].cpu(), elig, gamma, keys)] = True
+    return masked.to(out.tokens.device)
+
+
+def sbd_revise(model: Denoiser, out: Any, device: str, **kw: Any) -> float:
+    cfg = sp.SamplerConfig(block_size=0, **kw)
+    masked = snapshot_mask(out)
+    g = gens(out.tokens.shape[0], "r", device)
+    return clock(lambda: sp.revise(model, out.tokens, masked, cfg, g), device)[0]
+
+
+def measure(
+    model: Denoiser, ar: Any, n: int, length: int, device: str, prec: str, repeats: int,
+    exact_revise: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """One (L, precision) row: every setting and GPT-2 interleaved, `repeats` times."""
+    times: dict[str, list[float]] = {}
+
+    def add(name: str, secs: float) -> None:
+        times.setdefault(name, []).append(secs)
+
+    for _ in range(repeats):
+        add("ar", ar_generate(ar, n, length, device, prec))
+        t1, _ = sbd_draft(model, n, length, device, precision=prec)
+        add("draft1", t1)
+        t2, two = sbd_draft(model, n, length, device, precision=prec, steps_per_block=2)
+        add("draft2", t2)
+        add("approx", sbd_revise(model, two, device, precision=prec, cache="approx", refresh=4))
+        if exact_revise:
+            add("exact", sbd_revise(model, two, device, precision=prec))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row: dict[str, Any] = {"L": length, "n": n, "precision": prec, "repeats": repeats}
+    row.update({f"{k}_s": v for k, v in med.items()})
+    row["ar_ms_step"] = 1000 * med["ar"] / (length - 1)
+    row["draft1_ms_call"] = 1000 * med["draft1"] / (length - 1)
+    for k in ("draft1", "draft2"):
+        row[f"{k}_x_ar"] = med["ar"] / med[k]
+    for k in ("approx", "exact"):
+        if k in med:
+            row[f"draft2+{k}_x_ar"] = med["ar"] / (med["draft2"] + med[k])
+    return row
+
+
+def paper_rows(
+    lengths: list[int], n: int, device: str, precisions: list[str], repeats: int
+) -> list[dict[str, Any]]:
+    ar = gpt2(device)
+    rows = []
+    for length in lengths:
+        model = build(length, device)
+        sbd_draft(model, n, 16, device)  # warm-up
+        for prec in precisions:
+            row = measure(model, ar, n, length, device, prec, repeats, exact_revise=length <= 128)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def paper_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| L | n | precision | GPT-2 ms/token step | sbd ms/call (1/call) | draft 1/call x AR "
+        "| draft 2/call x AR | draft2 + approx revise x AR | draft2 + exact revise x AR "
+        "| GPT-2 s | draft1 s | draft2 s | approx revise s | exact revise s |\n"
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    body = ""
+    for r in rows:
+        body += (
+            f"| {r['L']} | {r['n']} | {r['precision']} | {fmt(r['ar_ms_step'], 1)} "
+            f"| {fmt(r['draft1_ms_call'], 1)} | {fmt(r['draft1_x_ar'])} | {fmt(r['draft2_x_ar'])} "
+            f"| {fmt(r.get('draft2+approx_x_ar'))} | {fmt(r.get('draft2+exact_x_ar'))} "
+            f"| {fmt(r['ar_s'], 1)} | {fmt(r['draft1_s'], 1)} | {fmt(r['draft2_s'], 1)} "
+            f"| {fmt(r.get('approx_s'), 1)} | {fmt(r.get('exact_s'), 1)} |\n"
+        )
+    return head + body
+
+
+# --------------------------------------------------------------------------- long sequences
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def one_call(length: int, kind: str, device: str, prec: str, calls: int = 2) -> dict[str, Any]:
+    """Time `calls` network calls of one kind at L in this process; peak memory after.
+
+    draft: a cached draft of the last 4 positions (its first call encodes the L - 4 clean
+    tokens before them into the cache: timed alone as `prefill_s`; the other 3 calls give
+    `s_per_call`); revise: `calls` calls of one global bidirectional block (the exact
+    revise's call: every one of the L positions runs).
+    """
+    model = build(length, device)
+    n = 1
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB - 2, (n, length), generator=g).to(device)
+    tokens[:, 0] = model.config.bos_id
+    sp.draft(model, [[model.config.bos_id]], 8, sp.SamplerConfig(block_size=4), gens(1, "w", device))
+    todo = torch.zeros(n, length, dtype=torch.bool, device=device)
+    if kind == "draft":
+        cfg = sp.SamplerConfig(block_size=4, precision=prec)
+        todo[:, -1:] = True  # one position: one call, which also fills the cache
+        first, _ = clock(lambda: sp.fill_masked(model, tokens, todo, cfg, gens(n, "d", device)),
+                         device)  # fmt: skip
+        todo[:, -4:] = True  # four calls: the first as above, then three with the cache warm
+        secs, _ = clock(lambda: sp.fill_masked(model, tokens, todo, cfg, gens(n, "d", device)),
+                        device)  # fmt: skip
+        row = {"prefill_s": first, "s_per_call": (secs - first) / 3, "calls": 4}
+    else:  # `calls` calls of the global block, 2 positions each
+        cfg = sp.SamplerConfig(block_size=0, precision=prec, steps_per_block=calls)
+        todo[:, 1 : 1 + 4 * 2 * calls : 4] = True
+        secs, _ = clock(lambda: sp.fill_masked(model, tokens, todo, cfg, gens(n, "r", device)),
+                        device)  # fmt: skip
+        row = {"s_per_call": secs / calls, "calls": calls}
+    row.update(L=length, kind=kind, precision=prec, peak_mb=peak_memory_mb(device))
+    return row
+
+
+def long_rows(lengths: list[int], device: str, precisions: list[str]) -> list[dict[str, Any]]:
+    """`one_call` in a fresh process per (L, kind, precision): each peak is its own."""
+    rows = []
+    for length in lengths:
+        for kind in ("draft", "revise"):
+            for prec in precisions:
+                code = (
+                    "import json, sys; sys.path.insert(0, 'bench'); import paper_shape as p; "
+                    f"print(json.dumps(p.one_call({length}, {kind!r}, {device!r}, {prec!r})))"
+                )
+                env = dict(os.environ)
+                res = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                    check=True, timeout=1800,
+                )  # fmt: skip
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def long_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| L | call | precision | s per call | prefill s (draft) | peak memory MiB "
+        "| full stage, extrapolated s |\n|---:|---|---|---:|---:|---:|---:|\n"
+    )
+    body = ""
+    for r in rows:
+        length = r["L"]
+        if r["kind"] == "draft":  # L - 1 calls at <= this cost (the last calls are the dearest)
+            full = r["s_per_call"] * (length - 1)
+            what = "cached draft call (1 token)"
+        else:  # gamma 0.25: L/4 calls of the global block, one token per call
+            full = r["s_per_call"] * length / 4
+            what = "exact global revise call"
+        body += (
+            f"| {length} | {what} | {r['precision']} | {fmt(r['s_per_call'], 3)} "
+            f"| {fmt(r.get('prefill_s'), 2)} | {fmt(r['peak_mb'], 0)} | {fmt(full, 0)} |\n"
+        )
+    return head + body
