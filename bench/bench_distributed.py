@@ -7,7 +7,7 @@ timed end to end (process start, model load, drafting, writing) and by its draft
 (the records' measured draft seconds); the outputs of all launches are checked identical
 but for the seconds. Writes the section "distributed" of docs/benchmarks.md (`--write`).
 
-    python bench/bench_distributed.py --write
+    python -m bench.bench_distributed --write
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _report import machine, write_section
-from bench_sampler import build
+from bench._report import machine, write_section
+from bench.bench_sampler import build
 from sbdcli.model.checkpoint import save_sbd_model
 
 LAUNCHES = (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2),
@@ -104,7 +101,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if a.write:
-        cmd = "python bench/bench_distributed.py --write"
+        cmd = "python -m bench.bench_distributed --write"
         write_section("distributed", f"## Multi-process drafting (`{cmd}`)\n\n{table}")
 
 

@@ -10,7 +10,7 @@
    samples (scoring; and the oracle floor from 1,000 fresh samples).
 3. the block-1 sbd judge (`tiny` preset, L 128): seconds per 1,000 samples.
 
-Usage: python bench/bench_eval.py [--samples 32] [--length 256] [--device cpu|cuda]
+Usage: python -m bench.bench_eval [--samples 32] [--length 256] [--device cpu|cuda]
        [--section eval] [--no-write] [--body-out FILE]
 """
 
@@ -26,9 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import machine, write_section
 from sbdcli.evaluate import OracleJudge, SbdJudge, VocabInfo
@@ -188,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     hf_lines, _ = bench_hf(args)
     other_lines = [] if args.skip_other else bench_oracle_and_block1(args)[0]
-    command = "python bench/bench_eval.py " + shlex.join(sys.argv[1:])
+    command = "python -m bench.bench_eval " + shlex.join(sys.argv[1:])
     body = "\n".join(
         [
             f"## `sbd eval` ({args.device})",

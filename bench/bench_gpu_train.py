@@ -11,21 +11,18 @@ MFU counts useful FLOPs only: 6 x (non-embedding parameters) x (tokens fed) + th
 head on the read-out positions + attention on the (query, key) pairs the mask allows
 (2 x 2 x d per pair forward, x3 for forward + backward), over the GPU's dense bf16 peak.
 
-    python bench/bench_gpu_train.py --out train_gpu.md
+    python -m bench.bench_gpu_train --out train_gpu.md
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sbdcli.config import preset
 from sbdcli.diffusion.loss import block_nelbo

@@ -12,7 +12,7 @@ split on blank lines) and 200x (~220 MB), written to a temporary directory and d
    in a fresh wrapper process per run.
 Tokens/s counts document tokens (EOS excluded) for every line, so the numbers compare.
 
-Run: .venv/bin/python bench/bench_prepare.py [--quick]
+Run: python -m bench.bench_prepare [--quick]
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TOKENIZER = SHARED / "gpt2-tokenizer" / "tokenizer.json"
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))
 
 from bench._report import machine, write_section  # noqa: E402
 
@@ -226,7 +224,7 @@ def main() -> None:
         base = baseline_rss()
     sizes["load"] = (load_start, os.getloadavg()[0])
     sizes["reps"] = reps
-    cmd = "python bench/bench_prepare.py" + (" --quick" if args.quick else "")
+    cmd = "python -m bench.bench_prepare" + (" --quick" if args.quick else "")
     body = report(sizes, speed, mem, base, cmd)
     print(body)
     if not args.quick:

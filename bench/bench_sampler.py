@@ -11,10 +11,10 @@ Random weights for the speed grid (speed does not depend on them), side by side 
 on one machine. Writes the section "sampler" (or, with --trained, "sampler-threshold") of
 docs/benchmarks.md (`--write`) and prints the table.
 
-    python bench/bench_sampler.py --write                       # default grid, CPU
-    python bench/bench_sampler.py --device cuda --out gpu.md    # a table to --include later
-    python bench/bench_sampler.py --trained RUN --data DATA --write   # threshold rows
-    python bench/bench_sampler.py --approx --grid tiny:256:8,tiny:1024:4 \
+    python -m bench.bench_sampler --write                       # default grid, CPU
+    python -m bench.bench_sampler --device cuda --out gpu.md    # a table to --include later
+    python -m bench.bench_sampler --trained RUN --data DATA --write   # threshold rows
+    python -m bench.bench_sampler --approx --grid tiny:256:8,tiny:1024:4 \
         --trained RUN --data DATA --write                          # approximate revise rows
 """
 
@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sbdcli.config import ModelConfig
 from sbdcli.diffusion import remask as rm
@@ -352,7 +350,7 @@ def approx_quality_table(rows: list[dict[str, Any]]) -> str:
 
 def _approx_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
     taus = [float(x) for x in args.taus.split(",")] if args.taus else []
-    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
     body = f"Machine: {machine()}; device {args.device}; top-p 0.9; float64 sampling.\n\n"
     body += f"Command: `{command}`\n\n"
     speed: list[dict[str, Any]] = []
@@ -376,7 +374,7 @@ def _approx_main(args: argparse.Namespace, machine: Any, write_section: Any) -> 
 
 
 APPROX_INTRO = (
-    "## Approximate revise cache (`bench/bench_sampler.py --approx`)\n\n"
+    "## Approximate revise cache (`python -m bench.bench_sampler --approx`)\n\n"
     "Snapshot remask gamma 0.25 of a cached one-token-per-call draft (block 4), then one "
     "global revise block (`--block full`), one token per call unless a threshold is given. "
     "*exact* = `--cache exact` (every call runs all L positions); *approx R* = `--cache "
@@ -390,66 +388,96 @@ APPROX_INTRO = (
 
 
 # --------------------------------------------------------------------------- compile rows
+CALLS_TIMED = 50
+"""Network calls per timed round of the per-call measurement."""
+
+
+def fixed_inputs(model: Denoiser, n: int, length: int, device: str) -> tuple[Any, ...]:
+    """The inputs of one fixed-shape call half way through a cached draft (block 4): the
+    previous block (clean, to be cached) and the current one, the cache filled to L/2,
+    its other slots masked, exactly the shape `--compile` captures."""
+    width, fill = 8, length // 2 - 8
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(model.config.vocab_size, (n, width), generator=gen).to(device)
+    positions = torch.arange(fill, fill + width, device=device)
+    cache = model.new_cache(n)
+    valid = torch.arange(cache.max_len, device=device) < fill
+    inner = torch.ones(width, width, dtype=torch.bool, device=device)
+    mask = torch.cat((valid[None].expand(width, -1), inner), dim=1)
+    return tokens, positions, mask, cache.k, cache.v
+
+
+def per_call_ms(call: Any, inputs: tuple[Any, ...], device: str, repeats: int) -> float:
+    """Fastest of `repeats` rounds of `CALLS_TIMED` calls, in ms per call."""
+
+    def run() -> None:
+        for _ in range(CALLS_TIMED):
+            call(*inputs)
+
+    best = min(timed(run, device)[0] for _ in range(repeats))
+    return 1000 * best / CALLS_TIMED
+
+
 def compile_row(
     shape: str, length: int, n: int, vocab: int, device: str, repeats: int
 ) -> dict[str, Any]:
-    """The cached draft eager, the same with its fixed-shape call run eagerly, and with that
-    call captured by torch.compile (dynamic=False; on CUDA mode reduce-overhead = CUDA
-    graphs, exactly `--compile`; on CPU inductor without graphs, which `--compile` refuses).
-    One token per call, block 4, the fastest of `repeats` interleaved rounds."""
+    """The call `--compile` captures, timed on its own through the model's public
+    `fixed_step`: eager, and compiled by torch.compile (dynamic=False; on CUDA mode
+    reduce-overhead = CUDA graphs, as `--compile` runs it; on CPU inductor without graphs),
+    beside the eager cached draft's mean ms per call. On CUDA also the draft itself with
+    `compile` on (its first run compiling every input length) and whether it sampled the
+    eager draft's tokens; on a CPU, where `--compile` is refused, whether the compiled
+    call's logits match the eager call's."""
     model = build(shape, vocab, length, device)
     cuda = device.startswith("cuda")
     mode = "reduce-overhead" if cuda else "default"
-    captured = torch.compile(model.fixed_step, mode=mode, dynamic=False)
-    variants = {
-        "eager": None,
-        "fixed shape, eager": (model.fixed_step, model.forward),
-        "fixed shape, compiled": (captured, model.forward),
-    }
-    real, check = sp._captured, sp.check_compile
-    sp.check_compile = lambda cfg, device: None  # the CPU measurement --compile refuses
-    try:
-        sp._captured = lambda m: variants["fixed shape, compiled"]
-        first, _ = draft(model, n, length, device, compile=True)  # compiles every shape
-        best: dict[str, float] = {}
-        tokens: dict[str, torch.Tensor] = {}
-        for _ in range(repeats):
-            for name, pair in variants.items():
-                sp._captured = lambda m, pair=pair: pair
-                secs, out = draft(model, n, length, device, compile=pair is not None)
-                best[name] = min(best.get(name, math.inf), secs)
-                tokens[name] = out.tokens
-    finally:
-        sp._captured, sp.check_compile = real, check
+    inputs = fixed_inputs(model, n, length, device)
+    with torch.no_grad():
+        captured = torch.compile(model.fixed_step, mode=mode, dynamic=False)
+        compile_s, logits = timed(lambda: captured(*inputs)[0].clone(), device)
+        same = bool(torch.allclose(logits, model.fixed_step(*inputs)[0], atol=1e-4))
+        fixed = {
+            "fixed shape, eager": per_call_ms(model.fixed_step, inputs, device, repeats),
+            "fixed shape, compiled": per_call_ms(captured, inputs, device, repeats),
+        }
+    eager_s, eager = min((draft(model, n, length, device) for _ in range(repeats)), key=_first)
     calls = length - 1
-    row = {"model": shape, "L": length, "n": n, "mode": mode, "first_s": first}
-    for name in variants:
-        row[f"{name} ms/call"] = 1000 * best[name] / calls
-        row[f"{name} same"] = bool(torch.equal(tokens[name], tokens["eager"]))
-    row["compiled_vs_eager"] = best["fixed shape, compiled"] / best["eager"]
+    row = {"model": shape, "L": length, "n": n, "mode": mode, "compile_s": compile_s}
+    row.update({f"{k} ms/call": v for k, v in fixed.items()}, same=same)
+    row["eager ms/call"] = 1000 * eager_s / calls
+    row["compiled_vs_eager"] = fixed["fixed shape, compiled"] / fixed["fixed shape, eager"]
+    if cuda:  # the real `--compile` draft (public `compile`), first run compiling
+        row["first_s"], first = draft(model, n, length, device, compile=True)
+        best_s = min(draft(model, n, length, device, compile=True)[0] for _ in range(repeats))
+        row["draft compiled ms/call"] = 1000 * best_s / calls
+        row["same"] = same and bool(torch.equal(first.tokens, eager.tokens))
     return row
+
+
+def _first(pair: tuple[float, Any]) -> float:
+    return pair[0]
 
 
 def compile_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| model | L | n | torch.compile mode | first draft incl. compiling (s) | ms/call eager | "
-        "ms/call fixed shape, eager | ms/call fixed shape, compiled | compiled vs eager | "
-        "same tokens |"
+        "| model | L | n | torch.compile mode | compiling the call (s) | draft ms/call eager | "
+        "fixed-shape call ms eager | fixed-shape call ms compiled | compiled vs eager call | "
+        "draft ms/call compiled | same output |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        same = all(r[f"{k} same"] for k in ("fixed shape, eager", "fixed shape, compiled"))
         cells = [
             r["model"],
             str(r["L"]),
             str(r["n"]),
             r["mode"],
-            fmt(r["first_s"], 1),
+            fmt(r["compile_s"], 1),
             fmt(r["eager ms/call"], 2),
             fmt(r["fixed shape, eager ms/call"], 2),
             fmt(r["fixed shape, compiled ms/call"], 2),
             fmt(r["compiled_vs_eager"], 2) + "x",
-            fmt(same),
+            fmt(r.get("draft compiled ms/call"), 2),
+            fmt(r["same"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -460,7 +488,7 @@ def _compile_main(args: argparse.Namespace, machine: Any, write_section: Any) ->
     for shape, length, n in parse_grid(args.grid):
         rows.append(compile_row(shape, length, n, args.vocab, args.device, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
-    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
     body = (
         f"Machine: {machine()}; device {args.device}; block 4; one token per call.\n\n"
         f"Command: `{command}`\n\n{compile_table(rows)}\n"
@@ -473,13 +501,17 @@ def _compile_main(args: argparse.Namespace, machine: Any, write_section: Any) ->
 
 
 COMPILE_INTRO = (
-    "## Captured draft call (`bench/bench_sampler.py --compile`)\n\n"
-    "Random weights, cached draft, block 4, one token per call. *eager* = the exact cached "
-    "call as `sbd draft` runs it; *fixed shape* = the call `--compile` captures (it "
-    "attends to the whole preallocated cache, invalid slots masked, so its shapes never "
-    "change), run eagerly or compiled with torch.compile (dynamic=False). *first draft* = "
-    "the first compiled draft, compilation of every input length included. *same tokens* = "
-    "both fixed-shape drafts sampled the eager draft's tokens.\n\n"
+    "## Captured draft call (`python -m bench.bench_sampler --compile`)\n\n"
+    "Random weights, block 4, one token per call. *draft ms/call eager* = the cached draft as "
+    "`sbd draft` runs it, wall-clock / calls. *fixed-shape call* = the call `--compile` "
+    "captures, timed alone through the model's `fixed_step` on a call half way through a "
+    "draft (previous block + current block, cache filled to L/2): it attends to the whole "
+    "preallocated cache, invalid slots masked, so its shape never changes; run eagerly or "
+    "compiled with torch.compile (dynamic=False), best of rounds of 50 calls. *compiling the "
+    "call* = its first compiled call. *draft ms/call compiled* (CUDA only: `--compile` is "
+    "refused elsewhere) = the draft with `compile` on. *same output* = the compiled call's "
+    "logits match the eager call's (and on CUDA the compiled draft sampled the eager "
+    "draft's tokens).\n\n"
 )
 
 
@@ -656,8 +688,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _report import machine, write_section
+    from bench._report import machine, write_section
 
     if args.approx:
         _approx_main(args, machine, write_section)
@@ -683,7 +714,7 @@ def main() -> None:
         if args.jsonl:
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(r) + "\n")
-    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
     body = (
         f"Machine: {machine()}; device {args.device}; vocab {args.vocab}; "
         f"block 4; top-p 0.9; float64 sampling.\n\nCommand: `{command}`\n\n{table(rows)}\n"
@@ -704,7 +735,7 @@ def _threshold_main(args: argparse.Namespace, machine: Any, write_section: Any) 
     )
     for r in rows:
         print(json.dumps(r), flush=True)
-    command = "python bench/bench_sampler.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
     body = (
         f"Machine: {machine()}; device {args.device}; block {args.block}; top-p 0.9; "
         f"float64 sampling.\n\nCommand: `{command}`\n\n{threshold_table(rows)}\n"
@@ -717,7 +748,7 @@ def _threshold_main(args: argparse.Namespace, machine: Any, write_section: Any) 
 
 
 THRESHOLD_INTRO = (
-    "## Threshold (adaptive) drafts (`bench/bench_sampler.py --trained`)\n\n"
+    "## Threshold (adaptive) drafts (`python -m bench.bench_sampler --trained`)\n\n"
     "One trained `tiny` model of the synthetic language, draft block B, L = the trained "
     "length, batches of `--samples` samples, `--repeats` draws per setting interleaved. "
     "*calls/sample* = mean `nfe`; *fewer calls* = calls at one token per call / calls; "
@@ -733,7 +764,7 @@ THRESHOLD_INTRO = (
 
 def intro() -> str:
     return (
-        "## Sampler (`bench/bench_sampler.py`)\n\n"
+        "## Sampler (`python -m bench.bench_sampler`)\n\n"
         "Random-weight denoisers, batch of n samples, draft block 4, one token per call "
         "unless stated. *tok/s* = n (L - 1) / wall-clock. *cache speedup* = time without / "
         "with the exact KV cache (same tokens: the two paths sampled identical sequences). "

@@ -17,7 +17,6 @@ Not here: the small-model grids and the trained-model rows (bench_sampler.py).
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import statistics
@@ -205,7 +204,9 @@ def one_call(length: int, kind: str, device: str, prec: str, calls: int = 2) -> 
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB - 2, (n, length), generator=g).to(device)
     tokens[:, 0] = model.config.bos_id
-    sp.draft(model, [[model.config.bos_id]], 8, sp.SamplerConfig(block_size=4), gens(1, "w", device))
+    sp.draft(
+        model, [[model.config.bos_id]], 8, sp.SamplerConfig(block_size=4), gens(1, "w", device)
+    )
     todo = torch.zeros(n, length, dtype=torch.bool, device=device)
     if kind == "draft":
         cfg = sp.SamplerConfig(block_size=4, precision=prec)

@@ -1,8 +1,16 @@
-"""Shared test fixtures: offline hub settings, few threads, paths to ../shared when present."""
+"""Shared test fixtures: offline hub settings, few threads, paths to ../shared when present,
+and a fresh, empty working directory for every test module and every test.
+
+Commands fall back on `./data`, `./runs/latest` and the records' relative model paths, so a
+test run from the checkout would otherwise read whatever a user left there (the README's
+pipeline writes `./data` and `./runs`). Tests that need files name them, or write them into
+their own working directory.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +25,27 @@ torch.set_num_threads(1)  # tiny test models: one thread is fastest, and robust 
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Module-scoped fixtures (trained models, drafts) run in an empty directory of their own."""
+    yield from _inside(tmp_path_factory.mktemp("cwd-module"))
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs in an empty directory of its own (not `tmp_path`, which it may list)."""
+    yield from _inside(tmp_path_factory.mktemp("cwd"))
+
+
+def _inside(path: Path) -> Iterator[Path]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
 
 
 def shared_path(*parts: str) -> Path:

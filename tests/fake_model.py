@@ -1,11 +1,12 @@
 """Test doubles of the denoiser for sampler and remask tests (no real network).
 
 `FakeDenoiser` honours the model contract `forward(tokens, positions, attn_mask, kv_cache,
-cache_commit, sigma, readout) -> logits (B, N or k, V)` with integer arithmetic, so a KV-cached and an
-uncached run are bit-identical, while every logit depends on exactly which (token, position)
-pairs the query may see: a cache holding the wrong keys, or a wrong mask, changes the
-numbers. `CopyRightDenoiser` predicts the token to the right of each position when it is
-visible, so it shows whether a sampler lets a block see its right context.
+cache_commit, sigma, readout) -> logits (B, N or k, V)` with integer arithmetic, so a
+KV-cached and an uncached run are bit-identical, while every logit depends on exactly
+which (token, position) pairs the query may see: a cache holding the wrong keys, or a
+wrong mask, changes the numbers. `CopyRightDenoiser` predicts the token to the right of
+each position when it is visible, so it shows whether a sampler lets a block see its right
+context.
 """
 
 from __future__ import annotations

@@ -153,3 +153,24 @@ def test_atomic_path_and_dir_also_remove_dead_writers_temporaries(tmp_path, writ
         with atomic_dir(target) as tmp:
             (tmp / "f").write_text("new")
     assert not stale.exists() and kept.read_text() == "in use"
+
+
+def test_run_names_and_the_latest_link(tmp_path):
+    from sbdcli.artifacts.rundir import new_run_dir, point_latest, run_dir_of_records
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    a = new_run_dir(runs, "tiny", "topic-markov")
+    assert a.parent == runs and a.name.startswith("tiny-topic-markov-2")
+    assert new_run_dir(runs, "tiny").name.count("-") == 2  # tiny-<date>-<time>
+    a.mkdir()
+    b = runs / "b"
+    b.mkdir()
+    assert point_latest(a, runs) is None  # the first link moved nothing
+    assert point_latest(a, runs) is None  # the same run again
+    assert point_latest(b, runs) == a.name and (runs / "latest").resolve() == b.resolve()
+    assert point_latest(tmp_path / "elsewhere", runs) is None  # outside runs/: untouched
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    records = [{"model": str(tmp_path / "gone" / "model.safetensors") + "@0"}]
+    assert run_dir_of_records(records) is None  # a missing model never names its parent

@@ -95,7 +95,8 @@ def test_files_side_by_side_groups_markdown_out_and_plot(synth_run, tmp_path, ca
     cap = capsys.readouterr()
     objs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(o["file"], o["n"]) for o in objs] == [(str(a), 4), (str(b), 2), (str(b), 2)]
-    assert objs[2]["group"].startswith("draft(block_size=4) → revise(block_size=16)")
+    assert objs[2]["group"] == "draft B4 · revise B16"  # the label the table shows
+    assert objs[2]["name"] == f"{b} · draft B4 · revise B16"
     table = [line for line in cap.out.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 3
     assert table[0].index("Gen PPL (per-sample mean, BD3-LM/MDLM protocol)") < table[0].index(
@@ -122,6 +123,42 @@ def test_low_entropy_count_defaults_to_the_drafts_redraw_threshold(synth_run, tm
     plain = write_jsonl(tmp_path / "plain.jsonl", synth_records(synth_run))
     assert run_main(["eval", "genppl", str(plain)]) == 0
     assert "n_low_entropy" not in json.loads(capsys.readouterr().out)  # off by default
+
+
+def test_a_terminal_gets_the_table_and_json_only_when_asked(synth_run, tmp_path, monkeypatch,
+                                                            capsys):  # fmt: skip
+    f = write_jsonl(tmp_path / "r.jsonl", synth_records(synth_run))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert run_main(["eval", "genppl", str(f)]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "Gen PPL" in cap.err
+    assert run_main(["eval", "genppl", str(f), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 4
+    out = tmp_path / "s.jsonl"
+    assert run_main(["eval", "genppl", str(f), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "" and json.loads(out.read_text())["n"] == 4
+    code = run_main(["eval", "genppl", str(f), "--json", "--markdown"])
+    one_line_error(capsys, code, "--json and --markdown exclude each other")
+
+
+def test_an_80_column_table_keeps_the_row_number_and_drops_the_least_useful(
+    synth_run, tmp_path, monkeypatch, capsys
+):
+    from sbdcli.cli._app import console
+
+    f = write_jsonl(tmp_path / "r.jsonl", synth_records(synth_run))
+    monkeypatch.setattr(console, "width", 80)
+    assert run_main(["eval", "genppl", str(f), "--low-entropy", "0.5"]) == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    table = [ln for ln in lines if ln.startswith(("┃", "│"))]
+    assert table and all(len(ln) <= 80 for ln in table)
+    assert "…" not in "".join(table)  # no column cut to an ellipsis
+    header = table[0]
+    for kept in ("#", " n ", "PPL per-sample", "NFE"):
+        assert kept in header, header
+    assert "tok/s" not in header
+    assert any(ln.startswith("(tok/s") and "left out at 80 columns" in ln for ln in lines)
 
 
 def test_negative_low_entropy_is_one_line(synth_run, tmp_path, capsys):

@@ -209,6 +209,26 @@ def test_prompts_are_fixed_prefixes(workdir, in_workdir):
         assert r["masked"] == list(range(r["prompt_len"], 32))
 
 
+def test_prompt_texts_on_the_command_line(workdir, in_workdir):
+    d, g = workdir / "pt.jsonl", workdir / "pt-gen.jsonl"
+    argv = ["--prompt", "w1 w2 w3", "--prompt", "w5", "-n", "2"]
+    assert run_main(["draft", *argv, "-o", str(d)]) == 0
+    recs = list(read_records(str(d)))
+    assert [r["id"] for r in recs] == ["p1-0", "p1-1", "p2-0", "p2-1"]
+    assert [r["tokens"][: r["prompt_len"]] for r in recs] == [[V, 1, 2, 3]] * 2 + [[V, 5]] * 2
+    p = workdir / "same.jsonl"  # the same prompts from a file draw the same records
+    p.write_text('{"prompt": "w1 w2 w3"}\n{"prompt": "w5"}\n')
+    assert (
+        run_main(["draft", "--prompts", str(p), "-n", "2", "-o", str(p.with_suffix(".out"))]) == 0
+    )
+    assert comparable(list(read_records(str(p.with_suffix(".out"))))) == comparable(recs)
+    assert run_main(["generate", *argv, "-o", str(g)]) == 0
+    gen = list(read_records(str(g)))
+    assert [(r["id"], r["tokens"][: r["prompt_len"]]) for r in gen] == [
+        (r["id"], r["tokens"][: r["prompt_len"]]) for r in recs
+    ]
+
+
 def test_explicit_model_and_sbd_model_env(workdir, in_workdir, monkeypatch):
     out = workdir / "env.jsonl"
     os.rename(workdir / "runs" / "latest", workdir / "runs" / "hidden")
@@ -267,6 +287,9 @@ def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
         "bundle schema": ["revise", "-i", str(wrong)],
         "bad json": ["remask", "-i", str(workdir / "badjson.jsonl")],
         "no model": ["draft", "-m", "no/such/run"],
+        "hub name": ["draft", "-m", "kuleshov-group/bd3lm-owt-block_size16"],
+        "prompt and prompts": ["draft", "--prompt", "w1", "--prompts", j("ok", rec)],
+        "prompt not a token": ["generate", "--prompt", "hello"],
         "stop at eos": ["draft", "--stop-at-eos", "-n", "1"],
         "block too big": ["draft", "--length", "64", "--block", "40"],
         "steps": ["draft", "--steps-per-block", "0"],

@@ -153,6 +153,59 @@ def test_colour_marks_the_same_positions(made, capsys):
         assert f"48;2;{r};{g};{b}m{tok.piece}" in body
 
 
+def test_plain_writes_the_samples_alone_one_per_line(made, capsys):
+    root, f = made
+    codec = SyntheticCodec(10)
+    code, out, err = show(root, capsys, "--plain", "revise.jsonl")
+    assert code == 0 and err == ""
+    recs = read_jsonl(f["revise"])
+    assert out.splitlines() == [codec.decode(r["tokens"][1:]) for r in recs]
+    _, out, _ = show(root, capsys, "--plain", "revise.jsonl", "--stage", "1", "-n", "1")
+    assert out == codec.decode(read_jsonl(f["draft"])[0]["tokens"][1:]) + "\n"
+    _, out, _ = show(root, capsys, "--plain", "--tokens", "draft.jsonl", "-n", "1")
+    assert out.split() == [str(t) for t in read_jsonl(f["draft"])[0]["tokens"]]
+    code, _, err = show(root, capsys, "--plain", "--color", "draft.jsonl")
+    assert code == 2 and err.count("\n") == 1 and "--plain" in err
+
+
+def _hue(rgb: tuple[int, int, int]) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360
+
+
+def test_sixteen_colour_terminals_get_a_monotonic_scale(made, monkeypatch, capsys):
+    """Red -> yellow -> green in order on a 16-colour terminal; rich's own mapping of the
+    exact colours is not (a bright red, hue ~0, after a red, then a yellow)."""
+    import sys
+
+    from rich.color import Color, ColorSystem
+    from rich.terminal_theme import DEFAULT_TERMINAL_THEME
+
+    from sbdcli.cli.show import STANDARD_COLOURS
+
+    def hues(colours) -> list[float]:
+        out = []
+        for c in colours:
+            number = Color.parse(c).downgrade(ColorSystem.STANDARD).number
+            out.append(_hue(tuple(DEFAULT_TERMINAL_THEME.ansi_colors[number])))
+        return out
+
+    assert hues(STANDARD_COLOURS) == sorted(hues(STANDARD_COLOURS))
+    downgraded = [
+        Color.parse(c).downgrade(ColorSystem.STANDARD).name for c in vw.CONFIDENCE_COLOURS
+    ]
+    assert downgraded != list(STANDARD_COLOURS)
+    root, _ = made
+    for name in ("COLORTERM", "NO_COLOR", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    _, out, _ = show(root, capsys, "draft.jsonl", "-n", "1")
+    legend = out.splitlines()[0]
+    assert re.findall(r"\x1b\[30;(\d+)m", legend) == ["41", "43", "103", "102", "42"]
+
+
 def test_tokens_ids_and_n_pick_what_is_shown(made, capsys):
     root, f = made
     recs = read_jsonl(f["draft"])

@@ -56,13 +56,42 @@ def test_literal_mix_command_uses_defaults_and_links_latest(workdir, monkeypatch
     latest = workdir / "runs" / "latest"
     assert latest.is_symlink()
     run = latest.resolve()
-    assert run.parent == (workdir / "runs").resolve() and run.name.startswith("tiny-")
+    assert run.parent == (workdir / "runs").resolve()
+    assert run.name.startswith("tiny-topic-markov-")  # named after the preset and the data
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["block_small"] == 4 and config["train"]["mix_lambda"] == 0.1
     assert config["block_sizes"] == [4, 32] and config["processes"] == 1
     assert (run / "data" / "manifest.json").is_file() and (run / "model.safetensors").is_file()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2]
+
+
+def test_a_note_says_when_runs_latest_moves(workdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    data = ["--data", str(workdir / "data")]
+    assert run_main(["train", *data, "--out", "runs/a", *FAST]) == 0
+    assert "now points at" not in capsys.readouterr().err  # a first link moves nothing
+    assert run_main(["train", *data, "--out", "runs/b", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "note: runs/latest now points at b (was a): commands without -m use this run" in err
+    assert os.readlink(tmp_path / "runs" / "latest") == "b"
+
+
+def test_the_train_bar_keeps_its_total_and_labels_at_80_columns(monkeypatch):
+    from rich.console import Console
+
+    from sbdcli.cli import progress, train
+
+    narrow = Console(width=80, force_terminal=True, file=open(os.devnull, "w"), record=True)  # noqa: SIM115
+    monkeypatch.setattr(progress, "console", narrow)
+    bar = train._progress_bar(show=True)
+    bar.add_task("train", total=1200, completed=600, loss=3.1234, block=128, tps=123456.0)
+    narrow.print(bar.get_renderable())
+    line = narrow.export_text().strip()
+    assert len(line) <= 80 and "…" not in line, line
+    for part in ("600/1200", "loss 3.1234", "block  128", "123,456 tok/s", "eta"):
+        assert part in line, line
 
 
 def test_single_block_flag(workdir, monkeypatch):

@@ -12,7 +12,7 @@ from sbdcli.cli import main
 from sbdcli.config import DEMO_GAMMAS as GAMMAS
 from sbdcli.config import REMASK_STRATEGIES as STRATEGIES
 from sbdcli.config import DemoConfig
-from sbdcli.demo import run_demo
+from sbdcli.demo import demo_summary, run_demo
 
 SAMPLES = 6
 
@@ -28,9 +28,14 @@ def demo_run(tmp_path_factory):
 
 def test_every_setting_has_n_samples_and_finite_numbers(demo_run):
     cfg, rows, _ = demo_run
-    settings = {(r["strategy"], r["gamma"]) for r in rows if r["stage"] == "revise"}
-    assert settings == {(s, g) for s in STRATEGIES for g in GAMMAS}
-    assert [r["stage"] for r in rows].count("draft") == 1
+    settings = [(r["strategy"], r["gamma"]) for r in rows[1 : 1 + len(STRATEGIES) * len(GAMMAS)]]
+    assert settings == [(s, g) for s in STRATEGIES for g in GAMMAS]  # the original rows first
+    assert rows[0]["name"] == "draft" and rows[0]["draft"] == "2 calls/block"
+    drafts = [r["draft"] for r in rows if r["stage"] == "draft"]
+    assert drafts == [f"{c} call{'s' if c > 1 else ''}/block" for c in (2, 1, 3, 4)] + [
+        "2 calls/block, confident order"
+    ]
+    assert rows[-1]["stage"] == "revise" and rows[-1]["draft"] == "4 calls/block"
     for row in rows:
         assert row["n"] == SAMPLES
         for key in ("gen_ppl_corpus", "entropy_per_sample_mean", "nfe_per_sample"):
@@ -40,7 +45,52 @@ def test_every_setting_has_n_samples_and_finite_numbers(demo_run):
     table = (cfg.out / "results.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == len(rows) + 1  # header + one line per setting
+    assert "\n- Lowest per-sample Gen PPL: " in table and "Matched by NFE" in table
     assert (cfg.out / "pareto.png").stat().st_size > 1000
+
+
+def test_plain_drafts_cost_one_call_per_block_step(demo_run):
+    cfg, rows, _ = demo_run
+    plain = {r["draft"]: r["nfe_per_sample"] for r in rows if r["stage"] == "draft"}
+    nfe = [plain[f"{c} call{'s' if c > 1 else ''}/block"] for c in (1, 2, 3, 4)]
+    assert nfe == sorted(nfe) and len(set(nfe)) == 4
+    assert plain["2 calls/block, confident order"] == plain["2 calls/block"]
+    conf = next(artifacts.read_records(str(cfg.out / "draft-c2-confident.jsonl")))
+    assert conf["stages"][0]["unmask"] == "confident"
+
+
+def test_the_threshold_revise_revises_the_one_token_per_call_draft(demo_run):
+    cfg = demo_run[0]
+    drafts = {r["id"]: r for r in artifacts.read_records(str(cfg.out / "draft-c4.jsonl"))}
+    (path,) = cfg.out.glob("revise-c4-*.jsonl")
+    for rec in artifacts.read_records(str(path)):
+        assert rec["stages"][0] == drafts[rec["id"]]["stages"][0]
+        revise = rec["stages"][2]
+        assert (revise["threshold"], revise["cache"], revise["refresh"]) == (0.5, "approx", 4)
+
+
+def _row(stage: str, draft: str, ppl: float, nfe: float, strategy: str = "-") -> dict:
+    name = f"{stage} {draft} {strategy}"
+    return {"stage": stage, "draft": draft, "strategy": strategy, "name": name,
+            "gen_ppl_per_sample_mean": ppl, "nfe_per_sample": nfe,
+            "seconds_per_sample": nfe / 100, "entropy_per_sample_mean": 3.0}  # fmt: skip
+
+
+def test_the_summary_says_what_the_rows_say():
+    rows = [
+        _row("draft", "2 calls/block", 10.0, 64),
+        _row("draft", "4 calls/block", 4.0, 128),
+        _row("revise", "2 calls/block", 8.0, 70, "snapshot"),  # beats the 64-call draft
+        _row("revise", "2 calls/block", 9.0, 120, "random"),  # loses to the 128-call one
+    ]
+    lines = demo_summary(rows)
+    assert lines[0].startswith("Lowest per-sample Gen PPL: draft 4 calls/block")
+    assert "The plain draft at 4 calls/block is the best setting at this scale" in lines[1]
+    assert "Matched by NFE" in lines[2] and ": 1 of 2 revises have the lower" in lines[2]
+    rows[2]["gen_ppl_per_sample_mean"] = 3.0
+    lines = demo_summary(rows)
+    assert lines[0].startswith("Lowest per-sample Gen PPL: revise 2 calls/block snapshot")
+    assert not any("best setting at this scale" in line for line in lines)
 
 
 def test_revised_records_carry_their_draft_history(demo_run):

@@ -12,6 +12,7 @@ from sbdcli.evaluate import (
     short_settings,
     stage_signature,
 )
+from sbdcli.evaluate.grouping import group_labels
 
 
 def test_records_group_by_stage_history_not_by_seed_or_cost():
@@ -46,3 +47,23 @@ def test_short_settings():
     line = short_settings(sampler_settings(recs))
     want = "draft B4 p0.9 float64 seed 1… · remask snapshot γ0.25 seed 4 · revise Bfull seed 6"
     assert line == want
+
+
+def test_group_labels_are_the_short_settings_and_tell_groups_apart():
+    draft = {"name": "draft", "block_size": 4, "steps_per_block": 2, "top_p": 0.9,
+             "cache": "exact", "compile": False, "refresh": None, "seed": 1}  # fmt: skip
+    approx = {**draft, "cache": "approx", "refresh": 4}
+    remask = {"name": "remask", "gamma": 0.25, "strategy": "snapshot", "seed": 0}
+    revise = {"name": "revise", "block": "full", "block_size": 32, "seed": 0}
+    recs = [
+        make_record([9, 1, 2], stages=[draft]),
+        make_record([9, 1, 2], stages=[approx]),
+        make_record([9, 1, 2], stages=[draft, remask, revise]),
+    ]
+    labels = group_labels(group_records(recs))
+    assert labels == [
+        "draft B4 S2 p0.9 (draft cache exact, draft refresh none)",
+        "draft B4 S2 p0.9 (draft cache approx, draft refresh 4)",
+        "draft B4 S2 p0.9 · remask snapshot γ0.25 · revise Bfull",
+    ]
+    assert not any("=" in label or "None" in label or "False" in label for label in labels)

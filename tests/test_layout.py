@@ -1,6 +1,7 @@
 """The package layout holds: imports point downward, packages of one layer do not import
 each other, diffusion/ stays pure math, only cli/ touches typer and rich, every module
-says what it is, no module grows past ~450 lines without saying why.
+says what it is, no module grows past `MAX_LINES` unless `LONG_MODULES` lists it with its
+reason (so a module's growth past the limit is a visible decision in this file).
 
 Imports are read from the sources (module level and inside functions alike)."""
 
@@ -25,12 +26,24 @@ LAYERS = {
     "pipeline": 4,
     "evaluate": 4,
     "demo": 5,
+    "serve": 5,  # the HTTP server: a client of pipeline/ and evaluate/, like demo.py
     "cli": 6,
     "__main__": 7,
 }
 """Layer of each top-level part of sbdcli; a part may import only lower layers (and itself)."""
 DIFFUSION_MAY_IMPORT = {"config", "errors", "diffusion"}
 CLI_ONLY = {"typer", "rich", "click"}
+SERVER_STACK = {"fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client"}
+"""Imported only by serve/ (and started by cli/serve.py through it)."""
+MAX_LINES = 450
+"""The size past which a module must be listed in `LONG_MODULES`."""
+LONG_MODULES = {
+    "config.py": "every settings dataclass with its field docs, the one place a default "
+    "lives (the command line, stage entries and docs read these fields)",
+    "diffusion/sampler.py": "one engine for draft and revise: the cache windows, the reveal "
+    "loop and the captured call share its state",
+}
+"""Modules allowed past `MAX_LINES` (path under sbdcli/ -> why it stays one module)."""
 
 
 def modules() -> list[Path]:
@@ -84,15 +97,34 @@ def test_only_the_cli_imports_typer_and_rich(path):
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_serve_imports_the_server_stack(path):
+    if part_of(path) == "serve":
+        return
+    for line, name in imported(path):
+        assert name.split(".")[0] not in SERVER_STACK, f"{path.relative_to(PACKAGE)}:{line} {name}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_module_says_what_it_is_and_stays_small(path):
-    tree = ast.parse(path.read_text())
-    doc = ast.get_docstring(tree)
-    assert doc, f"{path.relative_to(PACKAGE)} has no module docstring"
+    name = str(path.relative_to(PACKAGE))
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    assert doc, f"{name} has no module docstring"
     lines = len(path.read_text().splitlines())
-    if lines > 470:
-        assert "long" in doc.lower() or "lines" in doc.lower(), (
-            f"{path.relative_to(PACKAGE)} has {lines} lines and its docstring does not say why"
+    if name not in LONG_MODULES:
+        assert lines <= MAX_LINES, (
+            f"{name} has {lines} lines (limit {MAX_LINES}): split it, or list it in "
+            "LONG_MODULES with the reason it stays one module"
         )
+
+
+@pytest.mark.parametrize("name", sorted(LONG_MODULES))
+def test_a_listed_long_module_is_long(name):
+    """An entry of LONG_MODULES names a module that exists and is past the limit (a module
+    that shrank leaves the list, so the list stays the true set of exceptions)."""
+    path = PACKAGE / name
+    assert path.is_file(), f"LONG_MODULES lists {name}, which does not exist"
+    lines = len(path.read_text().splitlines())
+    assert lines > MAX_LINES, f"{name} has {lines} lines: remove it from LONG_MODULES"
 
 
 def test_no_document_outside_the_repository_is_cited():

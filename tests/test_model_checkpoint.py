@@ -244,3 +244,20 @@ def test_bad_time_flag_exits_2_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "time_conditioning" in err[0]
     assert not (tmp_path / "again").exists()
+
+
+def test_a_hub_name_that_is_not_here_gets_a_download_hint(monkeypatch):
+    from sbdcli.model.checkpoint import model_not_found
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "kuleshov-group/bd3lm-owt-block_size16"
+    with pytest.raises(UserError) as info:
+        load_model(name)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"model not found: {name}")
+    assert f"hf download {name} --local-dir bd3lm-owt-block_size16" in msg
+    assert "then -m bd3lm-owt-block_size16" in msg and "HF_HUB_OFFLINE is set" in msg
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert "HF_HUB_OFFLINE" not in str(model_not_found(name))
+    for local in ("no/such/run", "./nope", "nope"):  # not hub-shaped: the plain message
+        assert str(model_not_found(local)) == f"model not found: {local}"

@@ -9,11 +9,11 @@ import importlib
 
 from sbdcli import pipeline as pl
 
-CALLER_NAMES = {  # names the CLI, the demo, bench/ and tests use as `pl.X` / `pipeline.X`
+CALLER_NAMES = {  # names the CLI, demo, experiments/, bench/ and tests use as `pl.X`
     "ModelCache", "ModelRef", "Prompt", "RemaskConfig", "StagePlan", "batched",
-    "check_records", "default_model_path", "draft_batch", "draft_prompts", "generate_batch",
-    "load_model_ref", "parse_block", "parse_stages", "read_prompts", "remask_batch",
-    "revise_batch",
+    "check_records", "default_model_path", "draft_batch", "draft_prompts", "draft_set",
+    "finished", "generate_batch", "load_model_ref", "parse_block", "parse_stages",
+    "read_prompts", "remask_batch", "reuse_or_write", "revise_batch", "revise_set",
 }  # fmt: skip
 
 

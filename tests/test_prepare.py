@@ -287,3 +287,26 @@ def test_numpy_rows_are_int32(tmp_path):
     writer.close()
     tensors, header = load_tensors(tmp_path / "val-00000.safetensors", "sbd.tokens")
     assert tensors["tokens"].dtype == torch.int32 and header["split"] == "val"
+
+
+def test_data_label_names_what_a_data_directory_holds(tmp_path):
+    """The name runs are given after their data (`runs/tiny-topic-markov-<time>`)."""
+    from sbdcli.data import prepare_synthetic
+    from sbdcli.data.datadir import data_label
+
+    syn = tmp_path / "syn"
+    prepare_synthetic(syn, seq_len=16, num_train=8, num_val=8, floor_samples=16)
+    assert data_label(syn) == "topic-markov"
+    sources = {
+        "text": {"kind": "text", "paths": ["/x/tiny shakespeare.txt"]},
+        "dataset": {"kind": "dataset", "name": "Skylion007/openwebtext"},
+        "old": "test",  # an older manifest's source string: the directory's name
+    }
+    labels = {}
+    for name, source in sources.items():
+        d = tmp_path / f"{name} dir"
+        d.mkdir()
+        manifest = {"schema": "sbd.data", "schema_version": 1, "source": source}
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        labels[name] = data_label(d)
+    assert labels == {"text": "tiny-shakespeare", "dataset": "openwebtext", "old": "old-dir"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sbdcli.evaluate import cell, markdown_table, plot_genppl, table_rows, terminal_columns
+from sbdcli.evaluate.report import default_series, markdown_grid, plot_points, plot_title
 
 
 def test_markdown_and_plot(tmp_path):
@@ -29,20 +30,36 @@ def test_markdown_and_plot(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary left behind
 
 
-def test_the_plot_shows_the_per_sample_mean(monkeypatch, tmp_path):
-    import matplotlib.axes
+def test_the_plot_draws_the_per_sample_mean_one_line_per_series(tmp_path):
+    rows = [
+        {"name": "a", "gen_ppl_corpus": 5.0, "gen_ppl_per_sample_mean": 6.0,
+         "nfe_per_sample": 3.0, "seconds_per_sample": 0.5, "entropy_per_sample_mean": 3.4},
+        {"name": "b", "gen_ppl_corpus": 3.0, "gen_ppl_per_sample_mean": 4.0,
+         "nfe_per_sample": 1.0, "seconds_per_sample": 0.2, "entropy_per_sample_mean": 3.2},
+        {"name": "c", "gen_ppl_corpus": 2.0, "gen_ppl_per_sample_mean": 2.5,
+         "nfe_per_sample": 2.0, "seconds_per_sample": 0.3},
+    ]  # fmt: skip
+    series = [("line", [0, 1]), ("point", [2])]
+    assert plot_points(rows, series, "nfe_per_sample") == [
+        ("line, H 3.20–3.40", [1.0, 3.0], [4.0, 6.0]),  # x order, the per-sample mean
+        ("point", [2.0], [2.5]),
+    ]
+    assert plot_points(rows, series, "seconds_per_sample")[0][1] == [0.2, 0.5]
+    assert [label for label, _ in default_series(rows)] == ["[1] a", "[2] b", "[3] c"]
+    plot_genppl(rows, tmp_path / "p.png", series)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    plotted = []
-    real = matplotlib.axes.Axes.scatter
-    monkeypatch.setattr(
-        matplotlib.axes.Axes,
-        "scatter",
-        lambda self, x, y, **kw: plotted.append(y[0]) or real(self, x, y, **kw),
-    )
-    rows = [{"name": "a", "gen_ppl_corpus": 5.0, "gen_ppl_per_sample_mean": 6.0,
-             "nfe_per_sample": 3.0, "seconds_per_sample": 0.5}]  # fmt: skip
-    plot_genppl(rows, tmp_path / "p.png")
-    assert plotted == [6.0, 6.0]  # against NFE and against seconds
+
+def test_the_plot_title_names_the_judge_once():
+    oracle = [{"evaluator": {"kind": "oracle", "path": "data/oracle.safetensors"}}]
+    assert plot_title(oracle).endswith("judged by the exact oracle")
+    model = [{"evaluator": {"kind": "sbd", "path": "runs/judge"}}]
+    assert plot_title(model).endswith("judged by sbd judge")
+
+
+def test_markdown_grid_aligns_and_escapes():
+    md = markdown_grid(["a", "b"], [["x|y", "1"]], "lr")
+    assert md.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1 |"]
 
 
 def test_terminal_headers_say_which_averaging():

@@ -9,6 +9,7 @@ exactness and against the BD3-LM fixture's `kvcache_logits`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -883,7 +884,10 @@ def test_fixed_shape_call_samples_the_tokens_of_the_exact_cache(tiny_denoiser_mo
         assert torch.equal(eager.tokens, fixed.tokens) and torch.equal(eager.nfe, fixed.nfe)
         torch.testing.assert_close(eager.confidence, fixed.confidence, rtol=0, atol=1e-5)
     tokens, masked = revise_inputs(model)
-    eager, fixed = run_revise(model, tokens, masked), run_revise(model, tokens, masked, compile=True)
+    eager, fixed = (
+        run_revise(model, tokens, masked),
+        run_revise(model, tokens, masked, compile=True),
+    )
     assert torch.equal(eager.tokens, fixed.tokens) and torch.equal(eager.nfe, fixed.nfe)
     torch.testing.assert_close(eager.confidence, fixed.confidence, rtol=0, atol=1e-5)
 
@@ -966,3 +970,110 @@ def test_approx_revise_reads_out_among_the_queried_positions(tiny_denoiser_model
     slow = run_revise(FullThenTake(tiny_denoiser_model), tokens, masked, cache="approx", refresh=3)
     assert torch.equal(fast.tokens, slow.tokens)
     torch.testing.assert_close(fast.confidence, slow.confidence, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- stepping engine
+ENGINE_RULES = [{}, {"steps_per_block": 2, "unmask": "confident"}, *CALL_RULES[2:]]
+
+
+def engine_for(model, prompts, length, **kw) -> sp.FillEngine:
+    cfg = sp.SamplerConfig(**{"block_size": 4, **kw})
+    return sp.draft_engine(model, prompts, length, cfg, gens(len(prompts)))
+
+
+@pytest.mark.parametrize("kw", ENGINE_RULES, ids=["one", "S2-confident", "tau0.5", "ref-S3"])
+def test_engine_events_rebuild_the_result_of_fill_masked(kw):
+    """One event per network call; its commits are exactly what the result holds."""
+    model = FakeDenoiser(seq_len=32, seed=3)
+    bos = model.config.bos_id
+    prompts = [[bos], [bos, 4, 4], [bos, 1, 2, 3, 4, 5]]
+    whole = run_draft(model, prompts, 30, **kw)
+    model.calls.clear()
+    engine = engine_for(model, prompts, 30, **kw)
+    events = list(engine)
+    assert len(events) == len(model.calls)  # one event per network call
+    assert [e.call for e in events] == list(range(1, len(events) + 1))
+    same(engine.result, whole)
+    rebuilt = torch.full_like(whole.tokens, model.config.mask_id)
+    rebuilt[:, 0] = bos
+    for i, p in enumerate(prompts):
+        rebuilt[i, : len(p)] = torch.tensor(p)
+    per_row = [0] * len(prompts)
+    for e in events:
+        assert list(e.rows) == sorted(set(e.rows)) and e.hi - e.lo <= 4
+        for row, pos, tok, conf in zip(e.rows, e.positions, e.tokens, e.confidences, strict=True):
+            assert pos and all(e.lo <= p < e.hi for p in pos) and list(pos) == sorted(pos)
+            rebuilt[row, list(pos)] = torch.tensor(tok)
+            assert [float(whole.confidence[row, p]) for p in pos] == list(conf)
+            assert all(int(whole.step[row, p]) == per_row[row] + 1 for p in pos)
+            per_row[row] += 1
+    assert torch.equal(rebuilt, whole.tokens)
+    assert per_row == whole.nfe.tolist()  # a row takes part in exactly its nfe calls
+    assert not bool(engine.result.cancelled.any())
+
+
+@pytest.mark.parametrize("kw", ENGINE_RULES, ids=["one", "S2-confident", "tau0.5", "ref-S3"])
+def test_cancel_takes_a_row_out_and_leaves_the_others_bit_identical(kw):
+    model = FakeDenoiser(seq_len=32, seed=4)
+    bos = model.config.bos_id
+    prompts = [[bos], [bos, 7], [bos, 2, 2, 2]]
+    whole = run_draft(model, prompts, 32, **kw)
+    engine = engine_for(model, prompts, 32, **kw)
+    seen_after = []
+    for event in engine:
+        if event.call == 5:
+            engine.cancel(1)
+        elif event.call > 5:
+            seen_after.append(event.rows)
+    out = engine.result
+    assert seen_after and all(1 not in rows for rows in seen_after)
+    assert out.cancelled.tolist() == [False, True, False]
+    for name in ("tokens", "confidence", "confidence_nucleus", "step", "nfe", "stop"):
+        for row in (0, 2):
+            assert torch.equal(getattr(out, name)[row], getattr(whole, name)[row]), name
+    left = out.tokens[1] == model.config.mask_id
+    assert bool(left.any()) and int(out.nfe[1]) < int(whole.nfe[1])
+    assert not bool(out.committed[1][left].any())
+
+
+@pytest.mark.parametrize("cache", [{}, {"cache": "approx", "refresh": 3}, {"kv_cache": False}])
+def test_cancel_on_the_real_denoiser_keeps_the_other_rows(tiny_denoiser_model, cache):
+    """Real attention: the cancelled row's content no longer changes; the others sample the
+    same tokens (approx: its query width is the batch's largest masked count, so its floats
+    are as batch invariant as the approximate cache itself)."""
+    tokens, masked = revise_inputs(tiny_denoiser_model, n=3)
+    cfg = sp.SamplerConfig(block_size=0, **cache)
+    whole = sp.revise(tiny_denoiser_model, tokens, masked, cfg, gens(3, stage="revise"))
+    engine = sp.revise_engine(tiny_denoiser_model, tokens, masked, cfg, gens(3, stage="revise"))
+    for event in engine:
+        if event.call == 2:
+            engine.cancel(0)
+    out = engine.result
+    assert out.cancelled.tolist() == [True, False, False]
+    for row in (1, 2):
+        assert torch.equal(out.tokens[row], whole.tokens[row])
+        assert torch.equal(out.nfe[row], whole.nfe[row])
+        if "cache" in cache:
+            conf, want = out.confidence[row], whole.confidence[row]
+            torch.testing.assert_close(conf, want, atol=1e-6, rtol=0)
+        else:
+            assert torch.equal(out.confidence[row], whole.confidence[row])
+
+
+def test_fill_masked_passes_every_event_to_its_consumer():
+    model = FakeDenoiser(seq_len=32)
+    bos = model.config.bos_id
+    events: list[sp.CallEvent] = []
+    cfg = sp.SamplerConfig(block_size=4, steps_per_block=2)
+    out = sp.draft(model, [[bos], [bos, 3]], 16, cfg, gens(2), progress=events.append)
+    assert len(events) == len(model.calls) == int(out.nfe.max())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        events[0].call = 9  # type: ignore[misc]  # frozen: consumers cannot alter an event
+
+
+def test_engine_errors_come_before_any_call():
+    model = FakeDenoiser(seq_len=8)
+    bos = model.config.bos_id
+    with pytest.raises(UserError, match="exceeds the model's trained length"):
+        sp.draft_engine(model, [[bos]], 32, sp.SamplerConfig(block_size=16), gens(1))
+    assert model.calls == []

@@ -29,6 +29,16 @@ from typing import Any
 from sbdcli.errors import UserError
 
 
+def check_finite(config: Any) -> None:
+    """Every float setting of a config dataclass (alone or in a tuple) must be a finite
+    number: no setting of sbd has a meaning for infinity or NaN. Each config calls it first."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UserError(f"`{field.name}` must be a finite number, got {value}")
+
+
 def _check(*checks: tuple[bool, str]) -> None:
     """Raise a UserError with the message of the first failed (ok, message) check."""
     for ok, message in checks:
@@ -70,6 +80,7 @@ class ModelConfig:
     """End-of-sequence id, informational."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         checks = [
             (self.vocab_size >= 2, "vocab_size must be >= 2"),
             (0 <= self.mask_id < self.vocab_size, "mask_id must lie inside the vocabulary"),
@@ -216,6 +227,7 @@ class TrainConfig:
     conditioning on for a checkpoint trained without it (a checkpoint trained with it keeps it)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         checks = [
             (self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
             (self.steps >= 1, "steps must be >= 1"),
@@ -347,6 +359,7 @@ class SamplerConfig:
     (TF32 matmuls on GPUs) or `bf16`; the draw and the confidences stay float64."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         _check(
             (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (self.block_size >= 0, "`block_size` must be >= 1 (or 'full')"),
@@ -448,6 +461,9 @@ class SamplerConfig:
 
 REDRAW_WINDOW = 256
 """The window of BD3-LM's degenerate-sample check (its last 256 tokens)."""
+REDRAW_ATTEMPTS = 10
+"""BD3-LM's draws per sample at most."""
+REDRAW_DEFAULTS = (REDRAW_WINDOW, REDRAW_ATTEMPTS)
 
 
 @dataclass(frozen=True)
@@ -459,15 +475,21 @@ class RedrawConfig:
     with unigram entropy (nats) below this value (BD3-LM: 4); unset (default) = never."""
     redraw_window: int = REDRAW_WINDOW
     """Tokens of the entropy window of `redraw_low_entropy` (BD3-LM: 256)."""
-    redraw_attempts: int = 10
+    redraw_attempts: int = REDRAW_ATTEMPTS
     """Draws per sample at most (BD3-LM: 10); the last one is kept and flagged."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         h = self.redraw_low_entropy
         _check(
             (h is None or (math.isfinite(h) and h >= 0), "`redraw_low_entropy` must be >= 0"),
             (self.redraw_window >= 1, "`redraw_window` must be >= 1"),
             (self.redraw_attempts >= 1, "`redraw_attempts` must be >= 1"),
+            (
+                h is not None or (self.redraw_window, self.redraw_attempts) == REDRAW_DEFAULTS,
+                "`redraw_window` and `redraw_attempts` need `redraw_low_entropy` (without it "
+                "no draft is redrawn)",
+            ),
         )
 
     @property
@@ -503,6 +525,7 @@ class RemaskConfig:
     fp32 on CPU), `fp32` or `bf16`; the scores stay float64."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         _check(
             (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (
@@ -533,7 +556,8 @@ class RemaskConfig:
         return self.strategy in ("posthoc", "masked")
 
     def params(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"strategy": self.strategy, "gamma": self.gamma}
+        gamma = self.gamma if self.threshold is None else None  # null: the threshold chose
+        out: dict[str, Any] = {"strategy": self.strategy, "gamma": gamma}
         out.update(scope=self.scope, threshold=self.threshold, seed=self.seed)
         if self.strategy == "masked":
             out["passes"] = self.passes
@@ -580,6 +604,7 @@ class GenPplOptions:
     fp32 on CPU), `fp32` or `bf16`; log-likelihoods are summed in float64."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         h, w = self.low_entropy, self.low_entropy_window
         _check(
             (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
@@ -621,6 +646,7 @@ class DemoConfig:
     """Device for training and sampling."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         _check(
             (
                 self.tokens_per_call >= 1 and self.draft_block >= 1,

@@ -3,7 +3,8 @@
 - files.py: atomic writes (temporary name, then rename), JSON, JSONL streams, hashing;
 - tensors.py: safetensors with a schema name, a version and a JSON header;
 - records.py: the sample record (docs/records.md) as JSONL streams or `.safetensors` bundles;
-- rundir.py: the whole run directory layout (`RUN/config.json`, metrics, state, `latest`).
+- rundir.py: the whole run directory layout (`RUN/config.json`, metrics, state, `latest`);
+- printable.py: text read from files (ids, tokens, names) with control characters made visible.
 
 Imports only config and errors from sbd; no model, no sampling, no torch models.
 """
@@ -17,11 +18,13 @@ from sbdcli.artifacts.files import (
     atomic_path,
     check_output_dir,
     check_output_path,
+    is_json_document,
     read_json,
     read_jsonl,
     sha256_file,
     write_json,
 )
+from sbdcli.artifacts.printable import visible
 from sbdcli.artifacts.records import (
     RECORD_SCHEMA,
     RECORD_SCHEMA_VERSION,
@@ -60,6 +63,7 @@ __all__ = [
     "check_output_dir",
     "check_output_path",
     "group_by_length",
+    "is_json_document",
     "load_record_bundle",
     "load_tensors",
     "parse_model_field",
@@ -72,6 +76,7 @@ __all__ = [
     "save_tensors",
     "sha256_file",
     "validate_record",
+    "visible",
     "write_json",
     "write_records",
 ]

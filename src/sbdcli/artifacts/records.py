@@ -229,15 +229,22 @@ def _check_positions(rec: Mapping[str, Any], where: str) -> None:
 
 
 # --------------------------------------------------------------------------- draft tally
-DRAFT_OUTCOMES = frozenset({"nfe", "seconds", "batch_size", "redraws", "redraw_nfe", "low_entropy"})
-"""Draft-entry keys that differ between records of one draft command (per record or batch)."""
+DRAFT_OUTCOMES = frozenset(
+    {"nfe", "seconds", "batch_size", "redraws", "redraw_nfe", "low_entropy"}
+    | {"n_tokens", "windows", "n_markers"}  # an encode entry's per-text values
+)
+"""Draft-entry (or encode-entry) keys that differ between records of one command."""
 
 
 def draft_entry(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The record's draft stage entry (its first stage, named `draft`), or None."""
+    """The record's first stage entry when it is a `draft` or an `encode` (text in), or None.
+
+    Both name the vocabulary (`vocab_size`, `mask_id`, `bos_id`) and the records written
+    together (`n_records`).
+    """
     stages = rec.get("stages")
     first = stages[0] if isinstance(stages, list) and stages else None
-    if isinstance(first, dict) and first.get("name") == "draft":
+    if isinstance(first, dict) and first.get("name") in ("draft", "encode"):
         return cast(Mapping[str, Any], first)
     return None
 
@@ -326,15 +333,48 @@ def save_record_bundle(path: str | os.PathLike[str], records: Sequence[Record]) 
     save_tensors(path, tensors, RECORD_SCHEMA, header, version=RECORD_SCHEMA_VERSION)
 
 
+def _check_bundle(
+    path: str | os.PathLike[str], tensors: Mapping[str, Any], header: Mapping[str, Any]
+) -> tuple[list[int], list[Mapping[str, Any]]]:
+    """The bundle's (lengths, JSON records), checked to agree with each other and with every
+    per-token tensor; a bundle that does not is a UserError (never a shortened read)."""
+    metas, per_token, lengths = (
+        header.get("records"),
+        header.get("per_token"),
+        tensors.get("lengths"),
+    )
+    if not isinstance(metas, list) or not all(isinstance(m, dict) for m in metas):
+        raise UserError(f"{path}: record bundle header has no list of records")
+    if not isinstance(per_token, list) or lengths is None or lengths.ndim != 1:
+        raise UserError(f"{path}: record bundle lacks its per-token index (lengths, per_token)")
+    counts = lengths.tolist()
+    if len(counts) != len(metas):
+        raise UserError(
+            f"{path}: inconsistent record bundle: its header lists {len(metas)} records "
+            f"for {len(counts)} lengths"
+        )
+    if any(not isinstance(n, int) or n < 0 for n in counts):
+        raise UserError(f"{path}: inconsistent record bundle: a negative length")
+    total = sum(counts)
+    for key in per_token:
+        tensor = tensors.get(key) if isinstance(key, str) else None
+        if tensor is None or tensor.ndim != 1 or tensor.numel() != total:
+            raise UserError(
+                f"{path}: inconsistent record bundle: per-token tensor {key!r} does not hold "
+                f"{total} values (the sum of its lengths)"
+            )
+    return counts, metas
+
+
 def load_record_bundle(path: str | os.PathLike[str]) -> list[Record]:
     """Read records back (not validated) from a bundle written by `save_record_bundle`."""
     tensors, header = load_tensors(path, schema=RECORD_SCHEMA)
     if header.get("schema_version", 1) > RECORD_SCHEMA_VERSION:
         raise UserError(f"{path}: record bundle version is newer than this sbd understands")
-    lengths = tensors["lengths"].tolist()
+    lengths, metas = _check_bundle(path, tensors, header)
     records: list[Record] = []
     offset = 0
-    for meta, n in zip(header["records"], lengths, strict=False):
+    for meta, n in zip(metas, lengths, strict=True):
         rec = dict(meta)
         for key in header["per_token"]:
             chunk = tensors[key][offset : offset + n]

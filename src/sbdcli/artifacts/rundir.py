@@ -253,9 +253,11 @@ class RunDir:
 
 
 # --------------------------------------------------------------------------- runs/
-def new_run_dir(runs_root: Path, preset_name: str) -> Path:
-    """A fresh `runs_root/<preset>-<YYYYmmdd-HHMMSS>[-n]` path (not created)."""
-    base = f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def new_run_dir(runs_root: Path, preset_name: str, data_name: str | None = None) -> Path:
+    """A fresh `runs_root/<preset>-<data>-<YYYYmmdd-HHMMSS>[-n]` path (not created), e.g.
+    `runs/tiny-topic-markov-20260101-120000`; without a data name `<preset>-<time>`."""
+    parts = [preset_name, *([data_name] if data_name else []), time.strftime("%Y%m%d-%H%M%S")]
+    base = "-".join(parts)
     path, n = runs_root / base, 1
     while path.exists():
         n += 1
@@ -263,16 +265,20 @@ def new_run_dir(runs_root: Path, preset_name: str) -> Path:
     return path
 
 
-def point_latest(run_dir: Path, runs_root: Path) -> None:
-    """Make `runs_root/latest` a relative symlink to `run_dir` when the run lives there."""
+def point_latest(run_dir: Path, runs_root: Path) -> str | None:
+    """Make `runs_root/latest` a relative symlink to `run_dir` when the run lives there.
+
+    Returns the run it pointed at before when that was another one (the link moved)."""
     if run_dir.resolve().parent != runs_root.resolve():
-        return
+        return None
     link = runs_root / "latest"
+    before = os.readlink(link) if link.is_symlink() else None
     tmp = runs_root / f".latest.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     tmp.symlink_to(run_dir.name)
     os.replace(tmp, link)
+    return before if before not in (None, run_dir.name) else None
 
 
 # --------------------------------------------------------------------------- records -> run
@@ -291,6 +297,8 @@ def run_dir_of_records(records: Iterable[dict[str, Any]]) -> RunDir | None:
     paths = {parse_model_field(r["model"])[0] for r in records}
     for raw in sorted(paths):
         p = Path(raw)
+        if not p.exists():  # a model that is not here names no run (never its parent, '.')
+            continue
         run = p if p.is_dir() else p.parent
         if is_run_dir(run):
             return RunDir(run)

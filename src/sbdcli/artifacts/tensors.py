@@ -2,7 +2,9 @@
 
 `save_tensors` writes atomically with sorted metadata (identical tensors, identical bytes);
 `load_tensors` checks the schema; `read_tensor_metadata` reads the header without the
-tensors. safetensors only: nothing here unpickles. Not here: what a schema means.
+tensors. An input that is not a regular file (a FIFO, `<(...)`) is first copied to a
+temporary file (safetensors maps files). safetensors only: nothing here unpickles. Not
+here: what a schema means.
 
 torch and safetensors are imported inside the functions that use them: the command line
 imports artifacts/ at start-up, and `sbd --help` should not pay torch's ~1 s import.
@@ -10,13 +12,17 @@ imports artifacts/ at start-up, and `sbd --help` should not pay torch's ~1 s imp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sbdcli.artifacts.files import atomic_path
+from sbdcli.artifacts.files import atomic_path, is_special, loads_json
 from sbdcli.errors import UserError
 
 
@@ -97,16 +103,35 @@ def load_tensors(
     from safetensors.torch import load_file
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() or p.is_dir():
         raise UserError(f"file not found: {p}")
-    meta = read_tensor_metadata(p)
-    if schema is not None and meta.get("schema") != schema:
-        found = meta.get("schema", "none")
-        raise UserError(f"{p} has schema '{found}', expected '{schema}'")
-    try:
-        header = json.loads(meta.get("header", "{}"))
-        tensors = load_file(str(p), device=device)
-    except Exception as exc:
-        raise UserError(f"{p} is not a readable safetensors file: {exc}") from None
+    with _mappable(p) as local:
+        meta = read_tensor_metadata(local)
+        if schema is not None and meta.get("schema") != schema:
+            found = meta.get("schema", "none")
+            raise UserError(f"{p} has schema '{found}', expected '{schema}'")
+        try:
+            header = loads_json(meta.get("header", "{}"))
+            tensors = load_file(str(local), device=device)
+        except Exception as exc:
+            raise UserError(f"{p} is not a readable safetensors file: {exc}") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{p} is not a readable safetensors file: its header is not an object")
     header.setdefault("schema_version", int(meta.get("schema_version", "1")))
     return tensors, header
+
+
+@contextlib.contextmanager
+def _mappable(path: Path) -> Iterator[Path]:
+    """`path`, or for a FIFO or /dev/fd input a temporary copy of its bytes."""
+    if not is_special(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sbd-") as scratch:
+        local = Path(scratch) / "input.safetensors"
+        try:
+            with open(path, "rb") as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        yield local

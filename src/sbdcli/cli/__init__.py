@@ -1,7 +1,9 @@
 """The `sbd` command line: a thin client of the library.
 
 `main()` runs the typer app and turns user mistakes into one line on stderr with exit
-status 2 (never a traceback); a library message names config fields (`gamma`), shown
+status 2 (never a traceback; under a multi-process launch, from process 0 only); every
+string from users or data passes through `term` (markup and control characters escaped)
+on its way to the terminal; a library message names config fields (`gamma`), shown
 here as the flags that set them (--gamma). A closed stdout pipe (`| head -1`) ends
 quietly. The command modules imported below register their subcommands; they hold no
 math. They import the heavy part of the library (torch, ~1 s) inside the command
@@ -9,8 +11,8 @@ functions, so `sbd --help` and a mistyped flag answer at once.
 
 - options.py: shared options and option groups derived from config.py's fields;
 - progress.py: the one progress-bar factory; tables.py: the one table renderer;
-- prepare, train, sample (draft, remask, revise, generate), show, evaluate, report,
-  export, demo.
+- prepare, train, sample (draft, remask, revise, generate), edit (encode, edit), show,
+  evaluate, harness (eval harness, eval mauve), report, export, serve, demo.
 
 This package is the only one that imports typer or rich.
 """
@@ -26,7 +28,7 @@ from typing import Annotated
 import typer
 
 from sbdcli import __version__
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import to_flags
 from sbdcli.errors import UserError
 
@@ -51,7 +53,19 @@ def root(
     """Structural Block Diffusion toolkit."""
 
 
-COMMAND_MODULES = ("prepare", "train", "export", "sample", "show", "evaluate", "report", "demo")
+COMMAND_MODULES = (
+    "prepare",
+    "train",
+    "export",
+    "sample",
+    "edit",
+    "show",
+    "evaluate",
+    "harness",
+    "report",
+    "serve",
+    "demo",
+)
 """Imported for their side effect of registering subcommands on `app`, in help order."""
 for _name in COMMAND_MODULES:
     importlib.import_module(f"sbdcli.cli.{_name}")
@@ -64,7 +78,19 @@ def _quiet_broken_pipe() -> None:
 
 
 def _error(message: str) -> None:
-    console.print(f"[bold red]sbd: error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]sbd: error:[/] {term(message)}", highlight=False, soft_wrap=True)
+
+
+def _user_error(message: str) -> None:
+    """A user error: one line, printed by process 0 of a launch (torchrun, accelerate
+    launch) only; every process checks the same options and inputs, so the others would
+    repeat its line word for word. Each process still exits 2."""
+    try:
+        rank = int(os.environ.get("RANK") or 0)
+    except ValueError:
+        rank = 0
+    if rank == 0:
+        _error(message)
 
 
 def _os_error(exc: OSError) -> str:
@@ -86,11 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="sbd", standalone_mode=False)
     except UserError as exc:
-        _error(to_flags(str(exc)))
+        _user_error(to_flags(str(exc)))
         sys.exit(2)
     except _click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        _error(exc.format_message() + hint)
+        _user_error(exc.format_message() + hint)
         sys.exit(2)
     except (_Abort, KeyboardInterrupt):
         console.print("interrupted")

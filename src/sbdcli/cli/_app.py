@@ -10,6 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from sbdcli.artifacts.printable import visible
 
 app = typer.Typer(
     name="sbd",
@@ -24,6 +27,13 @@ app = typer.Typer(
 
 console = Console(stderr=True)
 """Everything human-facing goes to stderr; stdout carries only data."""
+
+
+def term(text: object) -> str:
+    """The one escaping function for text from users or data (paths, ids, messages) put
+    into a rich markup string: control characters shown visibly, markup escaped."""
+    return escape(visible(str(text)))
+
 
 InputOpt = Annotated[
     str, typer.Option("--input", "-i", help="Records to read: JSONL, .safetensors, or - (stdin).")

@@ -11,12 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import metric_table
 
 COLUMNS = (
     ("stage", "stage"),
+    ("draft", "draft"),
     ("strategy", "strategy"),
     ("gamma", "gamma"),
     ("gen_ppl_per_sample_mean", "oracle Gen PPL (per-sample mean)"),
@@ -69,18 +70,21 @@ def demo(
 ) -> None:
     """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
     from sbdcli.config import DemoConfig
-    from sbdcli.demo import run_demo
+    from sbdcli.demo import check_demo, demo_summary, run_demo
 
     cfg = DemoConfig(
         out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
     )
+    check_demo(cfg)  # refused before the progress bar or any directory
     with progress_bar("loss {task.fields[loss]}", elapsed=False) as progress:
         task = progress.add_task("training", total=cfg.n_steps, loss="–")
         rows = run_demo(
             cfg,
-            log=lambda msg: console.print(f"[dim]·[/] {msg}"),
+            log=lambda msg: console.print(f"[dim]·[/] {term(msg)}"),
             train_progress=_train_progress(progress, task),
-            step=lambda msg: console.print(f"[dim]·[/] {msg}"),
+            step=lambda msg: console.print(f"[dim]·[/] {term(msg)}"),
         )
     console.print(results_table(rows))
-    console.print(f"artifacts, results.md, pareto.png and report.html in {out}")
+    for line in demo_summary(rows):
+        console.print(f"[dim]·[/] {term(line)}")
+    console.print(f"artifacts, results.md, pareto.png and report.html in {term(out)}")

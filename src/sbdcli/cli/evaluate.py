@@ -1,8 +1,9 @@
 """`sbd eval genppl` and `sbd eval ppl`: thin commands over `sbdcli.evaluate`.
 
 genppl reads sample records (files, or stdin), judges them and prints a rich table on
-stderr plus one JSON object per file / stage group on stdout (or --out); --markdown prints
-the table as markdown on stdout instead of the JSON; --plot draws Gen PPL against NFE and
+stderr (narrowed to the terminal's width); one JSON object per file / stage group goes to
+--out, and to stdout when stdout is a pipe or a file (or with --json); --markdown prints the
+table as markdown on stdout instead of the JSON; --plot draws Gen PPL against NFE and
 seconds. ppl prints the held-out perplexity exp(NELBO) of a run with its Monte Carlo error.
 """
 
@@ -16,10 +17,10 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli import distributed as dist
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import DeviceOpt, PrecisionOpt
 from sbdcli.cli.progress import progress_bar
-from sbdcli.cli.tables import metric_table
+from sbdcli.cli.tables import fit_columns, metric_table
 from sbdcli.errors import UserError
 
 eval_app = typer.Typer(
@@ -68,18 +69,29 @@ def _progress(total: int, what: str) -> Any:
 
 def _table(summaries: list[dict[str, Any]]) -> None:
     """The rich table of numbers; names and settings listed under it by row number."""
-    from sbdcli.evaluate.report import cell, terminal_columns
+    from sbdcli.evaluate.report import NARROW_DROP_ORDER, cell, terminal_columns
 
-    cols = terminal_columns(summaries)
+    cols, dropped = fit_columns(
+        terminal_columns(summaries), summaries, cell, console.width, NARROW_DROP_ORDER
+    )
     console.print(metric_table("Gen PPL", cols, summaries, cell, numbered=True, no_wrap=True))
+    if dropped:
+        console.print(
+            f"({', '.join(dropped)} left out at {console.width} columns: widen the terminal, "
+            "or see --markdown, --json)",
+            style="dim",
+            highlight=False,
+        )
     for i, s in enumerate(summaries, start=1):
         partial = (
             f" [yellow](partial: {s['n']} of {s['n_declared']} records)[/]"
             if s.get("partial")
             else ""
         )
-        console.print(f"[bold]{i}[/] {s.get('name', '')}{partial}", highlight=False, soft_wrap=True)
-        console.print(f"  {s.get('settings_short', '')}", style="dim", highlight=False)
+        console.print(
+            f"[bold]{i}[/] {term(s.get('name', ''))}{partial}", highlight=False, soft_wrap=True
+        )
+        console.print(f"  {term(s.get('settings_short', ''))}", style="dim", highlight=False)
 
 
 def _footer(summaries: list[dict[str, Any]]) -> None:
@@ -88,12 +100,13 @@ def _footer(summaries: list[dict[str, Any]]) -> None:
 
     ev = summaries[0]["evaluator"]
     detail = ", ".join(f"{k} {v}" for k, v in ev.items() if k not in ("kind", "path"))
-    console.print(f"evaluator: {ev['kind']} {ev.get('path', '')} {detail}".rstrip(), style="dim")
+    line = f"evaluator: {ev['kind']} {ev.get('path', '')} {detail}".rstrip()
+    console.print(term(line), style="dim")
     first = summaries[0]
     if first.get("oracle_floor_nll_per_token") is not None:
         console.print(
             f"oracle floor: NLL/token {first['oracle_floor_nll_per_token']:.4f} "
-            f"(PPL {first['oracle_floor_ppl']:.4f}) from {first['oracle_floor_source']}; "
+            f"(PPL {first['oracle_floor_ppl']:.4f}) from {term(first['oracle_floor_source'])}; "
             f"true samples' entropy {first['oracle_true_entropy_per_sample_mean']:.4f}",
             style="dim",
         )
@@ -103,7 +116,7 @@ def _footer(summaries: list[dict[str, Any]]) -> None:
         style="dim",
     )
     for note in sorted({n for s in summaries for n in s.get("notes", [])}):
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {term(note)}", highlight=False)
 
 
 def _low_entropy_note(summary: dict[str, Any]) -> str:
@@ -128,6 +141,12 @@ def _check_outputs(out: str | None, plot: Path | None = None) -> None:
         check_plot_path(plot)
 
 
+def _json_to_stdout(out: str | None, markdown: bool) -> bool:
+    """Without --json: the summaries go to stdout when it is a pipe or a file (a person at a
+    terminal reads the table) and neither --out nor --markdown took them."""
+    return out is None and not markdown and not sys.stdout.isatty()
+
+
 def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
     from sbdcli.artifacts import JsonlWriter
 
@@ -135,7 +154,7 @@ def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) ->
         with JsonlWriter(out) as writer:
             for obj in objs:
                 writer.write(obj)
-    elif to_stdout:
+    if to_stdout:
         for obj in objs:
             sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
@@ -200,6 +219,12 @@ def genppl(
         bool,
         typer.Option("--markdown", help="Print the table as markdown on stdout instead of JSON."),
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the JSON summaries on stdout even when it is a terminal."
+        ),
+    ] = False,
     floor_samples: Annotated[
         int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
     ] = 1000,
@@ -233,6 +258,8 @@ def genppl(
     from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
 
     _check_outputs(out, plot)
+    if as_json and markdown:
+        raise UserError("--json and --markdown exclude each other: both print on stdout")
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     paths = [*(files or []), *(inputs or [])]
@@ -265,8 +292,8 @@ def genppl(
     _footer(summaries)
     if plot is not None:
         plot_genppl(summaries, plot)
-        console.print(f"plot written to {plot}", style="dim")
-    _write_json(summaries, out, to_stdout=not markdown)
+        console.print(f"plot written to {term(plot)}", style="dim")
+    _write_json(summaries, out, to_stdout=as_json or _json_to_stdout(out, markdown))
     if markdown:
         sys.stdout.write(markdown_table(summaries))
         sys.stdout.flush()
@@ -338,7 +365,13 @@ def ppl(
     bar, advance = _progress(reps * rows.shape[0], f"NELBO B={block_size}")
     with bar:
         result = heldout_perplexity(
-            net, rows, block_size, mc=mc, batch_size=batch_size, seed=seed, progress=advance,
+            net,
+            rows,
+            block_size,
+            mc=mc,
+            batch_size=batch_size,
+            seed=seed,
+            progress=advance,
             precision=precision,
         ).to_dict()
     result.update({"model": str(model), "data": str(data_dir), "split": "val", "seed": seed})
@@ -353,4 +386,4 @@ def ppl(
         f"{result['bits_per_token']:.4f} bits/token  B={block_size}  {result['rows']} rows",
         highlight=False,
     )
-    _write_json([result], out, to_stdout=True)
+    _write_json([result], out, to_stdout=out is None)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.errors import UserError
 
 FORMATS = ("bd3lm",)
@@ -45,7 +45,7 @@ def export(
     cfg = model.config
     written = read_json(path / "config.json", "exported config")
     console.print(
-        f"wrote {path} (BD3-LM layout: {cfg.n_layers} layers, d {cfg.d_model}, "
+        f"wrote {term(path)} (BD3-LM layout: {cfg.n_layers} layers, d {cfg.d_model}, "
         f"vocab {cfg.vocab_size}, block size {written['block_size']})",
         highlight=False,
     )

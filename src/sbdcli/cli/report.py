@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.errors import UserError
 
 
@@ -60,8 +60,8 @@ def report(
     )
     hr.write_report(output, page)
     console.print(
-        f"wrote {output}: {len(summaries)} summaries, {len(every)} records "
-        f"(open it in a browser, e.g. xdg-open {output})",
+        f"wrote {term(output)}: {len(summaries)} summaries, {len(every)} records "
+        f"(open it in a browser, e.g. xdg-open {term(output)})",
         highlight=False,
         soft_wrap=True,
     )

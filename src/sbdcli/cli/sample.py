@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli.artifacts.files import check_output_path
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -73,12 +73,14 @@ def _draft_setup(
     prompts: str | None,
     seed: int,
     block: int,
+    texts: list[str] | None = None,
 ) -> tuple[Any, list[Any], int]:
     """Load the model and the prompts and check them before any work starts."""
     from sbdcli import pipeline as pl
 
-    if n is not None and n < 1:
-        raise UserError(f"-n must be >= 1, got {n}")
+    pl.check_record_count(n)  # before the model loads or a work list is built
+    if texts and prompts:
+        raise UserError("--prompt and --prompts exclude each other: give texts or one file")
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     length = ref.model.config.seq_len if length is None else length
     if length < 2:
@@ -91,6 +93,7 @@ def _draft_setup(
     if length > ref.model.config.seq_len and block > ref.model.config.seq_len:
         raise UserError(f"--block {block} exceeds the model's trained length for sliding")
     given = pl.read_prompts(prompts, ref) if prompts else None
+    given = pl.text_prompts(texts, ref) if texts else given
     plist = pl.draft_prompts(ref, n, seed, given)
     for p in plist:
         if len(p.tokens) > length:
@@ -164,7 +167,7 @@ class Drafting:
             self.seed,
             self.plan,
             stop_at_eos=self.stop_at_eos,
-            progress=on_call,
+            on_call=on_call,
             n_records=len(self.prompts),
             redraw=self.redraw,
         )
@@ -239,7 +242,7 @@ def _warn_partial(what: str, tally: Any) -> None:
     short = tally.shortfall()
     if short is not None:
         console.print(
-            f"[bold yellow]sbd: warning:[/] {what}: the input ended after {short[0]} of the "
+            f"[bold yellow]sbd: warning:[/] {term(what)}: the input ended after {short[0]} of the "
             f"{short[1]} records its draft declared (a cut or partial input?)",
             highlight=False,
             soft_wrap=True,
@@ -257,6 +260,12 @@ PromptsOpt = Annotated[
     str | None,
     typer.Option(
         "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
+    ),
+]
+PromptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt."
     ),
 ]
 EosOpt = Annotated[
@@ -278,6 +287,7 @@ def draft(
     length: LengthOpt = None,
     block: Annotated[int, typer.Option("--block", help="Draft block size B.")] = 4,
     prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
     stop_at_eos: EosOpt = False,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
@@ -296,7 +306,7 @@ def draft(
     cfg = _sampler(block, sampling or {})
     _check_compile(cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block)
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block, prompt)
 
     job = Drafting(ref, plist, length, cfg, seed, [], stop_at_eos, redraw)
     _write_drafts("draft", output, batch_size, job)
@@ -375,7 +385,7 @@ def revise(
     def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
         ref = _batch_model(models, batch)
         pl.check_records(batch, ref, first)
-        return pl.revise_batch(batch, ref, cfg, seed, progress=on_call)
+        return pl.revise_batch(batch, ref, cfg, seed, on_call=on_call)
 
     _rewrite_records("revise", input, output, batch_size, run)
 
@@ -406,6 +416,7 @@ def generate(
         ),
     ] = None,
     prompts: PromptsOpt = None,
+    prompt: PromptOpt = None,
     stop_at_eos: EosOpt = False,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of every stage (as --seed on each piped command).")
@@ -441,7 +452,7 @@ def generate(
         )
         for gamma, blk in schedule
     ]
-    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block)
+    ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block, prompt)
 
     job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos, redraw)
     _write_drafts("generate", output, batch_size, job)

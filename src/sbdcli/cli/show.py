@@ -5,8 +5,12 @@
 Every token coloured by its snapshot confidence (a legend gives the scale), masked
 positions underlined, and where a revise changed a token the draft's token struck through
 before the new one. Without colour (--no-color, or stdout not a terminal) the same
-positions are marked with brackets. The views come from `sbdcli.evaluate.views` (the HTML
-report shows the same); this module only renders them with rich.
+positions are marked with brackets; --plain writes the decoded samples alone, one per
+line. Control characters in ids and decoded tokens are shown as escapes (`\x1b`), never
+sent to the terminal. On a 16-colour terminal the scale uses the five standard colours
+that keep its order (red, yellow, bright yellow, bright green, green). The views come from
+`sbdcli.evaluate.views` (the HTML report shows the same); this module only renders them
+with rich.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from sbdcli.artifacts.printable import visible
 from sbdcli.cli._app import app
 from sbdcli.errors import UserError
 
@@ -28,11 +33,24 @@ PLAIN_LEGEND = (
 )
 
 
-def _swatches() -> Text:
-    from sbdcli.evaluate.views import CONFIDENCE_COLOURS, bin_labels
+STANDARD_COLOURS = ("red", "yellow", "bright_yellow", "bright_green", "green")
+"""The confidence scale on 16-colour terminals, low to high. Rich would map the exact
+colours to red, bright red, bright yellow, bright green, green: a bright red above the
+reddest bin reads as more alarming, not more confident. These keep the hue order."""
+
+
+def scale(color_system: str | None) -> tuple[str, ...]:
+    """The confidence colours for a console's colour system (see STANDARD_COLOURS)."""
+    from sbdcli.evaluate.views import CONFIDENCE_COLOURS
+
+    return STANDARD_COLOURS if color_system in ("standard", "windows") else CONFIDENCE_COLOURS
+
+
+def _swatches(colours: tuple[str, ...]) -> Text:
+    from sbdcli.evaluate.views import bin_labels
 
     legend = Text("confidence ")
-    for colour, label in zip(CONFIDENCE_COLOURS, bin_labels(), strict=True):
+    for colour, label in zip(colours, bin_labels(), strict=True):
         legend.append(f" {label} ", style=f"black on {colour}")
     legend.append("   ")
     legend.append("masked", style="underline bold")
@@ -45,13 +63,13 @@ def _swatches() -> Text:
     return legend
 
 
-def _style(tok: Any) -> str:
-    from sbdcli.evaluate.views import CONFIDENCE_COLOURS, confidence_bin
+def _style(tok: Any, colours: tuple[str, ...]) -> str:
+    from sbdcli.evaluate.views import confidence_bin
 
     if tok.prompt:
         return "bold"
     b = confidence_bin(tok.confidence)
-    style = "reverse" if b is None else f"black on {CONFIDENCE_COLOURS[b]}"
+    style = "reverse" if b is None else f"black on {colours[b]}"
     if tok.masked:
         style += " underline bold"
     if tok.revised and not tok.changed:
@@ -60,17 +78,17 @@ def _style(tok: Any) -> str:
 
 
 def _header(view: Any) -> str:
-    return f"{view.id}  " + " · ".join(view.summary())
+    return visible(f"{view.id}  " + " · ".join(view.summary()))
 
 
-def _coloured(view: Any) -> Text:
+def _coloured(view: Any, colours: tuple[str, ...]) -> Text:
     text, end, sep = Text(), _prompt_end(view), view.separator
     for i, tok in enumerate(view.tokens):
         if i:
             text.append(f"{sep}|{sep}" if i == end else sep)
         if tok.changed:
-            text.append(tok.draft_piece or "", style="strike dim")
-        text.append(tok.piece, style=_style(tok))
+            text.append(visible(tok.draft_piece or "", lines=True), style="strike dim")
+        text.append(visible(tok.piece, lines=True), style=_style(tok, colours))
     return text
 
 
@@ -98,7 +116,17 @@ def plain_text(view: Any) -> str:
         if i:
             out.append(f"{view.separator}|{view.separator}" if i == end else view.separator)
         out.append(_plain_piece(tok))
-    return "".join(out)
+    return visible("".join(out), lines=True)
+
+
+def sample_text(view: Any, pieces: Any) -> str:
+    """The sample alone, as --plain writes it: decoded without BOS, no marks; ids separated
+    by spaces without a tokenizer; newlines written as \\n so that it stays one line."""
+    ids = [t.id for t in view.tokens]
+    if ids and pieces.codec is not None and ids[0] == pieces.codec.bos_id:
+        ids = ids[1:]
+    text = " ".join(map(str, ids)) if pieces.codec is None else pieces.codec.decode(ids)
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _records(path: str) -> Iterator[Any]:
@@ -146,14 +174,22 @@ def show(
         bool | None,
         typer.Option("--color/--no-color", help="Colour (default: when stdout is a terminal)."),
     ] = None,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain", help="Only the decoded samples, one per line: no legend, header or marks."
+        ),
+    ] = False,
 ) -> None:
     """Show records: text coloured by snapshot confidence, masked and revised tokens marked."""
     from sbdcli.evaluate import views as vw
 
     if n is not None and n < 1:
         raise UserError(f"-n must be >= 1, got {n}")
+    if plain and color:
+        raise UserError("--plain writes text without colour: drop --color")
     wanted = _id_set(ids)
-    colour = sys.stdout.isatty() if color is None else color
+    colour = not plain and (sys.stdout.isatty() if color is None else color)
     system = "truecolor" if color else "auto"  # --color: the legend's exact colours
     out = Console(
         file=sys.stdout,
@@ -169,12 +205,17 @@ def show(
         if pieces is None:
             codec, source = vw.find_codec(model, data, [rec])
             pieces = vw.Pieces(codec, ids=tokens)
-            _legend(out, colour, codec is None and not tokens)
         if pieces.codec is not None:
             vw.check_codec(rec, index, pieces.codec, source)
         if wanted is not None and rec.get("id") not in wanted:
             continue
-        _print_view(out, colour, vw.record_view(rec, index, pieces, stage))
+        view = vw.record_view(rec, index, pieces, stage)  # refused before anything is printed
+        if plain:
+            sys.stdout.write(visible(sample_text(view, pieces)) + "\n")
+        else:
+            if shown == 0:
+                _legend(out, colour, pieces.codec is None and not tokens)
+            _print_view(out, colour, view)
         shown += 1
         if n is not None and shown >= n:
             break
@@ -186,7 +227,7 @@ def _legend(out: Console, colour: bool, no_tokenizer: bool) -> None:
     if no_tokenizer:
         sys.stderr.write("sbd: note: no tokenizer found (pass -m RUN or --data DIR): ids shown\n")
     if colour:
-        out.print(_swatches())
+        out.print(_swatches(scale(out.color_system)))
     else:
         out.print(PLAIN_LEGEND, markup=False, soft_wrap=True)
 
@@ -195,9 +236,9 @@ def _print_view(out: Console, colour: bool, view: Any) -> None:
     out.print()
     if colour:
         out.print(Text(_header(view), style="bold"))
-        out.print(_coloured(view))
+        out.print(_coloured(view, scale(out.color_system)))
     else:
         out.print(_header(view), markup=False, soft_wrap=True)
         out.print(plain_text(view), markup=False, soft_wrap=True)
     for note in view.notes:
-        out.print(f"note: {note}", markup=False, style="dim", soft_wrap=True)
+        out.print(f"note: {visible(note)}", markup=False, style="dim", soft_wrap=True)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import config_options
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import render_table
@@ -83,8 +83,8 @@ def parse_interval(text: str) -> tuple[float, float]:
 
 def _progress_bar(show: bool) -> Progress:
     return progress_bar(
-        "loss {task.fields[loss]:.4f}  B {task.fields[block]:>4}",
-        "{task.fields[tps]:>9,.0f} tok/s",
+        "loss {task.fields[loss]:.4f}  block {task.fields[block]:>4}",
+        "{task.fields[tps]:>7,.0f} tok/s",
         transient=False,
         show=show,
     )
@@ -141,7 +141,7 @@ def train(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<time>)."),
+        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<data>-<time>)."),
     ] = None,
     preset: Annotated[
         str | None,
@@ -168,10 +168,22 @@ def train(
             "--eps-large", help="Noise interval 'lo,hi' of large-block steps (default 0.001,1)."
         ),
     ] = None,
+    log_with: Annotated[
+        str | None,
+        typer.Option(
+            "--log-with",
+            help="accelerate trackers that watch the run, e.g. tensorboard or wandb "
+            "(comma-separated; files under RUN/logs; WANDB_MODE=offline works).",
+        ),
+    ] = None,
     given: dict[str, Any] | None = None,
 ) -> None:
     """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
     from sbdcli.train import resume_config, setup  # torch: imported when a command runs
+    from sbdcli.train.tracking import check_trackers, parse_trackers
+
+    trackers = parse_trackers(log_with)
+    check_trackers(trackers)
 
     if out is not None:
         check_output_dir(out)
@@ -185,18 +197,18 @@ def train(
     else:
         cfg = train_config(preset or "tiny", **given)
         data_dir = data if data is not None else Path("data")
-    trainer = setup(cfg, data_dir, out, resume=resume)
+    trainer = setup(cfg, data_dir, out, resume=resume, log_with=trackers)
     if trainer.is_main:
         for note in trainer.notes:
-            console.print(f"note: {note}")
+            console.print(f"note: {term(note)}")
         _describe(trainer)
     try:
         summary = _fit(trainer)
     except KeyboardInterrupt:
         if trainer.is_main:
             console.print(
-                f"checkpoint written to {trainer.run_dir}/state; continue with "
-                f"'sbd train --resume --out {trainer.run_dir}'"
+                f"checkpoint written to {term(trainer.run_dir)}/state; continue with "
+                f"'sbd train --resume --out {term(trainer.run_dir)}'"
             )
         raise
     if trainer.is_main:
@@ -209,7 +221,7 @@ def _describe(trainer: Any) -> None:
     sizes = ", ".join(str(b) for b in trainer.sizes)
     mix = f"Mix({sizes}), lambda {cfg.mix_lambda}" if len(trainer.sizes) > 1 else f"B = {sizes}"
     console.print(
-        f"run {trainer.run_dir}: {params / 1e6:.2f}M params ({mc.n_layers} layers, d "
+        f"run {term(trainer.run_dir)}: {params / 1e6:.2f}M params ({mc.n_layers} layers, d "
         f"{mc.d_model}), L = {trainer.length}, {mix}, global batch {trainer.global_batch} = "
         f"{cfg.batch_size} x {trainer.processes} process(es) x {trainer.accum} accumulation, "
         f"lr {cfg.lr:g}, {cfg.steps} steps",

@@ -10,14 +10,16 @@ A data directory (written by `sbd prepare`, see prepare.py) holds
   seed, command (a manifest without `row_format` is "sbd").
 - `tokenizer.json` for text tokenizers; `oracle.safetensors` for the synthetic language.
 
-`read_manifest`, `load_split` (all rows in memory), `TokenRows` (rows read lazily from the
-shards, for corpora larger than memory), `load_codec`. Not here: writing rows (prepare.py).
+`read_manifest`, `data_label` (the short name runs are named after), `load_split` (all
+rows in memory), `TokenRows` (rows read lazily from the shards, for corpora larger than
+memory), `load_codec`. Not here: writing rows (prepare.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,23 @@ class TokenRows:
         """The first n rows (all when n is 0 or too large), int64 (n, L)."""
         n = self.n_rows if n <= 0 else min(n, self.n_rows)
         return self.get(torch.arange(n))
+
+
+def data_label(data_dir: Path) -> str:
+    """A short name of what a data directory holds, for run names: the synthetic language's
+    or the dataset's name, else the first input file's stem, else the directory's name
+    (`topic-markov`, `openwebtext`, `tinyshakespeare`); letters, digits, '.', '_', '-'."""
+    source: Any = {}
+    if (data_dir / "manifest.json").is_file():
+        manifest = read_manifest(data_dir)
+        source = manifest.get("source") if isinstance(manifest, dict) else {}
+    source = source if isinstance(source, dict) else {}
+    name = str(source.get("name") or "").rstrip("/").rpartition("/")[2]
+    paths = source.get("paths") or []
+    if not name and paths and isinstance(paths, list):
+        name = Path(str(paths[0])).stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name or data_dir.resolve().name).strip("-.")
+    return name[:40] or "data"
 
 
 def read_data_manifest(data_dir: Path) -> dict[str, Any]:

@@ -10,13 +10,13 @@ before any output is written. This module does not tokenize or pack (see `sbdcli
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sbdcli.artifacts.files import loads_json
 from sbdcli.errors import UserError
 
 Advance = Callable[[int], None]
@@ -139,8 +139,8 @@ class JsonlFiles(Source):
 
     def _field(self, line: bytes, path: Path, lineno: int) -> str:
         try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            obj = loads_json(line)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}:{lineno}: not valid JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise UserError(f"{path}:{lineno}: expected a JSON object per line")

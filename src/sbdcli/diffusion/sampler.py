@@ -1,10 +1,17 @@
 """Block-diffusion sampling on token tensors: the draft and the revise stages of SBD.
 
-One engine, `fill_masked`, regenerates the positions flagged in `todo` block by block,
-left to right, every other token fixed and visible as context:
-- `draft` = `fill_masked` on a sequence that is all [MASK] after its prompt (BOS first);
+One engine, `FillEngine`, regenerates the positions flagged in `todo` block by block,
+left to right, every other token fixed and visible as context. It is a stepping engine:
+iterating it makes one network call per step and yields that call's `CallEvent` (rows
+that took part, positions committed, their tokens and snapshot confidences); when it is
+exhausted its `result` is the `FillResult`. `cancel(row)` takes a row out of later calls.
+`fill_masked` runs an engine to the end, passing each event to a consumer (a progress
+display, a live view):
+- `draft` = `fill_masked` on a sequence that is all [MASK] after its prompt (BOS first),
+  `draft_engine` its stepping form;
 - `revise` = `fill_masked` on the `masked` positions of finished sequences; block size
-  >= length is one fully bidirectional block ("full"), smaller blocks run semi-AR.
+  >= length is one fully bidirectional block ("full"), smaller blocks run semi-AR;
+  `revise_engine` its stepping form.
 
 Rules this module fixes (docs/sampling.md explains them):
 - **Attention.** Block b (positions [lo, hi)) sees every earlier block and itself. With a
@@ -56,20 +63,23 @@ Rules this module fixes (docs/sampling.md explains them):
 - **Reproducibility.** Every sample has its own generator and its draws depend only on
   its own state, so a batch of n gives the same samples as n batches of 1 (up to float
   rounding of batched matmuls), and cache/no-cache runs draw identical random numbers.
+  A cancelled row waits like a sample with nothing left to do, so the other rows are
+  bit-identical to a run without the cancel (with the approximate cache a call's query
+  width is the batch's largest masked count, so their floats are only as batch invariant
+  as that cache).
 
 Not here: record formats and model loading (pipeline/), remasking (remask.py).
-The module is long (about 600 lines) because the engine, its network-call window (exact,
+The module is long (about 770 lines) because the engine, its network-call window (exact,
 approximate and captured caches) and the draw rules share private state and are read
 together; the per-call counts already live in reveal.py.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,14 +92,19 @@ from sbdcli.errors import UserError
 from sbdcli.model import precision
 
 __all__ = [
+    "CallEvent",
+    "FillEngine",
     "FillResult",
     "SamplerConfig",
     "draft",
+    "draft_engine",
+    "draft_inputs",
     "fill_masked",
     "make_generator",
     "nucleus_keep",
     "reference_reveal_probs",
     "revise",
+    "revise_engine",
     "sample_categorical",
 ]
 
@@ -108,6 +123,7 @@ class FillResult:
     nfe: torch.Tensor  # (n,) long: network calls that revealed tokens of this sample
     stop: torch.Tensor  # (n,) long: index of the first generated EOS (-1: none / not asked)
     committed: torch.Tensor  # (n, T) bool: positions written by this call
+    cancelled: torch.Tensor  # (n,) bool: rows taken out by `FillEngine.cancel`
 
 
 # --------------------------------------------------------------------------- randomness
@@ -194,6 +210,7 @@ class _Window:
             self.cache = model.new_cache(n, min(length, self.max_len) + spare)
         self.block_lo, self.calls = -1, 0  # approx: the current block, its calls so far
         self.prev: torch.Tensor | None = None  # approx: (n, N) masked at the previous call
+        self.live = torch.ones(n, dtype=torch.bool, device=model_device(model))  # not cancelled
         self.queries: torch.Tensor | None = None  # approx: the previous call's `prev`
         self.start = 0  # absolute index of the first cached token
         self.end = 0  # absolute index after the last cached token
@@ -282,8 +299,15 @@ class _Window:
             self.block_lo, self.calls = lo, 0
         partial = not fresh and self.calls % int(self.refresh or 1) != 0
         self.calls += 1
-        self.queries, self.prev = self.prev, x[:, lo:hi] == self.model.config.mask_id
+        masked = (x[:, lo:hi] == self.model.config.mask_id) & self.live[:, None]
+        self.queries, self.prev = self.prev, masked
         return partial
+
+    def drop(self, row: int) -> None:
+        """A cancelled row: its positions are no longer queried (approximate cache)."""
+        self.live[row] = False
+        if self.prev is not None:
+            self.prev[row] = False
 
     def _partial(
         self,
@@ -524,9 +548,12 @@ def _reveal(
     plan: _Plan,
     cfg: SamplerConfig,
     gens: Sequence[Any],
-) -> torch.Tensor:
-    """One call's commits in the block window = [lo, hi) for every sample; returns active
-    (n,) bool."""
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One call's commits in the block window = [lo, hi) for every sample, as `plan` says.
+
+    Returns active (n,) bool and the commits (rows, positions, tokens, confidences), sorted
+    by row, then position.
+    """
     lo, hi = window
     active = plan.k > 0
     todo = state.todo[:, lo:hi]
@@ -539,7 +566,7 @@ def _reveal(
     state.conf[rows, pos] = conf
     state.conf_n[rows, pos] = conf_n
     state.step[rows, pos] = (state.offset + state.nfe).to(pos.device)[rows]
-    return active
+    return active, (rows, pos, tok, conf)
 
 
 def _stop_at_eos(state: _State, hi: int, eos_id: int, stop: torch.Tensor) -> None:
@@ -551,19 +578,165 @@ def _stop_at_eos(state: _State, hi: int, eos_id: int, stop: torch.Tensor) -> Non
             state.todo[i, hi:] = False
 
 
-def _at_precision(fill: Callable[..., FillResult]) -> Callable[..., FillResult]:
-    """Run a fill inside `precision.session` (bf16 weight casts made once per fill)."""
+@dataclass(frozen=True)
+class CallEvent:
+    """What one network call of a `FillEngine` committed (one event per call).
 
-    @functools.wraps(fill)
-    def run(model: Any, tokens: torch.Tensor, todo: Any, cfg: SamplerConfig, *a: Any, **kw: Any):
-        with precision.session(cfg.precision, tokens.device):
-            return fill(model, tokens, todo, cfg, *a, **kw)
+    `rows` are the batch rows that took part (ascending); `positions[j]`, `tokens[j]` and
+    `confidences[j]` belong to row `rows[j]`: the sequence positions the call committed
+    (ascending), their token ids and their snapshot confidences. The call worked on the
+    block [lo, hi). `call` counts the engine's network calls from 1.
+    """
 
-    return run
+    call: int
+    lo: int
+    hi: int
+    rows: tuple[int, ...]
+    positions: tuple[tuple[int, ...], ...]
+    tokens: tuple[tuple[int, ...], ...]
+    confidences: tuple[tuple[float, ...], ...]
 
 
-@_at_precision
-@torch.inference_mode()
+def _event(call: int, lo: int, hi: int, commits: tuple[torch.Tensor, ...]) -> CallEvent:
+    """A `CallEvent` from one call's commits (rows, positions, tokens, confidences)."""
+    rows, pos, tok, conf = (t.tolist() for t in commits)
+    grouped: dict[int, tuple[list[int], list[int], list[float]]] = {}
+    for r, p, t, c in zip(rows, pos, tok, conf, strict=True):
+        entry = grouped.setdefault(r, ([], [], []))
+        entry[0].append(p)
+        entry[1].append(t)
+        entry[2].append(c)
+    parts = list(grouped.values())
+    return CallEvent(
+        call=call,
+        lo=lo,
+        hi=hi,
+        rows=tuple(grouped),
+        positions=tuple(tuple(e[0]) for e in parts),
+        tokens=tuple(tuple(e[1]) for e in parts),
+        confidences=tuple(tuple(e[2]) for e in parts),
+    )
+
+
+class FillEngine:
+    """The sampler in stepping form: iterate it to get one `CallEvent` per network call.
+
+    Regenerates the positions `todo` (n, T) bool of `tokens` (n, T) block by block; every
+    other position is fixed context and block b sees blocks < b and itself. Calls are made
+    while any sample has masked positions in the current block; a sample's `nfe` counts the
+    calls in which it revealed tokens. `eos_id`: a sample stops after the block in which it
+    generated EOS (`stop` holds its index). When the iteration ends, `result` holds the
+    `FillResult`. `cancel(row)` takes a row out from the next call on (its positions not
+    yet committed stay [MASK], `result.cancelled` marks it); every other row's result is
+    bit-identical to a run without the cancel, as each row draws from its own generator.
+    See the module docstring for the rules.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokens: torch.Tensor,
+        todo: torch.Tensor,
+        cfg: SamplerConfig,
+        generators: Sequence[Any],
+        *,
+        step_offset: torch.Tensor | None = None,
+        eos_id: int | None = None,
+    ) -> None:
+        n, length = tokens.shape
+        self.block = length if cfg.block_size <= 0 or cfg.block_size >= length else cfg.block_size
+        _check_lengths(model, length, self.block)
+        check_compile(cfg, tokens.device)
+        self.model, self.cfg, self.generators, self.eos_id = model, cfg, generators, eos_id
+        x = tokens.clone()
+        x[todo] = model.config.mask_id
+        offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
+        self.state = _State(x, todo.clone(), offset, model.config.mask_id)
+        self.cancelled = torch.zeros(n, dtype=torch.bool)
+        step = _compiled_step(model) if cfg.compile else None
+        self.window = _Window(model, n, length, self.block, cfg.kv_cache, cfg.refresh_every, step)
+        self.bf16 = precision.resolve(cfg.precision, tokens.device) == "bf16"
+        if self.window.cache is not None and self.bf16:
+            self.window.cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no casts per call
+        self.result: FillResult | None = None
+        self._events = self._run()
+
+    def __iter__(self) -> FillEngine:
+        return self
+
+    def __next__(self) -> CallEvent:
+        return next(self._events)
+
+    def cancel(self, row: int) -> None:
+        """Take `row` out of every later call; its result is marked cancelled."""
+        with torch.inference_mode():  # the window's state was made inside the engine's calls
+            self.cancelled[row] = True
+            self.state.todo[row] = False
+            self.window.drop(row)
+
+    def run(self, on_event: Callable[[CallEvent], None] | None = None) -> FillResult:
+        """Make every call (passing each event to `on_event`) and return the result."""
+        for event in self:
+            if on_event is not None:
+                on_event(event)
+        assert self.result is not None
+        return self.result
+
+    @torch.inference_mode()
+    def _run(self) -> Iterator[CallEvent]:
+        """The block loop: one event per network call, then `result` is set."""
+        state, length, calls_made = self.state, self.state.x.shape[1], 0
+        n = state.x.shape[0]
+        stop = torch.full((n,), -1, dtype=torch.long)
+        with precision.session(self.cfg.precision, state.x.device):
+            for lo in range(0, length, self.block):
+                hi = min(length, lo + self.block)
+                for commits in self._block(lo, hi):
+                    calls_made += 1
+                    yield _event(calls_made, lo, hi, commits)
+                if self.eos_id is not None:
+                    _stop_at_eos(state, hi, self.eos_id, stop)
+        self.result = FillResult(
+            tokens=state.x,
+            confidence=state.conf,
+            confidence_nucleus=state.conf_n,
+            step=state.step,
+            nfe=state.nfe,
+            stop=stop,
+            committed=state.committed,
+            cancelled=self.cancelled.clone(),
+        )
+
+    def _block(self, lo: int, hi: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The calls of block [lo, hi): yields each call's commits."""
+        state, cfg, gens, n = self.state, self.cfg, self.generators, self.state.x.shape[0]
+        timed = bool(getattr(self.model.config, "time_conditioning", False))
+        calls = torch.zeros(n, dtype=torch.long)  # calls each sample spent on this block
+        steps = torch.zeros(n, dtype=torch.long)  # reference-schedule steps it used
+        level = state.todo[:, lo:hi].any(dim=1).double().cpu()  # t: 1, or 0 if nothing to do
+        while bool(state.todo[:, lo:hi].any()):
+            sigma = None
+            if timed:  # the noise level of this call (schedule.call_level, docs/sampling.md)
+                left = state.todo[:, lo:hi].sum(dim=1).cpu()
+                level = call_level(level, left, (calls, steps), hi - lo, cfg, gens)
+                sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
+            plan = _plan(state.todo[:, lo:hi], (calls, steps), cfg, gens)
+            active, commits = _reveal(
+                state, self._call(lo, hi, sigma, plan), (lo, hi), plan, cfg, gens
+            )
+            calls += active.long()
+            if timed and cfg.schedule == "reference":  # cached at the step that revealed
+                level = reveal_level(level, steps, active, hi - lo, cfg)
+                self.window.record(lo, hi, LogLinearSchedule().sigma(level.float()))
+            yield commits
+
+    def _call(self, lo: int, hi: int, sigma: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
+        """The network call of block [lo, hi) at the configured precision: logits (n, k, V)
+        at the plan's read-out positions, or (n, hi - lo, V) where it has none."""
+        with precision.network(self.cfg.precision, self.state.x.device):
+            return self.window.logits(self.state.x, lo, hi, sigma, plan.readout)
+
+
 def fill_masked(
     model: Any,
     tokens: torch.Tensor,
@@ -573,79 +746,23 @@ def fill_masked(
     *,
     step_offset: torch.Tensor | None = None,
     eos_id: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[CallEvent], None] | None = None,
 ) -> FillResult:
     """Regenerate the positions `todo` (n, T) bool of `tokens` (n, T) block by block.
 
-    Every other position is fixed context; block b sees blocks < b and itself. Calls are
-    made while any sample has masked positions in the current block; a sample's `nfe`
-    counts the calls in which it revealed tokens. `eos_id`: a sample stops after the block
-    in which it generated EOS (`stop` holds its index). See the module docstring for rules.
+    Runs a `FillEngine` to the end; `progress` receives each call's `CallEvent`.
     """
-    n, length = tokens.shape
-    block = length if cfg.block_size <= 0 or cfg.block_size >= length else cfg.block_size
-    _check_lengths(model, length, block)
-    x = tokens.clone()
-    x[todo] = model.config.mask_id
-    offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
-    state = _State(x, todo.clone(), offset, model.config.mask_id)
-    stop = torch.full((n,), -1, dtype=torch.long)
-    check_compile(cfg, x.device)
-    step = _compiled_step(model) if cfg.compile else None
-    window = _Window(model, n, length, block, cfg.kv_cache, cfg.refresh_every, step)
-    if window.cache is not None and precision.resolve(cfg.precision, x.device) == "bf16":
-        window.cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no per-call casts
-    timed = bool(getattr(model.config, "time_conditioning", False))
-    for lo in range(0, length, block):
-        hi = min(length, lo + block)
-        calls = torch.zeros(n, dtype=torch.long)  # calls each sample spent on this block
-        steps = torch.zeros(n, dtype=torch.long)  # reference-schedule steps it used
-        level = state.todo[:, lo:hi].any(dim=1).double().cpu()  # t: 1, or 0 if nothing to do
-        while bool(state.todo[:, lo:hi].any()):
-            sigma = None
-            if timed:  # the noise level of this call (schedule.call_level, docs/sampling.md)
-                left = state.todo[:, lo:hi].sum(dim=1).cpu()
-                level = call_level(level, left, (calls, steps), hi - lo, cfg, generators)
-                sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
-            plan = _plan(state.todo[:, lo:hi], (calls, steps), cfg, generators)
-            with precision.network(cfg.precision, x.device):
-                logits = window.logits(state.x, lo, hi, sigma, plan.readout)
-            active = _reveal(state, logits, (lo, hi), plan, cfg, generators)
-            calls += active.long()
-            if timed and cfg.schedule == "reference":  # cached at the step that revealed
-                level = reveal_level(level, steps, active, hi - lo, cfg)
-                window.record(lo, hi, LogLinearSchedule().sigma(level.float()))
-            if progress is not None:
-                progress(1)
-        if eos_id is not None:
-            _stop_at_eos(state, hi, eos_id, stop)
-    return FillResult(
-        tokens=state.x,
-        confidence=state.conf,
-        confidence_nucleus=state.conf_n,
-        step=state.step,
-        nfe=state.nfe,
-        stop=stop,
-        committed=state.committed,
+    engine = FillEngine(
+        model, tokens, todo, cfg, generators, step_offset=step_offset, eos_id=eos_id
     )
+    return engine.run(progress)
 
 
 # --------------------------------------------------------------------------- stages
-def draft(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    length: int,
-    cfg: SamplerConfig,
-    generators: Sequence[Any],
-    *,
-    eos_id: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> FillResult:
-    """Stage 1: sample len(prompts) sequences of `length` tokens after fixed prompt prefixes.
-
-    Each prompt is a token list starting with BOS (a bare [BOS] for unconditional samples);
-    prompt tokens keep confidence 1.0 and step 0.
-    """
+def draft_inputs(
+    model: Any, prompts: Sequence[Sequence[int]], length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, todo), both (n, length), of a draft: each prompt, then [MASK] to be filled."""
     device = model_device(model)
     n = len(prompts)
     tokens = torch.full((n, length), model.config.mask_id, dtype=torch.long, device=device)
@@ -655,7 +772,39 @@ def draft(
             raise UserError(f"prompt {i} has {len(prompt)} tokens; the length is {length}")
         tokens[i, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
         todo[i, : len(prompt)] = False
-    return fill_masked(model, tokens, todo, cfg, generators, eos_id=eos_id, progress=progress)
+    return tokens, todo
+
+
+def draft_engine(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    length: int,
+    cfg: SamplerConfig,
+    generators: Sequence[Any],
+    *,
+    eos_id: int | None = None,
+) -> FillEngine:
+    """Stage 1 in stepping form: the engine that drafts `length` tokens after each prompt."""
+    tokens, todo = draft_inputs(model, prompts, length)
+    return FillEngine(model, tokens, todo, cfg, generators, eos_id=eos_id)
+
+
+def draft(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    length: int,
+    cfg: SamplerConfig,
+    generators: Sequence[Any],
+    *,
+    eos_id: int | None = None,
+    progress: Callable[[CallEvent], None] | None = None,
+) -> FillResult:
+    """Stage 1: sample len(prompts) sequences of `length` tokens after fixed prompt prefixes.
+
+    Each prompt is a token list starting with BOS (a bare [BOS] for unconditional samples);
+    prompt tokens keep confidence 1.0 and step 0. `progress` receives each `CallEvent`.
+    """
+    return draft_engine(model, prompts, length, cfg, generators, eos_id=eos_id).run(progress)
 
 
 def revise(
@@ -666,12 +815,28 @@ def revise(
     generators: Sequence[Any],
     *,
     step_offset: torch.Tensor | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[CallEvent], None] | None = None,
 ) -> FillResult:
-    """Stage k > 1: regenerate exactly the `masked` (n, T) bool positions of finished `tokens`."""
-    return fill_masked(
-        model, tokens, masked, cfg, generators, step_offset=step_offset, progress=progress
+    """Stage k > 1: regenerate exactly the `masked` (n, T) bool positions of finished `tokens`.
+
+    `revise_engine` is its stepping form; `progress` receives each `CallEvent`.
+    """
+    return revise_engine(model, tokens, masked, cfg, generators, step_offset=step_offset).run(
+        progress
     )
+
+
+def revise_engine(
+    model: Any,
+    tokens: torch.Tensor,
+    masked: torch.Tensor,
+    cfg: SamplerConfig,
+    generators: Sequence[Any],
+    *,
+    step_offset: torch.Tensor | None = None,
+) -> FillEngine:
+    """Stage k > 1 in stepping form: the engine that regenerates the `masked` positions."""
+    return FillEngine(model, tokens, masked, cfg, generators, step_offset=step_offset)
 
 
 def model_device(model: Any) -> torch.device:

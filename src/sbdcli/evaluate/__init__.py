@@ -46,6 +46,7 @@ from sbdcli.evaluate.perplexity import PplResult, check_ppl_inputs, heldout_perp
 from sbdcli.evaluate.report import (
     COLUMNS,
     cell,
+    markdown_grid,
     markdown_table,
     plot_genppl,
     table_rows,
@@ -76,6 +77,7 @@ __all__ = [
     "group_records",
     "heldout_perplexity",
     "make_judge",
+    "markdown_grid",
     "markdown_table",
     "plot_genppl",
     "records_mask",

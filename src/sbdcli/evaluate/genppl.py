@@ -30,7 +30,7 @@ from sbdcli.artifacts.rundir import data_dirs_of
 from sbdcli.config import REDRAW_WINDOW, GenPplOptions
 from sbdcli.data import Codec, load_codec
 from sbdcli.errors import UserError
-from sbdcli.evaluate.grouping import group_records
+from sbdcli.evaluate.grouping import group_labels, group_records
 from sbdcli.evaluate.hf_judge import HFJudge
 from sbdcli.evaluate.judges import Judge, OracleJudge, SbdJudge
 from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo, check_eos, summarize
@@ -151,7 +151,8 @@ def _groups(sets: Sequence[tuple[str, list[dict[str, Any]]]], opts: GenPplOption
     out = []
     for name, recs in sets:
         groups = group_records(recs) if opts.group else [("all stages", recs)]
-        for label, grp in groups:
+        labels = group_labels(groups) if opts.group else ["all stages"]
+        for label, (_, grp) in zip(labels, groups, strict=True):
             out.append((name, label, name if len(groups) == 1 else f"{name} · {label}", grp))
     return out
 

@@ -72,11 +72,12 @@ def sampler_settings(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"stages": stages, "length": lengths, "prompt_len": prompts, "model": models}
 
 
-def short_settings(settings: dict[str, Any]) -> str:
-    """One line for tables: `draft B4 p0.9 float64 · remask snapshot γ0.25 · revise B128`."""
+def short_settings(settings: dict[str, Any], seeds: bool = True) -> str:
+    """One line for tables: `draft B4 p0.9 float64 · remask snapshot γ0.25 · revise B128`
+    (each stage's first seed appended unless `seeds` is off)."""
     names = {"strategy": "", "block": "B", "block_size": "B", "top_p": "p", "gamma": "γ"}
     names.update(steps_per_block="S", temperature="T")
-    out = []
+    out, seeds_on = [], seeds
     for st in settings["stages"]:
         bits = [str(st.get("name", "?"))]
         block = "block" if st.get("block") == "full" else "block_size"
@@ -91,8 +92,47 @@ def short_settings(settings: dict[str, Any]) -> str:
             bits.append(f"{st['schedule']}-schedule")
         if st.get("dtype") is not None:
             bits.append(str(st["dtype"]))
-        seeds = st.get("seeds") or []
+        seeds = (st.get("seeds") or []) if seeds_on else []
         if seeds:
             bits.append(f"seed {seeds[0]}" + ("…" if len(seeds) > 1 else ""))
         out.append(" ".join(bits))
     return " · ".join(out)
+
+
+def group_labels(groups: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    """The human label of each (signature, records) group, as tables show it.
+
+    The short settings line without seeds (`draft B4 S2 p0.9 · remask snapshot γ0.25 ·
+    revise Bfull`); groups that share one get the settings that tell them apart, e.g.
+    `draft B4 p0.9 (draft cache approx)`.
+    """
+    labels = [short_settings(sampler_settings(recs), seeds=False) for _, recs in groups]
+    for label in set(labels):
+        same = [i for i, other in enumerate(labels) if other == label]
+        if len(same) > 1:
+            for i, extra in zip(same, _differences([groups[i][1][0] for i in same]), strict=True):
+                labels[i] = f"{label} ({extra})"
+    return labels
+
+
+def _differences(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Per record, the stage settings in which the records' histories differ."""
+    histories = [[stage_settings(st) for st in rec["stages"]] for rec in records]
+    out: list[list[str]] = [[] for _ in records]
+    for j in range(max(len(h) for h in histories)):
+        stages = [h[j] if j < len(h) else {} for h in histories]
+        for key in sorted({k for st in stages for k in st} - {"name"}):
+            values = [st.get(key) for st in stages]
+            if len({repr(v) for v in values}) > 1:
+                for i, (st, v) in enumerate(zip(stages, values, strict=True)):
+                    out[i].append(f"{st.get('name', '?')} {key.replace('_', '-')} {_human(v)}")
+    return [", ".join(bits) or f"group {i + 1}" for i, bits in enumerate(out)]
+
+
+def _human(value: Any) -> str:
+    """A setting's value as the command line writes it: none, on, off, numbers."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return _fmt(value)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sbdcli import __version__
-from sbdcli.artifacts.files import atomic_file, read_json, read_jsonl
+from sbdcli.artifacts.files import atomic_file, read_jsonl
+from sbdcli.artifacts.printable import visible
 from sbdcli.artifacts.records import read_records
 from sbdcli.artifacts.rundir import data_dirs_of
 from sbdcli.errors import UserError
@@ -33,13 +34,21 @@ from sbdcli.evaluate.report import AVERAGING, HEADLINE, cell, visible_columns
 from sbdcli.evaluate.svgplot import Series, axis_for, svg_chart
 
 RecordSet = tuple[str, list[dict[str, Any]]]
-SUMMARY_KEYS = ("gen_ppl_corpus", HEADLINE)
+SUMMARY_KEYS = ("gen_ppl_corpus", HEADLINE, "mauve")
 """A JSON object with one of these keys is an eval summary."""
 MAX_RECORDS = 20
 """Records shown per file by default (the calibration uses every record)."""
 
 
+def _esc(text: str) -> str:
+    """Text from data in HTML: control characters shown as escapes (never raw), then
+    HTML-escaped."""
+    return escape(visible(text, lines=True))
+
+
 # --------------------------------------------------------------------------- inputs
+
+
 def _kind(obj: Mapping[str, Any], name: str) -> str:
     if "tokens" in obj:
         return "records"
@@ -58,10 +67,7 @@ def load_inputs(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[Record
         objs: list[Any]
         if path.endswith(".safetensors"):
             objs = list(read_records(path, validate=False))
-        elif path.endswith(".json"):
-            loaded = read_json(path, "summary file")
-            objs = loaded if isinstance(loaded, list) else [loaded]
-        else:
+        else:  # JSON Lines, or one `.json` document (an object or a list)
             objs = list(read_jsonl(path))
         if not objs:
             raise UserError(f"{name}: no records or summaries (empty input)")
@@ -130,7 +136,7 @@ def _colour_css() -> str:
 
 def _legend() -> str:
     swatches = "".join(
-        f'<span class="c{i}">{escape(label)}</span>' for i, label in enumerate(vw.bin_labels())
+        f'<span class="c{i}">{_esc(label)}</span>' for i, label in enumerate(vw.bin_labels())
     )
     marks = (
         '<span class="t m">masked</span><span><del class="d">draft</del>'
@@ -161,20 +167,20 @@ def _token_html(tok: vw.TokenView) -> str:
         classes.append("r")
     span = (
         f'<span class="{" ".join(classes)}" data-pos="{tok.pos}" '
-        f'data-tip="{escape(_tip(tok))}">{escape(tok.piece)}</span>'
+        f'data-tip="{_esc(_tip(tok))}">{_esc(tok.piece)}</span>'
     )
     if tok.changed:
-        span = f'<del class="d">{escape(tok.draft_piece or "")}</del>' + span
+        span = f'<del class="d">{_esc(tok.draft_piece or "")}</del>' + span
     return span
 
 
 def _record_html(view: vw.RecordView, open_: bool) -> str:
-    head = escape(f"{view.id} · " + " · ".join(view.summary()))
-    toks = escape(view.separator).join(_token_html(t) for t in view.tokens)
-    notes = "".join(f'<p class="note">note: {escape(n)}</p>' for n in view.notes)
+    head = _esc(f"{view.id} · " + " · ".join(view.summary()))
+    toks = _esc(view.separator).join(_token_html(t) for t in view.tokens)
+    notes = "".join(f'<p class="note">note: {_esc(n)}</p>' for n in view.notes)
     attrs = ' open=""' if open_ else ""
     return (
-        f'<details class="record" data-id="{escape(view.id)}"{attrs}><summary>{head}</summary>'
+        f'<details class="record" data-id="{_esc(view.id)}"{attrs}><summary>{head}</summary>'
         f'<div class="toks">{toks}</div>{notes}</details>'
     )
 
@@ -185,18 +191,18 @@ def _table(summaries: Sequence[dict[str, Any]]) -> str:
             '<p class="note">No eval summaries given (write them with sbd eval genppl --out).</p>'
         )
     cols = visible_columns(summaries)
-    head = "<tr><th>#</th>" + "".join(f"<th>{escape(h)}</th>" for _, h in cols) + "</tr>"
+    head = "<tr><th>#</th>" + "".join(f"<th>{_esc(h)}</th>" for _, h in cols) + "</tr>"
     rows = []
     for i, s in enumerate(summaries, start=1):
         cells = "".join(
             f'<td class="{"l" if k in ("name", "settings_short") else ""}">'
-            f"{escape(cell(s.get(k)))}</td>"
+            f"{_esc(cell(s.get(k)))}</td>"
             for k, _ in cols
         )
         rows.append(f'<tr class="row"><td>{i}</td>{cells}</tr>')
     ev = summaries[0].get("evaluator") or {}
     foot = f"Evaluator: {ev.get('kind', '?')} {ev.get('path', '')}. {AVERAGING}"
-    return f'<table id="summary">{head}{"".join(rows)}</table><p class="note">{escape(foot)}</p>'
+    return f'<table id="summary">{head}{"".join(rows)}</table><p class="note">{_esc(foot)}</p>'
 
 
 def _pareto(summaries: Sequence[dict[str, Any]]) -> str:
@@ -290,8 +296,8 @@ def _calibration(sets: Sequence[RecordSet], oracle: Any) -> str:
         "the synthetic language, the mean true probability p(x_i | x_<i) of each drafted "
         "token under the oracle (binned by its snapshot confidence). Hover a point for n."
     )
-    extra = "".join(f'<p class="note">{escape(n)}</p>' for n in notes)
-    return f'<div class="charts">{chart}</div><p class="note">{escape(text)}</p>{extra}'
+    extra = "".join(f'<p class="note">{_esc(n)}</p>' for n in notes)
+    return f'<div class="charts">{chart}</div><p class="note">{_esc(text)}</p>{extra}'
 
 
 def _records_html(sets: Sequence[RecordSet], pieces: vw.Pieces, max_records: int) -> str:
@@ -301,7 +307,7 @@ def _records_html(sets: Sequence[RecordSet], pieces: vw.Pieces, max_records: int
     for name, records in sets:
         views = [vw.record_view(r, i, pieces) for i, r in enumerate(records[:max_records])]
         shown = f"{len(views)} of {len(records)}" if len(records) > len(views) else len(views)
-        parts.append(f'<section class="set"><h3>{escape(name)} ({shown} records)</h3>')
+        parts.append(f'<section class="set"><h3>{_esc(name)} ({shown} records)</h3>')
         parts += [_record_html(v, open_=j == 0) for j, v in enumerate(views)]
         parts.append("</section>")
     return "".join(parts)
@@ -329,7 +335,7 @@ def build_report(
     n_records = sum(len(r) for _, r in sets)
     meta = f"sbd {__version__} · {len(summaries)} summaries · {n_records} records"
     body = [
-        f"<h1>{escape(title)}</h1><p class='note'>{escape(meta)}</p>",
+        f"<h1>{_esc(title)}</h1><p class='note'>{_esc(meta)}</p>",
         "<h2>Gen PPL, entropy, NFE, seconds</h2>",
         _table(summaries),
         _pareto(summaries),
@@ -341,8 +347,8 @@ def build_report(
     data = json.dumps({"summaries": len(summaries), "records": n_records})
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{escape(title)}</title><style>{CSS}{_colour_css()}</style></head>"
-        f"<body data-report='{escape(data)}'>{''.join(body)}<div id='tip'></div>"
+        f"<title>{_esc(title)}</title><style>{CSS}{_colour_css()}</style></head>"
+        f"<body data-report='{_esc(data)}'>{''.join(body)}<div id='tip'></div>"
         f"<script>{JS}</script></body></html>\n"
     )
 

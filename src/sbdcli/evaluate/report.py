@@ -29,6 +29,7 @@ COLUMNS = (
     ("gen_ppl_per_sample_mean", HEADLINE_HEADER),
     ("gen_ppl_corpus", CORPUS_HEADER),
     ("nll_per_token", "NLL/tok"),
+    ("mauve", "MAUVE"),
     ("n_low_entropy", "low-entropy samples"),
     ("oracle_floor_nll_per_token", "oracle floor (NLL/tok)"),
     ("entropy_per_sample_mean", "entropy"),
@@ -49,6 +50,17 @@ SHORT_HEADERS = {
     "n_low_entropy": "low-H",
 }
 """Narrower headers for the terminal table."""
+NARROW_DROP_ORDER = (
+    "tokens_per_second",
+    "nll_per_token",
+    "gen_ppl_corpus",
+    "n_low_entropy",
+    "seconds_per_sample",
+    "entropy_per_sample_mean",
+)
+"""Columns a narrow terminal leaves out, least useful first: rates and quantities another
+column implies go before the cost and diversity columns; the row number, n, the headline
+Gen PPL and NFE always stay."""
 BESIDE_THE_TABLE = ("name", "settings_short", "oracle_floor_nll_per_token")
 """Columns the terminal shows under the table (by row number) or in its footer."""
 
@@ -88,15 +100,23 @@ def terminal_columns(summaries: Sequence[dict[str, Any]]) -> list[tuple[str, str
     ]
 
 
+def markdown_grid(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+    """A GitHub markdown table of ready-made cells (every table sbd writes goes through it).
+
+    `align`: one letter per column, "l" or "r" (default: every column left-aligned); a `|`
+    inside a cell is escaped. Ends without a newline."""
+    rules = {"l": "---", "r": "---:"}
+    marks = [rules[align[i]] if i < len(align) else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
     """The summary table as GitHub markdown (for docs/)."""
     cols = visible_columns(summaries)
-    lines = [
-        "| " + " | ".join(h for _, h in cols) + " |",
-        "|" + "|".join("---" for _ in cols) + "|",
-    ]
-    for row in table_rows(summaries):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    lines = [markdown_grid([h for _, h in cols], table_rows(summaries))]
     evaluator = summaries[0].get("evaluator", {}) if summaries else {}
     lines.append("")
     lines.append(
@@ -122,49 +142,84 @@ def check_plot_path(path: str | Path) -> None:
         raise UserError(f"`plot` {path} is a directory")
 
 
-def plot_genppl(summaries: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """The headline Gen PPL (per-sample mean) against NFE and against seconds per sample,
-    entropy annotated."""
+Series = Sequence[tuple[str, Sequence[int]]]
+"""Named groups of summary indices; a group of several is one line across its points."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def plot_genppl(
+    summaries: Sequence[dict[str, Any]], path: str | Path, series: Series | None = None
+) -> None:
+    """The headline Gen PPL (per-sample mean) against NFE and against seconds per sample.
+
+    `series` groups the summaries (default: one per summary, named by its file); each group
+    has its own colour and marker, a group of several points is a line (in x order), the
+    legend names each group with its entropy range and sits below the axes, off the data."""
     import matplotlib  # heavy optional dependency: only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    groups = list(series) if series is not None else default_series(summaries)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.22 * len(groups)), layout="constrained")
     for ax, key, label in (
         (axes[0], "nfe_per_sample", "NFE per sample"),
         (axes[1], "seconds_per_sample", "seconds per sample"),
     ):
-        _plot_axis(ax, summaries, key, label)
+        _plot_axis(ax, plot_points(summaries, groups, key), label)
     floor = next((s["oracle_floor_ppl"] for s in summaries if s.get("oracle_floor_ppl")), None)
     for ax in axes:
         if floor:
-            ax.axhline(floor, color="grey", ls="--", lw=1, label="oracle floor")
+            ax.axhline(floor, color="grey", ls="--", lw=1, label="oracle floor (true samples)")
         ax.set_yscale("log")
-        ax.margins(x=0.2, y=0.15)
-    axes[0].legend(fontsize=7, loc="best")
-    ev = summaries[0].get("evaluator", {}) if summaries else {}
-    fig.suptitle(
-        f"Gen PPL (per-sample mean, BD3-LM/MDLM protocol) under {ev.get('kind', '?')} "
-        f"{Path(str(ev.get('path', ''))).name} "
-        "(H = unigram entropy per sample, nats)",
-        fontsize=10,
-    )
+        ax.margins(x=0.08, y=0.1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(plot_title(summaries), fontsize=10)
     fmt = Path(path).suffix.lstrip(".") or "png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=130)
     plt.close(fig)
 
 
-def _plot_axis(ax: Any, summaries: Sequence[dict[str, Any]], key: str, label: str) -> None:
-    for i, s in enumerate(summaries):
-        x, y = s.get(key), s.get(HEADLINE)
-        if x is None or y is None:
-            continue
-        ax.scatter([x], [y], color=f"C{i % 10}", label=f"[{i + 1}] {s.get('name', '')}"[:70])
-        ent = s.get("entropy_per_sample_mean")
-        note = f"[{i + 1}] H={ent:.2f}" if ent is not None else f"[{i + 1}]"
-        ax.annotate(note, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+def default_series(summaries: Sequence[dict[str, Any]]) -> list[tuple[str, list[int]]]:
+    """One group per summary, named by its position and file."""
+    return [(f"[{i + 1}] {s.get('name', '')}"[:70], [i]) for i, s in enumerate(summaries)]
+
+
+def plot_title(summaries: Sequence[dict[str, Any]]) -> str:
+    """What the plot shows and who judged it (the oracle, or the judge model's name)."""
+    ev = summaries[0].get("evaluator", {}) if summaries else {}
+    kind, name = str(ev.get("kind", "?")), Path(str(ev.get("path", ""))).name
+    judge = "the exact oracle" if kind == "oracle" else f"{kind} {name}".strip()
+    return f"{HEADLINE_HEADER}, judged by {judge}"
+
+
+def plot_points(
+    summaries: Sequence[dict[str, Any]], series: Series, key: str
+) -> list[tuple[str, list[float], list[float]]]:
+    """(legend label, xs, headline Gen PPLs) of each group on the `key` axis, in x order;
+    the label adds the group's entropy (range)."""
+    out = []
+    for label, idx in series:
+        points = sorted(
+            (summaries[i][key], summaries[i][HEADLINE], summaries[i].get("entropy_per_sample_mean"))
+            for i in idx
+            if summaries[i].get(key) is not None and summaries[i].get(HEADLINE) is not None
+        )
+        ents = [e for *_, e in points if e is not None]
+        if ents:
+            low, high = min(ents), max(ents)
+            label += f", H {low:.2f}" if high - low < 0.005 else f", H {low:.2f}–{high:.2f}"
+        out.append((label, [p[0] for p in points], [p[1] for p in points]))
+    return out
+
+
+def _plot_axis(ax: Any, points: list[tuple[str, list[float], list[float]]], label: str) -> None:
+    for k, (name, xs, ys) in enumerate(points):
+        style = "-" if len(xs) > 1 else "none"
+        marker = MARKERS[k % len(MARKERS)]
+        ax.plot(xs, ys, ls=style, marker=marker, color=f"C{k % 10}", ms=6, lw=1.2, label=name)
     ax.set_xlabel(label)
     ax.set_ylabel("Gen PPL (per-sample mean)")
     ax.grid(alpha=0.3)

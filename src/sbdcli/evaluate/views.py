@@ -27,6 +27,7 @@ from sbdcli.artifacts.rundir import data_dirs_of
 from sbdcli.data.codec import Codec
 from sbdcli.data.datadir import load_codec
 from sbdcli.errors import UserError
+from sbdcli.model.checkpoint import model_not_found
 
 CONFIDENCE_EDGES = (0.2, 0.4, 0.6, 0.8)
 """Upper edges of the confidence colour bins below the last: [0, .2), [.2, .4), ... [.8, 1]."""
@@ -290,7 +291,8 @@ def record_view(
             f"--stage {n}: {_where(index, rec)}: its revise (stage {later}) does not list "
             "what it replaced (an older record), so earlier stages cannot be shown"
         )
-    draft = states[1] if stages and stages[0].get("name") == "draft" else None
+    from_start = bool(stages) and stages[0].get("name") in ("draft", "encode")  # text in too
+    draft = states[1] if from_start else None
     revised, unknown = _revised_positions(stages, n)
     if unknown:
         notes.append(
@@ -300,7 +302,7 @@ def record_view(
     masked = _masked_at(rec, stages, n)
     scores = _scores_at(rec, stages, n)
     prompt_len = rec.get("prompt_len") if is_int(rec.get("prompt_len")) else 0
-    first = 1 if stages and stages[0].get("name") == "draft" else None
+    first = 1 if from_start else None
     views = []
     for pos, tok in enumerate(state.tokens):
         by = revised.get(pos)
@@ -358,7 +360,7 @@ def find_codec(
     if model is not None:
         path = Path(model)
         if not path.exists():
-            raise UserError(f"model not found: {model}")
+            raise model_not_found(model)
         base = path if path.is_dir() else path.parent
         for candidate in (base / "data", base):
             if (candidate / "manifest.json").is_file():

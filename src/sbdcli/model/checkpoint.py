@@ -23,6 +23,8 @@ metadata. config.json's flag must be a JSON boolean.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -243,11 +245,33 @@ def _check_run_config(run: Path, in_weights: bool) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""`owner/name`, as the Hugging Face hub names a model."""
+
+
+def model_not_found(name: str | Path, source: str = "") -> UserError:
+    """The one-line error of a model path that does not exist; a hub-style `owner/name`
+    says how to get it (sbd loads local directories only: download, then -m DIR)."""
+    text, where = str(name), f" (from {source})" if source else ""
+    if not HUB_NAME.match(text) or Path(text.split("/")[0]).exists():
+        return UserError(f"model not found: {text}{where}")
+    offline = (
+        " (HF_HUB_OFFLINE is set here: the download needs the network)"
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        else ""
+    )
+    local = text.split("/")[1]
+    return UserError(
+        f"model not found: {text}{where} is no local directory; sbd does not download, so get "
+        f"the hub model first: hf download {text} --local-dir {local}, then -m {local}{offline}"
+    )
+
+
 def load_model(path: str | Path, device: str = "cpu") -> Denoiser:
     """Load an sbd run / sbd model.safetensors / BD3-LM or MDLM HF directory, in eval mode."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"model not found: {p}")
+        raise model_not_found(path)
     if p.is_file():
         if p.suffix != ".safetensors":
             raise UserError(
@@ -335,8 +359,7 @@ def export_bd3lm(
     model = model_or_run if isinstance(model_or_run, Denoiser) else load_model(model_or_run)
     _check_exportable(model)
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise UserError(f"{out} already exists (choose a new directory, or --force to replace it)")
+    _check_replaceable(out, overwrite)
     block = block_size if block_size is not None else _default_block(model, model.config.seq_len)
     if block < 1:
         raise UserError(f"block size must be >= 1, got {block}")
@@ -353,6 +376,32 @@ def export_bd3lm(
         meta = {"format": "pt", TIME_FLAG_KEY: str(model.config.time_conditioning).lower()}
         save_file(state, str(tmp / "model.safetensors"), metadata=meta)
     return out
+
+
+EXPORT_FILES = frozenset({"config.json", "model.safetensors"})
+"""What `export_bd3lm` writes: the only entries of a directory `overwrite` may replace."""
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """`out` may be created, or (with `overwrite`) replaced only when it holds nothing but an
+    earlier export: a run directory, its resume state, or files sbd did not write are never
+    deleted."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir() or not overwrite:
+        raise UserError(f"{out} already exists (choose a new directory, or --force to replace it)")
+    names = {p.name for p in out.iterdir()}
+    config = out / "config.json"
+    try:
+        exported = json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bd3lm"
+    except (OSError, ValueError, AttributeError):
+        exported = False
+    if not names <= EXPORT_FILES or not exported:
+        kept = ", ".join(sorted(names - EXPORT_FILES)) or "config.json"
+        raise UserError(
+            f"{out} is not an earlier export (it holds {kept}): --force replaces only a "
+            "directory written by 'sbd export'; choose a new directory"
+        )
 
 
 def resolve_device(device: str) -> str:

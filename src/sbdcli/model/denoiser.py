@@ -62,7 +62,9 @@ def take(t: torch.Tensor, query: Query, dim: int) -> torch.Tensor:
         return t
     if isinstance(query, int):
         return t.narrow(dim, 0, query)
-    idx = query.view(query.shape[0], *([1] * (dim - 1)), query.shape[1], *([1] * (t.dim() - dim - 1)))
+    idx = query.view(
+        query.shape[0], *([1] * (dim - 1)), query.shape[1], *([1] * (t.dim() - dim - 1))
+    )
     shape = list(t.shape)
     shape[0], shape[dim] = query.shape[0], query.shape[1]
     return t.expand(query.shape[0], *t.shape[1:]).gather(dim, idx.expand(shape))
@@ -212,7 +214,9 @@ class DiTBlock(nn.Module):
         k_all, v_all = (k, v) if cache is None else cache.keys_values(layer, k, v)
         if query is not None:
             q, x = take(q, query, 2), take(x, query, 1)
-            gate1, shift2, scale2, gate2 = (take(m, query, 1) for m in (gate1, shift2, scale2, gate2))
+            gate1, shift2, scale2, gate2 = (
+                take(m, query, 1) for m in (gate1, shift2, scale2, gate2)
+            )
         o = attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)  # (B, H, n, Dh)
         o = o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         p, train = self.dropout, self.training

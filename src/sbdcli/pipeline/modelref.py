@@ -21,7 +21,7 @@ from sbdcli.artifacts.files import sha256_file
 from sbdcli.artifacts.records import Record
 from sbdcli.data.datadir import load_codec
 from sbdcli.errors import UserError
-from sbdcli.model.checkpoint import load_model, resolve_device
+from sbdcli.model.checkpoint import load_model, model_not_found, resolve_device
 
 __all__ = ["ModelCache", "ModelRef", "default_model_path", "load_model_ref", "resolve_device"]
 
@@ -55,7 +55,7 @@ def default_model_path(explicit: str | None) -> Path:
         if value:
             path = Path(value)
             if not path.exists():
-                raise UserError(f"model not found: {value} (from {source})")
+                raise model_not_found(value, source)
             return path
     latest = Path("runs") / "latest"
     if not latest.exists():
@@ -92,7 +92,7 @@ def load_model_ref(path: str | Path, device: str = "cpu") -> ModelRef:
     """Load a run directory or checkpoint and describe it for records."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"model not found: {path}")
+        raise model_not_found(path)
     weights = _weights_file(p)
     sha12 = sha256_file(weights)[:12] if weights is not None else "unknown"
     device = resolve_device(device)

@@ -19,7 +19,7 @@ from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
-from sbdcli.pipeline.stages import Progress, draft_batch, remask_batch, revise_batch
+from sbdcli.pipeline.stages import OnCall, draft_batch, remask_batch, revise_batch
 
 
 def parse_stages(stages: str, gammas: str) -> tuple[int, list[tuple[float, int]]]:
@@ -73,7 +73,7 @@ def generate_batch(
     plan: list[StagePlan],
     *,
     stop_at_eos: bool = False,
-    progress: Progress = None,
+    on_call: OnCall = None,
     n_records: int | None = None,
     redraw: RedrawConfig | None = None,
 ) -> list[Record]:
@@ -89,11 +89,11 @@ def generate_batch(
         draft_cfg,
         seed,
         stop_at_eos=stop_at_eos,
-        progress=progress,
+        on_call=on_call,
         n_records=n_records,
         redraw=redraw,
     )
     for stage in plan:
         records = remask_batch(records, stage.remask, ref)
-        records = revise_batch(records, ref, stage.revise, stage.seed, progress=progress)
+        records = revise_batch(records, ref, stage.revise, stage.seed, on_call=on_call)
     return records

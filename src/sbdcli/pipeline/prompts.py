@@ -1,8 +1,11 @@
 """What a draft starts from: prompts (fixed prefixes) read from JSONL or made up as bare BOS.
 
 `read_prompts` reads a prompts file (`prompt` text or `prompt_tokens` ids, optional `id`;
-BOS is prepended when missing); `draft_prompts` turns it, or nothing, into the list of
-prompts a draft samples, one per record, with the record ids of docs/records.md.
+BOS is prepended when missing), each object checked by `parse_prompt`; `text_prompts`
+takes texts given on the command line (`--prompt`, ids `p1`, `p2`, ... as a file's lines
+would get); `draft_prompts` turns either, or nothing, into the list of prompts a draft
+samples, one per record, with the record ids of docs/records.md; `check_record_count`
+bounds how many records one command samples (`MAX_RECORDS`), before any list is built.
 
 Not here: sampling (stages.py) or the model itself (modelref.py).
 """
@@ -15,6 +18,24 @@ from typing import Any
 from sbdcli.artifacts.files import read_jsonl
 from sbdcli.errors import UserError
 from sbdcli.pipeline.modelref import ModelRef
+
+MAX_RECORDS = 1_000_000
+"""Records one draft or generate command samples at most (its work list is built up front);
+a larger set is drafted in parts with different `--seed`s."""
+
+
+def check_record_count(n: int | None, prompts: int | None = None) -> None:
+    """`n` samples (bare BOS; or per prompt of `prompts` given) must be >= 1, and the records
+    of the command at most MAX_RECORDS."""
+    if n is not None and n < 1:
+        raise UserError(f"-n must be >= 1, got {n}")
+    per = n if n is not None else (16 if prompts is None else 1)
+    total = per * (1 if prompts is None else prompts)
+    if total > MAX_RECORDS:
+        raise UserError(
+            f"-n {n} asks for {total} records, more than {MAX_RECORDS:,} in one command "
+            "(draft larger sets in parts with different --seed)"
+        )
 
 
 @dataclass
@@ -47,20 +68,34 @@ def _prompt_tokens(obj: dict[str, Any], ref: ModelRef, where: str) -> list[int]:
     return toks if toks[:1] == [bos] else [bos, *toks]
 
 
+def parse_prompt(obj: dict[str, Any], ref: ModelRef, where: str) -> list[int]:
+    """One prompts-file object (`prompt` text or `prompt_tokens` ids) as checked ids, BOS first."""
+    cfg = ref.model.config
+    toks = _prompt_tokens(obj, ref, where)
+    bad = [t for t in toks if not 0 <= t < cfg.vocab_size or t == cfg.mask_id]
+    if bad:
+        raise UserError(f"{where}: token id {bad[0]} is not a valid prompt token")
+    return toks
+
+
 def read_prompts(path: str, ref: ModelRef) -> list[Prompt]:
     """Prompts JSONL: `prompt` (text, needs a tokenizer) or `prompt_tokens`; optional `id`."""
-    cfg = ref.model.config
     prompts = []
     for line, obj in enumerate(read_jsonl(path), start=1):
-        toks = _prompt_tokens(obj, ref, f"{path}:{line}")
-        bad = [t for t in toks if not 0 <= t < cfg.vocab_size or t == cfg.mask_id]
-        if bad:
-            raise UserError(f"{path}:{line}: token id {bad[0]} is not a valid prompt token")
+        toks = parse_prompt(obj, ref, f"{path}:{line}")
         rid = obj.get("id")
         prompts.append(Prompt(str(rid) if rid is not None else f"p{line}", toks))
     if not prompts:
         raise UserError(f"{path}: no prompts")
     return prompts
+
+
+def text_prompts(texts: list[str], ref: ModelRef) -> list[Prompt]:
+    """Prompts given as text on the command line: ids `p1`, `p2`, ... in the order given."""
+    return [
+        Prompt(f"p{i}", parse_prompt({"prompt": text}, ref, f"--prompt {text!r}"))
+        for i, text in enumerate(texts, start=1)
+    ]
 
 
 def draft_prompts(
@@ -70,6 +105,7 @@ def draft_prompts(
 
     Ids: `s<seed>-<i>` without prompts; the prompt's id, suffixed `-<j>` when n > 1.
     """
+    check_record_count(n, None if prompts is None else len(prompts))
     if prompts is None:
         return [Prompt(f"s{seed}-{i}", [_bos(ref)]) for i in range(16 if n is None else n)]
     per = 1 if n is None else n

@@ -9,7 +9,10 @@ comes from a generator keyed by (seed, stage name, stage index, record id)
 (`sampler.make_generator`), never from batch position, so a record's result does not
 depend on its batch. A stage's `seconds` is its batch's wall-clock time divided by the
 batch's number of records. With a `RedrawConfig` the draft draws degenerate records
-again (BD3-LM's low-entropy rule, diffusion/degenerate.py).
+again (BD3-LM's low-entropy rule, diffusion/degenerate.py). A live consumer (the server)
+watches the draft and revise stages call by call: `on_call` gets every network call's
+`CallEvent`, `on_engine` every stepping engine with the records its rows are (it may
+cancel rows; a cancelled row's record keeps [MASK] where nothing was committed).
 
 Not here: the sampling math (diffusion/sampler.py, diffusion/remask.py), prompts
 (prompts.py), the K-stage schedule (plans.py) and any printing (cli/).
@@ -34,14 +37,21 @@ from sbdcli.artifacts.records import (
 from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
+from sbdcli.diffusion import windows as win
 from sbdcli.diffusion.degenerate import is_degenerate
 from sbdcli.errors import UserError
 from sbdcli.model.precision import resolve as resolve_precision
+from sbdcli.pipeline import encode as enc
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
 
-Progress = Callable[[int], None] | None
-"""Called with 1 after every network call (for a progress display), or None."""
+OnCall = Callable[[sp.CallEvent], None] | None
+"""Called with the `CallEvent` of every network call (a progress display, a live view), or
+None."""
+OnEngine = Callable[[sp.FillEngine, list[int]], None] | None
+"""Called with each stepping engine before it runs and the input indices of its rows (row j
+is record or prompt `rows[j]` of the stage's input): a live view maps events to records and
+may `cancel` rows. None: nobody watches."""
 
 T = TypeVar("T")
 
@@ -84,9 +94,10 @@ def draft_batch(
     seed: int,
     *,
     stop_at_eos: bool = False,
-    progress: Progress = None,
+    on_call: OnCall = None,
     n_records: int | None = None,
     redraw: RedrawConfig | None = None,
+    on_engine: OnEngine = None,
 ) -> list[Record]:
     """Draft one batch of records (stage index 0).
 
@@ -105,7 +116,10 @@ def draft_batch(
         """Draft prompts `idx` with their own generators (each stream continues)."""
         toks = [prompts[i].tokens for i in idx]
         sub = [gens[i] for i in idx]
-        out = sp.draft(model, toks, length, cfg, sub, eos_id=eos, progress=progress)
+        engine = sp.draft_engine(model, toks, length, cfg, sub, eos_id=eos)
+        if on_engine is not None:
+            on_engine(engine, idx)
+        out = engine.run(on_call)
         recs = [_draft_record(ref, prompts[i], out, row, length) for row, i in enumerate(idx)]
         if stop_at_eos:
             for row, rec in enumerate(recs):
@@ -229,6 +243,7 @@ def check_records(
         validate_record(rec, first_index + j, model=ids)
         if ref is not None:
             _check_no_kept_mask(rec, ref, first_index + j)
+            enc.check_tokenizer(rec, ref, first_index + j)
         n = len(rec["tokens"])
         if len(rec.get("confidence_nucleus", [])) != n:
             rec["confidence_nucleus"] = list(rec["confidence"])
@@ -255,17 +270,14 @@ def _check_no_kept_mask(rec: Record, ref: ModelRef, index: int) -> None:
 def _model_scores(
     records: list[Record], ref: ModelRef, cfg: RemaskConfig
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Post-hoc or masked scores for every record, batched per sequence length."""
+    """Post-hoc or masked scores for every record, batched per sequence length (in windows
+    beyond the trained length, diffusion/windows.py)."""
     scores: list[Any] = [None] * len(records)
     calls = [0] * len(records)
     for length, idx in group_by_length(records).items():
         tokens = torch.tensor([records[j]["tokens"] for j in idx], device=ref.device)
-        if cfg.strategy == "posthoc":
-            s = rm.posthoc_scores(ref.model, tokens, cfg.precision)
-            c = torch.ones(len(idx), dtype=torch.long)
-        else:
-            elig = torch.stack([rm.eligible_mask(length, records[j]["prompt_len"]) for j in idx])
-            s, c = rm.masked_scores(ref.model, tokens, elig, cfg.passes, cfg.precision)
+        elig = torch.stack([rm.eligible_mask(length, records[j]["prompt_len"]) for j in idx])
+        s, c = win.scores(ref.model, tokens, elig, cfg.strategy, cfg.passes, cfg.precision)
         for row, j in enumerate(idx):
             scores[j], calls[j] = s[row], int(c[row])
     return scores, calls
@@ -312,14 +324,19 @@ def remask_batch(
     start = time.perf_counter()
     if cfg.needs_model and ref is None:
         raise UserError(f"the {cfg.strategy} strategy needs a model (-m RUN)")
+    if cfg.strategy == "snapshot":
+        enc.refuse_snapshot(records)
     gens = [sp.make_generator(cfg.seed, "remask", len(r["stages"]), r["id"]) for r in records]
     ties = [  # drawn before any random scores, from the same generators
         torch.rand(len(r["tokens"]), generator=g, dtype=torch.float64)
         for r, g in zip(records, gens, strict=True)
     ]
+    held = [enc.held_markers(r, enc.record_mask_id(r)) for r in records]  # unfilled markers
     elig = [rm.eligible_mask(len(r["tokens"]), r["prompt_len"]) for r in records]
+    for e, h in zip(elig, held, strict=True):
+        e[h] = False
     scores, calls = _remask_scores(records, cfg, ref, gens)
-    chosen = _select(scores, elig, ties, cfg)
+    chosen = [sorted({*p, *h}) for p, h in zip(_select(scores, elig, ties, cfg), held, strict=True)]
     seconds = (time.perf_counter() - start) / len(records)
     extra = {}
     if cfg.needs_model and ref is not None:
@@ -353,14 +370,17 @@ def revise_batch(
     cfg: SamplerConfig,
     seed: int,
     *,
-    progress: Progress = None,
+    on_call: OnCall = None,
+    on_engine: OnEngine = None,
 ) -> list[Record]:
     """Regenerate exactly the `masked` positions of a batch of validated records."""
     start = time.perf_counter()
+    enc.check_revisable(records)
     revised: dict[int, _Revision] = {}
     for idx in group_by_length(records).values():
         group = [records[j] for j in idx]
-        revised.update(zip(idx, _revise_group(group, ref, cfg, seed, progress), strict=True))
+        watch = _within(on_engine, idx)
+        revised.update(zip(idx, _revise_group(group, ref, cfg, seed, on_call, watch), strict=True))
     seconds = (time.perf_counter() - start) / len(records)
     out = []
     for rev in (revised[j] for j in range(len(records))):
@@ -377,8 +397,21 @@ def revise_batch(
     return out
 
 
+def _within(on_engine: OnEngine, idx: list[int]) -> OnEngine:
+    """`on_engine` for one group of a batch: its rows named by their index in the batch."""
+    if on_engine is None:
+        return None
+    watch = on_engine
+    return lambda engine, rows: watch(engine, [idx[r] for r in rows])
+
+
 def _revise_group(
-    group: list[Record], ref: ModelRef, cfg: SamplerConfig, seed: int, progress: Progress
+    group: list[Record],
+    ref: ModelRef,
+    cfg: SamplerConfig,
+    seed: int,
+    on_call: OnCall,
+    on_engine: OnEngine = None,
 ) -> list[_Revision]:
     """Revise records of one length together (they stack into one tensor)."""
     length = len(group[0]["tokens"])
@@ -388,7 +421,14 @@ def _revise_group(
         masked[row, r["masked"]] = True
     gens = [sp.make_generator(seed, "revise", len(r["stages"]), r["id"], ref.device) for r in group]
     offset = torch.tensor([r["nfe"] for r in group])
-    res = sp.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=progress)
+    if _block_size(cfg, length) >= length > ref.model.config.seq_len:
+        # one full block longer than the trained length: centred windows (not cancellable)
+        res = win.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=on_call)
+    else:
+        engine = sp.revise_engine(ref.model, tokens, masked, cfg, gens, step_offset=offset)
+        if on_engine is not None:
+            on_engine(engine, list(range(len(group))))
+        res = engine.run(on_call)
     return [_revised(r, res, row) for row, r in enumerate(group)]
 
 

@@ -1,7 +1,7 @@
 """Building a run: the accelerator, the model, the data, the run directory's `config.json`.
 
 - `setup(cfg, data_dir, out)` prepares a `Trainer`: a new run directory (default
-  `runs_root/<preset>-<time>`), or with `resume=True` an existing one (default
+  `runs_root/<preset>-<data>-<time>`), or with `resume=True` an existing one (default
   `runs_root/latest`); `train(...)` is `setup(...).fit(progress)`;
 - `build_trainer` builds the pieces in order (`make_accelerator`, `load_run_data`, the
   block sizes and gradient accumulation, `build_model`), restores a resumed run and writes
@@ -28,11 +28,12 @@ from accelerate.utils import broadcast_object_list
 from sbdcli.artifacts.files import sha256_file
 from sbdcli.artifacts.rundir import LOCK_FILE, RunDir, RunLock, new_run_dir, point_latest
 from sbdcli.config import TrainConfig, preset
-from sbdcli.data.datadir import TokenRows, read_data_manifest
+from sbdcli.data.datadir import TokenRows, data_label, read_data_manifest
 from sbdcli.data.synthetic import oracle_references
 from sbdcli.errors import UserError
 from sbdcli.model.checkpoint import load_model
 from sbdcli.model.denoiser import Denoiser
+from sbdcli.train import tracking
 from sbdcli.train.checkpoint import restore_checkpoint
 from sbdcli.train.state import RunData, resolve_block_sizes, seed_for
 from sbdcli.train.trainer import StepInfo, Trainer, TrainSummary
@@ -51,17 +52,22 @@ def setup(
     *,
     resume: bool = False,
     runs_root: str | os.PathLike[str] = "runs",
+    log_with: tuple[str, ...] = (),
 ) -> Trainer:
-    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<time>`), or, with
-    `resume`, the existing run `out` (default `runs_root/latest`)."""
+    """Prepare a run: a new one in `out` (default `runs_root/<preset>-<data>-<time>`), or, with
+    `resume`, the existing run `out` (default `runs_root/latest`). `log_with`: accelerate
+    trackers that watch the run (tracking.py)."""
+    tracking.check_trackers(log_with)
     data, root = Path(data_dir), Path(runs_root)
     if not (data / "manifest.json").is_file():
         raise UserError(f"no data at {data}: manifest.json missing (run 'sbd prepare' first)")
-    run_dir = _resumed_dir(out, root) if resume else _new_dir(out, root, cfg.preset)
+    run_dir = (
+        _resumed_dir(out, root) if resume else _new_dir(out, root, cfg.preset, data_label(data))
+    )
     existed = run_dir.exists()
     lock, notes = _claim(RunDir(run_dir), resume) if _is_main_process() else (None, [])
     try:
-        trainer = build_trainer(cfg, data, run_dir, resume)
+        trainer = build_trainer(cfg, data, run_dir, resume, log_with)
     except BaseException:
         if lock is not None:
             _undo_claim(RunDir(run_dir), lock, existed)
@@ -69,7 +75,12 @@ def setup(
     trainer.run_lock = lock  # held for the life of the process (the kernel drops it at exit)
     trainer.notes[:0] = notes
     if trainer.is_main:
-        point_latest(run_dir, root)
+        before = point_latest(run_dir, root)
+        if before is not None:
+            trainer.notes.append(
+                f"{root / 'latest'} now points at {run_dir.name} (was {before}): commands "
+                "without -m use this run"
+            )
     return trainer
 
 
@@ -105,9 +116,11 @@ def train(
     resume: bool = False,
     runs_root: str | os.PathLike[str] = "runs",
     progress: Callable[[StepInfo], None] | None = None,
+    log_with: tuple[str, ...] = (),
 ) -> TrainSummary:
     """`setup(...)` then `fit(progress)`: train a model and return the summary."""
-    return setup(cfg, data_dir, out, resume=resume, runs_root=runs_root).fit(progress)
+    trainer = setup(cfg, data_dir, out, resume=resume, runs_root=runs_root, log_with=log_with)
+    return trainer.fit(progress)
 
 
 def _resumed_dir(out: str | os.PathLike[str] | None, root: Path) -> Path:
@@ -128,8 +141,10 @@ def _check_resumable(run: RunDir) -> None:
         raise UserError(f"nothing to resume at {run.path} (no state/trainer.json)")
 
 
-def _new_dir(out: str | os.PathLike[str] | None, root: Path, preset_name: str) -> Path:
-    run_dir = Path(out) if out is not None else _agreed_name(root, preset_name)
+def _new_dir(
+    out: str | os.PathLike[str] | None, root: Path, preset_name: str, data_name: str
+) -> Path:
+    run_dir = Path(out) if out is not None else _agreed_name(root, preset_name, data_name)
     run = RunDir(run_dir)
     _check_not_locked(run)
     if [n for n in run.entries() if n != LOCK_FILE] and not run.is_unfinished():
@@ -143,21 +158,23 @@ def _check_not_locked(run: RunDir) -> None:
         run.check_unlocked()
 
 
-def _agreed_name(root: Path, preset_name: str) -> Path:
+def _agreed_name(root: Path, preset_name: str, data_name: str) -> Path:
     """A new run path chosen by process 0 and shared with every process of the launch."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return new_run_dir(root, preset_name)
+        return new_run_dir(root, preset_name, data_name)
     PartialState()  # joins the launch's process group
-    box = [new_run_dir(root, preset_name).name]
+    box = [new_run_dir(root, preset_name, data_name).name]
     broadcast_object_list(box, from_process=0)
     return root / box[0]
 
 
 # --------------------------------------------------------------------------- the pieces
-def build_trainer(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool) -> Trainer:
+def build_trainer(
+    cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, log_with: tuple[str, ...] = ()
+) -> Trainer:
     """Build everything (a fresh or a resumed run); this seeds the global torch RNG (dropout)
-    per process. Process 0 then writes `config.json` and `data/`."""
-    accelerator = make_accelerator(cfg)
+    per process. Process 0 then writes `config.json` and `data/` and starts the trackers."""
+    accelerator = make_accelerator(cfg, tracking.tracker_kwargs(log_with, run_dir))
     data = load_run_data(data_dir, cfg.val_rows)
     small, large, notes = resolve_block_sizes(cfg.block_small, cfg.block_large, data.length)
     accum = accumulation(cfg, accelerator.num_processes)
@@ -169,12 +186,15 @@ def build_trainer(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool)
         restore_checkpoint(trainer)
     if trainer.is_main:
         write_run_files(trainer)
+    tracking.start(accelerator, log_with, run_dir, run_config(trainer))
+    trainer.tracked = bool(log_with)
     accelerator.wait_for_everyone()
     return trainer
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """The `Accelerator` of `cfg.device`, `cfg.precision` and `cfg.compile`."""
+def make_accelerator(cfg: TrainConfig, trackers: dict[str, Any] | None = None) -> Accelerator:
+    """The `Accelerator` of `cfg.device`, `cfg.precision` and `cfg.compile` (and of the
+    trackers' `log_with` / `project_dir`, tracking.py)."""
     cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not cuda:
         raise UserError("`device` cuda requested but no CUDA device is available")
@@ -186,6 +206,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         cpu=on_cpu,
         mixed_precision="no" if precision == "fp32" else precision,
         dynamo_backend="inductor" if cfg.compile else "no",
+        **(trackers or {}),
     )
     _check_sharded(accelerator)
     return accelerator

@@ -10,7 +10,8 @@
 - loss `block_nelbo`, gradient accumulation up to `global_batch`, grad clip, AdamW,
   warmup then constant or cosine, EMA of the weights;
 - validation NELBO (EMA weights, t in [1e-3, 1]) at every block size in use, optional
-  variance-minimising clip search, checkpoints, Ctrl-C checkpoint.
+  variance-minimising clip search, checkpoints, Ctrl-C checkpoint;
+- each step's metrics.jsonl record, also to accelerate's trackers when `--log-with` asks.
 
 Not here: building a run and its `config.json` (build.py), the resume state
 (checkpoint.py), the state pieces (state.py), the loss and noise math (diffusion/) or the
@@ -49,6 +50,7 @@ from sbdcli.train.state import (
     seed_for,
     sizes_in_use,
 )
+from sbdcli.train.tracking import step_values
 
 __all__ = ["StepInfo", "TrainSummary", "Trainer"]
 
@@ -161,6 +163,8 @@ class Trainer:
         self.notes = notes
         self.run_lock: Any = None
         """The run directory's writer lock (process 0), set by `setup`."""
+        self.tracked = False
+        """Whether accelerate's trackers log each step (`--log-with`, tracking.py)."""
         self._join(accelerator)
         self._take_data(data)
         self._plan(*blocks, accum)
@@ -214,7 +218,7 @@ class Trainer:
         cfg, st = self.cfg, self.progress_state
         stop = _StopFlag()
         start = time.perf_counter() - st.elapsed_s
-        with stop.installed():
+        with stop.installed(), self._trackers_ended():
             while st.step < cfg.steps:
                 info = self._step()
                 st.elapsed_s = time.perf_counter() - start
@@ -232,6 +236,15 @@ class Trainer:
         if not st.last_val:
             st.last_val = self.validate()
         return self._summary()
+
+    @contextlib.contextmanager
+    def _trackers_ended(self) -> Iterator[None]:
+        """Flush and close the trackers however the loop ends."""
+        try:
+            yield
+        finally:
+            if self.tracked:
+                self.accelerator.end_training()
 
     def _summary(self) -> TrainSummary:
         st = self.progress_state
@@ -330,6 +343,8 @@ class Trainer:
             record["val_nelbo"] = {str(b): v for b, v in info.val.items()}
             record.update(self.reference)
         self.run.append_metrics(record)
+        if self.tracked:
+            self.accelerator.log(step_values(record), step=info.step)
 
     def save(self) -> None:
         """Write `model.safetensors` (EMA weights) and `state/` (resume state); all ranks call."""

@@ -1,12 +1,12 @@
-"""The study's sampling grid (bench/study.py): every setting, its sample files, their judging.
+"""The study's sampling grid (experiments/study.py): every setting, its sample files, their judging.
 
 What it is: the settings of the grid (a `Group` is a draft of one model kind at some steps
 per block, with the `Revise` settings run on it), the `sample` and `extra` steps that draft,
 remask and revise every setting into --out/<dataset>/samples, the `eval` step that judges
 each sample file into rows.json (rows-extra.json), and the `timing` step that measures each
 stage on one batch into timed-<device>.json.
-What it is not: training (bench/study_runs.py), or the aggregation and markdown of the
-report (bench/study_stats.py, bench/study_report.py).
+What it is not: training (experiments/study_runs.py), or the aggregation and markdown of the
+report (experiments/study_stats.py, experiments/study_report.py).
 """
 
 from __future__ import annotations
@@ -17,27 +17,29 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.study_runs import DATASETS, DRAFT_BLOCK, MODELS, ds_dir, model_dir
+from experiments.study_runs import DATASETS, DRAFT_BLOCK, MODELS, ds_dir, model_dir
+from experiments.timer import best_seconds
 from sbdcli.artifacts.files import write_json
-from sbdcli.artifacts.records import read_records, write_records
 from sbdcli.config import GenPplOptions, RemaskConfig, SamplerConfig
 from sbdcli.data import read_manifest
 from sbdcli.evaluate import evaluate_sets
 from sbdcli.pipeline import (
     ModelRef,
-    batched,
     draft_batch,
     draft_prompts,
+    draft_set,
+    finished,
     load_model_ref,
     remask_batch,
+    reuse_or_write,
     revise_batch,
+    revise_set,
 )
 
 GAMMAS = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -131,49 +133,24 @@ def set_path(args: argparse.Namespace, seed: int, group: Group, name: str) -> Pa
     return folder / f"{group.draft_name}-{name}.jsonl"
 
 
-def _records(path: Path, n: int) -> list[dict[str, Any]] | None:
-    """The records of a finished sample file (exactly n of them), else None."""
-    if not path.is_file():
-        return None
-    records = list(read_records(str(path)))
-    return records if len(records) == n else None
-
-
-def _complete(path: Path, n: int) -> bool:
-    return _records(path, n) is not None
-
-
 # --------------------------------------------------------------------------- sample
-def _draft(args: argparse.Namespace, group: Group, ref: ModelRef, path: Path) -> None:
-    """Draft n samples of the group's draft setting into `path`."""
-    seed, length = args.seed, ref.model.config.seq_len
-    scfg = SamplerConfig(block_size=DRAFT_BLOCK, steps_per_block=group.steps)
-    prompts = draft_prompts(ref, args.n, seed, None)
-    drafts: list[dict[str, Any]] = []
-    for batch in batched(prompts, args.batch):
-        drafts.extend(draft_batch(ref, batch, length, scfg, seed))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_records(drafts, str(path))
-
-
 def run_group(args: argparse.Namespace, group: Group, ref: ModelRef) -> None:
     """Draft n samples, then every revise of the group; reuse complete files."""
     seed, n, length = args.seed, args.n, ref.model.config.seq_len
-    dpath = set_path(args, seed, group, "only")
-    if not _complete(dpath, n):
-        _draft(args, group, ref, dpath)
-    drafts = list(read_records(str(dpath)))
+    dcfg = SamplerConfig(block_size=DRAFT_BLOCK, steps_per_block=group.steps)
+    drafts, _ = reuse_or_write(
+        set_path(args, seed, group, "only"),
+        n,
+        lambda: draft_set(ref, n, seed, dcfg, args.batch),
+    )
     for rev in group.revises:
-        path = set_path(args, seed, group, rev.name)
-        if _complete(path, n):
-            continue
         rcfg = RemaskConfig(gamma=rev.gamma, strategy=rev.strategy, seed=seed)
         scfg = SamplerConfig(block_size=rev.block, steps_per_block=rev.steps(length))
-        records: list[dict[str, Any]] = []
-        for batch in batched(drafts, args.batch):
-            remasked = remask_batch([dict(r) for r in batch], rcfg, ref)
-            records.extend(revise_batch(remasked, ref, scfg, seed))
-        write_records(records, str(path))
+        reuse_or_write(
+            set_path(args, seed, group, rev.name),
+            n,
+            lambda r=rcfg, s=scfg: revise_set(ref, drafts, r, s, seed, args.batch),
+        )
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -187,7 +164,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- eval
-def _judge_options(args: argparse.Namespace) -> GenPplOptions:
+def judge_options(args: argparse.Namespace) -> GenPplOptions:
     data = ds_dir(args) / "data"
     if DATASETS[args.dataset].judge == "oracle":
         return GenPplOptions(evaluator="oracle", data_dir=data, group=False, seed=0)
@@ -197,7 +174,7 @@ def _judge_options(args: argparse.Namespace) -> GenPplOptions:
     )
 
 
-def _judge_file(
+def judge_file(
     path: Path, every: list[dict[str, Any]], opts: GenPplOptions, ids: tuple[Any, Any]
 ) -> tuple[dict[str, Any], int]:
     """The kept judge summary of one sample file, and how many of its samples it judged."""
@@ -217,16 +194,16 @@ def evaluate_all(
     """Judge summary of every sample file: one row per (model, draft, setting, seed)."""
     manifest = read_manifest(ds_dir(args) / "data")
     ids = (manifest.get("bos_id"), manifest.get("eos_id"))
-    opts = _judge_options(args)
+    opts = judge_options(args)
     rows = []
     for seed in args.seeds:
         for g in grid() if groups is None else groups:
             for name in ["only", *[r.name for r in g.revises]]:
                 path = set_path(args, seed, g, name)
-                every = _records(path, args.n)
+                every = finished(path, args.n)
                 if every is None:
                     continue
-                row, n = _judge_file(path, every, opts, ids)
+                row, n = judge_file(path, every, opts, ids)
                 row.update(model=g.model, draft=g.steps, setting=name, seed=seed, n=n)
                 row["dropped"] = len(every) - n
                 rows.append(row)
@@ -247,20 +224,6 @@ def cmd_extra(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- timing
-def _min_seconds(fn: Callable[[], Any], repeats: int, batch: int, cuda: bool) -> float:
-    """Min over `repeats` calls of `fn`, in seconds per sample of a batch of `batch`."""
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times) / batch
-
-
 def timed_costs(
     args: argparse.Namespace, repeats: int = 3, drafts: tuple[int, ...] | None = None
 ) -> dict[str, float]:
@@ -274,8 +237,8 @@ def timed_costs(
     prompts = draft_prompts(ref, batch, 0, None)
     cuda = torch.device(ref.device).type == "cuda"
 
-    def best(fn: Callable[[], Any]) -> float:
-        return _min_seconds(fn, repeats, batch, cuda)
+    def best(fn: Any) -> float:
+        return best_seconds(fn, repeats, cuda) / batch
 
     costs: dict[str, float] = {}
     for steps in (*DRAFT_STEPS, EXTRA_STEPS) if drafts is None else drafts:

@@ -1,10 +1,10 @@
-"""The study's numbers (bench/study.py): aggregates over trained models, paired comparisons.
+"""The study's numbers (experiments/study.py): aggregates over trained models, paired comparisons.
 
 What it is: the mean and std over trained models of each setting's judged rows, the modelled
 seconds per sample of a setting from its stage timings, per-model (paired) differences
 between two settings and the rule that calls a difference real, and Pareto frontiers.
-What it is not: markdown or plots (bench/study_report.py), or any sampling or judging
-(bench/study_grid.py); nothing here reads or writes a file.
+What it is not: markdown or plots (experiments/study_report.py), or any sampling or judging
+(experiments/study_grid.py); nothing here reads or writes a file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.study_grid import Revise, revise_key
+from experiments.study_grid import Revise, revise_key
 
 Key = tuple[str, int, str]
 """A setting of the grid: (model kind, draft steps per block, setting name)."""

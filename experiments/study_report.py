@@ -1,12 +1,13 @@
-"""The study's report (bench/study.py): the markdown section of docs/results.md and its plot.
+"""The study's report (experiments/study.py): the markdown section of docs/results.md and its plot.
 
 What it is: the `report` step, which reads the judged rows (rows.json, rows-extra.json), the
 stage timings (timed-<device>.json) and the trained runs of one dataset, and writes its
 section between `<!-- results:study-<dataset> -->` markers of the doc (every other section
 kept) plus results-frontier-<dataset>.png beside it: the tables a-f, the supplement, and
 the claim-by-claim verdicts.
-What it is not: the statistics behind the cells (bench/study_stats.py), or any sampling,
-judging or training (bench/study_grid.py, bench/study_runs.py); no number is typed in here.
+What it is not: the statistics behind the cells (experiments/study_stats.py), or any sampling,
+judging or training (experiments/study_grid.py, experiments/study_runs.py); no number is
+typed in here.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.study_grid import DRAFT_STEPS, EXTRA_STEPS, GAMMAS, REVISE_BLOCKS, STRATEGIES
-from bench.study_runs import DATASETS, DRAFT_BLOCK, MODELS, ROOT, ds_dir, trained_models
-from bench.study_stats import (
+from experiments.study_grid import DRAFT_STEPS, EXTRA_STEPS, GAMMAS, REVISE_BLOCKS, STRATEGIES
+from experiments.study_runs import DATASETS, DRAFT_BLOCK, MODELS, ROOT, ds_dir, trained_models
+from experiments.study_stats import (
     Key,
     aggregate,
     compare,
@@ -32,13 +33,14 @@ from bench.study_stats import (
     paired,
 )
 from sbdcli.artifacts.files import atomic_file, atomic_path
+from sbdcli.evaluate import markdown_grid
 
 COMMANDS = """
 STEPS=5000 N=512 BATCH=512 TRAIN_S=240 SAMPLE_S=150 EVAL_S=80 TIME_S=60 DEVICE=cuda \\
-  bash bench/study_run.sh runs/study  # both datasets: prepare, train, sample, judge, GPU timings
-python bench/study.py extra --dataset {dataset} --device cpu   # 4/3 tok/call, seed-0 model
-python bench/study.py timing --dataset {dataset} --device cpu  # CPU stage timings
-python bench/study.py report --dataset {dataset}
+  bash experiments/study_run.sh runs/study  # both datasets: prepare .. judge, GPU timings
+python -m experiments.study extra --dataset {dataset} --device cpu   # 4/3 tok/call, seed-0 model
+python -m experiments.study timing --dataset {dataset} --device cpu  # CPU stage timings
+python -m experiments.study report --dataset {dataset}
 """
 
 
@@ -68,30 +70,24 @@ per-sample mean that BD3-LM/MDLM report (docs/evaluation.md)."""
 def table(agg: dict, keys: list[Key], base: tuple | None, secs: dict[str, dict]) -> list[str]:
     """Markdown rows: Gen PPL (corpus, token-weighted), NLL, entropy (mean ± std over
     models), NFE, modelled s."""
-    head = f"| setting | {GEN_PPL_HEADER} | NLL/token | entropy | NFE | " + " | ".join(
-        f"s/sample {k}" for k in secs
-    )
-    lines = [head + " |", "|---" * (5 + len(secs)) + "|"]
+    header = ["setting", GEN_PPL_HEADER, "NLL/token", "entropy", "NFE"]
+    header += [f"s/sample {k}" for k in secs]
     if base is not None:
-        lines[0] += " Δ NLL vs draft (per model) |"
-        lines[1] += "---|"
+        header.append("Δ NLL vs draft (per model)")
+    rows = []
     for key in keys:
         if key not in agg:
-            lines.append(f"| {label(key)} | (not run) |")
+            rows.append([label(key), "(not run)", *["–"] * (len(header) - 2)])
             continue
         a = agg[key]
         many = len(a["seeds"]) > 1
-        line = (
-            f"| {label(key)} | {_pm(a['gen_ppl_corpus'], 2, many)} | "
-            f"{_pm(a['nll_per_token'], 3, many)} | "
-            f"{_pm(a['entropy_per_sample_mean'], 3, many)} | {a['nfe_per_sample']:.1f} |"
-        )
-        for s in secs.values():
-            line += f" {s[key]:.4f} |" if key in s else " – |"
+        row = [label(key), _pm(a["gen_ppl_corpus"], 2, many), _pm(a["nll_per_token"], 3, many)]
+        row += [_pm(a["entropy_per_sample_mean"], 3, many), f"{a['nfe_per_sample']:.1f}"]
+        row += [f"{s[key]:.4f}" if key in s else "–" for s in secs.values()]
         if base is not None:
-            line += f" {paired(agg, key, base, 'nll_per_token')} |"
-        lines.append(line)
-    return lines
+            row.append(paired(agg, key, base, "nll_per_token"))
+        rows.append(row)
+    return markdown_grid(header, rows).splitlines()
 
 
 def _vs(agg: dict, a: tuple, b: tuple) -> str:
@@ -166,17 +162,16 @@ def verdicts(agg: dict, costs: dict[str, dict[tuple, float]]) -> list[str]:
 # --------------------------------------------------------------------------- inputs
 def model_lines(args: argparse.Namespace) -> list[str]:
     """Last validation NELBO (nats/token, per block size) of each trained model."""
-    head = "| model | seed | steps trained | last validation at | val NELBO/token by block size |"
-    lines = [head + " oracle NLL, same rows |", "|---|---|---|---|---|---|"]
+    header = ["model", "seed", "steps trained", "last validation at"]
+    header += ["val NELBO/token by block size", "oracle NLL, same rows"]
+    rows = []
     for run in trained_models(args):
         last = run.last_val
         nelbo = ", ".join(f"B={b}: {v:.3f}" for b, v in last["val_nelbo"].items())
         oracle = last.get("oracle_val_nll")
-        lines.append(
-            f"| {run.kind} | {run.seed} | {run.steps} | {last['step']} | {nelbo} | "
-            f"{'–' if oracle is None else f'{oracle:.3f}'} |"
-        )
-    return lines
+        oracle_cell = "–" if oracle is None else f"{oracle:.3f}"
+        rows.append([run.kind, run.seed, str(run.steps), str(last["step"]), nelbo, oracle_cell])
+    return markdown_grid(header, rows).splitlines()
 
 
 def stage_costs(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -198,13 +193,10 @@ def stage_costs(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str
         )
         + ".",
         "",
-        "| stage | " + " | ".join(costs) + " |",
-        "|---" * (1 + len(costs)) + "|",
     ]
     stages = list(dict.fromkeys(k for c in costs.values() for k in c))
-    for k in stages:
-        cells = [f"{c[k]:.5f}" if k in c else "–" for c in costs.values()]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    cells = [[k, *(f"{c[k]:.5f}" if k in c else "–" for c in costs.values())] for k in stages]
+    lines += markdown_grid(["stage", *costs], cells).splitlines()
     return [*lines, ""], costs
 
 
@@ -406,7 +398,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         args.commands.insert(1, f"# this run: {args.history}")
     measured = Measured.load(args)
     text = section(args, measured)
-    notes = args.notes or ROOT / "bench" / "study_notes" / f"{args.dataset}.md"
+    notes = args.notes or ROOT / "experiments" / "study_notes" / f"{args.dataset}.md"
     if notes.is_file():
         text += "\n" + notes.read_text()
     write_section(args.doc, f"study-{args.dataset}", text)

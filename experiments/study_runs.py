@@ -1,11 +1,11 @@
-"""The study's runs (bench/study.py): its datasets, their data directories, its trained models.
+"""The study's runs (experiments/study.py): its datasets, data directories, trained models.
 
 What it is: the `prepare` and `train` steps of the study (one data directory per dataset,
 one `tiny` model per kind and training seed under --out/<dataset>/models/<kind>-s<seed>),
 the paths every other step finds them under, and a reader of the trained runs (steps saved,
 last validation) through the library's run-directory layout (`RunDir`).
-What it is not: sampling, judging or timing the grid (bench/study_grid.py), or any table of
-the report (bench/study_report.py).
+What it is not: sampling, judging or timing the grid (experiments/study_grid.py), or any table of
+the report (experiments/study_report.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 MODELS = {"mix": 0.1, "single": 0.0}
 """Model kind -> mix-scale lambda (probability of a whole-sequence block step)."""
 KINDS = {**MODELS, "mix25": 0.25, "mix50": 0.5}
-"""Every kind `train` makes: the study's two, and the lambda sweep of bench/frontier.py."""
+"""Every kind `train` makes: the study's two, and the lambda sweep of experiments/frontier.py."""
 DRAFT_BLOCK = 4
 
 
@@ -68,7 +68,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     data.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(map(shlex.quote, sys.argv))
     if args.dataset == "synthetic":
-        prepare_synthetic(data, seed=0, command=command)
+        sizes = {} if args.rows is None else {"num_train": args.rows, "num_val": args.rows // 8}
+        prepare_synthetic(data, seed=0, command=command, **sizes)
     else:
         source = TextFiles([str(args.text)])
         prepare_text(data, source, "bytes", DATASETS[args.dataset].seq_len, command=command)

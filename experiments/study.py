@@ -10,35 +10,32 @@ seed), and writes one section of docs/results.md per dataset between
 What it is not: a test, or a source of any hard-coded number (every number in the doc comes
 from the evaluation of the sample files this script writes). This file only parses the
 command line; the steps live beside it:
-    bench/study_runs.py    datasets, `prepare` and `train`, reading the trained runs
-    bench/study_grid.py    the settings, `sample`, `extra`, `eval` (judging) and `timing`
-    bench/study_stats.py   aggregates over trained models, paired comparisons, frontiers
-    bench/study_report.py  `report`: the tables, verdicts and plot written into the doc
+    experiments/study_runs.py    datasets, `prepare` and `train`, reading the trained runs
+    experiments/study_grid.py    the settings, `sample`, `extra`, `eval` (judging) and `timing`
+    experiments/study_stats.py   aggregates over trained models, paired comparisons, frontiers
+    experiments/study_report.py  `report`: the tables, verdicts and plot written into the doc
 
 Steps (each reuses finished artifacts under --out/<dataset>):
-    python bench/study.py prepare --dataset D
-    python bench/study.py train --dataset D --model mix|single|judge --seed S --steps N
-    python bench/study.py sample --dataset D --seed S --n 512
-    python bench/study.py eval --dataset D
-    python bench/study.py timing --dataset D --device cpu|cuda
-    python bench/study.py report --dataset D
-`bench/study_run.sh` runs prepare..eval (and the GPU timing) for both datasets in parallel.
+    python -m experiments.study prepare --dataset D
+    python -m experiments.study train --dataset D --model mix|single|judge --seed S --steps N
+    python -m experiments.study sample --dataset D --seed S --n 512
+    python -m experiments.study eval --dataset D
+    python -m experiments.study timing --dataset D --device cpu|cuda
+    python -m experiments.study report --dataset D
+`experiments/study_run.sh` runs prepare..eval (and the GPU timing) for both datasets in parallel.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.study_grid import cmd_eval, cmd_extra, cmd_sample, cmd_timing
-from bench.study_report import cmd_report
-from bench.study_runs import DATASETS, KINDS, ROOT, SHAKESPEARE, cmd_prepare, cmd_train
+from experiments.study_grid import cmd_eval, cmd_extra, cmd_sample, cmd_timing
+from experiments.study_report import cmd_report
+from experiments.study_runs import DATASETS, KINDS, ROOT, SHAKESPEARE, cmd_prepare, cmd_train
 
 STEPS: dict[str, Callable[[argparse.Namespace], None]] = {
     "prepare": cmd_prepare,
@@ -62,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="artifact root")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE, help="tinyshakespeare.txt")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="prepare: synthetic training rows (16384)"
+    )
     parser.add_argument("--model", choices=(*KINDS, "judge"), default="mix")
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     parser.add_argument("--steps", type=int, default=4000, help="train: optimizer steps")
@@ -80,7 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timing: only these drafts (steps per block), added to the existing timing",
     )
     parser.add_argument(
-        "--notes", type=Path, default=None, help="report: text to append (bench/study_notes/D.md)"
+        "--notes",
+        type=Path,
+        default=None,
+        help="report: text to append (experiments/study_notes/D.md)",
     )
     parser.add_argument("--history", default="", help="report: how the run went")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md")

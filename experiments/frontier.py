@@ -3,23 +3,23 @@
 What it is: a driver over library calls (draft, remask, revise, Gen PPL evaluation) that
 samples a grid of draft settings (fixed calls per block and `--threshold` decoding) and of
 draft + revise settings (exact and approximate global revises, one token per call, a few
-per call or by threshold) with every trained model of bench/study.py's layout, judges
+per call or by threshold) with every trained model of experiments/study.py's layout, judges
 each sample file, times every setting on one batch (min of repeats, robust to a busy
 machine), and writes one section of docs/results.md between
 `<!-- results:frontier-<dataset>[-<kind>] -->` markers: the settings table (mean ± std
 over the trained models), the threshold rows against one token per call, and at three CPU
 budgets the best draft-only and the best draft + revise setting, followed by
-bench/study_notes/frontier-<dataset>[-<kind>].md when that file exists.
-What it is not: training (`python bench/study.py train ...` trains the models this reads),
-the study's other items (bench/study.py), or a source of hard-coded numbers: every number
+experiments/study_notes/frontier-<dataset>[-<kind>].md when that file exists.
+What it is not: training (`python -m experiments.study train ...` trains the models this reads),
+the study's other items (experiments/study.py), or a source of hard-coded numbers: every number
 comes from rows this script measured and stored under --out/<dataset>/frontier-<kind>.json.
 
 Steps (each reuses finished sample files):
-    python bench/study.py prepare --dataset synthetic
-    python bench/study.py train --dataset synthetic --model mix --seed S --steps 1200
-    python bench/frontier.py run --dataset synthetic --kind mix --seeds 0,1,2
-    python bench/frontier.py report --dataset synthetic --kind mix
-    python bench/frontier.py sweep --dataset shakespeare      # across the stored kinds
+    python -m experiments.study prepare --dataset synthetic
+    python -m experiments.study train --dataset synthetic --model mix --seed S --steps 1200
+    python -m experiments.frontier run --dataset synthetic --kind mix --seeds 0,1,2
+    python -m experiments.frontier report --dataset synthetic --kind mix
+    python -m experiments.frontier sweep --dataset shakespeare      # across the stored kinds
 `--kind` picks the trained models (mix = λ 0.1; mix25, mix50 = λ 0.25, 0.5; single = 0).
 """
 
@@ -31,7 +31,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.study_grid import _judge_file, _judge_options, _records
-from bench.study_report import write_section
-from bench.study_runs import (
+from experiments.study_grid import judge_file, judge_options
+from experiments.study_report import write_section
+from experiments.study_runs import (
     DATASETS,
     DRAFT_BLOCK,
     KINDS,
@@ -52,18 +49,20 @@ from bench.study_runs import (
     model_dir,
     trained_models,
 )
+from experiments.timer import best_seconds
 from sbdcli.artifacts.files import write_json
-from sbdcli.artifacts.records import read_records, write_records
+from sbdcli.artifacts.records import read_records
 from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.data import read_manifest
+from sbdcli.evaluate import markdown_grid
 from sbdcli.pipeline import (
     ModelRef,
-    batched,
     draft_batch,
     draft_prompts,
+    draft_set,
     load_model_ref,
-    remask_batch,
-    revise_batch,
+    reuse_or_write,
+    revise_set,
 )
 
 
@@ -160,54 +159,36 @@ def _path(args: argparse.Namespace, seed: int, name: str) -> Path:
     return ds_dir(args) / "frontier" / f"{args.kind}-s{seed}" / f"{name}.jsonl"
 
 
-def _draft_all(args: argparse.Namespace, ref: ModelRef, draft: Draft, seed: int) -> list[Any]:
-    path = _path(args, seed, setting_name(draft, None))
-    found = _records(path, args.n)
-    if found is not None:
-        return found
-    length = ref.model.config.seq_len
-    out: list[Any] = []
-    for batch in batched(draft_prompts(ref, args.n, seed, None), args.batch):
-        out.extend(draft_batch(ref, batch, length, draft.config(), seed))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_records(out, str(path))
-    return out
-
-
-def _revise_all(ref: ModelRef, drafts: list[Any], rev: Revise, seed: int, batch: int) -> list[Any]:
+def _revise(ref: ModelRef, drafts: list[Any], rev: Revise, seed: int, batch: int) -> list[Any]:
+    """The snapshot remask and global revise `rev` of every draft."""
     rcfg = RemaskConfig(gamma=rev.gamma, strategy="snapshot", seed=seed)
-    scfg = rev.config(ref.model.config.seq_len)
-    out: list[Any] = []
-    for part in batched(drafts, batch):
-        out.extend(revise_batch(remask_batch([dict(r) for r in part], rcfg, ref), ref, scfg, seed))
-    return out
+    return revise_set(ref, drafts, rcfg, rev.config(ref.model.config.seq_len), seed, batch)
 
 
 def sample_model(args: argparse.Namespace, seed: int) -> None:
     """Every setting of the grid with the model of `seed` (finished files are kept)."""
     ref = load_model_ref(model_dir(args, args.kind, seed), args.device)
-    drafts = {d.name: _draft_all(args, ref, d, seed) for d in DRAFTS}
+    drafts = {
+        d.name: reuse_or_write(
+            _path(args, seed, setting_name(d, None)),
+            args.n,
+            lambda c=d.config(): draft_set(ref, args.n, seed, c, args.batch),
+        )[0]
+        for d in DRAFTS
+    }
     for draft, rev in settings():
-        path = _path(args, seed, setting_name(draft, rev))
-        if rev is None or _records(path, args.n) is not None:
+        if rev is None:
             continue
+        path = _path(args, seed, setting_name(draft, rev))
         start = time.perf_counter()
-        write_records(_revise_all(ref, drafts[draft.name], rev, seed, args.batch), str(path))
-        took = time.perf_counter() - start
-        print(f"{args.kind}-s{seed} {path.stem}: {took:.0f} s", file=sys.stderr)
+        base = drafts[draft.name]
+        make = lambda b=base, r=rev: _revise(ref, b, r, seed, args.batch)  # noqa: E731
+        if not reuse_or_write(path, args.n, make)[1]:
+            took = time.perf_counter() - start
+            print(f"{args.kind}-s{seed} {path.stem}: {took:.0f} s", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- timing
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    """Min over `repeats` calls of `fn`, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def time_model(args: argparse.Namespace, seed: int) -> dict[str, float]:
     """Seconds per sample of every setting on one batch of `--time-batch` (min of repeats):
     a draft-only setting its draft; a revise setting its draft + remask + revise."""
@@ -217,15 +198,14 @@ def time_model(args: argparse.Namespace, seed: int) -> dict[str, float]:
     costs: dict[str, float] = {}
     drafted: dict[str, list[Any]] = {}
     for d in DRAFTS:
-        costs[setting_name(d, None)] = (
-            _best(lambda c=d.config(): draft_batch(ref, prompts, length, c, seed), args.repeats) / n
-        )
-        drafted[d.name] = draft_batch(ref, prompts, length, d.config(), seed)
+        run = lambda c=d.config(): draft_batch(ref, prompts, length, c, seed)  # noqa: E731
+        costs[setting_name(d, None)] = best_seconds(run, args.repeats) / n
+        drafted[d.name] = run()
     for draft, rev in settings():
         if rev is None:
             continue
         base = drafted[draft.name]
-        secs = _best(lambda b=base, r=rev: _revise_all(ref, b, r, seed, n), args.repeats)
+        secs = best_seconds(lambda b=base, r=rev: _revise(ref, b, r, seed, n), args.repeats)
         costs[setting_name(draft, rev)] = costs[setting_name(draft, None)] + secs / n
     return costs
 
@@ -234,12 +214,12 @@ def time_model(args: argparse.Namespace, seed: int) -> dict[str, float]:
 def _judge(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     manifest = read_manifest(ds_dir(args) / "data")
     ids = (manifest.get("bos_id"), manifest.get("eos_id"))
-    opts = _judge_options(args)
+    opts = judge_options(args)
     rows = []
     for draft, rev in settings():
         path = _path(args, seed, setting_name(draft, rev))
         every = list(read_records(str(path)))
-        row, judged = _judge_file(path, every, opts, ids)
+        row, judged = judge_file(path, every, opts, ids)
         row.update(setting=setting_name(draft, rev), seed=seed, n=judged)
         rows.append(row)
     return rows
@@ -303,31 +283,25 @@ def _fmt(pair: tuple[float, float], digits: int) -> str:
 
 
 def _table(agg: dict[str, dict[str, Any]]) -> str:
-    head = "| setting | Gen PPL (per-sample mean) | entropy | NFE | CPU ms/sample |\n"
-    head += "|---|---:|---:|---:|---:|\n"
-    lines = []
+    header = ["setting", "Gen PPL (per-sample mean)", "entropy", "NFE", "CPU ms/sample"]
+    rows = []
     for draft, rev in settings():
         a = agg[setting_name(draft, rev)]
         ms = (a["sec"][0] * 1e3, a["sec"][1] * 1e3)
-        lines.append(
-            f"| {setting_label(draft, rev)} | {_fmt(a['ppl'], 3)} | {_fmt(a['ent'], 3)} "
-            f"| {_fmt(a['nfe'], 1)} | {_fmt(ms, 2)} |"
-        )
-    return head + "\n".join(lines) + "\n"
+        label = setting_label(draft, rev)
+        rows.append([label, _fmt(a["ppl"], 3), _fmt(a["ent"], 3), _fmt(a["nfe"], 1), _fmt(ms, 2)])
+    return markdown_grid(header, rows, "lrrrr") + "\n"
 
 
 def _threshold_rows(agg: dict[str, dict[str, Any]]) -> str:
     base = agg["s4-only"]
-    head = "| draft | calls vs one token per call | Gen PPL vs one token per call |\n"
-    head += "|---|---:|---:|\n"
-    lines = []
+    header = ["draft", "calls vs one token per call", "Gen PPL vs one token per call"]
+    rows = []
     for d in DRAFTS[1:]:
         a = agg[setting_name(d, None)]
-        lines.append(
-            f"| {d.label} | {base['nfe'][0] / a['nfe'][0]:.2f}x fewer "
-            f"| {a['ppl'][0] / base['ppl'][0]:.3f}x |"
-        )
-    return head + "\n".join(lines) + "\n"
+        fewer, ratio = base["nfe"][0] / a["nfe"][0], a["ppl"][0] / base["ppl"][0]
+        rows.append([d.label, f"{fewer:.2f}x fewer", f"{ratio:.3f}x"])
+    return markdown_grid(header, rows, "lrr") + "\n"
 
 
 ENTROPY_TOLERANCE = 0.02
@@ -347,9 +321,8 @@ def _budget_rows(agg: dict[str, dict[str, Any]], keep: set[str]) -> tuple[str, i
     only = [setting_name(d, None) for d in DRAFTS if setting_name(d, None) in keep]
     revised = [setting_name(d, r) for d, r in settings() if r is not None]
     revised = [n for n in revised if n in keep]
-    head = "| CPU budget (ms/sample) | best draft only | Gen PPL | best draft + revise | Gen PPL "
-    head += "| winner |\n"
-    head += "|---:|---|---:|---|---:|---|\n"
+    header = ["CPU budget (ms/sample)", "best draft only", "Gen PPL", "best draft + revise"]
+    header += ["Gen PPL", "winner"]
     lines, wins = [], 0
     for b in budgets(agg):
         a, r = best_within(agg, only, b), best_within(agg, revised, b)
@@ -357,11 +330,9 @@ def _budget_rows(agg: dict[str, dict[str, Any]], keep: set[str]) -> tuple[str, i
         pr = agg[r]["ppl"][0] if r else math.inf
         wins += pr < pa
         winner = "draft + revise" if pr < pa else "draft only"
-        lines.append(
-            f"| {b * 1e3:.2f} | {label[a] if a else '(none fits)'} | {pa:.3f} "
-            f"| {label[r] if r else '(none fits)'} | {pr:.3f} | {winner} |"
-        )
-    return head + "\n".join(lines) + "\n", wins
+        only_cell, revised_cell = (label[x] if x else "(none fits)" for x in (a, r))
+        lines.append([f"{b * 1e3:.2f}", only_cell, f"{pa:.3f}", revised_cell, f"{pr:.3f}", winner])
+    return markdown_grid(header, lines, "rlrlrl") + "\n", wins
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -375,9 +346,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     judge = "its exact oracle" if DATASETS[args.dataset].judge == "oracle" else "the block-1 judge"
     text = (
         f"## Sampler frontier: {DATASETS[args.dataset].title}, λ = {KINDS[args.kind]:g}\n\n"
-        f"Command: `python bench/frontier.py run --dataset {args.dataset} --kind {args.kind} "
+        f"Command: `python -m experiments.frontier run --dataset {args.dataset} --kind {args.kind} "
         f"--seeds {','.join(seeds)} --n {info['n']}` then `report`. Models: `tiny`, "
-        f"training seeds {', '.join(seeds)} (bench/study.py train); {info['n']} samples per "
+        f"training seeds {', '.join(seeds)} (experiments/study.py train); {info['n']} samples per "
         f"setting and model, judged by {judge}; **± is the std over the trained models**. "
         f"Drafts: block {DRAFT_BLOCK}, exact KV cache, top-p 0.9. Revises: snapshot remask, "
         "one global block. Gen PPL is the per-sample mean (BD3-LM/MDLM protocol). CPU "
@@ -395,7 +366,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         f"{ENTROPY_TOLERANCE:.0%} of the one-token-per-call draft's:\n\n"
         f"{fair}\nDraft + revise wins at {fair_wins} of 3 budgets.\n\n"
     )
-    notes = ROOT / "bench" / "study_notes" / f"{marker}.md"
+    notes = ROOT / "experiments" / "study_notes" / f"{marker}.md"
     if notes.is_file():
         text += notes.read_text() + "\n"
     write_section(args.doc, marker, text)
@@ -415,15 +386,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     vals = {(m.kind, m.seed): m.last_val for m in trained_models(args)}
     kinds = [k for k in KINDS if (ds_dir(args) / f"frontier-{k}.json").is_file()]
     kinds.sort(key=lambda k: KINDS[k])
-    head = "| setting | " + " | ".join(f"λ = {KINDS[k]:g}" for k in kinds) + " |\n"
-    head += "|---|" + "---:|" * len(kinds) + "\n"
-    rows, aggs = (
-        [],
-        {
-            k: aggregate(json.loads((ds_dir(args) / f"frontier-{k}.json").read_text()))
-            for k in kinds
-        },
-    )
+    header = ["setting", *(f"λ = {KINDS[k]:g}" for k in kinds)]
+    rows: list[list[str]] = []
+    aggs = {
+        k: aggregate(json.loads((ds_dir(args) / f"frontier-{k}.json").read_text())) for k in kinds
+    }
     sizes = {b for (kind, _), v in vals.items() if kind in kinds for b in v["val_nelbo"]}
     for size in sorted(sizes, key=int):
         cells = []
@@ -434,20 +401,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 if kind == k and size in v["val_nelbo"]
             ]
             cells.append(f"{np.mean(nelbo):.3f}" if nelbo else "-")
-        rows.append(f"| val NELBO, B = {size} | " + " | ".join(cells) + " |")
+        rows.append([f"val NELBO, B = {size}", *cells])
     for name in SWEEP:
         cells = [f"{aggs[k][name]['ppl'][0]:.3f} ({aggs[k][name]['ent'][0]:.3f})" for k in kinds]
-        rows.append(f"| {label[name]} | " + " | ".join(cells) + " |")
+        rows.append([label[name], *cells])
+    table = markdown_grid(header, rows, "l" + "r" * len(kinds))
     text = (
         f"## Lambda sweep: {DATASETS[args.dataset].title}\n\n"
-        f"Command: `python bench/frontier.py sweep --dataset {args.dataset}` over the stored "
-        "frontiers (bench/frontier.py run --kind mix, mix25, mix50). Validation NELBO per "
+        f"Command: `python -m experiments.frontier sweep --dataset {args.dataset}` over the stored "
+        "frontiers (experiments/frontier.py run --kind mix, mix25, mix50). Validation NELBO per "
         "token (EMA weights, the last validation of each training); then Gen PPL "
         "(per-sample mean) with the mean entropy in brackets, settings as in the frontier "
-        "sections.\n\n" + head + "\n".join(rows) + "\n\n"
+        "sections.\n\n" + table + "\n\n"
     )
     marker = f"frontier-{args.dataset}-sweep"
-    notes = ROOT / "bench" / "study_notes" / f"{marker}.md"
+    notes = ROOT / "experiments" / "study_notes" / f"{marker}.md"
     if notes.is_file():
         text += notes.read_text() + "\n"
     write_section(args.doc, marker, text)

@@ -1,0 +1,226 @@
+"""`sbd encode` and `sbd edit`: a person's own text into the pipeline, and back out edited.
+
+    sbd encode notes.txt -m RUN | sbd remask --strategy masked --gamma 0.1 | sbd revise
+    sbd edit notes.txt -m RUN --gamma 0.1 --diff
+    sbd edit story.txt -m RUN --infill --whole -o story-filled.txt
+
+Thin commands: flags are parsed here, the work is in `sbdcli.pipeline` (encode.py,
+edit.py). Every text is read and encoded before anything is written, so a bad text fails
+the command with one line and no output. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sbdcli.artifacts.files import check_output_path
+from sbdcli.cli._app import app
+from sbdcli.cli.options import (
+    BatchOpt,
+    DeviceOpt,
+    ModelOpt,
+    OutputOpt,
+    SeedOpt,
+    config_options,
+)
+from sbdcli.cli.progress import counting
+from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.errors import UserError
+
+FileArg = Annotated[
+    str, typer.Argument(help="Texts to read: a file, or - (stdin).", show_default=False)
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="lines (one text per line), jsonl ('text', optional 'prompt' and 'id'), whole "
+        "(the file is one text), or auto (jsonl for *.jsonl, else lines).",
+    ),
+]
+WholeOpt = Annotated[bool, typer.Option("--whole", help="The whole input is one text.")]
+MarkerOpt = Annotated[
+    str,
+    typer.Option(
+        "--mask-token", help="Mask marker in the text ([MASK] and [MASK:n] for n tokens)."
+    ),
+]
+NormalizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-normalize",
+        help="Accept a text the tokenizer does not reproduce byte for byte (edit its version).",
+    ),
+]
+
+
+def _format(path: str, fmt: str, whole: bool) -> str:
+    if whole:
+        if fmt not in ("auto", "whole"):
+            raise UserError(f"--whole and --format {fmt} exclude each other")
+        return "whole"
+    if fmt == "auto":
+        return "jsonl" if path.endswith(".jsonl") else "lines"
+    return fmt
+
+
+def _encode(path: str, fmt: str, target: Any, marker: str, exact: bool) -> list[Any]:
+    from sbdcli.pipeline import encode as enc
+
+    return enc.encode_records(enc.read_texts(path, fmt), target, marker, exact)
+
+
+# --------------------------------------------------------------------------- encode
+@app.command()
+def encode(
+    file: FileArg = "-",
+    model: ModelOpt = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data directory whose tokenizer to use.")
+    ] = None,
+    fmt: FormatOpt = "auto",
+    whole: WholeOpt = False,
+    mask_token: MarkerOpt = "[MASK]",
+    allow_normalize: NormalizeOpt = False,
+    device: DeviceOpt = "cpu",
+    output: OutputOpt = "-",
+) -> None:
+    """Texts become sample records: [MASK] markers become positions for sbd revise to fill."""
+    from sbdcli import pipeline as pl
+    from sbdcli.artifacts import write_records
+    from sbdcli.pipeline import encode as enc
+
+    check_output_path(output)
+    if (model is None) == (data is None):
+        raise UserError("pass exactly one of -m RUN (a model) or --data DIR (its tokenizer)")
+    if data is not None:
+        target = enc.target_from_data(data)
+    else:
+        target = enc.target_from_model(pl.load_model_ref(pl.default_model_path(model), device))
+    records = _encode(file, _format(file, fmt, whole), target, mask_token, not allow_normalize)
+    write_records(records, output)
+
+
+# --------------------------------------------------------------------------- edit
+def _plan(
+    remask_opts: dict[str, Any], infill: bool, block: str, values: dict[str, Any], seed: int
+) -> Any:
+    from sbdcli import pipeline as pl
+    from sbdcli.pipeline.edit import EditPlan
+
+    gamma = remask_opts.get("gamma")
+    if infill == (gamma is not None):
+        raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
+    remask_opts["strategy"] = remask_opts.get("strategy") or "masked"
+    if remask_opts["strategy"] == "snapshot":
+        raise UserError(
+            "--strategy snapshot needs a draft's confidence; use masked, posthoc or random"
+        )
+    remask = None if infill else RemaskConfig(**remask_opts, seed=seed)
+    return EditPlan(remask, SamplerConfig(block_size=pl.parse_block(block), **values), seed)
+
+
+def _write_text(output: str, text: str) -> None:
+    """The edited texts to stdout, or atomically to a file."""
+    import sys
+
+    from sbdcli.artifacts.files import atomic_file
+
+    if output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_file(output) as handle:
+        handle.write(text)
+
+
+def _render(records: list[Any], fmt: str) -> str:
+    """The edited texts: one per line, JSONL {id, text}, or the whole text."""
+    import json
+
+    from sbdcli.pipeline.edit import edited_text
+
+    if fmt == "whole":
+        return edited_text(records[0])
+    if fmt == "jsonl":
+        return "".join(json.dumps({"id": r["id"], "text": edited_text(r)}) + "\n" for r in records)
+    return "".join(edited_text(r).replace("\n", " ") + "\n" for r in records)
+
+
+@app.command()
+@config_options(
+    "remask_opts",
+    RemaskConfig,
+    ("gamma", "strategy", "passes"),
+    optional=("gamma", "strategy"),
+    help_suffix=lambda f: {"strategy": "(default masked)", "gamma": "(or --infill)"}.get(f, ""),
+)
+@config_options("sampling", SamplerConfig, ("top_p", "temperature"))
+def edit(
+    file: FileArg = "-",
+    model: ModelOpt = None,
+    infill: Annotated[
+        bool, typer.Option("--infill", help="Only fill the texts' [MASK] markers (no remask).")
+    ] = False,
+    block: Annotated[
+        str,
+        typer.Option("--block", help="Revise block size B, or 'full' (one bidirectional block)."),
+    ] = "full",
+    fmt: FormatOpt = "auto",
+    whole: WholeOpt = False,
+    mask_token: MarkerOpt = "[MASK]",
+    allow_normalize: NormalizeOpt = False,
+    diff: Annotated[
+        bool,
+        typer.Option("--diff", help="Print a unified diff of each text (stdout) instead of it."),
+    ] = False,
+    records_out: Annotated[
+        str | None,
+        typer.Option("--records", help="Also write the edited records (JSONL or .safetensors)."),
+    ] = None,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = "auto",
+    output: OutputOpt = "-",
+    remask_opts: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> None:
+    """Encode, remask, revise: text in, edited text out (the pipe's result, same seeds)."""
+    from sbdcli import pipeline as pl
+    from sbdcli.artifacts import write_records
+    from sbdcli.pipeline import encode as enc
+    from sbdcli.pipeline.edit import edit_batch, text_diff
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    for path in (output, records_out or "-"):
+        check_output_path(path)
+    plan = _plan(dict(remask_opts or {}), infill, block, sampling or {}, seed)
+    ref = pl.load_model_ref(pl.default_model_path(model), device)
+    fmt = _format(file, fmt, whole)
+    items = enc.read_texts(file, fmt)
+    records = enc.encode_records(items, enc.target_from_model(ref), mask_token, not allow_normalize)
+    # the diff's "before": the text as given (with a prompt, the decoded prompt + text)
+    originals = {
+        i.id: r["text"] if i.prompt else i.text for i, r in zip(items, records, strict=True)
+    }
+    done_records: list[Any] = []
+    with counting("edit", len(records)) as (done, on_call):
+        for batch in pl.batched(records, batch_size):
+            done_records.extend(edit_batch(batch, ref, plan, on_call))
+            done(len(batch))
+    if diff:
+        name = "stdin" if file == "-" else Path(file).name
+        text = "".join(
+            text_diff(originals[r["id"]], r["text"], f"{name}:{r['id']}") for r in done_records
+        )
+        _write_text("-", text)
+        if output != "-":
+            _write_text(output, _render(done_records, fmt))
+    else:
+        _write_text(output, _render(done_records, fmt))
+    if records_out is not None:
+        write_records(done_records, records_out)

@@ -1,0 +1,77 @@
+"""`sbd serve`: the model behind an OpenAI-compatible HTTP API, with a playground.
+
+Thin command: it checks the options, loads the model (a missing or broken one is an error
+before the port opens), binds the port and hands over to `sbdcli.serve`. The server stack
+(FastAPI, uvicorn) is the optional extra `sbdcli[serve]`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from sbdcli.cli._app import app, console
+from sbdcli.cli.options import DeviceOpt, ModelOpt
+from sbdcli.errors import UserError
+
+
+def _check(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"{name} must be >= {low}, got {value}")
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to bind (0: a free one).")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="Require `Authorization: Bearer KEY` on every route but /health "
+            "(default: $SBD_API_KEY; unset: no key).",
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Rows (samples) sampled together at most.")
+    ] = 16,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Rows waiting at most; beyond, 429.")
+    ] = 64,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest `n` of one request.")] = 8,
+    max_body: Annotated[
+        int, typer.Option("--max-body", help="Largest request body in bytes; beyond, 413.")
+    ] = 1 << 20,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve the model: POST /v1/completions (OpenAI-compatible, streams the draft and its
+    revisions), GET /v1/models, /health, /metrics, and a playground at /."""
+    try:
+        from sbdcli.serve import Limits, Settings, bind, create_app, run
+    except ImportError as exc:
+        raise UserError(
+            f"sbd serve needs the serve extra (pip install 'sbdcli[serve]'): {exc}"
+        ) from None
+    from sbdcli import pipeline as pl
+
+    _check("--port", port, 0)
+    _check("--max-batch", max_batch, 1)
+    _check("--max-queue", max_queue, max_batch)
+    _check("--max-n", max_n, 1)
+    _check("--max-body", max_body, 1024)
+    if port > 65535:
+        raise UserError(f"--port must be <= 65535, got {port}")
+    key = api_key or os.environ.get("SBD_API_KEY") or None
+    ref = pl.load_model_ref(pl.default_model_path(model), device)
+    settings = Settings(key, max_body, max_batch, max_queue, Limits(max_n=max_n))
+    application = create_app(ref, settings)
+    sock = bind(host, port)
+
+    def ready(url: str) -> None:
+        console.print(f"sbd serve: {ref.id} at {url} (playground: {url}/)", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+
+    run(application, sock, ready)

@@ -1,0 +1,184 @@
+"""A validated completion request as the sampler sees it: a `Job`.
+
+`make_job` turns a `CompletionRequest` into the prompts, length, draft configuration and
+K-stage plan that `sbd generate` would build from the same settings as flags (cli/sample.py
+is the reference; the two must agree, tests/test_serve_jobs.py checks it record for record).
+Record ids: a seeded request's rows are named as `sbd generate --prompts` names the prompt
+of a one-line prompts file (`p1`, or `p1-<j>` with n > 1; `sbd.id` replaces `p1`), so that
+the command reproduces the request exactly; an unseeded request's rows are named after its
+completion id, and the seed is drawn for its batch. `Job.key` is what requests must share
+to run in one batch: everything but the prompts, the ids and n.
+
+Not here: the queue and the batch runner (batcher.py), HTTP (app.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sbdcli import pipeline as pl
+from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.errors import UserError
+from sbdcli.pipeline.prompts import Prompt, parse_prompt
+from sbdcli.serve.schemas import ApiError, CompletionRequest
+
+MAX_STOP = 4
+"""OpenAI's limit on stop sequences."""
+
+SAMPLER_KEYS = (
+    "steps_per_block",
+    "first_hitting",
+    "threshold",
+    "schedule",
+    "unmask",
+    "dtype",
+    "kv_cache",
+    "cache",
+    "refresh",
+)
+"""`sbd` options that are `SamplerConfig` fields (with top_p and temperature)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_n: int = 8
+    max_length: int = 0
+    """Longest sequence (prompt + max_tokens) in tokens; 0 = the model's trained length."""
+
+
+@dataclass
+class Job:
+    """One request, ready to sample: its rows and the settings its batch shares."""
+
+    prompts: list[Prompt]
+    prompt_len: int
+    length: int
+    draft_cfg: SamplerConfig
+    plan: list[pl.StagePlan]
+    stop_at_eos: bool
+    seed: int | None
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Requests with equal keys run in one batch (their records do not interact)."""
+        return (self.length, self.draft_cfg, tuple(self.plan), self.stop_at_eos, self.seed)
+
+    def with_seed(self, seed: int) -> Job:
+        """This job with its seed decided (an unseeded request's, drawn for its batch)."""
+        plan = [pl.StagePlan(_reseed(s.remask, seed), s.revise, seed) for s in self.plan]
+        return Job(self.prompts, self.prompt_len, self.length, self.draft_cfg, plan,
+                   self.stop_at_eos, seed, self.stop)  # fmt: skip
+
+
+def _reseed(cfg: RemaskConfig, seed: int) -> RemaskConfig:
+    values = {**cfg.__dict__, "seed": seed}
+    return RemaskConfig(**values)
+
+
+FIELD_NAMES = {
+    "gamma": "sbd.gammas",
+    "top_p": "top_p",
+    "temperature": "temperature",
+    "block_size": "sbd.stages",
+}
+"""The request field of each config field whose name differs from `sbd.<field>`."""
+
+
+def _name(config_field: str) -> str:
+    return FIELD_NAMES.get(config_field, f"sbd.{config_field}")
+
+
+def _config_error(exc: UserError) -> ApiError:
+    """A config message (it names `fields`) as a 400 naming the request's fields."""
+    message = str(exc)
+    found = re.search(r"`(\w+)`", message)
+    param = _name(found.group(1)) if found else "sbd"
+    return ApiError(400, re.sub(r"`(\w+)`", lambda m: _name(m.group(1)), message), param=param)
+
+
+def _configs(req: CompletionRequest, seed: int) -> tuple[SamplerConfig, list[pl.StagePlan]]:
+    """The draft configuration and the revise plan, exactly as `sbd generate` builds them."""
+    o = req.sbd
+    stages = o.stages if isinstance(o.stages, str) else ",".join(str(s) for s in o.stages)
+    gammas = o.gammas
+    if isinstance(gammas, list):
+        gammas = ",".join(str(g) for g in gammas)
+    try:
+        draft_block, schedule = pl.parse_stages(stages, str(gammas))
+    except UserError as exc:
+        param = "sbd.gammas" if "gammas" in str(exc) else "sbd.stages"
+        raise ApiError(400, str(exc).replace("--", "sbd."), param=param) from None
+    if o.revise_steps_per_block is not None and o.threshold is not None:
+        raise ApiError(400, "sbd.threshold and sbd.revise_steps_per_block exclude each other",
+                       param="sbd.threshold")  # fmt: skip
+    values: dict[str, Any] = {k: getattr(o, k) for k in SAMPLER_KEYS}
+    values.update(top_p=float(req.top_p), temperature=float(req.temperature))
+    if values["threshold"] is not None:
+        values["threshold"] = float(values["threshold"])
+    try:
+        draft_cfg = SamplerConfig(
+            block_size=draft_block, **{**values, "cache": "exact", "refresh": None}
+        )
+        plan = [
+            pl.StagePlan(
+                RemaskConfig(gamma=g, seed=seed, strategy=o.strategy, passes=o.passes),
+                SamplerConfig(blk, **{**values, "steps_per_block": o.revise_steps_per_block}),
+                seed,
+            )
+            for g, blk in schedule
+        ]
+    except UserError as exc:
+        raise _config_error(exc) from None
+    return draft_cfg, plan
+
+
+def _prompt(req: CompletionRequest, ref: pl.ModelRef) -> list[int]:
+    """The prompt's ids, BOS first, as `sbd generate --prompts` reads them."""
+    obj: dict[str, Any] = (
+        {"prompt": req.prompt} if isinstance(req.prompt, str) else {"prompt_tokens": req.prompt}
+    )
+    if isinstance(req.prompt, str) and req.prompt == "":
+        obj = {"prompt_tokens": []}
+    try:
+        return parse_prompt(obj, ref, "prompt")
+    except UserError as exc:
+        raise ApiError(400, str(exc), param="prompt") from None
+
+
+def _stops(req: CompletionRequest) -> list[str]:
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stops) > MAX_STOP or any(s == "" for s in stops):
+        raise ApiError(400, f"stop: at most {MAX_STOP} non-empty strings", param="stop")
+    return stops
+
+
+def make_job(req: CompletionRequest, ref: pl.ModelRef, limits: Limits, name: str) -> Job:
+    """Validate a request against the model and the limits; `name`: its completion id."""
+    if req.n > limits.max_n:
+        raise ApiError(400, f"n must be <= {limits.max_n} (the server's limit)", param="n")
+    trained = ref.model.config.seq_len
+    max_length = limits.max_length or trained
+    tokens = _prompt(req, ref)
+    room = max_length - len(tokens)
+    if room < 1:
+        raise ApiError(400, f"the prompt has {len(tokens)} tokens; the model's length limit is "
+                       f"{max_length}", param="prompt")  # fmt: skip
+    max_tokens = room if req.max_tokens is None else req.max_tokens
+    if max_tokens > room:
+        raise ApiError(400, f"max_tokens must be <= {room} (the model's length limit "
+                       f"{max_length} minus the prompt's {len(tokens)} tokens)",
+                       param="max_tokens")  # fmt: skip
+    if req.sbd.stop_at_eos and ref.model.config.eos_id is None:
+        raise ApiError(400, "this model's vocabulary has no EOS token", param="sbd.stop_at_eos")
+    draft_cfg, plan = _configs(req, req.seed or 0)
+    base = req.sbd.id or ("p1" if req.seed is not None else name)
+    ids = [base] if req.n == 1 else [f"{base}-{j}" for j in range(req.n)]
+    prompts = [Prompt(i, list(tokens)) for i in ids]
+    length = len(tokens) + max_tokens
+    return Job(prompts, len(tokens), length, draft_cfg, plan, req.sbd.stop_at_eos, req.seed,
+               _stops(req))  # fmt: skip

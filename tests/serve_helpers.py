@@ -1,0 +1,77 @@
+"""Shared helpers of the `sbd serve` tests: a tiny random run, a live server on loopback,
+records without their wall-clock fields."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fake_model import tiny_denoiser
+
+V = 12  # content tokens of the synthetic vocabulary: BOS = 12, MASK = 13, EOS = 14
+
+
+def make_run(root: Path, seq_len: int = 32) -> Path:
+    """RUN/model.safetensors (random tiny Denoiser) + RUN/data/manifest.json; runs/latest."""
+    from sbdcli.model.checkpoint import save_sbd_model
+
+    model = tiny_denoiser(seq_len=seq_len, vocab_size=V + 2)
+    run = root / "runs" / "r1"
+    (run / "data").mkdir(parents=True)
+    save_sbd_model(model, run / "model.safetensors", {"model_config": model.config.to_dict()})
+    manifest = {
+        "schema": "sbd.data",
+        "schema_version": 1,
+        "source": "test",
+        "tokenizer": {"kind": "synthetic", "vocab": V},
+        "vocab_size": V + 2,
+        "mask_id": V + 1,
+        "bos_id": V,
+        "eos_id": None,
+        "seq_len": seq_len,
+    }
+    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    (root / "runs" / "latest").symlink_to("r1")
+    return run
+
+
+def comparable(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record without what says how it ran (seconds, batch_size: docs/serving.md)."""
+    out = dict(rec)
+    out["stages"] = [
+        {k: v for k, v in s.items() if k not in ("seconds", "batch_size")} for s in rec["stages"]
+    ]
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """`app` under uvicorn in a thread on a free loopback port; stopped on exit."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
+                            lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
