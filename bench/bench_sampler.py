@@ -16,6 +16,10 @@ docs/benchmarks.md (`--write`) and prints the table.
     python -m bench.bench_sampler --trained RUN --data DATA --write   # threshold rows
     python -m bench.bench_sampler --approx --grid tiny:256:8,tiny:1024:4 \
         --trained RUN --data DATA --write                          # approximate revise rows
+    python -m bench.bench_sampler --paper --lengths 128,512 --write   # paper shape vs GPT-2
+    python -m bench.bench_sampler --long --lengths 1024,2048,4096 --write  # long-L calls
+
+The paper-shape rows (`--paper`, `--long`) live in bench/paper_shape.py.
 """
 
 from __future__ import annotations
@@ -685,11 +689,19 @@ def main() -> None:
     ap.add_argument("--machine", help="machine line for --render (default: this one)")
     ap.add_argument("--approx", action="store_true", help="approximate revise cache rows")
     ap.add_argument("--compile", action="store_true", help="captured draft call rows")
+    ap.add_argument("--paper", action="store_true", help="paper shape beside GPT-2 generate")
+    ap.add_argument("--long", action="store_true", help="paper shape: long-L calls, peak memory")
+    ap.add_argument("--lengths", default="128,512", help="--paper / --long: sequence lengths")
+    ap.add_argument("--precisions", default="fp32,bf16", help="--paper / --long: precisions")
+    ap.add_argument("--n", type=int, default=2, help="--paper: samples per batch")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from bench._report import machine, write_section
 
+    if args.paper or args.long:
+        _paper_main(args, machine, write_section)
+        return
     if args.approx:
         _approx_main(args, machine, write_section)
         return
@@ -726,6 +738,30 @@ def main() -> None:
         write_section(
             "sampler", intro() + body + "".join("\n" + Path(p).read_text() for p in args.include)
         )
+
+
+def _paper_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    """`--paper` / `--long`: the paper-shape rows of bench/paper_shape.py."""
+    from bench import paper_shape as ps
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    precisions = args.precisions.split(",")
+    if args.long:
+        rows = ps.long_rows(lengths, args.device, precisions, args.threads)
+        table_md, name, intro_md = ps.long_table(rows), "sampler-long", ps.LONG_INTRO
+    else:
+        rows = ps.paper_rows(lengths, args.n, args.device, precisions, args.repeats)
+        table_md, name, intro_md = ps.paper_table(rows), "sampler-paper", ps.PAPER_INTRO
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
+    body = (
+        f"Machine: {machine()}; device {args.device}; torch threads "
+        f"{torch.get_num_threads()}.\n\nCommand: `{command}`\n\n{table_md}\n"
+    )
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section(f"{name}-{args.device.split(':')[0]}", intro_md + body)
 
 
 def _threshold_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:

@@ -32,6 +32,33 @@ from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.model import Denoiser
 
+PAPER_INTRO = (
+    "## Paper shape beside GPT-2 (`python -m bench.bench_sampler --paper`)\n\n"
+    "sbd at BD3-LM's small shape (12 layers, d 768, 12 heads, GPT-2 vocabulary 50,258; "
+    "random weights, output layer and adaLN biases drawn so every layer works) against "
+    "transformers GPT-2 124M (`GPT2Config()`, random init, nothing downloaded) `generate` "
+    "with its KV cache, top-p 0.9, the same precision, interleaved in one run; medians over "
+    "the repeats. Batch of n samples of L tokens (BOS + L - 1 generated). *x AR* = GPT-2's "
+    "seconds for the same n (L - 1) tokens / sbd's seconds (> 1: faster than AR). *draft "
+    "1/call*: block 4, one token per call, random order, exact KV cache; *2/call*: "
+    "`--steps-per-block 2`; the revises follow the 2/call draft: snapshot remask gamma 0.25, "
+    "then one global bidirectional block, one token per call, exact (every call runs all "
+    "L positions) or approximate (`--cache approx --refresh 4`). Threshold drafts need a "
+    "trained model: they are measured on the trained synthetic model (section "
+    "sampler-threshold), not here.\n\n"
+)
+LONG_INTRO = (
+    "## Paper shape, long sequences (`python -m bench.bench_sampler --long`)\n\n"
+    "Single network calls at L = 1024-4096 (a whole draft at L = 4096 is 4,095 calls): a "
+    "cached draft call at the end of the sequence (the dearest: it attends to L - 4 cached "
+    "positions; *prefill* = the first call, which also encodes those L - 4 clean tokens into "
+    "the cache) and one call of the exact global revise (all L positions run). Each (L, "
+    "call, precision) in a fresh process; *peak memory* = that process's peak RSS on CPU "
+    "(weights included), `max_memory_allocated` on CUDA. *full stage, extrapolated* = the "
+    "call time x (L - 1) draft calls, or x L / 4 revise calls (gamma 0.25, one token per "
+    "call): an upper bound for the draft (earlier calls see a shorter cache).\n\n"
+)
+
 PAPER = {"n_layers": 12, "d_model": 768, "n_heads": 12, "cond_dim": 128}
 VOCAB = 50258  # GPT-2's 50,257 tokens + [MASK]; BOS = EOS = 50256 as in BD3-LM's OWT runs
 
@@ -227,14 +254,17 @@ def one_call(length: int, kind: str, device: str, prec: str, calls: int = 2) -> 
     return row
 
 
-def long_rows(lengths: list[int], device: str, precisions: list[str]) -> list[dict[str, Any]]:
+def long_rows(
+    lengths: list[int], device: str, precisions: list[str], threads: int = 0
+) -> list[dict[str, Any]]:
     """`one_call` in a fresh process per (L, kind, precision): each peak is its own."""
     rows = []
     for length in lengths:
         for kind in ("draft", "revise"):
             for prec in precisions:
                 code = (
-                    "import json, sys; sys.path.insert(0, 'bench'); import paper_shape as p; "
+                    "import json, torch; from bench import paper_shape as p; "
+                    f"torch.set_num_threads({threads} or torch.get_num_threads()); "
                     f"print(json.dumps(p.one_call({length}, {kind!r}, {device!r}, {prec!r})))"
                 )
                 env = dict(os.environ)
