@@ -44,29 +44,49 @@ def test_bf16_call_runs_matmuls_in_bf16_and_leaves_float64_alone():
         assert (a @ a.T).dtype == torch.float32
 
 
-def test_session_runs_nothing_in_bf16_between_calls():
-    a = torch.randn(4, 8)
-    with precision.session("bf16", "cpu"):
-        assert (a @ a.T).dtype == torch.float32  # between network calls: unchanged
+def test_bf16_copy_computes_what_autocast_computes_from_fp32_weights():
+    """The bf16-weight copy: the same logits as autocast over the float32 weights, bit for
+    bit; its non-Linear parameters are the model's own tensors (nothing else copied)."""
+    net = tiny_denoiser()
+    x = torch.randint(0, 30, (2, 32))
+    with torch.inference_mode():
+        shadow = precision.for_calls(net, "bf16", "cpu")
         with precision.network("bf16", "cpu"):
-            assert (a @ a.T).dtype == torch.bfloat16
-        assert (a @ a.T).dtype == torch.float32
+            want, got = net(x, torch.arange(32), None), shadow(x, torch.arange(32), None)
+    assert torch.equal(want, got) and got.dtype == torch.float32
+    pairs = list(zip(net.parameters(), shadow.parameters(), strict=True))
+    assert any(b.dtype == torch.bfloat16 for _, b in pairs)
+    assert all(a is b for a, b in pairs if b.dtype == torch.float32)
+    assert shadow.output_layer.linear.weight.dtype == torch.bfloat16
+    assert shadow.vocab_embed.embedding.dtype == torch.float32  # a lookup, not a matmul
 
 
-def test_session_keeps_weight_casts_across_calls():
-    """Under the session a weight is cast to bf16 once: the second call reuses the cast."""
-    lin = torch.nn.Linear(64, 64)
-    x = torch.randn(2, 64)
-    with torch.inference_mode(), precision.session("bf16", "cpu"):
-        with precision.network("bf16", "cpu"):
-            first = lin(x)
-        with precision.network("bf16", "cpu"):
-            second = lin(x)
-    assert torch.equal(first, second)
-    # a cast weight kept alive by the cache is visible as a cached tensor only inside; what
-    # we can check from outside is that results equal the explicit bf16 computation
-    want = torch.nn.functional.linear(x.bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16())
-    assert torch.equal(first, want)
+def test_bf16_copy_is_made_once_and_remade_when_the_weights_change():
+    net = tiny_denoiser()
+    assert precision.for_calls(net, "fp32", "cpu") is net
+    assert precision.for_calls(net, "auto", "cpu") is net  # auto on CPU: fp32
+    first = precision.for_calls(net, "bf16", "cpu")
+    assert precision.for_calls(net, "bf16", "cpu") is first
+    with torch.no_grad():
+        net.output_layer.linear.weight.add_(1.0)  # an in-place update (a training step)
+    second = precision.for_calls(net, "bf16", "cpu")
+    assert second is not first
+    want = net.output_layer.linear.weight.bfloat16()
+    assert torch.equal(second.output_layer.linear.weight, want)
+
+
+def test_a_weight_tied_to_an_embedding_stays_fp32():
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 8)
+            self.head = torch.nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+            self.proj = torch.nn.Linear(8, 8)
+
+    shadow = precision.bf16_copy(Tied())
+    assert shadow.emb.weight.dtype == shadow.head.weight.dtype == torch.float32
+    assert shadow.proj.weight.dtype == torch.bfloat16
 
 
 # --------------------------------------------------------------------------- sampling at bf16
@@ -96,18 +116,17 @@ def test_bf16_draft_keeps_float64_confidences_close_to_fp32(model, kw):
     assert 0 < gap < 0.05, float(gap)  # not bit-identical (bf16 did run), but close
 
 
-def test_bf16_cache_stores_bf16_keys(model, monkeypatch):
-    made = []
-    real = model.new_cache
-
-    def spy(*args, **kw):
-        made.append(real(*args, **kw))
-        return made[-1]
-
-    monkeypatch.setattr(model, "new_cache", spy)
-    draft(model, n=1, precision="bf16")
-    draft(model, n=1, precision="fp32")
-    assert made[0].k.dtype == torch.bfloat16 and made[1].k.dtype == torch.float32
+def test_bf16_engine_calls_the_bf16_copy_and_caches_bf16_keys(model):
+    """A bf16 fill runs the bf16-weight copy and keeps bf16 keys/values (what its calls
+    make: no cast of the cache per call); an fp32 fill runs the model and float32 keys."""
+    prompts = [[model.config.bos_id]]
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        cfg = sp.SamplerConfig(block_size=4, precision=name)
+        engine = sp.draft_engine(model, prompts, 32, cfg, [sp.make_generator(0, "d", 0, "r")])
+        assert engine.window.cache.k.dtype == dtype
+        assert (engine.window.model is model) == (name == "fp32")
+        out = engine.run()
+        assert engine.window.cache.length > 0 and not (out.tokens == model.config.mask_id).any()
 
 
 def test_bf16_remask_scores_close_to_fp32(model):

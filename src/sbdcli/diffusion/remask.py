@@ -27,7 +27,7 @@ import torch
 
 from sbdcli.config import REMASK_STRATEGIES
 from sbdcli.errors import UserError
-from sbdcli.model.precision import network
+from sbdcli.model.precision import for_calls, network
 
 __all__ = [
     "STRATEGIES",
@@ -74,7 +74,7 @@ def posthoc_scores(model: Any, tokens: torch.Tensor, precision: str = "fp32") ->
     _check_length(model, length, "post-hoc")
     positions = torch.arange(length, device=tokens.device)
     with network(precision, tokens.device):
-        logits = model(tokens, positions, None)  # (n, T, V)
+        logits = for_calls(model, precision, tokens.device)(tokens, positions, None)  # (n, T, V)
     return token_probs(logits, tokens, model.config.mask_id).cpu()
 
 
@@ -96,13 +96,14 @@ def masked_scores(
     eligible = eligible.to(tokens.device)
     scores = torch.ones(n, length, dtype=torch.float64)
     calls = torch.zeros(n, dtype=torch.long)
+    net = for_calls(model, precision, tokens.device)
     for j in range(passes):
         sel = eligible & (idx % passes == j)[None, :]  # (n, T)
         if not bool(sel.any()):
             continue
         x = tokens.masked_fill(sel, mask_id)
         with network(precision, tokens.device):
-            logits = model(x, idx, None)
+            logits = net(x, idx, None)
         probs = token_probs(logits, tokens, mask_id).cpu()  # (n, T)
         sel = sel.cpu()
         scores[sel] = probs[sel]

@@ -653,10 +653,11 @@ class FillEngine:
         offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
         self.state = _State(x, todo.clone(), offset, model.config.mask_id)
         self.cancelled = torch.zeros(n, dtype=torch.bool)
-        step = _compiled_step(model) if cfg.compile else None
-        self.window = _Window(model, n, length, self.block, cfg.kv_cache, cfg.refresh_every, step)
-        self.bf16 = precision.resolve(cfg.precision, tokens.device) == "bf16"
-        if self.window.cache is not None and self.bf16:
+        net = precision.for_calls(model, cfg.precision, tokens.device)  # bf16: bf16 weights
+        step = _compiled_step(net) if cfg.compile else None
+        self.window = _Window(net, n, length, self.block, cfg.kv_cache, cfg.refresh_every, step)
+        bf16 = precision.resolve(cfg.precision, tokens.device) == "bf16"
+        if self.window.cache is not None and bf16:
             self.window.cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no casts per call
         self.result: FillResult | None = None
         self._events = self._run()
@@ -688,14 +689,13 @@ class FillEngine:
         state, length, calls_made = self.state, self.state.x.shape[1], 0
         n = state.x.shape[0]
         stop = torch.full((n,), -1, dtype=torch.long)
-        with precision.session(self.cfg.precision, state.x.device):
-            for lo in range(0, length, self.block):
-                hi = min(length, lo + self.block)
-                for commits in self._block(lo, hi):
-                    calls_made += 1
-                    yield _event(calls_made, lo, hi, commits)
-                if self.eos_id is not None:
-                    _stop_at_eos(state, hi, self.eos_id, stop)
+        for lo in range(0, length, self.block):
+            hi = min(length, lo + self.block)
+            for commits in self._block(lo, hi):
+                calls_made += 1
+                yield _event(calls_made, lo, hi, commits)
+            if self.eos_id is not None:
+                _stop_at_eos(state, hi, self.eos_id, stop)
         self.result = FillResult(
             tokens=state.x,
             confidence=state.conf,

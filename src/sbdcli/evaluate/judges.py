@@ -30,7 +30,7 @@ from sbdcli.diffusion.loss import subs_log_probs
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo, scored_mask
 from sbdcli.model import load_model
-from sbdcli.model.precision import network
+from sbdcli.model.precision import for_calls, network
 from sbdcli.model.precision import resolve as resolve_precision
 
 
@@ -262,8 +262,9 @@ class SbdJudge:
         """log p(x0_i | x0_<i) for every position i >= 1: (B, L) float32 (position 0 = 0)."""
         x_t = torch.full_like(x0, self.config.mask_id)
         x_t[:, 0] = x0[:, 0]
+        net = for_calls(self.model, self.precision, self.device)
         with network(self.precision, self.device):
-            logits = self.model.train_logits(x_t, x0, 1)  # (B, L, V)
+            logits = net.train_logits(x_t, x0, 1)  # (B, L, V)
         logp = subs_log_probs(logits, x_t, self.config.mask_id)
         out = logp.gather(-1, x0[..., None])[..., 0]  # (B, L)
         out[:, 0] = 0.0

@@ -22,7 +22,7 @@ from sbdcli.artifacts.rundir import RunDir
 from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Progress, VocabInfo, finite
-from sbdcli.model.precision import network
+from sbdcli.model.precision import for_calls, network
 from sbdcli.model.precision import resolve as resolve_precision
 
 
@@ -89,6 +89,7 @@ def heldout_perplexity(
     reps = 1 if exact or t is not None or x_t is not None else mc
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
+    net = for_calls(model, precision, device)
     values = []
     for rep in range(reps):
         gen = torch.Generator(device=device).manual_seed(seed + rep)
@@ -104,7 +105,7 @@ def heldout_perplexity(
                 xb[:, 0] = x0[:, 0]
             with torch.inference_mode(), network(precision, device):
                 out = block_nelbo(
-                    model, x0, block_size, generator=gen, eps_min=eps_min, eps_max=eps_max,
+                    net, x0, block_size, generator=gen, eps_min=eps_min, eps_max=eps_max,
                     t=tb, x_t=xb,
                 )  # fmt: skip
             total += float(out.token_nelbo[:, 1:].double().sum())

@@ -6,11 +6,14 @@ anywhere else. `network(precision, device)` is the context one network call runs
 - bf16: `torch.autocast(device, torch.bfloat16)`: matmuls and attention in bf16, the
   float32 LayerNorms and the float32 logits (`Denoiser` upcasts them) as they are;
 - fp32 on CUDA: TF32 tensor cores for float32 matmuls (`float32_matmul_precision`
-  "high", restored afterwards), the same setting `sbd train` leaves on;
+  "high", restored afterwards);
 - fp32 elsewhere: nothing changes.
-`session(precision, device)` wraps many calls (a whole fill): under it the weights that
-autocast casts to bf16 are cast once and reused by every call inside, instead of once per
-call (autocast drops its cast cache when the outermost autocast context exits).
+`for_calls(model, precision, device)` is the module the calls run: at bf16 a copy of the
+model whose `nn.Linear` weights and biases are stored in bf16 (made once per model and
+weight version, everything else shared with the model), so that autocast finds them in
+bf16 instead of casting every weight at every call. Autocast's own cast cache does not
+help here: it is off under `torch.inference_mode`, which every sampling pass runs in. The
+copy computes exactly what autocast computes from the float32 weights (the same rounding).
 
 Not here: what is computed in float64 from the logits (the categorical draw and the
 confidences, diffusion/sampler.py) and training's mixed precision (train/build.py).
@@ -19,15 +22,18 @@ confidences, diffusion/sampler.py) and training's mixed precision (train/build.p
 from __future__ import annotations
 
 import contextlib
+import copy
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
 from sbdcli.config import PRECISIONS
 from sbdcli.errors import UserError
 
-__all__ = ["PRECISIONS", "network", "resolve", "session"]
+__all__ = ["PRECISIONS", "bf16_copy", "for_calls", "network", "resolve"]
 
 
 def _device_type(device: Any) -> str:
@@ -62,16 +68,59 @@ def network(precision: str, device: Any) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-@contextlib.contextmanager
-def session(precision: str, device: Any) -> Iterator[None]:
-    """Keep autocast's bf16 weight casts alive across the network calls made inside.
+_SHADOWS: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
 
-    Opens a disabled autocast context (it runs nothing in bf16 itself: the draw and every
-    other operation between calls keep their dtype) so that the cast cache is dropped
-    only when the session ends; a no-op at fp32.
-    """
-    if resolve(precision, device) != "bf16":
-        yield
-        return
-    with torch.autocast(_device_type(device), dtype=torch.bfloat16, enabled=False):
-        yield
+
+def for_calls(model: Any, precision: str, device: Any) -> Any:
+    """The module that network calls at `precision` run (see the module doc): `model`
+    itself at fp32, else its bf16-weight copy (cached; remade when the weights change)."""
+    if resolve(precision, device) != "bf16" or not isinstance(model, nn.Module):
+        return model
+    linear = _cast_parameters(model)
+    if not linear:
+        return model
+    key = _versions(linear)
+    cached = _SHADOWS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, bf16_copy(model, linear))
+        _SHADOWS[model] = cached
+    return cached[1]
+
+
+def _cast_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Floating weights and biases of `nn.Linear` modules that no other module uses (a
+    weight tied to an embedding stays float32: the lookup is not a matmul)."""
+    other = {
+        id(p)
+        for m in model.modules()
+        if not isinstance(m, nn.Linear)
+        for p in m.parameters(recurse=False)
+    }
+    out: dict[int, nn.Parameter] = {}
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            for p in m.parameters(recurse=False):
+                if p.dtype == torch.float32 and id(p) not in other:
+                    out[id(p)] = p
+    return list(out.values())
+
+
+def _versions(params: list[nn.Parameter]) -> tuple[Any, ...]:
+    """What identifies these weights' values: storage and in-place update count."""
+    try:
+        return tuple((p.data_ptr(), p._version) for p in params)
+    except RuntimeError:  # made under inference_mode: no version counter
+        return tuple((p.data_ptr(), None) for p in params)
+
+
+def bf16_copy(model: nn.Module, params: list[nn.Parameter] | None = None) -> nn.Module:
+    """A copy of `model` with `params` (default: `_cast_parameters`) stored in bf16 and
+    every other parameter and buffer shared (not copied)."""
+    params = _cast_parameters(model) if params is None else params
+    memo: dict[int, Any] = {}
+    with torch.no_grad():
+        for p in params:
+            memo[id(p)] = nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+    for t in (*model.parameters(), *model.buffers()):
+        memo.setdefault(id(t), t)
+    return copy.deepcopy(model, memo)
