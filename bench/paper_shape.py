@@ -37,7 +37,8 @@ PAPER_INTRO = (
     "sbd at BD3-LM's small shape (12 layers, d 768, 12 heads, GPT-2 vocabulary 50,258; "
     "random weights, output layer and adaLN biases drawn so every layer works) against "
     "transformers GPT-2 124M (`GPT2Config()`, random init, nothing downloaded) `generate` "
-    "with its KV cache, top-p 0.9, the same precision, interleaved in one run; medians over "
+    "with its KV cache, top-p 0.9, the same precision (bf16: sbd under bf16 autocast with "
+    "bf16 matmul weights, GPT-2 with all weights in bf16), interleaved in one run; medians over "
     "the repeats. Batch of n samples of L tokens (BOS + L - 1 generated). *x AR* = GPT-2's "
     "seconds for the same n (L - 1) tokens / sbd's seconds (> 1: faster than AR). *draft "
     "1/call*: block 4, one token per call, random order, exact KV cache; *2/call*: "
@@ -79,11 +80,14 @@ def build(length: int, device: str) -> Denoiser:
     return model.to(device).eval()
 
 
-def gpt2(device: str) -> Any:
+def gpt2(device: str, prec: str = "fp32") -> Any:
+    """GPT-2 124M, random init; at bf16 its weights are bf16 (`torch_dtype=bfloat16`, how
+    transformers models usually run in bf16: no per-step weight casts)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config()).to(device).eval()
+    model = GPT2LMHeadModel(GPT2Config()).to(device).eval()
+    return model.to(torch.bfloat16) if prec == "bf16" else model
 
 
 def sync(device: str) -> None:
@@ -112,8 +116,8 @@ def ar_generate(model: Any, n: int, length: int, device: str, prec: str) -> floa
         do_sample=True, top_p=0.9, top_k=0, max_new_tokens=length - 1,
         min_new_tokens=length - 1, pad_token_id=50256, attention_mask=torch.ones_like(ids),
     )  # fmt: skip
-    with torch.inference_mode(), network(prec, device):
-        return clock(lambda: model.generate(ids, **kw), device)[0]
+    with torch.inference_mode(), network("fp32" if prec == "bf16" else prec, device):
+        return clock(lambda: model.generate(ids, **kw), device)[0]  # bf16: bf16 weights
 
 
 def sbd_draft(model: Denoiser, n: int, length: int, device: str, **kw: Any) -> tuple[float, Any]:
@@ -174,12 +178,13 @@ def measure(
 def paper_rows(
     lengths: list[int], n: int, device: str, precisions: list[str], repeats: int
 ) -> list[dict[str, Any]]:
-    ar = gpt2(device)
+    ars = {prec: gpt2(device, prec) for prec in precisions}
     rows = []
     for length in lengths:
         model = build(length, device)
         sbd_draft(model, n, 16, device)  # warm-up
         for prec in precisions:
+            ar = ars[prec]
             row = measure(model, ar, n, length, device, prec, repeats, exact_revise=length <= 128)
             print(json.dumps(row), flush=True)
             rows.append(row)
