@@ -143,27 +143,23 @@ def sbd_revise(model: Denoiser, out: Any, device: str, **kw: Any) -> float:
     return clock(lambda: sp.revise(model, out.tokens, masked, cfg, g), device)[0]
 
 
-def measure(
-    model: Denoiser, ar: Any, n: int, length: int, device: str, prec: str, repeats: int,
-    exact_revise: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """One (L, precision) row: every setting and GPT-2 interleaved, `repeats` times."""
-    times: dict[str, list[float]] = {}
+def measure_once(
+    model: Denoiser, ar: Any, n: int, length: int, device: str, prec: str, exact: bool
+) -> dict[str, float]:
+    """Seconds of GPT-2 and of every sbd setting at one precision, one after the other."""
+    out = {"ar": ar_generate(ar, n, length, device, prec)}
+    out["draft1"], _ = sbd_draft(model, n, length, device, precision=prec)
+    out["draft2"], two = sbd_draft(model, n, length, device, precision=prec, steps_per_block=2)
+    out["approx"] = sbd_revise(model, two, device, precision=prec, cache="approx", refresh=4)
+    if exact:
+        out["exact"] = sbd_revise(model, two, device, precision=prec)
+    return out
 
-    def add(name: str, secs: float) -> None:
-        times.setdefault(name, []).append(secs)
 
-    for _ in range(repeats):
-        add("ar", ar_generate(ar, n, length, device, prec))
-        t1, _ = sbd_draft(model, n, length, device, precision=prec)
-        add("draft1", t1)
-        t2, two = sbd_draft(model, n, length, device, precision=prec, steps_per_block=2)
-        add("draft2", t2)
-        add("approx", sbd_revise(model, two, device, precision=prec, cache="approx", refresh=4))
-        if exact_revise:
-            add("exact", sbd_revise(model, two, device, precision=prec))
+def summary(times: dict[str, list[float]], n: int, length: int, prec: str) -> dict[str, Any]:
+    """One (L, precision) row from its repeats: medians and ratios to GPT-2."""
     med = {k: statistics.median(v) for k, v in times.items()}
-    row: dict[str, Any] = {"L": length, "n": n, "precision": prec, "repeats": repeats}
+    row: dict[str, Any] = {"L": length, "n": n, "precision": prec, "repeats": len(times["ar"])}
     row.update({f"{k}_s": v for k, v in med.items()})
     row["ar_ms_step"] = 1000 * med["ar"] / (length - 1)
     row["draft1_ms_call"] = 1000 * med["draft1"] / (length - 1)
@@ -178,16 +174,22 @@ def measure(
 def paper_rows(
     lengths: list[int], n: int, device: str, precisions: list[str], repeats: int
 ) -> list[dict[str, Any]]:
+    """Per L: `repeats` rounds, each running every precision (GPT-2 and sbd) in turn."""
     ars = {prec: gpt2(device, prec) for prec in precisions}
     rows = []
     for length in lengths:
         model = build(length, device)
         sbd_draft(model, n, 16, device)  # warm-up
+        times: dict[str, dict[str, list[float]]] = {p: {} for p in precisions}
+        for _ in range(repeats):
+            for prec in precisions:
+                got = measure_once(model, ars[prec], n, length, device, prec, length <= 128)
+                print(json.dumps({"L": length, "precision": prec, **got}), flush=True)
+                for k, v in got.items():
+                    times[prec].setdefault(k, []).append(v)
         for prec in precisions:
-            ar = ars[prec]
-            row = measure(model, ar, n, length, device, prec, repeats, exact_revise=length <= 128)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            rows.append(summary(times[prec], n, length, prec))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
