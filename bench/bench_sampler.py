@@ -28,6 +28,7 @@ import argparse
 import functools
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -694,6 +695,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,512", help="--paper / --long: sequence lengths")
     ap.add_argument("--precisions", default="fp32,bf16", help="--paper / --long: precisions")
     ap.add_argument("--n", type=int, default=2, help="--paper: samples per batch")
+    ap.add_argument("--quality", action="store_true", help="--trained: bf16 vs fp32 quality")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -707,6 +709,9 @@ def main() -> None:
         return
     if args.compile:
         _compile_main(args, machine, write_section)
+        return
+    if args.quality:
+        _quality_main(args, machine, write_section)
         return
     if args.trained:
         _threshold_main(args, machine, write_section)
@@ -740,6 +745,66 @@ def main() -> None:
         )
 
 
+def quality_rows(
+    run: str, data: str, n: int, seeds: int, block: int, device: str
+) -> list[dict[str, Any]]:
+    """bf16 against fp32 sampling on one trained model: per seed, n drafts (one token per
+    call, and 2 per call) at each precision from the same generators; oracle Gen PPL
+    (per-sample mean) and unigram entropy per seed, then their mean and spread over seeds."""
+    from sbdcli import pipeline as pl
+    from sbdcli.evaluate.judges import OracleJudge
+    from sbdcli.evaluate.metrics import unigram_entropy
+
+    ref = pl.load_model_ref(run, device)
+    judge = OracleJudge(Path(data))
+    length = ref.model.config.seq_len
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for seed in range(seeds):
+        for steps in (block, block // 2):
+            for prec in ("fp32", "bf16"):
+                cfg = sp.SamplerConfig(block_size=block, steps_per_block=steps, precision=prec)
+                job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
+                secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
+                nll, ntok = _oracle_scores(judge, recs)
+                ppl = [math.exp(a / b) for a, b in zip(nll, ntok, strict=True)]
+                ent = [unigram_entropy(r["tokens"][1:]) for r in recs]
+                acc = per.setdefault((f"{block // steps} token(s)/call", prec), {})
+                for k, v in (("genppl", sum(ppl) / n), ("entropy", sum(ent) / n), ("s", secs)):
+                    acc.setdefault(k, []).append(v)
+    rows = []
+    for (setting, prec), acc in per.items():
+        row: dict[str, Any] = {"setting": setting, "precision": prec, "seeds": seeds, "n": n}
+        for k, v in acc.items():
+            row[k] = statistics.mean(v)
+            row[f"{k}_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def quality_table(rows: list[dict[str, Any]]) -> str:
+    out = (
+        "| draft | precision | Gen PPL (oracle), mean ± sd over seeds | entropy, mean ± sd "
+        "| s per draw |\n|---|---|---:|---:|---:|\n"
+    )
+    for r in rows:
+        out += (
+            f"| {r['setting']} | {r['precision']} | {r['genppl']:.3f} ± {r['genppl_sd']:.3f} "
+            f"| {r['entropy']:.4f} ± {r['entropy_sd']:.4f} | {r['s']:.2f} |\n"
+        )
+    return out
+
+
+QUALITY_INTRO = (
+    "## bf16 sampling quality (`python -m bench.bench_sampler --quality`)\n\n"
+    "One trained model of the synthetic language (`--trained`), block 4, L = its trained "
+    "length; per seed, `--samples` drafts at fp32 and at bf16 from the same generators "
+    "(one token per call, and 2 per call); Gen PPL = oracle perplexity, per-sample mean; "
+    "entropy = mean unigram entropy (nats) of the generated tokens. Mean ± standard "
+    "deviation over the seeds (`--repeats`): bf16 passes where its mean lies within the "
+    "fp32 seed-to-seed spread.\n\n"
+)
+
+
 def _paper_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
     """`--paper` / `--long`: the paper-shape rows of bench/paper_shape.py."""
     from bench import paper_shape as ps
@@ -762,6 +827,26 @@ def _paper_main(args: argparse.Namespace, machine: Any, write_section: Any) -> N
     print(body)
     if args.write:
         write_section(f"{name}-{args.device.split(':')[0]}", intro_md + body)
+
+
+def _quality_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    if not (args.trained and args.data):
+        raise SystemExit("--quality needs --trained RUN --data DIR")
+    rows = quality_rows(
+        args.trained, args.data, args.samples, args.repeats, args.block, args.device
+    )
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
+    body = (
+        f"Machine: {machine()}; device {args.device}; block {args.block}; top-p 0.9; "
+        f"float64 sampling.\n\nCommand: `{command}`\n\n{quality_table(rows)}\n"
+    )
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section("sampler-precision-quality", QUALITY_INTRO + body)
 
 
 def _threshold_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
