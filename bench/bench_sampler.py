@@ -3,7 +3,7 @@ call vs a cached draft call, and a 2-tokens-per-call draft vs an autoregressive 
 the same width and depth decoding with its KV cache (transformers `generate`); and, on a
 trained model of the synthetic language, threshold (adaptive) drafts against one token per
 call: calls per sample, seconds and oracle Gen PPL (`--trained RUN --data DIR`); and the
-approximate revise cache (`--approx`: `--cache approx --refresh R` against the exact
+approximate revise cache (`--approx`: `--cache approx:R` against the exact
 revise and the cached draft, on random weights for time and, with `--trained`, on a
 trained model for oracle Gen PPL).
 
@@ -18,6 +18,7 @@ docs/benchmarks.md (`--write`) and prints the table.
         --trained RUN --data DATA --write                          # approximate revise rows
     python -m bench.bench_sampler --paper --lengths 128,512 --write   # paper shape vs GPT-2
     python -m bench.bench_sampler --long --lengths 1024,2048,4096 --write  # long-L calls
+    python -m bench.bench_sampler --calls --lengths 128,512 --repeats 5 --write  # one call
 
 The paper-shape rows (`--paper`, `--long`) live in bench/paper_shape.py.
 """
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from sbdcli.config import ModelConfig
+from sbdcli.config import ModelConfig, legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.model import Denoiser
@@ -81,7 +82,7 @@ def gens(n: int, stage: str, device: str) -> list[Any]:
 
 
 def draft(model: Denoiser, n: int, length: int, device: str, **kw: Any) -> tuple[float, Any]:
-    cfg = sp.SamplerConfig(block_size=4, **kw)
+    cfg = legacy_sampler(block_size=4, **kw)
     bos = model.config.bos_id
     return timed(lambda: sp.draft(model, [[bos]] * n, length, cfg, gens(n, "d", device)), device)
 
@@ -96,7 +97,7 @@ def revise(model: Denoiser, out: Any, device: str, per_call: int | None) -> tupl
         masked[i, rm.select_lowest(out.confidence[i].cpu(), elig, 0.25, keys)] = True
     m = int(masked[0].sum())
     steps = None if per_call is None else math.ceil(m / per_call)
-    cfg = sp.SamplerConfig(block_size=0, steps_per_block=steps)
+    cfg = legacy_sampler(block_size=0, steps_per_block=steps)
     secs, res = timed(
         lambda: sp.revise(model, out.tokens, masked.to(device), cfg, gens(n, "r", device)), device
     )
@@ -219,7 +220,7 @@ def approx_speed_row(
         best["draft"] = min(best.get("draft", math.inf), secs)
         masked = snapshot_mask(out).to(device)
         for name, kw in settings:
-            cfg = sp.SamplerConfig(block_size=0, **kw)
+            cfg = legacy_sampler(block_size=0, **kw)
             job = functools.partial(sp.revise, model, out.tokens, masked, cfg, gens(n, "r", device))
             secs, outs[name] = timed(job, device)
             best[name] = min(best.get(name, math.inf), secs)
@@ -285,7 +286,7 @@ def approx_quality_rows(
         for name, _ in settings
     }
     for seed in range(repeats):
-        cfg = sp.SamplerConfig(block_size=4)
+        cfg = legacy_sampler(block_size=4)
         job = functools.partial(
             pl.draft_batch, ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed
         )
@@ -295,7 +296,7 @@ def approx_quality_rows(
             if kw is None:
                 out, secs = recs, draft_secs
             else:
-                rcfg = sp.SamplerConfig(block_size=0, **kw)
+                rcfg = legacy_sampler(block_size=0, **kw)
                 secs, out = timed(
                     functools.partial(pl.revise_batch, masked, ref, rcfg, seed), device
                 )
@@ -382,8 +383,8 @@ APPROX_INTRO = (
     "## Approximate revise cache (`python -m bench.bench_sampler --approx`)\n\n"
     "Snapshot remask gamma 0.25 of a cached one-token-per-call draft (block 4), then one "
     "global revise block (`--block full`), one token per call unless a threshold is given. "
-    "*exact* = `--cache exact` (every call runs all L positions); *approx R* = `--cache "
-    "approx --refresh R` (docs/sampling.md). Time rows: random weights (speed does not "
+    "*exact* = `--cache exact` (every call runs all L positions); *approx R* = "
+    "`--cache approx:R` (docs/sampling.md). Time rows: random weights (speed does not "
     "depend on them), the fastest of `--repeats` interleaved rounds, revise seconds "
     "against the exact revise and against the cached draft they revise. Gen PPL rows: a "
     "trained model, oracle perplexity, per-sample mean, every setting revising the same "
@@ -552,7 +553,7 @@ def threshold_rows(
     }
     for seed in range(repeats):
         for name, kw in settings:
-            cfg = sp.SamplerConfig(block_size=block, **kw)
+            cfg = legacy_sampler(block_size=block, **kw)
             job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
             secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
             nll, ntok = _oracle_scores(judge, recs)
@@ -695,13 +696,14 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,512", help="--paper / --long: sequence lengths")
     ap.add_argument("--precisions", default="fp32,bf16", help="--paper / --long: precisions")
     ap.add_argument("--n", type=int, default=2, help="--paper: samples per batch")
+    ap.add_argument("--calls", action="store_true", help="paper shape: one call vs GPT-2 step")
     ap.add_argument("--quality", action="store_true", help="--trained: bf16 vs fp32 quality")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from bench._report import machine, write_section
 
-    if args.paper or args.long:
+    if args.paper or args.long or args.calls:
         _paper_main(args, machine, write_section)
         return
     if args.approx:
@@ -811,7 +813,10 @@ def _paper_main(args: argparse.Namespace, machine: Any, write_section: Any) -> N
 
     lengths = [int(x) for x in args.lengths.split(",")]
     precisions = args.precisions.split(",")
-    if args.long:
+    if args.calls:
+        rows = [r for n in lengths for r in ps.call_rows(n, args.n, args.device, args.repeats)]
+        table_md, name, intro_md = ps.calls_table(rows), "sampler-calls", ps.CALLS_INTRO
+    elif args.long:
         rows = ps.long_rows(lengths, args.device, precisions, args.threads)
         table_md, name, intro_md = ps.long_table(rows), "sampler-long", ps.LONG_INTRO
     else:
@@ -876,9 +881,9 @@ THRESHOLD_INTRO = (
     "*s/sample* = wall-clock of the draft (records included) / samples; Gen PPL = oracle "
     "perplexity, per-sample mean (BD3-LM protocol) and corpus (token-weighted); *entropy* = "
     "mean unigram entropy (nats) of a sample's generated tokens. *confident* = "
-    "`--unmask confident` (most probable position first), which is what a threshold "
+    "`--reveal steps:confident` (most probable position first), which is what a threshold "
     "degenerates to when no draw passes it. "
-    "`--threshold TAU` commits every position whose draw has probability >= TAU, at least "
+    "`--reveal threshold:TAU` commits every position whose draw has probability >= TAU, at least "
     "one per call (docs/sampling.md).\n\n"
 )
 

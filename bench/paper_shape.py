@@ -304,3 +304,97 @@ def long_table(rows: list[dict[str, Any]]) -> str:
             f"| {fmt(r.get('prefill_s'), 2)} | {fmt(r['peak_mb'], 0)} | {fmt(full, 0)} |\n"
         )
     return head + body
+
+
+# --------------------------------------------------------------------------- single calls
+CALLS_INTRO = (
+    "## Paper shape, one call against one GPT-2 step (`python -m bench.bench_sampler "
+    "--calls`)\n\n"
+    "The cost of one cached draft call of sbd (block 4 after L - 8 cached tokens: the 4 "
+    "tokens of the block run; *head at 1* reads out the one position a one-token random-"
+    "order call commits, *head at 4* every block position as before) against one GPT-2 "
+    "decoding step with its KV cache after the same context, at fp32 and bf16 (sbd: "
+    "autocast with bf16 matmul weights; GPT-2: bf16 weights), interleaved round by round; "
+    "medians over the rounds of the mean of `calls` calls. *call / step* = sbd's call time "
+    "over GPT-2's step time: at one token per call the draft runs at 1 / (call / step) of "
+    "AR speed.\n\n"
+)
+
+
+def call_rows(
+    length: int, n: int, device: str, rounds: int, calls: int = 4
+) -> list[dict[str, Any]]:
+    """Per precision: ms of a cached sbd draft call (head at 1 and at 4 positions) and of
+    one GPT-2 step, interleaved over `rounds`."""
+    from sbdcli.model.precision import for_calls, network
+
+    model = build(length, device)
+    g = torch.Generator().manual_seed(0)
+    tok = torch.randint(0, VOCAB - 2, (n, length), generator=g).to(device)
+    ctx = length - 8
+    ars = {p: gpt2(device, p) for p in ("fp32", "bf16")}
+
+    def sbd_call(prec: str, readout: bool) -> float:
+        net = for_calls(model, prec, device)
+        cache = net.new_cache(n, length)
+        if prec == "bf16":
+            cache.to_dtype(torch.bfloat16)
+        mask = torch.ones(4, ctx + 4, dtype=torch.bool, device=device)
+        kw = {"readout": torch.zeros(n, 1, dtype=torch.long, device=device)} if readout else {}
+        pos = torch.arange(ctx, ctx + 4, device=device)
+        with torch.inference_mode():
+            with network(prec, device):
+                net(tok[:, :ctx], torch.arange(ctx, device=device), None, cache, ctx)
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                with network(prec, device):
+                    net(tok[:, ctx : ctx + 4], pos, mask, cache, 0, **kw)
+            sync(device)
+        return (time.perf_counter() - start) / calls
+
+    def ar_step(prec: str) -> float:
+        ar = ars[prec]
+        with torch.inference_mode(), network("fp32", device):
+            past = ar(tok[:, :ctx], use_cache=True).past_key_values
+            sync(device)
+            start = time.perf_counter()
+            for i in range(calls):
+                past = ar(tok[:, ctx + i : ctx + i + 1], past_key_values=past).past_key_values
+            sync(device)
+        return (time.perf_counter() - start) / calls
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for prec in ("fp32", "bf16"):
+            for name, fn in (
+                ("gpt2", lambda p=prec: ar_step(p)),
+                ("head at 4", lambda p=prec: sbd_call(p, False)),
+                ("head at 1", lambda p=prec: sbd_call(p, True)),
+            ):
+                times.setdefault((prec, name), []).append(fn())
+    rows = []
+    for prec in ("fp32", "bf16"):
+        step = statistics.median(times[(prec, "gpt2")])
+        row: dict[str, Any] = {"L": length, "n": n, "precision": prec, "rounds": rounds}
+        row["gpt2_ms"] = 1000 * step
+        for name in ("head at 4", "head at 1"):
+            ms = 1000 * statistics.median(times[(prec, name)])
+            row[f"{name}_ms"] = ms
+            row[f"{name}_per_step"] = ms / row["gpt2_ms"]
+        rows.append(row)
+    return rows
+
+
+def calls_table(rows: list[dict[str, Any]]) -> str:
+    out = (
+        "| L | n | precision | GPT-2 step ms | sbd call ms, head at 4 | call / step | sbd call "
+        "ms, head at 1 | call / step |\n|---:|---:|---|---:|---:|---:|---:|---:|\n"
+    )
+    for r in rows:
+        out += (
+            f"| {r['L']} | {r['n']} | {r['precision']} | {fmt(r['gpt2_ms'], 1)} "
+            f"| {fmt(r['head at 4_ms'], 1)} | {fmt(r['head at 4_per_step'])} "
+            f"| {fmt(r['head at 1_ms'], 1)} | {fmt(r['head at 1_per_step'])} |\n"
+        )
+    return out

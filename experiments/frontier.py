@@ -52,7 +52,16 @@ from experiments.study_runs import (
 from experiments.timer import best_seconds
 from sbdcli.artifacts.files import write_json
 from sbdcli.artifacts.records import read_records
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import (
+    ApproxCache,
+    CacheKind,
+    ExactCache,
+    FixedSteps,
+    RemaskConfig,
+    RevealPolicy,
+    SamplerConfig,
+    Threshold,
+)
 from sbdcli.data import read_manifest
 from sbdcli.evaluate import markdown_grid
 from sbdcli.pipeline import (
@@ -76,7 +85,9 @@ class Draft:
     threshold: float | None = None
 
     def config(self) -> SamplerConfig:
-        return SamplerConfig(DRAFT_BLOCK, steps_per_block=self.steps, threshold=self.threshold)
+        tau = self.threshold
+        policy: RevealPolicy = FixedSteps(self.steps) if tau is None else Threshold(tau)
+        return SamplerConfig(DRAFT_BLOCK, reveal=policy)
 
     @property
     def label(self) -> str:
@@ -110,8 +121,10 @@ class Revise:
         steps = None
         if self.threshold is None and self.tpc != 1:
             steps = max(1, math.ceil(math.floor(self.gamma * (length - 1)) / (self.tpc or 1)))
-        cache = {} if self.refresh is None else {"cache": "approx", "refresh": self.refresh}
-        return SamplerConfig(0, steps_per_block=steps, threshold=self.threshold, **cache)
+        tau = self.threshold
+        policy: RevealPolicy = FixedSteps(steps) if tau is None else Threshold(tau)
+        cache: CacheKind = ExactCache() if self.refresh is None else ApproxCache(self.refresh)
+        return SamplerConfig(0, reveal=policy, cache=cache)
 
 
 DRAFTS = (

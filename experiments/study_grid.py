@@ -26,7 +26,7 @@ import torch
 from experiments.study_runs import DATASETS, DRAFT_BLOCK, MODELS, ds_dir, model_dir
 from experiments.timer import best_seconds
 from sbdcli.artifacts.files import write_json
-from sbdcli.config import GenPplOptions, RemaskConfig, SamplerConfig
+from sbdcli.config import FixedSteps, GenPplOptions, RemaskConfig, SamplerConfig
 from sbdcli.data import read_manifest
 from sbdcli.evaluate import evaluate_sets
 from sbdcli.pipeline import (
@@ -137,7 +137,7 @@ def set_path(args: argparse.Namespace, seed: int, group: Group, name: str) -> Pa
 def run_group(args: argparse.Namespace, group: Group, ref: ModelRef) -> None:
     """Draft n samples, then every revise of the group; reuse complete files."""
     seed, n, length = args.seed, args.n, ref.model.config.seq_len
-    dcfg = SamplerConfig(block_size=DRAFT_BLOCK, steps_per_block=group.steps)
+    dcfg = SamplerConfig(block_size=DRAFT_BLOCK, reveal=FixedSteps(group.steps))
     drafts, _ = reuse_or_write(
         set_path(args, seed, group, "only"),
         n,
@@ -145,7 +145,7 @@ def run_group(args: argparse.Namespace, group: Group, ref: ModelRef) -> None:
     )
     for rev in group.revises:
         rcfg = RemaskConfig(gamma=rev.gamma, strategy=rev.strategy, seed=seed)
-        scfg = SamplerConfig(block_size=rev.block, steps_per_block=rev.steps(length))
+        scfg = SamplerConfig(block_size=rev.block, reveal=FixedSteps(rev.steps(length)))
         reuse_or_write(
             set_path(args, seed, group, rev.name),
             n,
@@ -242,11 +242,11 @@ def timed_costs(
 
     costs: dict[str, float] = {}
     for steps in (*DRAFT_STEPS, EXTRA_STEPS) if drafts is None else drafts:
-        scfg = SamplerConfig(block_size=DRAFT_BLOCK, steps_per_block=steps)
+        scfg = SamplerConfig(block_size=DRAFT_BLOCK, reveal=FixedSteps(steps))
         costs[f"draft-s{steps}"] = best(lambda c=scfg: draft_batch(ref, prompts, length, c, 0))
     if drafts is not None:
         return costs
-    drafts = draft_batch(ref, prompts, length, SamplerConfig(DRAFT_BLOCK, 2), 0)
+    drafts = draft_batch(ref, prompts, length, SamplerConfig(DRAFT_BLOCK, FixedSteps(2)), 0)
     for strategy in STRATEGIES:
         rcfg = RemaskConfig(gamma=0.25, strategy=strategy, seed=0)
         costs[f"remask-{strategy}"] = best(
@@ -256,7 +256,7 @@ def timed_costs(
     for rev in sorted({(r.gamma, r.tpc) for r in revises}):
         setting = Revise("snapshot", rev[0], 0, rev[1])
         rem = remask_batch([dict(r) for r in drafts], RemaskConfig(gamma=rev[0]), ref)
-        scfg = SamplerConfig(block_size=0, steps_per_block=setting.steps(length))
+        scfg = SamplerConfig(block_size=0, reveal=FixedSteps(setting.steps(length)))
         costs[revise_key(setting)] = best(
             lambda c=scfg, r=rem: revise_batch([dict(x) for x in r], ref, c, 0)
         )

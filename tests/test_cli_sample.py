@@ -264,12 +264,13 @@ def good_record(workdir) -> dict:
 
 
 def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
+    k = 17  # beyond the 16 x L that revise runs in centred windows
     long = dict(
         rec,
-        tokens=rec["tokens"] * 2,
-        confidence=rec["confidence"] * 2,
-        step=rec["step"] * 2,
-        confidence_nucleus=rec["confidence_nucleus"] * 2,
+        tokens=rec["tokens"] * k,
+        confidence=rec["confidence"] * k,
+        step=rec["step"] * k,
+        confidence_nucleus=rec["confidence_nucleus"] * k,
     )
     wrong = workdir / "wrong.safetensors"
     save_tensors(wrong, {"tokens": torch.zeros(2, 4, dtype=torch.int32)}, "sbd.tokens")
@@ -444,3 +445,59 @@ def test_precision_is_recorded_where_the_network_ran_in_bf16(workdir, in_workdir
         assert all("precision" not in s for s in rec["stages"])
     for rec in read_records(str(v)):
         assert [s.get("precision") for s in rec["stages"]] == ["bf16", None, "bf16"]
+
+
+ALIASES = [
+    ([], ["--reveal", "steps"]),
+    (["--steps-per-block", "2"], ["--reveal", "steps:2"]),
+    (["--steps-per-block", "2", "--unmask", "confident"], ["--reveal", "steps:2:confident"]),
+    (["--unmask", "confident"], ["--reveal", "steps:confident"]),
+    (["--schedule", "reference", "--steps-per-block", "3"], ["--reveal", "reference:3"]),
+    (["--schedule", "reference"], ["--reveal", "reference"]),
+    (["--threshold", "0.43"], ["--reveal", "threshold:0.43"]),
+    (["--first-hitting"], ["--reveal", "first-hitting"]),
+    (["--no-kv-cache"], ["--cache", "none"]),
+    (["--cache", "approx"], ["--cache", "approx:4"]),  # both new spellings: no note
+    (["--cache", "approx", "--refresh", "2"], ["--cache", "approx:2"]),
+    (["--threshold", "0.43", "--no-kv-cache"], ["--reveal", "threshold:0.43", "--cache", "none"]),
+]
+"""Flags of 0.2 and their spelling in --reveal / --cache."""
+
+
+@pytest.mark.parametrize(("old", "new"), ALIASES, ids=[" ".join(o) or "none" for o, _ in ALIASES])
+def test_old_flags_and_their_new_spelling_write_identical_records(
+    workdir, in_workdir, capsys, old, new
+):
+    """Draft and revise with the 0.2 flags and with their --reveal/--cache spelling: the
+    records are identical (stage entries included), and the old flags print one note."""
+    tag = abs(hash(" ".join(old)))
+    p = {x: str(workdir / f"alias-{tag}-{x}.jsonl") for x in ("d0", "d1", "m", "r0", "r1")}
+    assert run_main(["draft", "-n", "3", "--block", "8", *old, "-o", p["d0"]]) == 0
+    note = capsys.readouterr().err
+    assert run_main(["draft", "-n", "3", "--block", "8", *new, "-o", p["d1"]]) == 0
+    assert capsys.readouterr().err == ""
+    if any(flag.startswith("--") and flag != "--cache" for flag in old):  # --cache is new too
+        assert note.count("\n") == 1 and "note:" in note
+        assert all(flag in note for flag in new if flag.startswith("--"))
+    assert run_main(["remask", "--gamma", "0.5", "-i", p["d0"], "-o", p["m"]]) == 0
+    assert run_main(["revise", *old, "-i", p["m"], "-o", p["r0"]]) == 0
+    assert run_main(["revise", *new, "-i", p["m"], "-o", p["r1"]]) == 0
+    for a, b in (("d0", "d1"), ("r0", "r1")):
+        assert comparable(list(read_records(p[a]))) == comparable(list(read_records(p[b])))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--reveal", "threshold:0.5", "--threshold", "0.5"],
+        ["--reveal", "stepz"],
+        ["--cache", "captured:2"],
+        ["--cache", "none", "--refresh", "2"],
+        ["--threshold", "0.5", "--first-hitting"],
+    ],
+)
+def test_bad_reveal_or_cache_is_one_line(workdir, in_workdir, capsys, argv):
+    assert run_main(["draft", "-n", "1", *argv, "-o", str(workdir / "never.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (workdir / "never.jsonl").exists()

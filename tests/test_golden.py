@@ -78,12 +78,6 @@ def records(path: Path) -> list[Any]:
     return [strip(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def summaries(path: Path) -> list[Any]:
-    """A .json summary document (one object, or a list of them) as a list."""
-    doc = json.loads(path.read_text())
-    return [strip(x) for x in (doc if isinstance(doc, list) else [doc])]
-
-
 def close(a: Any, b: Any, where: str = "") -> None:
     """Exact for ints/strings/structure, `REL_TOL` relative for floats."""
     if isinstance(a, dict):
@@ -100,6 +94,17 @@ def close(a: Any, b: Any, where: str = "") -> None:
         assert same, f"{where}: {a} != {b}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def summaries(path: Path) -> list[Any]:
+    """The summaries of a `.json` file: one JSON document, a list of them or a single one
+    (as `sbd eval --out X.json` writes it; formerly one summary per line)."""
+    text = path.read_text()
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return records(path)
+    return strip(whole if isinstance(whole, list) else [whole])
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,20 @@ def test_generate_until_stops_at_the_stop_string(run, tasks, capsys):
     assert len(text.split()) == 8
 
 
+def test_reveal_and_its_old_name_steps_per_block_give_one_draft_config(run):
+    from sbdcli.config import FixedSteps, Threshold
+    from sbdcli.errors import UserError
+    from sbdcli.harness.lm import SbdLM
+
+    old = SbdLM(pretrained=str(run), device="cpu", steps_per_block="2").draft_cfg
+    new = SbdLM(pretrained=str(run), device="cpu", reveal="steps:2").draft_cfg
+    assert old == new and old.reveal == FixedSteps(2)
+    tau = SbdLM(pretrained=str(run), device="cpu", reveal="threshold:0.5").draft_cfg
+    assert tau.reveal == Threshold(0.5)
+    with pytest.raises(UserError, match="exclude each other"):
+        SbdLM(pretrained=str(run), device="cpu", reveal="steps:2", steps_per_block=2)
+
+
 def test_rolling_loglikelihood_is_the_sum_over_windows(run):
     from sbdcli.harness.lm import SbdLM
 

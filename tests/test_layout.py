@@ -27,6 +27,7 @@ LAYERS = {
     "evaluate": 4,
     "demo": 5,
     "serve": 5,  # the HTTP server: a client of pipeline/ and evaluate/, like demo.py
+    "harness": 5,  # the lm-eval model: a client of pipeline/ and evaluate/, like serve/
     "cli": 6,
     "__main__": 7,
 }
@@ -40,8 +41,8 @@ MAX_LINES = 450
 LONG_MODULES = {
     "config.py": "every settings dataclass with its field docs, the one place a default "
     "lives (the command line, stage entries and docs read these fields)",
-    "diffusion/sampler.py": "one engine for draft and revise: the cache windows, the reveal "
-    "loop and the captured call share its state",
+    "diffusion/sampler.py": "one engine for draft and revise: the block loop, the per-sample "
+    "state and the draw rules share it (the network call is calls.py, the counts reveal.py)",
 }
 """Modules allowed past `MAX_LINES` (path under sbdcli/ -> why it stays one module)."""
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fake_model import tiny_denoiser
+from sbdcli.config import legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
@@ -96,7 +97,7 @@ def model() -> torch.nn.Module:
 
 
 def draft(model, n: int = 3, **kw) -> sp.FillResult:
-    cfg = sp.SamplerConfig(block_size=4, **kw)
+    cfg = legacy_sampler(4, **kw)
     gens = [sp.make_generator(0, "draft", 0, f"r{i}") for i in range(n)]
     return sp.draft(model, [[model.config.bos_id]] * n, 32, cfg, gens)
 

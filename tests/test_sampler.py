@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from fake_model import CopyRightDenoiser, FakeDenoiser, one_thread, tiny_denoiser  # noqa: F401 (autouse fixture)
-from sbdcli.diffusion import reveal
+from sbdcli.config import legacy_sampler
+from sbdcli.diffusion import calls, reveal
 from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
 
@@ -26,12 +27,17 @@ def tiny_denoiser_model() -> torch.nn.Module:
     return tiny_denoiser()
 
 
+def cfg_of(block_size: int, **fields) -> sp.SamplerConfig:
+    """A sampler config from the 0.2 field names (each names a policy and a cache)."""
+    return legacy_sampler(block_size, **fields)
+
+
 def gens(n: int, seed: int = 0, stage: str = "draft") -> list[torch.Generator]:
     return [sp.make_generator(seed, stage, 0, f"r{i}") for i in range(n)]
 
 
 def run_draft(model, prompts, length, **kw) -> sp.FillResult:
-    cfg = sp.SamplerConfig(**{"block_size": 4, **kw})
+    cfg = cfg_of(**{"block_size": 4, **kw})
     return sp.draft(model, prompts, length, cfg, gens(len(prompts)))
 
 
@@ -94,7 +100,7 @@ def test_cache_scheme_reproduces_fixture_kvcache_logits(fixture_dir):
     model = load_model(str(fixture_dir))
     x = load_file(str(fixture_dir / "inputs.safetensors"))["sample_input_ids"].long()
     ref = load_file(str(fixture_dir / "outputs.safetensors"))
-    window = sp._Window(model, x.shape[0], x.shape[1], 4, use_cache=True)
+    window = calls.ExactWindow(model, x.shape[0], x.shape[1], 4)
     with torch.inference_mode():
         got = torch.cat([window.logits(x, lo, lo + 4) for lo in range(0, x.shape[1], 4)], 1)
     torch.testing.assert_close(got, ref["kvcache_logits"], rtol=0, atol=1e-4)
@@ -127,7 +133,7 @@ def test_nucleus_excludes_the_token_that_crosses_p():
 def test_sample_categorical_nucleus_frequencies_and_confidences():
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3, 0.0], dtype=torch.float64)
     logits = probs.clamp_min(1e-300).log().float().expand(4000, 5).clone()
-    cfg = sp.SamplerConfig(block_size=4, top_p=0.9)
+    cfg = cfg_of(block_size=4, top_p=0.9)
     tok, conf, conf_n = sp.sample_categorical(logits, torch.Generator().manual_seed(1), cfg, 4)
     assert set(tok.tolist()) == {1, 3}
     freq = (tok == 1).double().mean().item()
@@ -139,7 +145,7 @@ def test_sample_categorical_nucleus_frequencies_and_confidences():
 
 def test_draw_is_float64_gumbel_max_from_the_generator():
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
-    cfg = sp.SamplerConfig(block_size=4, top_p=1.0, temperature=0.7)
+    cfg = cfg_of(block_size=4, top_p=1.0, temperature=0.7)
     g = torch.Generator().manual_seed(5)
     tok, conf, _ = sp.sample_categorical(logits, g, cfg, mask_id=49)
     u = torch.rand(3, 50, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -149,7 +155,7 @@ def test_draw_is_float64_gumbel_max_from_the_generator():
     assert torch.equal(tok, expected)
     assert (tok != 49).all()
     torch.testing.assert_close(conf, torch.softmax(z, -1).gather(1, tok[:, None])[:, 0])
-    cfg32 = sp.SamplerConfig(block_size=4, top_p=1.0, dtype="float32")
+    cfg32 = cfg_of(block_size=4, top_p=1.0, dtype="float32")
     _, c32, _ = sp.sample_categorical(logits, torch.Generator().manual_seed(5), cfg32, 49)
     assert c32.dtype == torch.float64  # recorded as float64 even in the float32 ablation
 
@@ -157,7 +163,7 @@ def test_draw_is_float64_gumbel_max_from_the_generator():
 def test_mask_token_is_never_sampled():
     logits = torch.zeros(200, 6)
     logits[:, 5] = 50.0  # [MASK] would win without SUBS
-    cfg = sp.SamplerConfig(block_size=4)
+    cfg = cfg_of(block_size=4)
     tok, conf, _ = sp.sample_categorical(logits, torch.Generator().manual_seed(0), cfg, 5)
     assert (tok != 5).all()
     torch.testing.assert_close(conf, torch.full((200,), 0.2, dtype=torch.float64))
@@ -303,7 +309,7 @@ def test_very_low_threshold_commits_a_whole_block_per_call():
     masked = torch.zeros(1, 32, dtype=torch.bool)
     masked[0, [3, 5, 6, 7, 21, 30, 31]] = True  # blocks 0, 1, 5, 7
     model.calls.clear()
-    cfg = sp.SamplerConfig(block_size=4, threshold=1e-6)
+    cfg = cfg_of(block_size=4, threshold=1e-6)
     rev = sp.revise(model, out.tokens[:1], masked, cfg, gens(1, stage="revise"))
     assert int(rev.nfe[0]) == 4 == len(model.calls)
 
@@ -315,9 +321,10 @@ def test_threshold_commits_the_confident_draws_and_the_most_confident():
     logits = torch.randn(2, 4, vocab, generator=torch.Generator().manual_seed(3))
     logits *= torch.tensor([3.0, 0.3])[:, None, None]  # sample 1: flat, nothing passes
     todo = torch.tensor([[True, True, False, True], [False, True, False, False]])
-    cfg = sp.SamplerConfig(block_size=4, threshold=0.6, top_p=1.0)
+    cfg = cfg_of(block_size=4, threshold=0.6, top_p=1.0)
     k = torch.tensor([3, 1])
-    rows, cols, tok, conf, _ = sp._choose(todo, sp._Plan(k), logits, cfg, gens(2), mask)
+    rule = reveal.rule_for(cfg.reveal)
+    rows, cols, tok, conf, _ = sp._choose(todo, sp._Plan(k), logits, cfg, rule, gens(2), mask)
     got = {
         (int(r), int(c)): (int(t), float(p))
         for r, c, t, p in zip(rows, cols, tok, conf, strict=True)
@@ -345,7 +352,7 @@ def test_nfe_counts_the_calls_a_record_used(kw):
         steps = out.step[i][out.step[i] > 0].unique().tolist()
         assert steps == list(range(1, int(out.nfe[i]) + 1))  # every call committed something
     model.calls.clear()
-    one = sp.draft(model, [[bos]], 32, sp.SamplerConfig(block_size=4, **kw), gens(1))
+    one = sp.draft(model, [[bos]], 32, cfg_of(block_size=4, **kw), gens(1))
     assert len(model.calls) == int(one.nfe[0])
 
 
@@ -355,7 +362,7 @@ def test_batches_of_one_three_and_all_give_the_same_samples(kw):
     model = FakeDenoiser(seq_len=32, seed=1)
     bos = model.config.bos_id
     prompts = [[bos], [bos, 4], [bos, 1, 2, 3, 4, 5], [bos], [bos, 9, 9, 9], [bos, 2]]
-    cfg = sp.SamplerConfig(block_size=4, **kw)
+    cfg = cfg_of(block_size=4, **kw)
     g = gens(len(prompts))
     ref = sp.draft(model, prompts, 32, cfg, g)
     for size in (1, 3):
@@ -421,7 +428,7 @@ def reference_law(r: int, steps: int) -> tuple[dict[int, float], dict[int, float
 
 def test_reference_counts_follow_the_reference_law():
     r, steps, n = 4, 4, 4000
-    cfg = sp.SamplerConfig(block_size=4, schedule="reference")
+    cfg = cfg_of(block_size=4, schedule="reference")
     g = [sp.make_generator(0, "law", 0, f"s{i}") for i in range(n)]
     remaining = torch.full((n,), r, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.long)
@@ -429,7 +436,7 @@ def test_reference_counts_follow_the_reference_law():
     calls = torch.zeros(n, dtype=torch.long)
     first = None
     while bool((remaining > 0).any()):
-        k = reveal.tokens_per_call(remaining, done, steps_used, 4, cfg, g)
+        k = reveal.tokens_per_call(remaining, (done, steps_used), 4, cfg.reveal, g)
         assert ((k >= 1) | (remaining == 0)).all() and (steps_used <= steps).all()
         first = k.clone() if first is None else first
         calls += (k > 0).long()
@@ -460,7 +467,7 @@ def test_batch_of_n_equals_n_batches_of_one():
     model = FakeDenoiser(seq_len=32, seed=1)
     bos = model.config.bos_id
     prompts = [[bos], [bos, 4], [bos, 1, 2, 3, 4, 5]]
-    cfg = sp.SamplerConfig(block_size=4, steps_per_block=3)
+    cfg = cfg_of(block_size=4, steps_per_block=3)
     batch = sp.draft(model, prompts, 32, cfg, gens(3))
     for i, p in enumerate(prompts):
         one = sp.draft(model, [p], 32, cfg, [gens(3)[i]])
@@ -472,7 +479,7 @@ def test_batch_of_n_equals_n_batches_of_one():
 
 def test_real_denoiser_batch_equals_single(tiny_denoiser_model):
     bos = tiny_denoiser_model.config.bos_id
-    cfg = sp.SamplerConfig(block_size=4, steps_per_block=2)
+    cfg = cfg_of(block_size=4, steps_per_block=2)
     prompts = [[bos], [bos, 9, 3]]
     batch = sp.draft(tiny_denoiser_model, prompts, 32, cfg, gens(2))
     for i, p in enumerate(prompts):
@@ -489,7 +496,7 @@ def test_revise_changes_only_masked_positions_and_fills_them():
     masked[0, [3, 4, 17, 30]] = True
     masked[1, [1, 31]] = True
     for block in (0, 4, 8):
-        cfg = sp.SamplerConfig(block_size=block)
+        cfg = cfg_of(block_size=block)
         out = sp.revise(model, draft.tokens, masked, cfg, gens(2, stage="revise"))
         assert torch.equal(out.tokens[~masked], draft.tokens[~masked])
         assert not (out.tokens == model.config.mask_id).any()
@@ -505,7 +512,7 @@ def test_revise_with_nothing_masked_costs_no_call():
         model,
         draft.tokens,
         torch.zeros(1, 32, dtype=torch.bool),
-        sp.SamplerConfig(block_size=0),
+        cfg_of(block_size=0),
         gens(1),
     )
     assert model.calls == [] and int(out.nfe[0]) == 0
@@ -518,7 +525,7 @@ def test_revise_blocks_without_masks_cost_no_call():
     masked = torch.zeros(1, 32, dtype=torch.bool)
     masked[0, [9, 10, 25]] = True  # blocks 2 and 6 of 8
     model.calls.clear()
-    out = sp.revise(model, tokens, masked, sp.SamplerConfig(block_size=4), gens(1))
+    out = sp.revise(model, tokens, masked, cfg_of(block_size=4), gens(1))
     assert len(model.calls) == 3 == int(out.nfe[0])
     assert [c["commit"] for c in model.calls] == [8, 0, 16]  # pending prefixes, in-call
 
@@ -528,11 +535,11 @@ def test_full_block_revise_sees_right_context():
     tokens = torch.randint(0, 10, (1, 32), generator=torch.Generator().manual_seed(0))
     masked = torch.zeros(1, 32, dtype=torch.bool)
     masked[0, [3, 7, 12, 20]] = True  # each followed by a kept token; 3, 7 end a 4-block
-    full = sp.revise(model, tokens, masked, sp.SamplerConfig(block_size=0), gens(1))
+    full = sp.revise(model, tokens, masked, cfg_of(block_size=0), gens(1))
     for p in (3, 7, 12, 20):
         assert full.tokens[0, p] == tokens[0, p + 1]
         assert full.confidence[0, p] > 0.99
-    semi = sp.revise(model, tokens, masked, sp.SamplerConfig(block_size=4), gens(1))
+    semi = sp.revise(model, tokens, masked, cfg_of(block_size=4), gens(1))
     for p in (3, 7):  # the right neighbour sits in the next block: invisible
         assert semi.confidence[0, p] < 0.5
     for p in (12, 20):
@@ -548,7 +555,7 @@ def test_step_continues_the_records_call_count():
         model,
         tokens,
         masked,
-        sp.SamplerConfig(block_size=0),
+        cfg_of(block_size=0),
         gens(1),
         step_offset=torch.tensor([31]),
     )
@@ -573,7 +580,7 @@ def test_stop_at_eos_stops_the_sample_after_its_block():
     model = FakeDenoiser(seq_len=32, eos_id=3)
     bos = model.config.bos_id
     free = run_draft(model, [[bos], [bos]], 32)
-    cfg = sp.SamplerConfig(block_size=4)
+    cfg = cfg_of(block_size=4)
     out = sp.draft(model, [[bos], [bos]], 32, cfg, gens(2), eos_id=3)
     for i in range(2):
         hits = (free.tokens[i, 1:] == 3).nonzero()
@@ -608,26 +615,7 @@ def test_stop_at_eos_stops_the_sample_after_its_block():
 )
 def test_bad_sampler_config_is_a_user_error(kw):
     with pytest.raises(UserError):
-        sp.SamplerConfig(block_size=4, **kw)
-
-
-@pytest.mark.parametrize(
-    ("kw", "names"),
-    [
-        ({"threshold": 0.9, "steps_per_block": 2}, ("threshold", "steps_per_block")),
-        ({"threshold": 0.9, "first_hitting": True}, ("threshold", "first_hitting")),
-        ({"threshold": 0.9, "schedule": "reference"}, ("schedule", "threshold")),
-        ({"first_hitting": True, "schedule": "reference"}, ("schedule", "first_hitting")),
-        ({"refresh": 2}, ("refresh", "cache")),
-        ({"cache": "approx", "kv_cache": False}, ("cache", "kv_cache")),
-        ({"compile": True, "kv_cache": False}, ("compile", "kv_cache")),
-        ({"compile": True, "cache": "approx"}, ("compile", "cache")),
-    ],
-)
-def test_rules_that_each_decide_the_calls_exclude_each_other(kw, names):
-    with pytest.raises(UserError) as info:
-        sp.SamplerConfig(block_size=4, **kw)
-    assert all(f"`{n}`" in str(info.value) for n in names)
+        cfg_of(block_size=4, **kw)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -636,7 +624,7 @@ def test_cuda_cache_matches_recomputation_and_generators_stay_on_device():
     bos = model.config.bos_id
     out = {}
     for kv in (True, False):
-        cfg = sp.SamplerConfig(block_size=4, steps_per_block=2, kv_cache=kv)
+        cfg = cfg_of(block_size=4, steps_per_block=2, kv_cache=kv)
         g = [sp.make_generator(0, "draft", 0, f"r{i}", "cuda") for i in range(3)]
         out[kv] = sp.draft(model, [[bos], [bos, 5], [bos, 1, 2]], 44, cfg, g)
     assert out[True].tokens.is_cuda
@@ -728,7 +716,7 @@ def test_time_conditioned_batch_equals_single():
     bos = model.config.bos_id
     prompts = [[bos], [bos, 5, 6], [bos, 1]]
     for kw in ({"first_hitting": True}, {"steps_per_block": 2}):
-        cfg = sp.SamplerConfig(block_size=4, **kw)
+        cfg = cfg_of(block_size=4, **kw)
         whole = sp.draft(model, prompts, 12, cfg, gens(3))
         for i, prompt in enumerate(prompts):
             one = sp.draft(model, [prompt], 12, cfg, [gens(3)[i]])
@@ -749,7 +737,7 @@ def test_window_reproduces_timecond_fixture_kvcache_logits():
     inputs = load_file(str(fixture / "inputs.safetensors"))
     ref = load_file(str(fixture / "outputs.safetensors"))["kvcache_logits"]
     x, query, store = inputs["sample_input_ids"], inputs["kv_query_sigma"], inputs["kv_store_sigma"]
-    window = sp._Window(model, 2, 12, 4, use_cache=True)
+    window = calls.ExactWindow(model, 2, 12, 4)
     got = []
     with torch.inference_mode():
         for b in range(3):
@@ -768,7 +756,7 @@ def revise_inputs(model, n: int = 3, length: int = 32, seed: int = 1):
 
 
 def run_revise(model, tokens, masked, **kw) -> sp.FillResult:
-    cfg = sp.SamplerConfig(**{"block_size": 0, **kw})
+    cfg = cfg_of(**{"block_size": 0, **kw})
     return sp.revise(model, tokens, masked, cfg, gens(len(tokens), stage="revise"))
 
 
@@ -825,7 +813,7 @@ def test_approx_cache_refreshes_changed_positions_and_keeps_the_others(tiny_deno
     tokens, masked = revise_inputs(model, n=n)
     x = tokens.clone()
     x[masked] = model.config.mask_id
-    window = sp._Window(model, n, length, length, True, refresh=100)
+    window = calls.ApproxWindow(model, n, length, length, refresh=100)
     window.logits(x, 0, length)
     before = window.cache.k[:, :, :, :length].clone()
     queried = masked.clone()
@@ -837,7 +825,7 @@ def test_approx_cache_refreshes_changed_positions_and_keeps_the_others(tiny_deno
     for layer in range(model.config.n_layers):
         for i in range(n):
             assert torch.equal(after[layer, i][:, kept[i]], before[layer, i][:, kept[i]])
-    fresh = sp._Window(model, n, length, length, True, refresh=1)
+    fresh = calls.ApproxWindow(model, n, length, length, refresh=1)
     fresh.logits(x, 0, length)
     for i in range(n):
         cols = queried[i]
@@ -851,7 +839,7 @@ def test_approx_cache_is_batch_invariant_and_close_to_exact(tiny_denoiser_model)
     kw = {"cache": "approx", "refresh": 4, "threshold": 0.3}
     together = run_revise(tiny_denoiser_model, tokens, masked, **kw)
     for i in range(4):
-        cfg = sp.SamplerConfig(block_size=0, **kw)
+        cfg = cfg_of(block_size=0, **kw)
         g = [sp.make_generator(0, "revise", 0, f"r{i}")]
         alone = sp.revise(tiny_denoiser_model, tokens[i : i + 1], masked[i : i + 1], cfg, g)
         assert torch.equal(alone.tokens[0], together.tokens[i])
@@ -863,11 +851,11 @@ def test_approx_cache_is_batch_invariant_and_close_to_exact(tiny_denoiser_model)
 
 # --------------------------------------------------------------------------- captured call
 def test_compile_is_refused_off_cuda():
-    cfg = sp.SamplerConfig(block_size=4, compile=True)
+    cfg = cfg_of(block_size=4, compile=True)
     for device in ("cpu", torch.device("cpu")):
-        with pytest.raises(UserError, match="`compile` needs a CUDA device"):
+        with pytest.raises(UserError, match="`cache` captured needs a CUDA device"):
             sp.check_compile(cfg, device)
-    sp.check_compile(sp.SamplerConfig(block_size=4), "cpu")  # off: nothing to refuse
+    sp.check_compile(cfg_of(block_size=4), "cpu")  # off: nothing to refuse
 
 
 def test_fixed_shape_call_samples_the_tokens_of_the_exact_cache(tiny_denoiser_model, monkeypatch):
@@ -875,7 +863,7 @@ def test_fixed_shape_call_samples_the_tokens_of_the_exact_cache(tiny_denoiser_mo
     masked gives the exact cache's tokens (confidences to float rounding), sliding window
     and partial last block included; the cache-free global revise call likewise."""
     model = tiny_denoiser_model
-    monkeypatch.setattr(sp, "_captured", lambda m: (m.fixed_step, m.forward))
+    monkeypatch.setattr(calls, "_captured", lambda m: (m.fixed_step, m.forward))
     monkeypatch.setattr(sp, "check_compile", lambda cfg, device: None)
     bos = model.config.bos_id
     for length in (32, 30, 61):
@@ -898,7 +886,7 @@ def test_compiled_cuda_draft_samples_the_eager_tokens():
     bos = model.config.bos_id
     out = {}
     for captured in (False, True):
-        cfg = sp.SamplerConfig(block_size=4, steps_per_block=2, compile=captured)
+        cfg = cfg_of(block_size=4, steps_per_block=2, compile=captured)
         g = [sp.make_generator(0, "draft", 0, f"r{i}", "cuda") for i in range(3)]
         out[captured] = sp.draft(model, [[bos], [bos, 5], [bos, 1, 2]], 44, cfg, g)
     assert torch.equal(out[True].tokens, out[False].tokens)
@@ -912,7 +900,7 @@ def test_reference_schedule_caches_a_block_at_its_revealing_step():
     later = 0
     for seed in range(4):
         rec = SigmaRecorder(timed_denoiser())
-        cfg = sp.SamplerConfig(block_size=4, steps_per_block=8, schedule="reference")
+        cfg = cfg_of(block_size=4, steps_per_block=8, schedule="reference")
         sp.draft(rec, [[rec.config.bos_id]], 8, cfg, gens(1, seed))
         first = next(i for i, s in enumerate(rec.sigmas) if s.shape == (1, 8))  # block 1 opens
         cached, called = rec.sigmas[first][0, :4], float(rec.sigmas[first - 1][0, -1])
@@ -965,7 +953,7 @@ def test_approx_revise_reads_out_among_the_queried_positions(tiny_denoiser_model
 
         def forward(self, *args, readout=None, **kw):
             out = self.inner(*args, **kw)
-            return out if readout is None else sp._take(out, readout)
+            return out if readout is None else calls.take(out, readout)
 
     slow = run_revise(FullThenTake(tiny_denoiser_model), tokens, masked, cache="approx", refresh=3)
     assert torch.equal(fast.tokens, slow.tokens)
@@ -977,7 +965,7 @@ ENGINE_RULES = [{}, {"steps_per_block": 2, "unmask": "confident"}, *CALL_RULES[2
 
 
 def engine_for(model, prompts, length, **kw) -> sp.FillEngine:
-    cfg = sp.SamplerConfig(**{"block_size": 4, **kw})
+    cfg = cfg_of(**{"block_size": 4, **kw})
     return sp.draft_engine(model, prompts, length, cfg, gens(len(prompts)))
 
 
@@ -1042,7 +1030,7 @@ def test_cancel_on_the_real_denoiser_keeps_the_other_rows(tiny_denoiser_model, c
     same tokens (approx: its query width is the batch's largest masked count, so its floats
     are as batch invariant as the approximate cache itself)."""
     tokens, masked = revise_inputs(tiny_denoiser_model, n=3)
-    cfg = sp.SamplerConfig(block_size=0, **cache)
+    cfg = cfg_of(block_size=0, **cache)
     whole = sp.revise(tiny_denoiser_model, tokens, masked, cfg, gens(3, stage="revise"))
     engine = sp.revise_engine(tiny_denoiser_model, tokens, masked, cfg, gens(3, stage="revise"))
     for event in engine:
@@ -1064,7 +1052,7 @@ def test_fill_masked_passes_every_event_to_its_consumer():
     model = FakeDenoiser(seq_len=32)
     bos = model.config.bos_id
     events: list[sp.CallEvent] = []
-    cfg = sp.SamplerConfig(block_size=4, steps_per_block=2)
+    cfg = cfg_of(block_size=4, steps_per_block=2)
     out = sp.draft(model, [[bos], [bos, 3]], 16, cfg, gens(2), progress=events.append)
     assert len(events) == len(model.calls) == int(out.nfe.max())
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -1075,5 +1063,5 @@ def test_engine_errors_come_before_any_call():
     model = FakeDenoiser(seq_len=8)
     bos = model.config.bos_id
     with pytest.raises(UserError, match="exceeds the model's trained length"):
-        sp.draft_engine(model, [[bos]], 32, sp.SamplerConfig(block_size=16), gens(1))
+        sp.draft_engine(model, [[bos]], 32, cfg_of(block_size=16), gens(1))
     assert model.calls == []

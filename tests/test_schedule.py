@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from sbdcli.diffusion.schedule import LogLinearSchedule, resample_masks, sample_masks, sample_t
@@ -95,40 +94,3 @@ def test_resample_default_bounds_change_nothing():
     g = torch.Generator().manual_seed(6)
     masked = sample_masks(torch.full((4, 8), 0.3), g)
     assert torch.equal(resample_masks(masked, torch.full((4, 8), 0.3), 4, 1e-3, 1.0, g), masked)
-
-
-def test_call_level_follows_the_reference_sampler():
-    """bd3lms `_semi_ar_sampler` (commit 1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7): first
-    hitting t <- t u^(1/r); S fixed steps t = linspace(1, 0, S)[i]; threshold: r / block."""
-    from sbdcli.config import SamplerConfig
-    from sbdcli.diffusion.schedule import call_level
-
-    remaining = torch.tensor([4, 0, 2])
-    clock = (torch.tensor([1, 0, 3]), torch.tensor([2, 0, 7]))
-    t0 = torch.tensor([0.9, 0.4, 1.0], dtype=torch.float64)
-    gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    fh = call_level(t0, remaining, clock, 4, SamplerConfig(block_size=4, first_hitting=True), gens)
-    u0 = float(torch.rand((), generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    u2 = float(torch.rand((), generator=torch.Generator().manual_seed(2), dtype=torch.float64))
-    assert fh.tolist() == pytest.approx([0.9 * u0 ** (1 / 4), 0.4, u2 ** (1 / 2)])
-    grid = torch.linspace(1.0, 0.0, 5).tolist()
-    fixed = call_level(t0, remaining, clock, 4, SamplerConfig(block_size=4, steps_per_block=5), [])
-    assert fixed.tolist() == pytest.approx([grid[1], 0.4, grid[3]])  # calls 1 and 3
-    ref_cfg = SamplerConfig(block_size=4, steps_per_block=5, schedule="reference")
-    ref = call_level(t0, remaining, clock, 4, ref_cfg, [])
-    assert ref.tolist() == pytest.approx([grid[2], 0.4, 0.0])  # steps 2 and 7 (past the end)
-    tau = call_level(t0, remaining, clock, 4, SamplerConfig(block_size=4, threshold=0.5), [])
-    assert tau.tolist() == pytest.approx([1.0, 0.4, 0.5])
-
-
-def test_reveal_level_is_the_revealing_step_of_the_reference_schedule():
-    from sbdcli.config import SamplerConfig
-    from sbdcli.diffusion.schedule import reveal_level
-
-    t = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
-    steps, active = torch.tensor([3, 1, 9]), torch.tensor([True, False, True])
-    grid = torch.linspace(1.0, 0.0, 5).tolist()
-    ref = SamplerConfig(block_size=4, steps_per_block=5, schedule="reference")
-    assert reveal_level(t, steps, active, 4, ref).tolist() == pytest.approx([grid[2], 0.5, 0.0])
-    fixed = SamplerConfig(block_size=4, steps_per_block=5)
-    assert torch.equal(reveal_level(t, steps, active, 4, fixed), t)

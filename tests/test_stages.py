@@ -9,7 +9,7 @@ import torch
 
 from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
-from sbdcli.config import ModelConfig, RedrawConfig
+from sbdcli.config import FixedSteps, ModelConfig, RedrawConfig
 from sbdcli.data.synthetic import TopicMarkovSpec, build_oracle
 from sbdcli.diffusion import sampler as sp
 from sbdcli.diffusion.degenerate import is_degenerate
@@ -164,7 +164,7 @@ def test_snapshot_revision_lowers_oracle_nll_of_a_trained_model():
     oracle = build_oracle(TopicMarkovSpec(vocab=16, topics=4, fanout=3), seed=0)
     ref = pl.ModelRef(train_tiny(oracle, length, steps=150), "tiny", "000000000000")
     prompts = [pl.Prompt(f"s0-{i}", [16]) for i in range(48)]
-    draft = pl.draft_batch(ref, prompts, length, sp.SamplerConfig(4, steps_per_block=2), 0)
+    draft = pl.draft_batch(ref, prompts, length, sp.SamplerConfig(4, FixedSteps(2)), 0)
     masked = pl.remask_batch(draft, pl.RemaskConfig(gamma=0.25), ref)
     revised = pl.revise_batch(masked, ref, sp.SamplerConfig(block_size=0), seed=0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
 from sbdcli.artifacts import read_records, write_records
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import FixedSteps, RemaskConfig, SamplerConfig
 
 
 def fake_ref() -> pl.ModelRef:
@@ -13,7 +13,7 @@ def fake_ref() -> pl.ModelRef:
 
 
 def test_a_set_in_batches_is_the_set_in_one_batch():
-    ref, cfg = fake_ref(), SamplerConfig(block_size=4, steps_per_block=2)
+    ref, cfg = fake_ref(), SamplerConfig(block_size=4, reveal=FixedSteps(2))
     whole = pl.draft_set(ref, 5, 1, cfg, batch=5)
     parts = pl.draft_set(ref, 5, 1, cfg, batch=2)
     assert [r["tokens"] for r in parts] == [r["tokens"] for r in whole]

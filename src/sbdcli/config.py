@@ -310,11 +310,257 @@ def train_config(preset_name: str = "tiny", **overrides: Any) -> TrainConfig:
 
 # --------------------------------------------------------------------------- sampling
 SAMPLING_DTYPES = ("float64", "float32")
-UNMASK_RULES = ("random", "confident")
-CALL_SCHEDULES = ("fixed", "reference")
-CACHE_KINDS = ("exact", "approx")
 DEFAULT_REFRESH = 4
-"""Calls between full recomputations of an approximate cache when `refresh` is unset."""
+"""Calls between full recomputations of an approximate cache when its refresh is not given."""
+
+
+def _spec_parts(text: str, name: str) -> list[str]:
+    """The `:`-separated arguments after a policy or cache name (`steps:4` -> ["4"])."""
+    return [p.strip() for p in text.split(":")[1:]] if text.startswith(name) else []
+
+
+def _positive(value: str, what: str) -> int:
+    """An integer >= 1 written in a spelling, or a UserError naming the setting."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    _check((number >= 1, f"{what} must be an integer >= 1, got {value!r}"))
+    return number
+
+
+def _steps_and_order(text: str, name: str) -> tuple[int | None, bool]:
+    """(S, confident) of `name[:S][:confident]`."""
+    parts = _spec_parts(text, name)
+    confident = bool(parts) and parts[-1] == "confident"
+    parts = parts[:-1] if confident else parts
+    _check((len(parts) <= 1, f"`reveal` {text!r}: write {name}[:S][:confident]"))
+    return (_positive(parts[0], f"`reveal` {name}:S") if parts else None), confident
+
+
+@dataclass(frozen=True)
+class FixedSteps:
+    """S calls per block, fixed counts: a sample with r masked positions left after s of
+    its calls reveals ceil(r / max(S - s, 1)); random positions (or the most probable)."""
+
+    steps: int | None = None
+    """Calls per block S; unset = the block size (one token per call)."""
+    confident: bool = False
+    """Reveal the most probable positions first instead of a uniform random subset."""
+
+    NAME = "steps"
+    SPELLING = "steps[:S][:confident]"
+    SUMMARY = "S calls per block, ceil(masked left / calls left) positions each"
+
+    def __post_init__(self) -> None:
+        _check((self.steps is None or self.steps >= 1, "`reveal` steps:S needs S >= 1"))
+
+    @classmethod
+    def parse(cls, text: str) -> FixedSteps:
+        return cls(*_steps_and_order(text, cls.NAME))
+
+    def spelling(self) -> str:
+        s = f":{self.steps}" if self.steps is not None else ""
+        return f"{self.NAME}{s}{':confident' if self.confident else ''}"
+
+    def params(self) -> dict[str, Any]:
+        """The stage entry's keys that record the policy (docs/records.md)."""
+        return _reveal_params(self.steps, False, None, "fixed", self.confident)
+
+
+@dataclass(frozen=True)
+class ReferenceSchedule(FixedSteps):
+    """BD3-LM's reference schedule over S steps: at step i every masked position is revealed
+    with probability (1/S) / t_i; a step that reveals nothing costs no call."""
+
+    NAME = "reference"
+    SPELLING = "reference[:S][:confident]"
+    SUMMARY = "BD3-LM's reference schedule: a random count at each of S steps"
+
+    def params(self) -> dict[str, Any]:
+        return _reveal_params(self.steps, False, None, "reference", self.confident)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Adaptive calls: each call commits every masked position of the block whose draw has
+    probability >= TAU, and always the most confident one."""
+
+    tau: float
+    """The probability in (0, 1] a draw needs to be committed."""
+
+    NAME = "threshold"
+    SPELLING = "threshold:TAU"
+    SUMMARY = "each call commits the draws with probability >= TAU, and at least the best"
+
+    def __post_init__(self) -> None:
+        t = self.tau
+        _check((math.isfinite(t) and 0.0 < t <= 1.0, f"`threshold` must lie in (0, 1], got {t}"))
+
+    @classmethod
+    def parse(cls, text: str) -> Threshold:
+        parts = _spec_parts(text, cls.NAME)
+        _check((len(parts) == 1, f"`reveal` {text!r}: write threshold:TAU, e.g. threshold:0.9"))
+        try:
+            tau = float(parts[0])
+        except ValueError:
+            raise UserError(f"`reveal` {text!r}: TAU must be a number in (0, 1]") from None
+        return cls(tau)
+
+    def spelling(self) -> str:
+        return f"{self.NAME}:{self.tau:g}"
+
+    def params(self) -> dict[str, Any]:
+        return _reveal_params(None, False, self.tau, "fixed", False)
+
+
+@dataclass(frozen=True)
+class FirstHitting:
+    """One masked position per call, chosen uniformly (or the most probable one)."""
+
+    confident: bool = False
+    """Reveal the most probable position instead of a uniform random one."""
+
+    NAME = "first-hitting"
+    SPELLING = "first-hitting"
+    SUMMARY = "one uniformly chosen position per call"
+
+    @classmethod
+    def parse(cls, text: str) -> FirstHitting:
+        parts = _spec_parts(text, cls.NAME)
+        _check((parts in ([], ["confident"]), f"`reveal` {text!r}: write first-hitting"))
+        return cls(confident=bool(parts))
+
+    def spelling(self) -> str:
+        return self.NAME + (":confident" if self.confident else "")
+
+    def params(self) -> dict[str, Any]:
+        return _reveal_params(None, True, None, "fixed", self.confident)
+
+
+def _reveal_params(
+    steps: int | None, first: bool, tau: float | None, schedule: str, confident: bool
+) -> dict[str, Any]:
+    """The five stage-entry keys of a policy, as 0.1/0.2 wrote them."""
+    return {
+        "steps_per_block": steps,
+        "first_hitting": first,
+        "threshold": tau,
+        "schedule": schedule,
+        "unmask": "confident" if confident else "random",
+    }
+
+
+RevealPolicy = FixedSteps | ReferenceSchedule | Threshold | FirstHitting
+"""How many positions a sampler call reveals, and which (diffusion/reveal.py runs them)."""
+REVEAL_POLICIES: tuple[type, ...] = (FixedSteps, ReferenceSchedule, Threshold, FirstHitting)
+
+
+@dataclass(frozen=True)
+class NoCache:
+    """No KV cache: every call recomputes the whole visible window (reference path)."""
+
+    NAME = "none"
+    SPELLING = "none"
+    SUMMARY = "every call recomputes the whole visible window"
+
+    def spelling(self) -> str:
+        return self.NAME
+
+    def params(self) -> dict[str, Any]:
+        return _cache_params(False, "exact", None, False)
+
+
+@dataclass(frozen=True)
+class ExactCache:
+    """Exact KV cache of earlier blocks; each call recomputes its own block."""
+
+    NAME = "exact"
+    SPELLING = "exact"
+    SUMMARY = "exact KV cache of earlier blocks, the default"
+
+    def spelling(self) -> str:
+        return self.NAME
+
+    def params(self) -> dict[str, Any]:
+        return _cache_params(True, "exact", None, False)
+
+
+@dataclass(frozen=True)
+class ApproxCache:
+    """Exact cache of earlier blocks; inside the block, calls between refreshes run only the
+    positions masked at the previous call and reuse the others' stored keys/values."""
+
+    refresh: int = DEFAULT_REFRESH
+    """Every R-th call of a block recomputes every position (1 = the exact cache)."""
+
+    NAME = "approx"
+    SPELLING = "approx[:R]"
+    SUMMARY = "inside a block, calls between refreshes rerun only the positions masked at the "
+    SUMMARY += "previous call; every R-th call reruns all (default 4)"
+
+    def __post_init__(self) -> None:
+        _check((self.refresh >= 1, f"`refresh` must be >= 1, got {self.refresh}"))
+
+    def spelling(self) -> str:
+        return f"{self.NAME}:{self.refresh}"
+
+    def params(self) -> dict[str, Any]:
+        return _cache_params(True, "approx", self.refresh, False)
+
+
+@dataclass(frozen=True)
+class CapturedCache:
+    """The exact cache with the cached call captured at a fixed shape by torch.compile (CUDA
+    graphs); CUDA only."""
+
+    NAME = "captured"
+    SPELLING = "captured"
+    SUMMARY = "the exact cache, its call captured as CUDA graphs by torch.compile (CUDA only)"
+
+    def spelling(self) -> str:
+        return self.NAME
+
+    def params(self) -> dict[str, Any]:
+        return _cache_params(True, "exact", None, True)
+
+
+def _cache_params(kv: bool, kind: str, refresh: int | None, compiled: bool) -> dict[str, Any]:
+    """The four stage-entry keys of a cache, as 0.1/0.2 wrote them."""
+    return {"kv_cache": kv, "cache": kind, "refresh": refresh, "compile": compiled}
+
+
+CacheKind = NoCache | ExactCache | ApproxCache | CapturedCache
+"""Where a call's keys/values come from (diffusion/calls.py runs them)."""
+CACHE_KINDS: tuple[type, ...] = (NoCache, ExactCache, ApproxCache, CapturedCache)
+
+
+def parse_reveal(text: str) -> RevealPolicy:
+    """The policy a `--reveal` spelling names: steps[:S][:confident], reference[:S],
+    threshold:TAU or first-hitting."""
+    name = text.split(":")[0].strip()
+    for cls in REVEAL_POLICIES:
+        if name == cls.NAME:  # type: ignore[attr-defined]
+            return cls.parse(text.strip())  # type: ignore[attr-defined]
+    choices = ", ".join(c.SPELLING for c in REVEAL_POLICIES)  # type: ignore[attr-defined]
+    raise UserError(f"unknown `reveal` {text!r} (choose from {choices})")
+
+
+def parse_cache(text: str) -> CacheKind:
+    """The cache a `--cache` spelling names: none, exact, approx[:R] or captured."""
+    name, *args = [p.strip() for p in text.split(":")]
+    if name == ApproxCache.NAME and len(args) <= 1:
+        return ApproxCache(_positive(args[0], "`cache` approx:R") if args else DEFAULT_REFRESH)
+    for cls in (NoCache, ExactCache, CapturedCache):
+        if name == cls.NAME and not args:
+            return cls()
+    choices = ", ".join(c.SPELLING for c in CACHE_KINDS)  # type: ignore[attr-defined]
+    raise UserError(f"unknown `cache` {text!r} (choose from {choices})")
+
+
+def choices(kinds: tuple[type, ...]) -> str:
+    """Each policy's or cache's spelling and summary, for help text and messages."""
+    return "; ".join(f"{c.SPELLING} ({c.SUMMARY})" for c in kinds)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -323,37 +569,18 @@ class SamplerConfig:
 
     block_size: int
     """Block size B; 0 or >= the sequence length means one block over everything ("full")."""
-    steps_per_block: int | None = None
-    """Network calls per block S; None = the block size (one token per call)."""
-    first_hitting: bool = False
-    """Reveal exactly one uniformly chosen masked position per call (overrides S)."""
-    threshold: float | None = None
-    """Adaptive calls (instead of `steps_per_block`): each call commits every masked position
-    of the block whose drawn token has probability >= this value in (0, 1], and at least
-    the most confident one."""
-    schedule: str = "fixed"
-    """Tokens revealed by each of the `steps_per_block` calls: fixed (ceil of the masked left
-    over the calls left) or reference (BD3-LM's random count per step)."""
+    reveal: RevealPolicy = FixedSteps()
+    """How many masked positions each network call reveals, and which. S defaults to the
+    block size (one token per call); positions are random unless confident (the most
+    probable first)."""
+    cache: CacheKind = ExactCache()
+    """Where each network call's keys and values come from."""
     top_p: float = 0.9
     """Nucleus mass in (0, 1]; 1 disables truncation."""
     temperature: float = 1.0
     """Softmax temperature (> 0) of the sampled distribution (not of the confidence)."""
     dtype: str = "float64"
     """Precision of probabilities and the Gumbel draw: float64, or float32 (ablation only)."""
-    unmask: str = "random"
-    """Which positions a call reveals: random (uniform) or confident (most probable first)."""
-    kv_cache: bool = True
-    """Exact KV cache for earlier blocks; False recomputes the visible window every call."""
-    cache: str = "exact"
-    """Keys/values inside the current block: exact (recomputed at every call) or approx (a
-    call recomputes only the positions masked at the previous call and reuses the stored
-    keys/values of the others; see `refresh`)."""
-    refresh: int | None = None
-    """With `cache` approx: every this many calls of a block recompute every position
-    (>= 1; 1 = exact; unset = 4). Only valid with `cache` approx."""
-    compile: bool = False
-    """Capture the fixed-shape cached network call with torch.compile (CUDA graphs); needs a
-    CUDA device."""
     precision: str = "auto"
     """Arithmetic of the network calls: `auto` (bf16 autocast on GPUs, fp32 on CPU), `fp32`
     (TF32 matmuls on GPUs) or `bf16`; the draw and the confidences stay float64."""
@@ -363,100 +590,155 @@ class SamplerConfig:
         _check(
             (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (self.block_size >= 0, "`block_size` must be >= 1 (or 'full')"),
-            (
-                self.steps_per_block is None or self.steps_per_block >= 1,
-                "`steps_per_block` must be >= 1",
-            ),
             (0.0 < self.top_p <= 1.0, f"`top_p` must lie in (0, 1], got {self.top_p}"),
             (self.temperature > 0.0, f"`temperature` must be > 0, got {self.temperature}"),
             (self.dtype in SAMPLING_DTYPES, f"`dtype` must be one of {', '.join(SAMPLING_DTYPES)}"),
-            (self.unmask in UNMASK_RULES, f"`unmask` must be one of {', '.join(UNMASK_RULES)}"),
-            (
-                self.schedule in CALL_SCHEDULES,
-                f"unknown `schedule` {self.schedule!r} ({', '.join(CALL_SCHEDULES)})",
-            ),
-        )
-        self._check_exclusive()
-        self._check_cache()
-
-    def _check_cache(self) -> None:
-        """The kind of cache, its refresh period, and the captured call."""
-        _check(
-            (
-                self.cache in CACHE_KINDS,
-                f"`cache` must be one of {', '.join(CACHE_KINDS)}, got {self.cache!r}",
-            ),
-            (
-                self.refresh is None or self.refresh >= 1,
-                f"`refresh` must be >= 1, got {self.refresh}",
-            ),
-            (
-                self.refresh is None or self.cache == "approx",
-                "`refresh` needs `cache` approx (the exact cache recomputes every call)",
-            ),
-            (
-                self.cache == "exact" or self.kv_cache,
-                "`cache` approx and `kv_cache` exclude each other (approx reuses cached keys)",
-            ),
-            (
-                not self.compile or self.kv_cache,
-                "`compile` and `kv_cache` exclude each other (it captures the cached call)",
-            ),
-            (
-                not self.compile or self.cache == "exact",
-                "`compile` and `cache` approx exclude each other (the approximate call's "
-                "shape changes with the masked count)",
-            ),
-        )
-
-    @property
-    def refresh_every(self) -> int | None:
-        """Calls between full recomputations (approx cache only; None with the exact one)."""
-        if self.cache != "approx":
-            return None
-        return DEFAULT_REFRESH if self.refresh is None else self.refresh
-
-    def _check_exclusive(self) -> None:
-        """Settings that each decide the tokens per call exclude one another."""
-        tau = self.threshold
-        _check(
-            (tau is None or 0.0 < tau <= 1.0, f"`threshold` must lie in (0, 1], got {tau}"),
-            (
-                tau is None or self.steps_per_block is None,
-                "`threshold` and `steps_per_block` exclude each other (the threshold "
-                "decides the calls per block)",
-            ),
-            (
-                tau is None or not self.first_hitting,
-                "`threshold` and `first_hitting` exclude each other",
-            ),
-            (
-                self.schedule == "fixed" or tau is None,
-                "`schedule` reference and `threshold` exclude each other",
-            ),
-            (
-                self.schedule == "fixed" or not self.first_hitting,
-                "`schedule` reference and `first_hitting` exclude each other (first hitting "
-                "reveals one position per call)",
-            ),
+            (isinstance(self.reveal, REVEAL_POLICIES), f"not a reveal policy: {self.reveal!r}"),
+            (isinstance(self.cache, CACHE_KINDS), f"not a cache kind: {self.cache!r}"),
         )
 
     def params(self) -> dict[str, Any]:
-        """The stage parameters recorded in a sample record."""
-        return {
-            "steps_per_block": self.steps_per_block,
-            "first_hitting": self.first_hitting,
-            "threshold": self.threshold,
-            "schedule": self.schedule,
-            "top_p": self.top_p,
-            "temperature": self.temperature,
-            "dtype": self.dtype,
-            "unmask": self.unmask,
-            "kv_cache": self.kv_cache,
-            "cache": self.cache,
-            "refresh": self.refresh_every,
-            "compile": self.compile,
-        }
+        """The stage parameters recorded in a sample record (the keys of 0.1/0.2)."""
+        r = self.reveal.params()
+        out = {k: r[k] for k in ("steps_per_block", "first_hitting", "threshold", "schedule")}
+        out.update(top_p=self.top_p, temperature=self.temperature, dtype=self.dtype)
+        out.update(unmask=r["unmask"], **self.cache.params())
+        return out
+
+
+@dataclass(frozen=True)
+class LegacySampling:
+    """The sampling fields of 0.1/0.2, kept as aliases: together they name one reveal policy
+    and one cache (`reveal` and `cache` of `SamplerConfig`)."""
+
+    steps_per_block: int | None = None
+    """Alias of `reveal` steps:S (or reference:S with `schedule` reference)."""
+    first_hitting: bool = False
+    """Alias of `reveal` first-hitting."""
+    threshold: float | None = None
+    """Alias of `reveal` threshold:TAU."""
+    schedule: str = "fixed"
+    """Alias: `reference` is `reveal` reference[:S]."""
+    unmask: str = "random"
+    """Alias: `confident` is the `:confident` of `reveal` steps and reference."""
+    kv_cache: bool = True
+    """Alias: off is `cache` none."""
+    cache: str = "exact"
+    """Alias: exact or approx (`cache` exact, approx[:R])."""
+    refresh: int | None = None
+    """Alias of `cache` approx:R."""
+    compile: bool = False
+    """Alias of `cache` captured."""
+
+    def __post_init__(self) -> None:
+        _check(
+            (
+                self.schedule in ("fixed", "reference"),
+                f"unknown `schedule` {self.schedule!r} (fixed, reference)",
+            ),
+            (self.unmask in ("random", "confident"), "`unmask` must be one of random, confident"),
+            (
+                self.cache in ("exact", "approx"),
+                f"`cache` must be one of exact, approx, got {self.cache!r}",
+            ),
+        )
+
+    def given(self, fields: tuple[str, ...]) -> list[str]:
+        """The `fields` (in order) set away from their defaults."""
+        default = LegacySampling()
+        return [f for f in fields if getattr(self, f) != getattr(default, f)]
+
+    def reveal(self) -> RevealPolicy:
+        """The policy these fields name; two policies at once are refused."""
+        named = self.given(("first_hitting", "threshold", "schedule"))
+        if self.threshold is not None and self.steps_per_block is not None:
+            named.append("steps_per_block")
+        _exclusive(named)
+        confident = self.unmask == "confident"
+        if self.first_hitting:
+            return FirstHitting(confident)
+        if self.threshold is not None:
+            return Threshold(self.threshold)
+        if self.schedule == "reference":
+            return ReferenceSchedule(self.steps_per_block, confident)
+        return FixedSteps(self.steps_per_block, confident)
+
+    def cache_kind(self) -> CacheKind:
+        """The cache these fields name; two kinds at once are refused."""
+        _check(
+            (
+                self.refresh is None or self.cache == "approx",
+                "`refresh` needs `cache` approx (the exact cache recomputes every call)",
+            )
+        )
+        approx = self.cache == "approx"
+        named = [n for n, on in (("kv_cache", not self.kv_cache), ("cache", approx)) if on]
+        _exclusive([*named, *self.given(("compile",))])
+        if not self.kv_cache:
+            return NoCache()
+        if approx:
+            return ApproxCache(DEFAULT_REFRESH if self.refresh is None else self.refresh)
+        return CapturedCache() if self.compile else ExactCache()
+
+
+REVEAL_ALIASES = ("steps_per_block", "first_hitting", "threshold", "schedule", "unmask")
+"""The `LegacySampling` fields that name a reveal policy (the others name a cache)."""
+
+
+def _exclusive(named: list[str]) -> None:
+    """One setting at most among `named` (each picks a policy or a cache)."""
+    if len(named) > 1:
+        raise UserError(f"`{named[0]}` and `{named[1]}` exclude each other")
+
+
+LEGACY_ALIASES = (*REVEAL_ALIASES, "kv_cache", "refresh", "compile")
+"""The `LegacySampling` fields a caller may still accept beside a `cache` spelling (`cache`
+itself is both: exact and approx are spellings of 0.2 and of today)."""
+
+
+def resolve_sampler(
+    block_size: int, reveal: str | None, cache: str, old: dict[str, Any], **values: Any
+) -> tuple[SamplerConfig, list[str]]:
+    """A `SamplerConfig` from a `reveal` spelling (None = steps), a `cache` spelling and the
+    0.2 fields in `old` (`LEGACY_ALIASES`, each at its default or set), and the names of the
+    0.2 fields that were set, in order (a caller prints their new spelling). A set 0.2 field
+    that names a policy excludes `reveal`; one that names a cache needs `cache` exact or
+    approx (`cache` approx with `refresh` R is approx:R)."""
+    legacy = LegacySampling(**old)
+    aliases = legacy.given(LEGACY_ALIASES)
+    if not aliases:
+        return SamplerConfig(block_size, parse_reveal(reveal or "steps"), parse_cache(cache),
+                             **values), []  # fmt: skip
+    policy_aliases = [f for f in aliases if f in REVEAL_ALIASES]
+    if reveal is not None and policy_aliases:
+        raise UserError(f"`reveal` and `{policy_aliases[0]}` exclude each other")
+    policy = parse_reveal(reveal) if reveal is not None else legacy.reveal()
+    if len(policy_aliases) < len(aliases):  # a cache alias: cache must be exact or approx
+        _check((cache in ("exact", "approx"),
+                f"`cache` {cache} and `{aliases[-1]}` exclude each other"))  # fmt: skip
+        kind = dataclasses.replace(legacy, cache=cache).cache_kind()
+    else:
+        kind = parse_cache(cache)
+    return SamplerConfig(block_size, policy, kind, **values), aliases
+
+
+def with_steps(policy: RevealPolicy, steps: int | None) -> RevealPolicy:
+    """The policy with S = `steps` calls per block (a revise stage's own S): fixed steps and
+    the reference schedule take it; first hitting has no S; a threshold refuses one."""
+    if isinstance(policy, Threshold):
+        _check(
+            (steps is None, "`reveal` threshold and `revise_steps_per_block` exclude each other")
+        )
+        return policy
+    return dataclasses.replace(policy, steps=steps) if isinstance(policy, FixedSteps) else policy
+
+
+def legacy_sampler(block_size: int, **fields: Any) -> SamplerConfig:
+    """A `SamplerConfig` from the 0.2 field names (steps_per_block, first_hitting, threshold,
+    schedule, unmask, kv_cache, cache, refresh, compile) and the others (top_p, ...)."""
+    names = {f.name for f in dataclasses.fields(LegacySampling)}
+    old = LegacySampling(**{k: fields.pop(k) for k in list(fields) if k in names})
+    return SamplerConfig(block_size, reveal=old.reveal(), cache=old.cache_kind(), **fields)
 
 
 REDRAW_WINDOW = 256

@@ -35,7 +35,14 @@ from sbdcli import artifacts, pipeline
 from sbdcli import evaluate as ev
 from sbdcli.artifacts.files import check_output_dir
 from sbdcli.artifacts.rundir import RunDir
-from sbdcli.config import DemoConfig, SamplerConfig, train_config
+from sbdcli.config import (
+    ApproxCache,
+    DemoConfig,
+    FixedSteps,
+    SamplerConfig,
+    Threshold,
+    train_config,
+)
 from sbdcli.data import prepare_synthetic, read_manifest
 from sbdcli.errors import UserError
 from sbdcli.evaluate.report import HEADLINE
@@ -159,7 +166,8 @@ def demo_draft(
     file = (
         "draft.jsonl" if main else f"draft-c{calls}{'' if order == 'random' else '-' + order}.jsonl"
     )
-    scfg = SamplerConfig(block_size=cfg.draft_block, steps_per_block=calls, unmask=order)
+    policy = FixedSteps(calls, confident=order == "confident")
+    scfg = SamplerConfig(block_size=cfg.draft_block, reveal=policy)
     name = "draft" if main else f"draft {label}"
     found = pipeline.finished(cfg.out / file, cfg.n_samples) is not None and not cfg.fresh
     log(f"reusing {cfg.out / file}" if found else f"drafting {cfg.n_samples} samples ({label})")
@@ -172,7 +180,7 @@ def demo_revise(cfg: DemoConfig, ref: Any, draft: DemoSet, strategy: str, gamma:
     length = ref.model.config.seq_len
     steps = max(1, math.ceil(math.floor(gamma * (length - 1)) / cfg.tokens_per_call))
     rcfg = pipeline.RemaskConfig(gamma=gamma, strategy=strategy, seed=cfg.seed)
-    scfg = SamplerConfig(block_size=0, steps_per_block=steps)
+    scfg = SamplerConfig(block_size=0, reveal=FixedSteps(steps))
     s = DemoSet("revise", strategy, gamma, draft.draft, f"revise {strategy} {gamma}",
                 f"revise-{strategy}-g{gamma:g}.jsonl")  # fmt: skip
     return _sample(cfg, s, lambda: pipeline.revise_set(ref, draft.records, rcfg, scfg, cfg.seed))
@@ -182,7 +190,7 @@ def demo_best_revise(cfg: DemoConfig, ref: Any, draft: DemoSet) -> DemoSet:
     """The threshold revise (`BEST_REVISE`) of the one-token-per-call draft."""
     gamma, tau, refresh = (BEST_REVISE[k] for k in ("gamma", "threshold", "refresh"))
     rcfg = pipeline.RemaskConfig(gamma=gamma, strategy="snapshot", seed=cfg.seed)
-    scfg = SamplerConfig(block_size=0, threshold=tau, cache="approx", refresh=refresh)
+    scfg = SamplerConfig(block_size=0, reveal=Threshold(tau), cache=ApproxCache(refresh))
     how = f"τ {tau:g}, approx cache R {refresh}"
     name = f"revise snapshot {gamma} {how} of the {draft.draft} draft"
     file = f"revise-c{cfg.draft_block}-snapshot-g{gamma:g}-tau{tau:g}-approx{refresh}.jsonl"

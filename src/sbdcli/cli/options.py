@@ -27,6 +27,8 @@ from typing import Annotated, Any
 
 import typer
 
+from sbdcli.config import choices
+
 FIELD_FLAGS: dict[str, str] = {
     "block_size": "--block",
     "dtype": "--sampling-dtype",
@@ -109,14 +111,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _option(cls: type, field: str, optional: bool, suffix: Callable[[str], str] | None) -> Any:
+def _option(
+    cls: type, field: str, optional: bool, suffix: Callable[[str], str] | None, hidden: bool
+) -> Any:
     """(annotation, default) of the option that sets `cls.field`."""
     spec = {f.name: f for f in dataclasses.fields(cls)}[field]
     kind = typing.get_type_hints(cls)[field]
     doc = _help_text(field_docs(cls).get(field, ""), {f.name for f in dataclasses.fields(cls)})
+    default = spec.default if spec.default is not dataclasses.MISSING else NO_DEFAULT
+    if hasattr(default, "spelling"):  # a policy or cache value: the option is its spelling
+        doc = f"{doc} Choices: {choices(typing.get_args(kind))}."
+        kind, default = str, default.spelling()
     if suffix is not None:
         doc = f"{doc} {suffix(field)}".strip()
-    default = spec.default if spec.default is not dataclasses.MISSING else NO_DEFAULT
     flag = flag_for(field)
     if kind is bool and not optional:
         base = flag.removeprefix("--no-").removeprefix("--")
@@ -125,7 +132,7 @@ def _option(cls: type, field: str, optional: bool, suffix: Callable[[str], str] 
         names = [flag]
     if optional:
         kind, default = kind | None, None
-    return Annotated[kind, typer.Option(*names, help=doc)], default
+    return Annotated[kind, typer.Option(*names, help=doc, hidden=hidden)], default
 
 
 def config_options(
@@ -135,12 +142,13 @@ def config_options(
     *,
     optional: bool | Iterable[str] = False,
     help_suffix: Callable[[str], str] | None = None,
+    hidden: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per field of `cls` to a typer command; pass them as dict `dest`.
 
     `optional`: every option (True) or the named ones default to None, so the command can
     tell "not given" (and fill in defaults itself, e.g. per preset); `help_suffix(field)`
-    is appended to a field's help text.
+    is appended to a field's help text; `hidden` leaves the options out of --help (aliases).
     """
     names = list(fields)
     unset = set(names) if optional is True else set(optional or ())
@@ -150,7 +158,7 @@ def config_options(
         kept = [p for p in own.parameters.values() if p.name != dest]
         derived = []
         for name in names:
-            annotation, default = _option(cls, name, name in unset, help_suffix)
+            annotation, default = _option(cls, name, name in unset, help_suffix, hidden)
             param_default = inspect.Parameter.empty if default is NO_DEFAULT else default
             derived.append(
                 inspect.Parameter(

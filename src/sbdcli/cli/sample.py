@@ -12,6 +12,7 @@ and process 0 writes the records in order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -30,29 +31,20 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.config import RedrawConfig, RemaskConfig, SamplerConfig
+from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
+from sbdcli.config import (
+    ApproxCache,
+    ExactCache,
+    RedrawConfig,
+    RemaskConfig,
+    SamplerConfig,
+    with_steps,
+)
 from sbdcli.errors import UserError
 
 MAX_LENGTH_FACTOR = 16
 """Longest --length, in multiples of the trained length (longer samples slide a window)."""
 
-SAMPLER_FIELDS = (
-    "steps_per_block",
-    "first_hitting",
-    "threshold",
-    "schedule",
-    "top_p",
-    "temperature",
-    "dtype",
-    "unmask",
-    "kv_cache",
-    "cache",
-    "refresh",
-    "compile",
-    "precision",
-)
-"""`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
-sampler_options = config_options("sampling", SamplerConfig, SAMPLER_FIELDS)
 redraw_options = config_options(
     "redraw_opts", RedrawConfig, ("redraw_low_entropy", "redraw_window", "redraw_attempts")
 )
@@ -126,20 +118,6 @@ def _batch_model(models: Any, batch: list[dict[str, Any]]) -> Any:
     if len(names) > 1:
         raise UserError("the records name different models; pass -m to choose one")
     return models.for_record(batch[0])
-
-
-def _sampler(block: int, values: dict[str, Any], steps: int | None = None) -> SamplerConfig:
-    """The stage's SamplerConfig from the derived options (`steps` overrides theirs)."""
-    if steps is not None:
-        values = {**values, "steps_per_block": steps}
-    return SamplerConfig(block_size=block, **values)
-
-
-def _check_compile(cfg: SamplerConfig, device: str) -> None:
-    """--compile where it cannot work fails before anything is read or written."""
-    from sbdcli.diffusion.sampler import check_compile
-
-    check_compile(cfg, device)
 
 
 @dataclass(frozen=True)
@@ -294,6 +272,7 @@ def draft(
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
     """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
@@ -303,10 +282,11 @@ def draft(
     device = _processes(device, output)
     if block < 1:
         raise UserError(f"--block must be >= 1, got {block}")
-    cfg = _sampler(block, sampling or {})
-    _check_compile(cfg, device)
+    cfg, note = sampler_config(block, sampling, aliases)
+    check_captured(cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, block, prompt)
+    print_note(note)
 
     job = Drafting(ref, plist, length, cfg, seed, [], stop_at_eos, redraw)
     _write_drafts("draft", output, batch_size, job)
@@ -371,6 +351,7 @@ def revise(
     input: InputOpt = "-",
     output: OutputOpt = "-",
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
 ) -> None:
     """Regenerate exactly the `masked` positions, everything else fixed and visible."""
     from sbdcli import pipeline as pl
@@ -378,9 +359,10 @@ def revise(
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output, input)
-    cfg = _sampler(pl.parse_block(block), sampling or {})
-    _check_compile(cfg, device)
+    cfg, note = sampler_config(pl.parse_block(block), sampling, aliases)
+    check_captured(cfg, device)
     models = pl.ModelCache(model, device)
+    print_note(note)
 
     def run(batch: list[dict[str, Any]], first: int, on_call: Any) -> list[dict[str, Any]]:
         ref = _batch_model(models, batch)
@@ -425,6 +407,7 @@ def generate(
     device: DeviceOpt = "auto",
     output: OutputOpt = "-",
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
     remask_opts: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
@@ -434,25 +417,24 @@ def generate(
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output)
-    values = sampling or {}
     draft_block, schedule = pl.parse_stages(stages, gammas)
-    if revise_steps_per_block is not None and values.get("threshold") is not None:
-        raise UserError("--threshold and --revise-steps-per-block exclude each other")
+    cfg, note = sampler_config(draft_block, sampling, aliases)
+    revise_policy = with_steps(cfg.reveal, revise_steps_per_block)
     # --cache approx is a revise setting here: a draft block's call runs <= 2B positions
-    draft_cfg = _sampler(draft_block, {**values, "cache": "exact", "refresh": None})
-    _check_compile(draft_cfg, device)
+    exact = ExactCache() if isinstance(cfg.cache, ApproxCache) else cfg.cache
+    draft_cfg = dataclasses.replace(cfg, cache=exact)
+    check_captured(draft_cfg, device)
     redraw = RedrawConfig(**(redraw_opts or {}))
     plan = [
         pl.StagePlan(
-            RemaskConfig(
-                gamma=gamma, seed=seed, precision=values["precision"], **(remask_opts or {})
-            ),
-            _sampler(blk, {**values, "steps_per_block": revise_steps_per_block}),
+            RemaskConfig(gamma=gamma, seed=seed, precision=cfg.precision, **(remask_opts or {})),
+            dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
             seed,
         )
         for gamma, blk in schedule
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block, prompt)
+    print_note(note)
 
     job = Drafting(ref, plist, length, draft_cfg, seed, plan, stop_at_eos, redraw)
     _write_drafts("generate", output, batch_size, job)

@@ -14,41 +14,22 @@ display, a live view):
   `revise_engine` its stepping form.
 
 Rules this module fixes (docs/sampling.md explains them):
-- **Attention.** Block b (positions [lo, hi)) sees every earlier block and itself. With a
-  KV cache, the clean keys/values of earlier blocks that are not yet cached are written in
-  the same network call that denoises block b: the input is concat(clean pending, noisy
-  block) with a block-causal mask over the pending part and `cache_commit` = its length;
-  so there is never a separate cache-write pass and NFE counts every network call.
-  `kv_cache=False` recomputes the whole visible window at every call (reference path).
-- **Approximate cache** (`cache="approx"`, refresh R). Inside the current block, the first
-  call and every R-th call run the block in full and leave the keys/values of all its
-  positions in the cache; the calls between run only the positions masked at the previous
-  call (still masked, or just committed) as queries: they overwrite their own stored
-  keys/values and attend to every stored one, so the others keep keys/values computed
-  when more of the block was masked. R = 1 is the exact cache, bit for bit. Earlier
-  blocks stay exact; one global block is where it pays (every exact call runs all L).
-- **Captured call** (`compile`, CUDA only). The cached call is run at a fixed shape (the
-  whole preallocated slab, its invalid slots masked; the cache is written back outside)
-  so torch.compile with CUDA graphs captures one graph per input length.
-- **Longer than the trained length L.** The window is the last L positions ending at the
-  block's end: [max(0, hi - L), hi) with window-relative positions 0.., exactly as if the
-  window were the whole sequence (BD3-LM keeps the last L - B tokens of context). When the
-  window slides the cache is rebuilt inside the next call (exact, costs no extra call).
-- **Tokens per call.** `first_hitting`: one masked position per call, chosen uniformly.
-  `threshold` TAU: every masked position of the block is drawn and each whose draw has
-  snapshot confidence >= TAU is committed, and always the most confident one (ties:
-  leftmost). Otherwise `steps_per_block` S (default: the block size) and `schedule`:
-  "fixed", a sample with r masked positions left in the block after s of its calls reveals
-  ceil(r / max(S - s, 1)); "reference", BD3-LM's law: at step i of S each masked position
-  is revealed with probability `reference_reveal_probs(S)[i]` (1 at the last step), steps
-  that reveal nothing are skipped without a call (reveal.py holds these counts). Which
-  positions (fixed, reference): `unmask="random"` (uniform, default; the schedule of
-  BD3-LM/MDLM reveals an exchangeable random subset) or `"confident"` (highest model
-  probability first).
+- **Attention.** Block b (positions [lo, hi)) sees every earlier block and itself. The
+  network call is the window of the cache kind (calls.py: `--cache none`, exact,
+  approx:R, captured), one `logits(x, lo, hi, sigma)` for all of them; every network call
+  denoises, so NFE counts every call. Longer than the trained length L, the window is the
+  last L positions ending at the block's end, exactly as if it were the whole sequence.
+- **Tokens per call.** The reveal policy (`SamplerConfig.reveal`: `FixedSteps`,
+  `ReferenceSchedule`, `Threshold`, `FirstHitting`) says how many masked positions of the
+  block a call reveals per sample and which; reveal.py runs it (`rule_for(policy)`): fixed
+  counts ceil(r / max(S - s, 1)), BD3-LM's reference law (steps that reveal nothing are
+  skipped without a call), every draw with probability >= TAU (at least the most
+  confident), or one uniformly chosen position; random positions, or the most probable
+  first with `confident`.
 - **Waiting.** A sample with nothing left in the current block takes no part in a call:
   it draws nothing from its generator and its `nfe` does not grow.
 - **Noise level** (time-conditioned models only): each call passes sigma(t) per sample, t
-  from `schedule.call_level` (BD3-LM's per-call t); with the cache, the clean blocks
+  from the policy's `level` (BD3-LM's per-call t); with the cache, the clean blocks
   written in a call carry the level they were finished at (docs/sampling.md).
 - **Categorical draw.** SUBS: the [MASK] logit is -inf. Logits -> float64 (or float32 as a
   recorded ablation), divided by `temperature`, nucleus-truncated, Gumbel-max with the
@@ -69,16 +50,15 @@ Rules this module fixes (docs/sampling.md explains them):
   as that cache).
 
 Not here: record formats and model loading (pipeline/), remasking (remask.py).
-The module is long (about 770 lines) because the engine, its network-call window (exact,
-approximate and captured caches) and the draw rules share private state and are read
-together; the per-call counts already live in reveal.py.
+The module is long (about 550 lines) because the engine, its per-sample state and the
+draw rules are read together; the network call lives in calls.py, the per-call counts in
+reveal.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,8 +66,9 @@ from typing import Any
 import torch
 
 from sbdcli.config import SamplerConfig
-from sbdcli.diffusion.reveal import reference_reveal_probs, tokens_per_call
-from sbdcli.diffusion.schedule import LogLinearSchedule, call_level, reveal_level
+from sbdcli.diffusion.calls import check_compile, make_window, model_device
+from sbdcli.diffusion.reveal import FixedStepsRule, reference_reveal_probs, rule_for
+from sbdcli.diffusion.schedule import LogLinearSchedule
 from sbdcli.errors import UserError
 from sbdcli.model import precision
 
@@ -185,246 +166,6 @@ def gumbel_max(
     return token, conf, conf_n
 
 
-# --------------------------------------------------------------------------- network calls
-class _Window:
-    """Computes logits of one block given everything before it, with or without a KV cache."""
-
-    def __init__(
-        self,
-        model: Any,
-        n: int,
-        length: int,
-        block: int,
-        use_cache: bool,
-        refresh: int | None = None,
-        step: Callable[..., Any] | None = None,
-    ) -> None:
-        self.model, self.block, self.length = model, block, length
-        self.max_len = model.config.seq_len
-        single_block = block >= length
-        self.cache = None
-        self.refresh, self.step = refresh, step  # approximate cache; fixed-shape call
-        if use_cache and (refresh is not None or not single_block):
-            # approx: one spare last slot takes the keys/values of padded queries
-            spare = 1 if refresh is not None else 0
-            self.cache = model.new_cache(n, min(length, self.max_len) + spare)
-        self.block_lo, self.calls = -1, 0  # approx: the current block, its calls so far
-        self.prev: torch.Tensor | None = None  # approx: (n, N) masked at the previous call
-        self.live = torch.ones(n, dtype=torch.bool, device=model_device(model))  # not cancelled
-        self.queries: torch.Tensor | None = None  # approx: the previous call's `prev`
-        self.start = 0  # absolute index of the first cached token
-        self.end = 0  # absolute index after the last cached token
-        self.levels: torch.Tensor | None = None  # (n, T) sigma each block was last called at
-        bos, eos = getattr(model.config, "bos_id", None), getattr(model.config, "eos_id", None)
-        # A BOS distinct from EOS only ever opens a row in training data: never sample it.
-        self.suppress = bos if bos is not None and bos != eos else None
-
-    def _finish(self, out: torch.Tensor) -> torch.Tensor:
-        if self.suppress is not None:
-            out[..., self.suppress] = -math.inf
-        return out
-
-    def _block_causal(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """Query i may see key j iff blk(j) <= blk(i); None when everything is visible."""
-        blk = idx // self.block
-        mask = blk[None, :] <= blk[:, None]  # (N, N)
-        return None if bool(mask.all()) else mask
-
-    def record(self, lo: int, hi: int, sigma: torch.Tensor) -> None:
-        """Set the level (n,) block [lo, hi) is cached at (cached paths; no-op before any)."""
-        if self.levels is not None:
-            self.levels[:, lo:hi] = sigma.to(self.levels.device)[:, None]
-
-    def _levels(self, x: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Per-token levels (n, hi - end) of a cached call: clean pending blocks at the level of
-        their last call (BD3-LM writes a block's cache at that level; 0 if never called), the
-        block [lo, hi) at this call's level, which is recorded."""
-        if self.levels is None:
-            self.levels = torch.zeros(x.shape, dtype=sigma.dtype, device=sigma.device)
-        self.levels[:, lo:hi] = sigma[:, None]
-        return self.levels[:, self.end : hi].clone()
-
-    def logits(
-        self,
-        x: torch.Tensor,
-        lo: int,
-        hi: int,
-        sigma: torch.Tensor | None = None,
-        readout: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Raw logits (n, hi - lo, V) for block [lo, hi) of x (n, T); `sigma` (n,): this call's
-        noise level per sample, for time-conditioned models (None: not passed). `readout`
-        (n, k) block-relative positions: only their logits (n, k, V) are computed."""
-        start = max(0, hi - self.max_len)  # sliding window [start, hi)
-        device = x.device
-        kw: dict[str, Any] = {} if sigma is None else {"sigma": sigma}
-        if self.cache is None:
-            idx = torch.arange(start, hi, device=device)
-            args = (x[:, start:hi], idx - start, self._block_causal(idx))
-            if self.step is None:
-                if readout is not None:
-                    return self._finish(self.model(*args, readout=readout + (lo - start), **kw))
-                out = self.model(*args, **kw)
-            else:
-                out = _replay(_compiled_forward(self.model), *args, **kw)
-            return self._finish(_take(out[:, lo - start :], readout))
-        if self.refresh is not None and self._approximate(x, lo, hi, start):
-            return self._partial(x, lo, hi, start, sigma, readout)
-        if start != self.start:  # the window slid: rebuild the cache inside this call
-            self.cache.truncate(0)
-            self.start = self.end = start
-        pending = lo - self.end
-        idx = torch.arange(self.end, hi, device=device)
-        mask = self._block_causal(idx)
-        if mask is not None and self.cache.length > 0:
-            seen = torch.ones(len(idx), self.cache.length, dtype=torch.bool, device=device)
-            mask = torch.cat((seen, mask), dim=1)  # (C + N, T_cache + C + N)
-        if sigma is not None:
-            kw["sigma"] = self._levels(x, sigma, lo, hi)
-        if self.step is None:
-            if readout is not None:
-                kw["readout"] = readout + pending
-            out = self.model(x[:, self.end : hi], idx - start, mask, self.cache, pending, **kw)
-            self.end = lo
-            return self._finish(out if readout is not None else out[:, pending:])
-        out = self._fixed(x[:, self.end : hi], idx - start, mask, pending, kw)
-        self.end = lo
-        return self._finish(_take(out[:, pending:], readout))
-
-    def _approximate(self, x: torch.Tensor, lo: int, hi: int, start: int) -> bool:
-        """Approx cache: whether this call of block [lo, hi) may reuse stored keys/values
-        (not the block's first call, nor one of every `refresh`); remembers its masked set."""
-        fresh = lo != self.block_lo or start != self.start
-        if fresh:
-            self.block_lo, self.calls = lo, 0
-        partial = not fresh and self.calls % int(self.refresh or 1) != 0
-        self.calls += 1
-        masked = (x[:, lo:hi] == self.model.config.mask_id) & self.live[:, None]
-        self.queries, self.prev = self.prev, masked
-        return partial
-
-    def drop(self, row: int) -> None:
-        """A cancelled row: its positions are no longer queried (approximate cache)."""
-        self.live[row] = False
-        if self.prev is not None:
-            self.prev[row] = False
-
-    def _partial(
-        self,
-        x: torch.Tensor,
-        lo: int,
-        hi: int,
-        start: int,
-        sigma: torch.Tensor | None,
-        readout: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Approximate call: only the positions masked at the previous call (still masked, or
-        just committed) are run; they overwrite their stored keys/values and attend to all
-        stored ones (every other position keeps the keys/values of an earlier call).
-        `readout`: as in `logits` (they are among the queried positions)."""
-        prev = self.queries  # (n, N) bool
-        n, width = prev.shape
-        count = int(prev.sum(dim=1).max())
-        order = (~prev).to(torch.int8).argsort(dim=1, stable=True)[:, :count]  # queried first
-        valid = prev.gather(1, order)
-        spare = self.cache.max_len - 1
-        slots = torch.where(valid, order + (lo - start), spare)  # padding -> the spare slot
-        kw: dict[str, Any] = {}
-        if sigma is not None:
-            self._levels(x, sigma, lo, hi)  # records the block's level for later calls
-            kw["sigma"] = sigma
-        view = self.cache.scattering(slots, hi - start)
-        args = (x[:, lo:hi].gather(1, order), order + (lo - start), None, view, 0)
-        if readout is not None:  # where each readout position stands among the queries
-            rank = torch.zeros_like(prev, dtype=torch.long).scatter_(
-                1, order, torch.arange(count, device=order.device).expand(n, -1)
-            )
-            return self._finish(self.model(*args, readout=rank.gather(1, readout), **kw))
-        out = self.model(*args, **kw)
-        full = out.new_zeros(n, width, out.shape[-1])
-        full.scatter_(1, order[..., None].expand_as(out), out)  # padding lands on unused rows
-        return self._finish(full)
-
-    def _fixed(
-        self,
-        tokens: torch.Tensor,
-        pos: torch.Tensor,
-        mask: torch.Tensor | None,
-        pending: int,
-        kw: dict[str, Any],
-    ) -> torch.Tensor:
-        """The cached call at a fixed shape (the whole slab, invalid slots masked) through
-        `self.step` (the model's `fixed_step`, captured by torch.compile)."""
-        cache, width = self.cache, tokens.shape[1]
-        device = tokens.device
-        inner = torch.ones(width, width, dtype=torch.bool, device=device)
-        if mask is not None:
-            inner = mask[:, -width:]
-        valid = torch.arange(cache.max_len, device=device) < cache.length
-        full = torch.cat((valid[None].expand(width, -1), inner), dim=1)  # (N, S + N)
-        out, k_new, v_new = _replay(self.step, tokens, pos, full, cache.k, cache.v, **kw)
-        cache.put(cache.length, k_new, v_new)
-        cache.advance(pending)
-        return out
-
-
-def _take(out: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor:
-    """The `readout` (n, k) positions of block logits (n, N, V), or all of them."""
-    if readout is None:
-        return out
-    return out.gather(1, readout[..., None].expand(-1, -1, out.shape[-1]))
-
-
-# --------------------------------------------------------------------------- the engine
-_COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def check_compile(cfg: SamplerConfig, device: Any) -> None:
-    """Refuse `compile` off CUDA: on a CPU the captured call is not faster (docs/sampling.md)."""
-    if not cfg.compile:
-        return
-    kind = str(device)
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(kind).type != "cuda":
-        raise UserError(
-            f"`compile` needs a CUDA device: it captures the cached call as CUDA graphs, "
-            f"which do not exist on {kind} (drop `compile` or pass --device cuda)"
-        )
-
-
-def _captured(model: Any) -> tuple[Any, Any]:
-    """(fixed_step, forward) of the model captured by torch.compile, made once per model."""
-    if model not in _COMPILED:
-        opts: dict[str, Any] = {"mode": "reduce-overhead", "dynamic": False}
-        _COMPILED[model] = (
-            torch.compile(model.fixed_step, **opts),
-            torch.compile(model.forward, **opts),
-        )
-    return _COMPILED[model]
-
-
-def _compiled_step(model: Any) -> Callable[..., Any]:
-    """The fixed-shape cached call (the whole slab, invalid slots masked), captured."""
-    return _captured(model)[0]
-
-
-def _compiled_forward(model: Any) -> Callable[..., Any]:
-    """The cache-free call (one fixed-shape window per block), captured."""
-    return _captured(model)[1]
-
-
-def _replay(call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    """One captured call; its outputs are cloned (a CUDA graph overwrites them next time)."""
-    mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
-    if mark is not None and args[0].is_cuda:
-        mark()  # the previous call's outputs are no longer read
-    out = call(*args, **kw)
-    if isinstance(out, tuple):
-        return tuple(t.clone() for t in out)
-    return out.clone()
-
-
 def _check_lengths(model: Any, length: int, block: int) -> None:
     max_len = model.config.seq_len
     if length > max_len and block > max_len:
@@ -477,28 +218,27 @@ class _Plan:
 def _plan(
     todo: torch.Tensor,
     clock: tuple[torch.Tensor, torch.Tensor],
-    cfg: SamplerConfig,
+    rule: FixedStepsRule,
     gens: Sequence[Any],
 ) -> _Plan:
-    """The call's tokens per sample (reveal.py) and, under a random order, its positions.
+    """The call's tokens per sample (`rule.count`) and, under a random order, its positions.
 
-    todo (n, N) bool: the block's masked positions. random: sample i draws N uniform keys
-    and reveals its k_i masked positions with the smallest keys; the logits are needed only
-    there. confident order and threshold choose from the draws: positions come later.
+    todo (n, N) bool: the block's masked positions; clock = (calls, steps): each sample's
+    calls and reference-schedule steps in this block. random: sample i draws N uniform keys
+    and reveals its k_i masked positions with the smallest keys, so the logits are needed
+    only there. Otherwise the positions are chosen from the draws, after the call.
     """
     n, block = todo.shape
-    remaining = todo.sum(dim=1).cpu()
-    k = tokens_per_call(remaining, *clock, block, cfg, gens)  # (n,)
-    if cfg.unmask != "random" or cfg.threshold is not None:
+    k = rule.count(todo.sum(dim=1).cpu(), clock, block, gens)  # (n,)
+    if not rule.random_order:
         return _Plan(k)
     device = todo.device
+    counts = k.to(device)
     keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
     full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
-    full[k.to(device) > 0] = keys.view(-1, block)
+    full[counts > 0] = keys.view(-1, block)
     rank = full.masked_fill(~todo, 3.0).argsort(dim=1).argsort(dim=1)
-    chosen = todo & (rank < k.to(device)[:, None])
-    rows, cols = chosen.nonzero(as_tuple=True)
-    counts = k.to(device)
+    rows, cols = (todo & (rank < counts[:, None])).nonzero(as_tuple=True)
     slots = torch.arange(len(rows), device=device) - (counts.cumsum(0) - counts)[rows]
     readout = torch.zeros(n, max(1, int(k.max())), dtype=torch.long, device=device)
     readout[rows, slots] = cols
@@ -510,16 +250,17 @@ def _choose(
     plan: _Plan,
     logits: torch.Tensor,
     cfg: SamplerConfig,
+    rule: FixedStepsRule,
     gens: Any,
     mask_id: int,
 ) -> tuple[torch.Tensor, ...]:
     """Positions to reveal in a block and their draws: (rows, cols, token, conf, conf_n).
 
-    todo (n, N) bool. random: the plan's positions, `logits` (n, max k, V) read out there;
-    Gumbel noise is drawn for them only. Otherwise `logits` is (n, N, V). confident: draws
-    for every masked position, keeps the k_i with the highest model probability (ties:
-    leftmost). threshold: draws for every masked position, keeps those with probability >=
-    the threshold and the most confident one.
+    todo (n, N) bool. random order: the plan's positions, `logits` (n, max k, V) read out
+    there, Gumbel noise drawn for them only. Otherwise `logits` is (n, N, V): a draw for
+    every masked position, and `rule.keep` chooses among the draws by their rank (0 = the
+    most probable; ties: leftmost): the k_i best (confident), or those above a threshold
+    and the best.
     """
     n, block = todo.shape
     vocab, device = logits.shape[-1], logits.device
@@ -534,10 +275,7 @@ def _choose(
     score = torch.full((n, block), -1.0, dtype=torch.float64, device=device)
     score[rows, cols] = conf
     rank = (-score).argsort(dim=1, stable=True).argsort(dim=1)
-    if cfg.threshold is not None:
-        keep = (conf >= cfg.threshold) | (rank[rows, cols] == 0)
-    else:
-        keep = rank[rows, cols] < k.to(device)[rows]
+    keep = rule.keep(conf, rank[rows, cols], k.to(device)[rows])
     return rows[keep], cols[keep], tok[keep], conf[keep], conf_n[keep]
 
 
@@ -547,6 +285,7 @@ def _reveal(
     window: tuple[int, int],
     plan: _Plan,
     cfg: SamplerConfig,
+    rule: FixedStepsRule,
     gens: Sequence[Any],
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """One call's commits in the block window = [lo, hi) for every sample, as `plan` says.
@@ -557,7 +296,7 @@ def _reveal(
     lo, hi = window
     active = plan.k > 0
     todo = state.todo[:, lo:hi]
-    rows, cols, tok, conf, conf_n = _choose(todo, plan, logits, cfg, gens, state.mask_id)
+    rows, cols, tok, conf, conf_n = _choose(todo, plan, logits, cfg, rule, gens, state.mask_id)
     state.nfe += active.long()
     pos = lo + cols
     state.x[rows, pos] = tok
@@ -648,17 +387,17 @@ class FillEngine:
         _check_lengths(model, length, self.block)
         check_compile(cfg, tokens.device)
         self.model, self.cfg, self.generators, self.eos_id = model, cfg, generators, eos_id
+        self.rule = rule_for(cfg.reveal)
         x = tokens.clone()
         x[todo] = model.config.mask_id
         offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
         self.state = _State(x, todo.clone(), offset, model.config.mask_id)
         self.cancelled = torch.zeros(n, dtype=torch.bool)
         net = precision.for_calls(model, cfg.precision, tokens.device)  # bf16: bf16 weights
-        step = _compiled_step(net) if cfg.compile else None
-        self.window = _Window(net, n, length, self.block, cfg.kv_cache, cfg.refresh_every, step)
-        bf16 = precision.resolve(cfg.precision, tokens.device) == "bf16"
-        if self.window.cache is not None and bf16:
-            self.window.cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no casts per call
+        self.window = make_window(cfg.cache, net, n, length, self.block)
+        cache = getattr(self.window, "cache", None)
+        if cache is not None and precision.resolve(cfg.precision, tokens.device) == "bf16":
+            cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no cast per call
         self.result: FillResult | None = None
         self._events = self._run()
 
@@ -718,15 +457,14 @@ class FillEngine:
             sigma = None
             if timed:  # the noise level of this call (schedule.call_level, docs/sampling.md)
                 left = state.todo[:, lo:hi].sum(dim=1).cpu()
-                level = call_level(level, left, (calls, steps), hi - lo, cfg, gens)
+                level = self.rule.level(level, left, (calls, steps), hi - lo, gens)
                 sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
-            plan = _plan(state.todo[:, lo:hi], (calls, steps), cfg, gens)
-            active, commits = _reveal(
-                state, self._call(lo, hi, sigma, plan), (lo, hi), plan, cfg, gens
-            )
+            plan = _plan(state.todo[:, lo:hi], (calls, steps), self.rule, gens)
+            logits = self._call(lo, hi, sigma, plan)
+            active, commits = _reveal(state, logits, (lo, hi), plan, cfg, self.rule, gens)
             calls += active.long()
-            if timed and cfg.schedule == "reference":  # cached at the step that revealed
-                level = reveal_level(level, steps, active, hi - lo, cfg)
+            if timed and self.rule.settles:  # cached at the step that revealed (reference)
+                level = self.rule.settle(level, steps, active, hi - lo)
                 self.window.record(lo, hi, LogLinearSchedule().sigma(level.float()))
             yield commits
 
@@ -837,10 +575,3 @@ def revise_engine(
 ) -> FillEngine:
     """Stage k > 1 in stepping form: the engine that regenerates the `masked` positions."""
     return FillEngine(model, tokens, masked, cfg, generators, step_offset=step_offset)
-
-
-def model_device(model: Any) -> torch.device:
-    """The device of the model's first parameter (CPU for parameter-free test doubles)."""
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")

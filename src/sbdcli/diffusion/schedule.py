@@ -11,29 +11,21 @@ What is here
   position 0 (BOS) never masked, and optional redraws into a clipped interval.
 - `draw_noise`: the levels and masks of a whole batch at once (what training draws per
   global batch before splitting it over processes and micro-batches).
-- `call_level`: the mask rate t a sampler call is made at, per sample (the level a
-  time-conditioned network receives is then `sigma(t)`; docs/sampling.md), and
-  `reveal_level`: the rate a finished block is cached at under the reference schedule.
 
-What is not here: the network or the loss itself (loss.py).
+What is not here: the network or the loss itself (loss.py), the level of a sampler call
+(each reveal policy's `level` in reveal.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from sbdcli.config import SamplerConfig
-
 __all__ = [
     "LogLinearSchedule",
-    "call_level",
     "draw_noise",
     "resample_masks",
-    "reveal_level",
     "sample_masks",
     "sample_t",
 ]
@@ -186,60 +178,3 @@ def draw_noise(
     if resample:
         masked = resample_masks(masked, t_tok, block, eps[0], eps[1], generator)
     return t, masked
-
-
-def call_level(
-    t: torch.Tensor,
-    remaining: torch.Tensor,
-    clock: tuple[torch.Tensor, torch.Tensor],
-    block: int,
-    cfg: SamplerConfig,
-    gens: Sequence[Any],
-) -> torch.Tensor:
-    """Mask rate t (n,) float64 of this sampler call in the current block, per sample.
-
-    `t` holds each sample's previous rate in this block (1 before its first call),
-    `remaining` (n,) its masked positions, clock = (calls, reference-schedule steps) it spent
-    on the block. As the reference's semi-AR sampler (bd3lms commit
-    1c3e8f43d88dfbcee5ff2aa6932a9e74b31ae1d7, `_semi_ar_sampler`): first hitting multiplies
-    t by u^(1 / r), u ~ U(0, 1) from the sample's generator (one draw per call, r masked
-    positions before it); fixed steps use t = linspace(1, 0, S)[i] at step i (the call count
-    for the fixed schedule, the schedule step for the reference one). Threshold decoding has
-    no reference counterpart: t = r / block, the masked fraction. Waiting samples keep t.
-    """
-    t = t.clone()
-    calls, steps = clock
-    for i in (remaining > 0).nonzero()[:, 0].tolist():
-        r = int(remaining[i])
-        if cfg.first_hitting:
-            gen = gens[i]
-            device = getattr(gen, "device", torch.device("cpu"))
-            u = float(torch.rand((), generator=gen, dtype=torch.float64, device=device))
-            t[i] = t[i] * u ** (1.0 / r)
-        elif cfg.threshold is not None:
-            t[i] = r / block
-        else:
-            total = cfg.steps_per_block or block
-            step = int(steps[i] if cfg.schedule == "reference" else calls[i])
-            t[i] = float(torch.linspace(1.0, 0.0, total)[min(step, total - 1)])  # float32 grid
-    return t
-
-
-def reveal_level(
-    t: torch.Tensor, steps: torch.Tensor, active: torch.Tensor, block: int, cfg: SamplerConfig
-) -> torch.Tensor:
-    """Rates (n,) after a call of the reference schedule: t at the step that revealed.
-
-    The reference calls the network at the step after a change and reuses those
-    probabilities until a step reveals something; it writes a finished block's KV cache at
-    the level of that revealing step, linspace(1, 0, S)[steps - 1] (`steps` as advanced by
-    the call). Other rules reveal at the call itself: `t` is returned unchanged.
-    """
-    if cfg.schedule != "reference" or cfg.first_hitting or cfg.threshold is not None:
-        return t
-    total = cfg.steps_per_block or block
-    grid = torch.linspace(1.0, 0.0, total).double()
-    t = t.clone()
-    for i in active.nonzero()[:, 0].tolist():
-        t[i] = grid[min(max(int(steps[i]) - 1, 0), total - 1)]
-    return t

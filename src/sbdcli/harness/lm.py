@@ -11,8 +11,10 @@
 
 Model arguments (lm-eval's `--model_args k=v,...`): `pretrained` (the run), `block`
 (likelihood block size; default the run's smallest trained block), `mc` (K, default 16),
-`seed`, `draft_block` (4), `steps_per_block`, `top_p`, `revise` (false), `gamma` (0.25),
-`revise_block` (`full`). Importing this module registers the model with lm-eval.
+`seed`, `draft_block` (4), `reveal` (a `--reveal` spelling, e.g. `steps:2`; default `steps`),
+`steps_per_block` (the 0.2 name: `steps_per_block=S` is `reveal=steps:S`), `top_p`, `revise`
+(false), `gamma` (0.25), `revise_block` (`full`). Importing this module registers the model
+with lm-eval.
 
 Not here: the likelihood math (evaluate/likelihood.py), task loading and the results
 (run.py), printing (cli/).
@@ -30,7 +32,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from sbdcli.artifacts.rundir import RunDir
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import FixedSteps, RemaskConfig, RevealPolicy, SamplerConfig, parse_reveal
 from sbdcli.errors import UserError
 from sbdcli.evaluate.likelihood import ContinuationScore, continuation_scores
 from sbdcli.pipeline import (
@@ -52,6 +54,15 @@ def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
 
+def _draft_reveal(reveal: str | None, steps_per_block: int | str | None) -> RevealPolicy:
+    """The draft's reveal policy from `reveal` or its 0.2 name `steps_per_block`."""
+    if reveal is not None and steps_per_block is not None:
+        raise UserError("model args `reveal` and `steps_per_block` exclude each other")
+    if reveal is not None:
+        return parse_reveal(str(reveal))
+    return FixedSteps(None if steps_per_block is None else int(steps_per_block))
+
+
 @register_model("sbd")
 class SbdLM(LM):
     """An sbd run as an lm-eval model (module docstring)."""
@@ -66,6 +77,7 @@ class SbdLM(LM):
         seed: int = 0,
         draft_block: int = 4,
         steps_per_block: int | None = None,
+        reveal: str | None = None,
         top_p: float | None = None,
         revise: bool | str = False,
         gamma: float = 0.25,
@@ -83,8 +95,8 @@ class SbdLM(LM):
         if self.mc < 1 or self.block < 1:
             raise UserError("model args `mc` and `block` must be >= 1")
         extra = {} if top_p is None else {"top_p": float(top_p)}
-        steps = None if steps_per_block is None else int(steps_per_block)
-        self.draft_cfg = SamplerConfig(block_size=int(draft_block), steps_per_block=steps, **extra)
+        policy = _draft_reveal(reveal, steps_per_block)
+        self.draft_cfg = SamplerConfig(block_size=int(draft_block), reveal=policy, **extra)
         revise_stage = StagePlan(
             RemaskConfig(gamma=float(gamma), seed=self.seed),
             SamplerConfig(block_size=parse_block(str(revise_block)), **extra),

@@ -242,6 +242,7 @@ def check_records(
     for j, rec in enumerate(records):
         validate_record(rec, first_index + j, model=ids)
         if ref is not None:
+            _check_length(rec, ref, first_index + j)
             _check_no_kept_mask(rec, ref, first_index + j)
             enc.check_tokenizer(rec, ref, first_index + j)
         n = len(rec["tokens"])
@@ -250,6 +251,18 @@ def check_records(
         if len(rec.get("step", [])) != n:
             rec["step"] = [0] * n
     return records
+
+
+def _check_length(rec: Record, ref: ModelRef, index: int) -> None:
+    """A record may be at most `MAX_LENGTH_FACTOR` x the model's trained length (the reach of
+    the sliding and centred windows, the same rule as `sbd encode`)."""
+    seq_len = ref.model.config.seq_len
+    limit = enc.MAX_LENGTH_FACTOR * seq_len
+    if len(rec["tokens"]) > limit:
+        raise UserError(
+            f"record {index} (id {rec['id']!r}): {len(rec['tokens'])} tokens, more than "
+            f"{enc.MAX_LENGTH_FACTOR} x the model's trained length {seq_len} ({limit})"
+        )
 
 
 def _check_no_kept_mask(rec: Record, ref: ModelRef, index: int) -> None:

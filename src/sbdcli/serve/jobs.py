@@ -14,12 +14,22 @@ Not here: the queue and the batch runner (batcher.py), HTTP (app.py).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sbdcli import pipeline as pl
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import (
+    LEGACY_ALIASES,
+    ApproxCache,
+    ExactCache,
+    RemaskConfig,
+    SamplerConfig,
+    resolve_sampler,
+    with_steps,
+)
+from sbdcli.diffusion.sampler import check_compile
 from sbdcli.errors import UserError
 from sbdcli.pipeline.prompts import Prompt, parse_prompt
 from sbdcli.serve.schemas import ApiError, CompletionRequest
@@ -27,18 +37,8 @@ from sbdcli.serve.schemas import ApiError, CompletionRequest
 MAX_STOP = 4
 """OpenAI's limit on stop sequences."""
 
-SAMPLER_KEYS = (
-    "steps_per_block",
-    "first_hitting",
-    "threshold",
-    "schedule",
-    "unmask",
-    "dtype",
-    "kv_cache",
-    "cache",
-    "refresh",
-)
-"""`sbd` options that are `SamplerConfig` fields (with top_p and temperature)."""
+LEGACY_KEYS = tuple(k for k in LEGACY_ALIASES if k != "compile")
+"""`sbd` options of 0.2 that name a reveal policy or a cache (beside `reveal` and `cache`)."""
 
 
 @dataclass(frozen=True)
@@ -116,18 +116,20 @@ def _configs(req: CompletionRequest, seed: int) -> tuple[SamplerConfig, list[pl.
     if o.revise_steps_per_block is not None and o.threshold is not None:
         raise ApiError(400, "sbd.threshold and sbd.revise_steps_per_block exclude each other",
                        param="sbd.threshold")  # fmt: skip
-    values: dict[str, Any] = {k: getattr(o, k) for k in SAMPLER_KEYS}
-    values.update(top_p=float(req.top_p), temperature=float(req.temperature))
-    if values["threshold"] is not None:
-        values["threshold"] = float(values["threshold"])
+    old: dict[str, Any] = {k: getattr(o, k) for k in LEGACY_KEYS}
+    if old["threshold"] is not None:
+        old["threshold"] = float(old["threshold"])
+    values = {"dtype": o.dtype, "top_p": float(req.top_p), "temperature": float(req.temperature)}
     try:
-        draft_cfg = SamplerConfig(
-            block_size=draft_block, **{**values, "cache": "exact", "refresh": None}
-        )
+        cfg, _ = resolve_sampler(draft_block, o.reveal, o.cache, old, **values)
+        # approx is a revise setting: a draft block's call runs <= 2B positions
+        exact = ExactCache() if isinstance(cfg.cache, ApproxCache) else cfg.cache
+        draft_cfg = dataclasses.replace(cfg, cache=exact)
+        revise_policy = with_steps(cfg.reveal, o.revise_steps_per_block)
         plan = [
             pl.StagePlan(
                 RemaskConfig(gamma=g, seed=seed, strategy=o.strategy, passes=o.passes),
-                SamplerConfig(blk, **{**values, "steps_per_block": o.revise_steps_per_block}),
+                dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
                 seed,
             )
             for g, blk in schedule
@@ -176,6 +178,10 @@ def make_job(req: CompletionRequest, ref: pl.ModelRef, limits: Limits, name: str
     if req.sbd.stop_at_eos and ref.model.config.eos_id is None:
         raise ApiError(400, "this model's vocabulary has no EOS token", param="sbd.stop_at_eos")
     draft_cfg, plan = _configs(req, req.seed or 0)
+    try:
+        check_compile(draft_cfg, next(ref.model.parameters()).device)
+    except UserError as exc:
+        raise _config_error(exc) from None
     base = req.sbd.id or ("p1" if req.seed is not None else name)
     ids = [base] if req.n == 1 else [f"{base}-{j}" for j in range(req.n)]
     prompts = [Prompt(i, list(tokens)) for i in ids]

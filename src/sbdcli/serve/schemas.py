@@ -56,19 +56,24 @@ class SbdOptions(BaseModel):
     """Remask score: snapshot, random, posthoc or masked."""
     passes: StrictInt = 8
     """Passes of the masked strategy."""
-    threshold: Number | None = None
-    """Adaptive calls: commit every drawn token with probability >= this (draft and revise)."""
-    steps_per_block: StrictInt | None = None
-    """Network calls per draft block (default: one token per call)."""
+    reveal: str | None = Field(default=None, max_length=64)
+    """How many positions each call reveals, as `sbd generate --reveal` spells it:
+    steps[:S][:confident], reference[:S], threshold:TAU or first-hitting (default steps)."""
+    cache: str = Field(default="exact", max_length=64)
+    """Where a call's keys/values come from, as `--cache` spells it: none, exact, approx[:R]
+    (inside revise blocks; the draft runs exact) or captured."""
     revise_steps_per_block: StrictInt | None = None
     """Network calls per revise block (default: one token per call)."""
+    dtype: str = "float64"
+    # the 0.2 names of a policy and a cache, still accepted (docs/sampling.md maps them)
+    threshold: Number | None = None
+    """Old name of reveal threshold:TAU."""
+    steps_per_block: StrictInt | None = None
+    """Old name of reveal steps:S."""
     first_hitting: StrictBool = False
     schedule: str = "fixed"
     unmask: str = "random"
-    dtype: str = "float64"
     kv_cache: StrictBool = True
-    cache: str = "exact"
-    """Keys/values inside a revise block: exact or approx (the draft always runs exact)."""
     refresh: StrictInt | None = None
     stop_at_eos: StrictBool = False
     """Stop a sample after the block in which it generated EOS."""
