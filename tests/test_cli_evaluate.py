@@ -234,6 +234,26 @@ def test_eval_ppl_block1_matches_library_and_errors(synth_run, tmp_path, capsys)
     one_line_error(capsys, code, "different tokenizer")
 
 
+def test_eval_ppl_prints_json_as_genppl_does(synth_run, tmp_path, monkeypatch, capsys):
+    data = synth_run / "data"
+    run = save_sbd_run(tmp_path / "run1", tiny_denoiser(vocab=66, length=16), data, block=1)
+    argv = ["eval", "ppl", "-m", str(run), "--data", str(data)]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert run_main(argv) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "val PPL" in cap.err  # a person at a terminal reads the line
+    assert run_main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exact"]
+    out = tmp_path / "ppl.jsonl"
+    assert run_main([*argv, "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "" and json.loads(out.read_text())["block_size"] == 1
+
+
+def test_eval_ppl_of_a_hub_name_says_how_to_get_it(capsys):
+    code = run_main(["eval", "ppl", "-m", "kuleshov-group/bd3lm-owt-block_size16"])
+    one_line_error(capsys, code, "model not found", "hf download kuleshov-group/", "-m bd3lm-owt")
+
+
 def test_unfinished_samples(synth_run, tmp_path, capsys):
     recs = synth_records(synth_run, 2)
     recs[0]["masked"] = [3, 5]  # remasked, not revised: scored as they are, with a note

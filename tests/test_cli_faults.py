@@ -11,7 +11,6 @@ existed before unchanged (none created, none deleted)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,11 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from fake_model import one_thread  # noqa: F401 (autouse fixture)
+from fault_helpers import SBD, refused, refused_in_shell
+from fault_helpers import code as _code
+from fault_helpers import env as _env
 from sbdcli.artifacts import load_tensors, save_tensors, visible
-from sbdcli.cli import main
-from test_cli_sample import SBD, make_run
+from sbdcli.cli import app
+from test_cli_sample import make_run
 
 BYTES_MANIFEST = {
     "schema": "sbd.data", "schema_version": 1, "source": "test", "tokenizer": {"kind": "bytes"},
@@ -93,64 +96,6 @@ def here(work, monkeypatch) -> Path:
     monkeypatch.delenv("SBD_MODEL", raising=False)
     monkeypatch.delenv("RANK", raising=False)
     return work
-
-
-def _code(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return int(info.value.code or 0)
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """Every entry under `root`: file contents (sha256), links, directories, special files."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        mode = p.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            out[str(p)] = "link " + os.readlink(p)
-        elif stat.S_ISREG(mode):
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-        else:
-            out[str(p)] = f"mode {stat.S_IFMT(mode):o}"
-    return out
-
-
-def _one_line(err: str, expect: str) -> str:
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("sbd: error: ") and expect in lines[0], err
-    return lines[0]
-
-
-def refused(argv: list[str], root: Path, capsys, expect: str) -> str:
-    """Run `sbd ARGV` in this process: it must hold the contract of the module docstring."""
-    before = _tree(root)
-    capsys.readouterr()
-    code = _code(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    line = _one_line(err, expect)
-    assert out == "", out
-    assert _tree(root) == before
-    return line
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
-    env.pop("SBD_MODEL", None)
-    return env
-
-
-def refused_in_shell(cmd: str, root: Path, expect: str) -> str:
-    """The same contract for a bash command line (`sbd` is this interpreter's sbd)."""
-    before = _tree(root)
-    done = subprocess.run(["bash", "-c", cmd.replace("sbd ", " ".join(SBD) + " ")], cwd=root,
-                          env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    line = _one_line(done.stderr, expect)
-    assert done.stdout == ""
-    assert _tree(root) == before
-    return line
 
 
 # --------------------------------------------------------------------------- 1. data loss
@@ -254,6 +199,33 @@ def test_non_finite_numbers_are_refused_before_any_work(here, capsys, argv, expe
     assert "finite" in line
 
 
+def _float_options(command, path=()):
+    """(command path, option, placeholder values of its required parameters) for every
+    float option of every sbd command."""
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _float_options(sub, (*path, name))
+    required = []
+    for p in command.params:
+        kind = str(p.type_descriptor.annotation)
+        if p.required:
+            value = "1" if "int" in kind else "x"
+            required += [value] if not p.opts[0].startswith("-") else [p.opts[0], value]
+    for p in command.params:
+        if "float" in str(p.type_descriptor.annotation) and p.opts[0].startswith("--"):
+            yield path, p.opts[0], required
+
+
+FLOAT_OPTIONS = list(_float_options(typer.main.get_command(app)))
+
+
+def test_every_float_option_of_every_command_is_finite(here, capsys):
+    assert len(FLOAT_OPTIONS) >= 25, FLOAT_OPTIONS  # the walk found sbd's float options
+    for i, (path, option, required) in enumerate(FLOAT_OPTIONS):
+        value = ("inf", "-inf", "nan", "1e999")[i % 4]
+        line = refused([*path, *required, option, value], here, capsys, option)
+        assert "finite" in line, (path, option, line)
+
+
 # --------------------------------------------------------------------------- 6. control chars
 ESCAPES = re.compile(r"\x1b\[[0-9;]*m")  # the colour (SGR) sequences --color itself writes
 
@@ -319,6 +291,12 @@ def test_a_remask_chosen_by_threshold_records_gamma_null(here):
 )  # fmt: skip
 def test_a_redraw_setting_without_redraw_is_refused(here, capsys, argv):
     refused([*argv, "--device", "cpu", "-o", "x.jsonl"], here, capsys, "--redraw-low-entropy")
+
+
+@pytest.mark.parametrize("strategy", [[], ["--strategy", "random"], ["--strategy", "posthoc"]])
+def test_passes_without_the_masked_strategy_is_refused(here, capsys, strategy):
+    argv = ["remask", "-i", "draft.jsonl", "--gamma", "0.5", "--passes", "3", *strategy]
+    refused([*argv, "-o", "x.jsonl"], here, capsys, "needs --strategy masked")
 
 
 # --------------------------------------------------------------------------- 9. FIFO inputs

@@ -63,8 +63,9 @@ def test_evaluate_sets_uses_only_the_judge_protocol(monkeypatch):
     b = [make_record([9, 4, 5], id="c"), make_record([9, 6, 7], id="d", stages=revise)]
     out = evaluate_sets([("a", a), ("b", b)], GenPplOptions())
     assert judge.calls == ["check 4", "score 2", "score 1", "score 1"]
-    draft = "draft(block_size=4)"
-    assert [s["name"] for s in out] == ["a", f"b · {draft}", f"b · {draft} → revise(block_size=16)"]
+    # a file of several groups names each row after the group's label, as the table does
+    assert [s["name"] for s in out] == ["a", "b · draft B4", "b · draft B4 · revise B16"]
+    assert [s["group"] for s in out[1:]] == ["draft B4", "draft B4 · revise B16"]
     assert [s["extra_n"] for s in out] == [2, 1, 1]
     assert out[0]["nll_per_token"] == pytest.approx(1.0)
     assert out[0]["evaluator"]["kind"] == "recording"

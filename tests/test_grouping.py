@@ -67,3 +67,27 @@ def test_group_labels_are_the_short_settings_and_tell_groups_apart():
         "draft B4 S2 p0.9 · remask snapshot γ0.25 · revise Bfull",
     ]
     assert not any("=" in label or "None" in label or "False" in label for label in labels)
+
+
+def test_encoded_texts_of_different_lengths_form_one_group():
+    """A file of texts is one set: its length-dependent entries (the encode entry's counts,
+    a full revise block's size) do not split it, so its declared count is met."""
+
+    def entry(n: int, markers: int) -> list[dict]:
+        encode = {"name": "encode", "n_tokens": n, "windows": 1, "n_markers": markers,
+                  "seq_len": 128, "mask_token": "[MASK]", "n_records": 2, "nfe": 0}  # fmt: skip
+        revise = {"name": "revise", "block": "full", "block_size": n + 1, "top_p": 0.9, "seed": 0}
+        return [encode, revise]
+
+    recs = [
+        make_record([9, 1, 2, 3], stages=entry(3, 1), nfe=1),
+        make_record([9, 1, 2, 3, 4, 5], stages=entry(5, 2), nfe=2),
+    ]
+    ((signature, group),) = group_records(recs)
+    assert len(group) == 2 and "block_size" not in signature and "n_tokens" not in signature
+    assert "seq_len=128" in signature  # a setting still splits
+    other = make_record([9, 1, 2], stages=[{**entry(2, 1)[0], "seq_len": 64}, entry(2, 1)[1]])
+    assert len(group_records([*recs, other])) == 2
+    # a revise with a numeric block keeps its size as a setting
+    fixed = [{"name": "revise", "block": 4, "block_size": 4}, {"name": "revise", "block_size": 8}]
+    assert len(group_records([make_record([9, 1], stages=[s]) for s in fixed])) == 2

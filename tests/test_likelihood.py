@@ -94,3 +94,56 @@ def test_requests_that_do_not_fit_are_refused():
         continuation_scores(model, [list(range(17))], [3], 4)
     with pytest.raises(UserError, match="continuation"):
         continuation_scores(model, [[8, 1, 2]], [3], 4)
+
+
+def _exact_block_bound(model, seq: list[int], n_ctx: int, block: int) -> float:
+    """The bound of a continuation inside one block, by enumeration: sum_l f(l) / l, f(l)
+    the mean over the l-subsets M of the continuation of sum_{i in M} -log p(x_i | rest)."""
+    from itertools import combinations
+
+    cont = range(n_ctx, len(seq))
+    x0 = torch.tensor([seq])
+    total = 0.0
+    for size in range(1, len(cont) + 1):
+        losses = []
+        for subset in combinations(cont, size):
+            x_t = x0.clone()
+            x_t[0, list(subset)] = model.config.mask_id
+            with torch.no_grad():
+                logits = model.train_logits(x_t, x0, block)[0].double()
+            logits[:, model.config.mask_id] = -float("inf")
+            logp = logits.log_softmax(-1)
+            losses.append(-sum(float(logp[i, seq[i]]) for i in subset))
+        total += sum(losses) / len(losses) / size
+    return total
+
+
+def test_both_estimators_are_the_same_bound_and_count_has_less_variance():
+    """Three continuation tokens in one block of 8 (after 5 context tokens): the mean of
+    many draws of either form is the enumerated bound; the count form varies less."""
+    model = tiny_denoiser()
+    seq = _seq(model, 7, 8)  # BOS + 7: positions 0..7, one block of 8
+    want = _exact_block_bound(model, seq, 5, 8)
+    gen = torch.Generator().manual_seed
+    (count,) = continuation_scores(model, [seq], [5], 8, mc=3000, generator=gen(0))
+    (time,) = continuation_scores(model, [seq], [5], 8, mc=3000, generator=gen(1),
+                                  estimator="time")  # fmt: skip
+    assert count.estimator == "count" and time.estimator == "time"
+    assert count.nelbo == pytest.approx(want, rel=0.02)
+    assert time.nelbo == pytest.approx(want, rel=0.05)
+    assert count.stderr < 0.5 * time.stderr
+
+
+def test_a_time_conditioned_model_uses_the_time_form():
+    from sbdcli.config import ModelConfig
+    from sbdcli.model import Denoiser
+
+    cfg = ModelConfig(vocab_size=12, mask_id=11, seq_len=16, n_layers=1, d_model=32,
+                      n_heads=2, cond_dim=16, dropout=0.0, bos_id=10, eos_id=10,
+                      time_conditioning=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = Denoiser(cfg).eval()
+    (score,) = continuation_scores(model, [_seq(model, 10, 9)], [4], 4, mc=4)
+    assert score.estimator == "time"
+    with pytest.raises(UserError, match="estimator"):
+        continuation_scores(model, [_seq(model, 10, 9)], [4], 4, estimator="nope")

@@ -150,3 +150,18 @@ def test_cli_too_few_is_one_line(featurizer, texts, tmp_path, capsys):
                      str(featurizer)])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(MIN_SAMPLES) in err[0]
+
+
+def test_cli_featurizer_that_is_not_a_causal_lm_is_one_line(texts, tmp_path, capsys):
+    from transformers import T5Config
+
+    feat = tmp_path / "t5"
+    T5Config(vocab_size=70, d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(feat)
+    gen = tmp_path / "gen.txt"
+    gen.write_text("\n".join(texts[:40]) + "\n")
+    code = run_main(["eval", "mauve", str(gen), "--reference", str(gen), "--featurizer",
+                     str(feat)])  # fmt: skip
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a causal language model" in err[0]
+    assert cap.out == ""

@@ -1,5 +1,5 @@
-"""The README's quick start, run as written, and the test suite's independence of the
-working directory it leaves behind (`./data`, `./runs`).
+"""The README's quick start (and its self-contained editing line) run as written, and the
+test suite's independence of the working directory it leaves behind (`./data`, `./runs`).
 
 The quick-start block is read from README.md and run line by line with bash in a fresh
 directory, except `make install` (the suite already runs inside the installed `.venv`,
@@ -33,13 +33,18 @@ CWD_SENSITIVE = (
 """Tests that failed when run from a directory holding the README pipeline's ./data."""
 
 
+def bash_block(heading: str) -> list[str]:
+    """The lines of the first bash block under the README.md section `heading`."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(f"## {heading}") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, f"README.md: no bash block under '## {heading}'"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
 def quick_start() -> list[str]:
     """The lines of the first bash block under '## Quick start' in README.md."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Quick start") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block, "README.md: no bash block under '## Quick start'"
-    return [line for line in block.group(1).splitlines() if line.strip()]
+    return bash_block("Quick start")
 
 
 def with_budget(line: str) -> str:
@@ -85,6 +90,18 @@ def test_the_quick_start_runs_as_written_and_leaves_the_tests_unaffected():
     assert len(samples) == 3 and all(s.startswith("w1 w2 w3 w") for s in samples), samples
     assert all(re.fullmatch(r"(w\d+ ?)+", s) for s in samples), samples
     assert os.readlink(work / "runs" / "latest").startswith("tiny-topic-markov-")
+
+    # the README's editing lines that need no file of the reader's, as written, on the
+    # model the quick start trained
+    lines = [line for line in bash_block("Editing your own text") if line.startswith("echo ")]
+    assert lines, "README.md: no self-contained line under '## Editing your own text'"
+    edit = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\nsource .venv/bin/activate\n" + "\n".join(lines)],
+        cwd=work, env=env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert edit.returncode == 0, edit.stderr[-3000:]
+    (filled,) = edit.stdout.splitlines()
+    assert re.fullmatch(r"w3( w\d+){2} w4 w5 w\d+ w6", filled), filled
 
     # the ./data and ./runs it made change no test result (they did before every test
     # got its own working directory)

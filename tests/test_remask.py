@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fake_model import FakeDenoiser, one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
+from sbdcli.config import DEFAULT_PASSES
 from sbdcli.diffusion import remask as rm
 from sbdcli.errors import UserError
 
@@ -107,6 +108,7 @@ def test_every_strategy_selects_exactly_the_lowest_scores(
         tokens = torch.randint(0, 10, (20 + 4 * i,), generator=gen).tolist()
         conf = torch.rand(len(tokens), generator=gen, dtype=torch.float64).tolist()
         recs.append(record(f"r{i}", [10, *tokens[1:]], conf, prompt_len))
+    passes = passes if strategy == "masked" else DEFAULT_PASSES  # others take no passes
     cfg = pl.RemaskConfig(gamma=gamma, strategy=strategy, passes=passes, seed=seed)
     out = pl.remask_batch([dict(r) for r in recs], cfg, REF)
     for before, after in zip(recs, out, strict=True):
@@ -161,6 +163,8 @@ def test_model_strategies_reject_sequences_longer_than_the_model():
         {"strategy": "best"},
         {"scope": "world"},
         {"passes": 0},
+        {"passes": 3},  # passes of the masked strategy, with snapshot
+        {"strategy": "random", "passes": 2},
         {"gamma": None, "threshold": None},
     ],
 )

@@ -784,6 +784,10 @@ REMASK_STRATEGIES = ("snapshot", "random", "posthoc", "masked")
 REMASK_SCOPES = ("sequence", "batch")
 
 
+DEFAULT_PASSES = 8
+"""Passes of the masked remask strategy unless `passes` says otherwise."""
+
+
 @dataclass(frozen=True)
 class RemaskConfig:
     """Parameters of one remask stage (validated at creation)."""
@@ -798,7 +802,7 @@ class RemaskConfig:
     the batch."""
     threshold: float | None = None
     """Instead of gamma: remask every eligible position whose score is below this value."""
-    passes: int = 8
+    passes: int = DEFAULT_PASSES
     """Passes k of the masked strategy (k network calls)."""
     seed: int = 0
     """Seed of the random scores and of tie breaking."""
@@ -827,6 +831,11 @@ class RemaskConfig:
                 f"`gamma` must lie in [0, 1], got {self.gamma}",
             ),
             (self.passes >= 1, f"`passes` must be >= 1, got {self.passes}"),
+            (
+                self.passes == DEFAULT_PASSES or self.strategy == "masked",
+                f"`passes` sets the masked strategy's passes: it needs `strategy` masked, "
+                f"not {self.strategy}",
+            ),
             (
                 self.threshold is None or math.isfinite(self.threshold),
                 "`threshold` must be a finite number",

@@ -6,6 +6,8 @@
   /dev/fd path) is written straight through instead, and a failed write to it (ENOSPC,
   EPIPE) is a `UserError` naming it;
 - `read_json` / `write_json` / `loads_json` (JSON with a nesting limit), `sha256_file`;
+- `read_input_bytes`: a whole input (file, FIFO, /dev/fd path or stdin) for readers of text;
+  `parse_json_line`: one JSON Lines line, the one parser every JSONL reader uses;
 - `read_jsonl` / `JsonlWriter`: newline-delimited JSON, `-` meaning stdin/stdout, read lazily
   line by line and written line by line (flushed, so pipes stream); inputs may be FIFOs and
   /dev/fd paths (`-i <(cat d.jsonl)`);
@@ -291,6 +293,30 @@ def _check_readable(p: Path, what: str) -> None:
         raise UserError(f"{what} {p} is a directory (expected a file)")
 
 
+def parse_json_line(line: str, name: str, lineno: int) -> Any:
+    """One line of JSON Lines (`loads_json`); malformed or too deep is a `UserError` naming
+    `name:lineno`. Every reader of JSON Lines parses its lines here."""
+    try:
+        return loads_json(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+    except JsonDepthError as exc:
+        raise UserError(f"{name}:{lineno}: not valid JSON ({exc})") from None
+
+
+def read_input_bytes(path: str, what: str = "input file") -> bytes:
+    """Every byte of an input: a file, a FIFO, a /dev/fd path (`<(cmd)`) or stdin (`-`).
+    A missing path, a directory or a failed read is a `UserError`."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    _check_readable(p, what)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: {exc.strerror or exc}") from None
+
+
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     """Read a JSON file; a missing or malformed file is a `UserError` naming `what`."""
     p = Path(path)
@@ -336,12 +362,7 @@ def read_jsonl(path: str = "-") -> Iterator[dict[str, Any]]:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                obj = loads_json(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
-            except JsonDepthError as exc:
-                raise UserError(f"{name}:{lineno}: not valid JSON ({exc})") from None
+            obj = parse_json_line(line, name, lineno)
             if not isinstance(obj, dict):
                 raise UserError(f"{name}:{lineno}: expected a JSON object per line")
             yield obj

@@ -1,12 +1,13 @@
 """The `sbd` command line: a thin client of the library.
 
-`main()` runs the typer app and turns user mistakes into one line on stderr with exit
-status 2 (never a traceback; under a multi-process launch, from process 0 only); every
-string from users or data passes through `term` (markup and control characters escaped)
-on its way to the terminal; a library message names config fields (`gamma`), shown
-here as the flags that set them (--gamma). A closed stdout pipe (`| head -1`) ends
-quietly. The command modules imported below register their subcommands; they hold no
-math. They import the heavy part of the library (torch, ~1 s) inside the command
+`main()` runs the typer app (every float option finite: `finite_floats`) and turns user
+mistakes into one line on stderr with exit status 2 (never a traceback; under a
+multi-process launch, from process 0 only); every string from users or data passes through
+`term` (markup and control characters escaped) on its way to the terminal, and every console
+shows control characters visibly (`make_console`); a library message names config fields
+(`gamma`), shown here as the flags that set them (--gamma). A closed stdout pipe
+(`| head -1`) ends quietly. The command modules imported below register their subcommands;
+they hold no math. They import the heavy part of the library (torch, ~1 s) inside the command
 functions, so `sbd --help` and a mistyped flag answer at once.
 
 - options.py: shared options and option groups derived from config.py's fields;
@@ -20,10 +21,12 @@ This package is the only one that imports typer or rich.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import signal
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -71,10 +74,45 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"sbdcli.cli.{_name}")
 
 
+def _finite(value: Any) -> bool:
+    """Whether every float in an option's value (a number, or a list or tuple of them) is
+    finite; no setting of sbd means anything by infinity or NaN."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _checked(callback: Callable[..., Any] | None) -> Callable[..., Any]:
+    def check(ctx: Any, param: Any, value: Any) -> Any:
+        if not _finite(value):
+            shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+            raise _click.BadParameter(f"{shown} is not a finite number", ctx=ctx, param=param)
+        return value if callback is None else callback(ctx, param, value)
+
+    return check
+
+
+def finite_floats(command: Any) -> Any:
+    """Every option and argument of `command` and its subcommands refuses a non-finite
+    float (`inf`, `nan`) as it is parsed, before its own callback and before any work."""
+    for param in command.params:
+        param.callback = _checked(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        finite_floats(sub)
+    return command
+
+
 def _quiet_broken_pipe() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again (a
+    stdout without a file descriptor, as when sbd runs inside another program, is left)."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fileno)
 
 
 def _error(message: str) -> None:
@@ -110,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sbd` console script and `python -m sbdcli`."""
     _ignore_file_size_signal()
     try:
-        code = app(args=argv, prog_name="sbd", standalone_mode=False)
+        command = finite_floats(typer.main.get_command(app))
+        code = command(args=argv, prog_name="sbd", standalone_mode=False)
     except UserError as exc:
         _user_error(to_flags(str(exc)))
         sys.exit(2)

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from sbdcli.artifacts.files import check_output_path
-from sbdcli.cli._app import app
+from sbdcli.artifacts.files import check_output_path, is_json_document
+from sbdcli.cli._app import app, emit
 from sbdcli.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -27,7 +27,7 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import DEFAULT_PASSES, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
 FileArg = Annotated[
@@ -63,7 +63,7 @@ def _format(path: str, fmt: str, whole: bool) -> str:
             raise UserError(f"--whole and --format {fmt} exclude each other")
         return "whole"
     if fmt == "auto":
-        return "jsonl" if path.endswith(".jsonl") else "lines"
+        return "jsonl" if path.endswith(".jsonl") or is_json_document(path) else "lines"
     return fmt
 
 
@@ -114,6 +114,9 @@ def _plan(
     gamma = remask_opts.get("gamma")
     if infill == (gamma is not None):
         raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
+    if infill and (remask_opts.get("strategy") or remask_opts.get("passes", DEFAULT_PASSES)
+                   != DEFAULT_PASSES):  # fmt: skip
+        raise UserError("--strategy and --passes choose what to remask: --infill remasks nothing")
     remask_opts["strategy"] = remask_opts.get("strategy") or "masked"
     if remask_opts["strategy"] == "snapshot":
         raise UserError(
@@ -123,22 +126,29 @@ def _plan(
     return EditPlan(remask, SamplerConfig(block_size=pl.parse_block(block), **values), seed)
 
 
-def _write_text(output: str, text: str) -> None:
-    """The edited texts to stdout, or atomically to a file."""
-    import sys
+def _write_outputs(
+    output: str, text: str, records_out: str | None, records: list[Any], shown: str | None
+) -> None:
+    """Files first, stdout last: `--records` is written while `-o` is still a temporary, so
+    a failed write leaves neither file and prints nothing; then `shown` (the texts or the
+    diff) goes to stdout (`emit`: control characters visible on a terminal)."""
+    import contextlib
 
+    from sbdcli.artifacts import write_records
     from sbdcli.artifacts.files import atomic_file
 
-    if output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    with atomic_file(output) as handle:
-        handle.write(text)
+    with contextlib.ExitStack() as stack:
+        if output != "-":
+            stack.enter_context(atomic_file(output)).write(text)
+        if records_out is not None:
+            write_records(records, records_out)
+    if shown is not None:
+        emit(shown)
 
 
-def _render(records: list[Any], fmt: str) -> str:
-    """The edited texts: one per line, JSONL {id, text}, or the whole text."""
+def _render(records: list[Any], fmt: str, output: str) -> str:
+    """The edited texts: one per line, JSON Lines {id, text} (one JSON list of them for a
+    `.json` output), or the whole text."""
     import json
 
     from sbdcli.pipeline.edit import edited_text
@@ -146,7 +156,10 @@ def _render(records: list[Any], fmt: str) -> str:
     if fmt == "whole":
         return edited_text(records[0])
     if fmt == "jsonl":
-        return "".join(json.dumps({"id": r["id"], "text": edited_text(r)}) + "\n" for r in records)
+        objs = [{"id": r["id"], "text": edited_text(r)} for r in records]
+        if is_json_document(output):
+            return json.dumps(objs, indent=1) + "\n"
+        return "".join(json.dumps(o) + "\n" for o in objs)
     return "".join(edited_text(r).replace("\n", " ") + "\n" for r in records)
 
 
@@ -190,37 +203,36 @@ def edit(
 ) -> None:
     """Encode, remask, revise: text in, edited text out (the pipe's result, same seeds)."""
     from sbdcli import pipeline as pl
-    from sbdcli.artifacts import write_records
     from sbdcli.pipeline import encode as enc
-    from sbdcli.pipeline.edit import edit_batch, text_diff
+    from sbdcli.pipeline.edit import edit_texts, text_diff
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     for path in (output, records_out or "-"):
         check_output_path(path)
+    if records_out == "-" and (output == "-" or diff):
+        raise UserError(
+            "--records - and the edited texts (or --diff) would share stdout: name a file"
+        )
     plan = _plan(dict(remask_opts or {}), infill, block, sampling or {}, seed)
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     fmt = _format(file, fmt, whole)
     items = enc.read_texts(file, fmt)
-    records = enc.encode_records(items, enc.target_from_model(ref), mask_token, not allow_normalize)
-    # the diff's "before": the text as given (with a prompt, the decoded prompt + text)
-    originals = {
-        i.id: r["text"] if i.prompt else i.text for i, r in zip(items, records, strict=True)
-    }
-    done_records: list[Any] = []
-    with counting("edit", len(records)) as (done, on_call):
-        for batch in pl.batched(records, batch_size):
-            done_records.extend(edit_batch(batch, ref, plan, on_call))
-            done(len(batch))
+    with counting("edit", len(items)) as (done, on_call):
+        edited = edit_texts(
+            items,
+            ref,
+            plan,
+            marker=mask_token,
+            exact=not allow_normalize,
+            batch_size=batch_size,
+            on_call=on_call,
+            on_batch=done,
+        )
+    done_records = [e.record for e in edited]
+    text = _render(done_records, fmt, output)
+    shown = text if output == "-" else None
     if diff:
         name = "stdin" if file == "-" else Path(file).name
-        text = "".join(
-            text_diff(originals[r["id"]], r["text"], f"{name}:{r['id']}") for r in done_records
-        )
-        _write_text("-", text)
-        if output != "-":
-            _write_text(output, _render(done_records, fmt))
-    else:
-        _write_text(output, _render(done_records, fmt))
-    if records_out is not None:
-        write_records(done_records, records_out)
+        shown = "".join(text_diff(e.before, e.after, f"{name}:{e.record['id']}") for e in edited)
+    _write_outputs(output, text, records_out, done_records, shown)

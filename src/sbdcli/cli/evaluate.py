@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from sbdcli import distributed as dist
-from sbdcli.cli._app import app, console, term
+from sbdcli.cli._app import app, console, emit, term
 from sbdcli.cli.options import DeviceOpt, PrecisionOpt
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import fit_columns, metric_table
@@ -141,13 +141,15 @@ def _check_outputs(out: str | None, plot: Path | None = None) -> None:
         check_plot_path(plot)
 
 
-def _json_to_stdout(out: str | None, markdown: bool) -> bool:
-    """Without --json: the summaries go to stdout when it is a pipe or a file (a person at a
-    terminal reads the table) and neither --out nor --markdown took them."""
-    return out is None and not markdown and not sys.stdout.isatty()
+def json_to_stdout(out: str | None, as_json: bool = False, markdown: bool = False) -> bool:
+    """Whether an eval command prints its JSON on stdout: with --json, or when stdout is a
+    pipe or a file (a person at a terminal reads the table) and neither --out nor --markdown
+    took it."""
+    return as_json or (out is None and not markdown and not sys.stdout.isatty())
 
 
-def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
+def write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) -> None:
+    """The JSON objects to --out (atomically, one per line) and, when asked, to stdout."""
     from sbdcli.artifacts import JsonlWriter
 
     if out:
@@ -158,6 +160,12 @@ def _write_json(objs: list[dict[str, Any]], out: str | None, to_stdout: bool) ->
         for obj in objs:
             sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
+
+
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print the JSON on stdout even when it is a terminal."),
+]
 
 
 @eval_app.command("genppl")
@@ -219,12 +227,7 @@ def genppl(
         bool,
         typer.Option("--markdown", help="Print the table as markdown on stdout instead of JSON."),
     ] = False,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="Print the JSON summaries on stdout even when it is a terminal."
-        ),
-    ] = False,
+    as_json: JsonOpt = False,
     floor_samples: Annotated[
         int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
     ] = 1000,
@@ -293,10 +296,9 @@ def genppl(
     if plot is not None:
         plot_genppl(summaries, plot)
         console.print(f"plot written to {term(plot)}", style="dim")
-    _write_json(summaries, out, to_stdout=as_json or _json_to_stdout(out, markdown))
+    write_json(summaries, out, to_stdout=json_to_stdout(out, as_json, markdown))
     if markdown:
-        sys.stdout.write(markdown_table(summaries))
-        sys.stdout.flush()
+        emit(markdown_table(summaries))
 
 
 def _ppl_inputs(run: Path, data: Path | None, block: int | None) -> tuple[Path, int]:
@@ -343,6 +345,7 @@ def ppl(
     out: Annotated[
         str | None, typer.Option("--out", help="Write the JSON result here (atomically).")
     ] = None,
+    as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
 ) -> None:
@@ -352,6 +355,10 @@ def ppl(
     if mc < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise UserError("--mc, --batch-size and --max-batches must be >= 1")
     _check_outputs(out)
+    if not model.exists():
+        from sbdcli.model.checkpoint import model_not_found
+
+        raise model_not_found(model)
     data_dir, block_size = _ppl_inputs(model, data, block)
     from sbdcli.data import load_split
     from sbdcli.model.checkpoint import load_model
@@ -386,4 +393,4 @@ def ppl(
         f"{result['bits_per_token']:.4f} bits/token  B={block_size}  {result['rows']} rows",
         highlight=False,
     )
-    _write_json([result], out, to_stdout=out is None)
+    write_json([result], out, to_stdout=json_to_stdout(out, as_json))

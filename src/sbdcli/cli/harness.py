@@ -1,24 +1,23 @@
 """`sbd eval harness` and `sbd eval mauve`: the field's own instruments, as thin commands.
 
 harness runs lm-evaluation-harness tasks on an sbd run (`sbdcli.harness`; the optional
-`harness` extra) and prints lm-eval's metrics as a table on stderr and its results as JSON
-on stdout (or --out). mauve prints MAUVE between generated and reference texts
-(`sbdcli.evaluate.mauve`; the optional `mauve` extra, GPL-3.0) as a row in the `eval
-genppl` table format, and its summary as JSON that `sbd report` reads.
+`harness` extra) and prints lm-eval's metrics as a table on stderr. mauve prints MAUVE
+between generated and reference texts (`sbdcli.evaluate.mauve`; the optional `mauve` extra,
+GPL-3.0) as a row in the `eval genppl` table format, and its summary as JSON that `sbd
+report` reads. As `eval genppl`, both write their JSON to --out, and on stdout when stdout is
+a pipe or a file (or with --json).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from sbdcli.cli._app import console
-from sbdcli.cli.evaluate import eval_app
+from sbdcli.cli._app import console, term
+from sbdcli.cli.evaluate import JsonOpt, eval_app, json_to_stdout, write_json
 from sbdcli.cli.options import DeviceOpt
 from sbdcli.cli.tables import metric_table, render_table
 from sbdcli.errors import UserError
@@ -29,27 +28,18 @@ def _need(module: str, extra: str) -> None:
         raise UserError(f"{module} is not installed: pip install 'sbdcli[{extra}]'")
 
 
-def _emit(objs: list[dict[str, Any]], out: str | None) -> None:
-    """JSON objects to --out (atomically) or one per line on stdout."""
-    from sbdcli.artifacts import JsonlWriter
-
-    if out:
-        with JsonlWriter(out) as writer:
-            for obj in objs:
-                writer.write(obj)
-        return
-    for obj in objs:
-        sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _model_args(pairs: list[str] | None) -> dict[str, Any]:
-    """--model-arg k=v (repeatable) into keyword arguments of the lm-eval model."""
+def _model_args(pairs: list[str] | None, known: tuple[str, ...]) -> dict[str, Any]:
+    """--model-arg k=v (repeatable) into keyword arguments of the lm-eval model; a key it
+    does not take is refused (it would be ignored silently)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--model-arg {pair!r}: expected key=value")
+        if key.strip() not in known:
+            raise UserError(
+                f"--model-arg {key.strip()!r}: not a model argument ({', '.join(known)})"
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -96,6 +86,7 @@ def harness(
     out: Annotated[
         str | None, typer.Option("--out", help="Write the results JSON here (atomically).")
     ] = None,
+    as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """lm-evaluation-harness tasks on an sbd run (likelihoods are NELBO bounds)."""
@@ -106,11 +97,19 @@ def harness(
         check_output_path(out)
     if mc < 1 or batch_size < 1 or (block is not None and block < 1):
         raise UserError("--mc, --batch-size and --block must be >= 1")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be > 0 (documents per task, or a fraction < 1), got {limit}")
     if not Path(model).exists():
-        raise UserError(f"model not found: {model}")
-    from sbdcli.harness import HarnessOptions, result_rows, run_tasks
+        from sbdcli.model.checkpoint import model_not_found
 
-    args = {"mc": mc, "revise": revise, **_model_args(model_arg)}
+        raise model_not_found(model)
+    from sbdcli.harness import HarnessOptions, result_rows, run_tasks
+    from sbdcli.harness.lm import MODEL_ARGS
+
+    args = {"mc": mc, "revise": revise, **_model_args(model_arg, MODEL_ARGS)}
+    unused = [k for k in ("gamma", "revise_block") if k in args and not revise]
+    if unused:
+        raise UserError(f"--model-arg {unused[0]} sets the revise: it needs --revise")
     if block is not None:
         args["block"] = block
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -123,10 +122,10 @@ def harness(
     bound = (
         "exact (B = 1)"
         if s["exact"]
-        else f"NELBO bound, B = {s['likelihood_block']}, K = {s['mc']}"
+        else f"NELBO bound, B = {s['likelihood_block']}, K = {s['mc']} ({s['estimator']} draws)"
     )
-    console.print(f"model {s['model']}; loglikelihood: {bound}", style="dim", highlight=False)
-    _emit([results], out)
+    console.print(f"model {term(s['model'])}; loglikelihood: {bound}", style="dim", highlight=False)
+    write_json([results], out, to_stdout=json_to_stdout(out, as_json))
 
 
 def _num(value: float | None) -> str:
@@ -166,6 +165,7 @@ def mauve_cmd(
     out: Annotated[
         str | None, typer.Option("--out", help="Write the JSON summary here (atomically).")
     ] = None,
+    as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """MAUVE between generated and reference texts (mauve-text, GPL-3.0)."""
@@ -187,7 +187,7 @@ def mauve_cmd(
     )  # fmt: skip
     cols = terminal_columns([summary])
     console.print(metric_table("MAUVE", cols, [summary], cell, numbered=True, no_wrap=True))
-    console.print(f"[bold]1[/] {summary['name']}", highlight=False, soft_wrap=True)
-    console.print(f"  {summary['settings_short']}", style="dim", highlight=False)
-    console.print(f"featurizer: {featurizer} (last hidden state, final token)", style="dim")
-    _emit([summary], out)
+    console.print(f"[bold]1[/] {term(summary['name'])}", highlight=False, soft_wrap=True)
+    console.print(f"  {term(summary['settings_short'])}", style="dim", highlight=False)
+    console.print(f"featurizer: {term(featurizer)} (last hidden state, final token)", style="dim")
+    write_json([summary], out, to_stdout=json_to_stdout(out, as_json))

@@ -243,7 +243,9 @@ PromptsOpt = Annotated[
 PromptOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--prompt", help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt."
+        "--prompt",
+        metavar="TEXT",
+        help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt.",
     ),
 ]
 EosOpt = Annotated[

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from sbdcli.cli._app import app, console
+from sbdcli.cli._app import app, console, term
 from sbdcli.cli.options import DeviceOpt, ModelOpt
 from sbdcli.errors import UserError
 
@@ -71,7 +71,7 @@ def serve(
     sock = bind(host, port)
 
     def ready(url: str) -> None:
-        console.print(f"sbd serve: {ref.id} at {url} (playground: {url}/)", highlight=False,
+        console.print(f"sbd serve: {term(ref.id)} at {url} (playground: {url}/)", highlight=False,
                       soft_wrap=True)  # fmt: skip
 
     run(application, sock, ready)

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from sbdcli.artifacts.printable import visible
-from sbdcli.cli._app import app
+from sbdcli.cli._app import app, make_console
 from sbdcli.errors import UserError
 
 PLAIN_LEGEND = (
@@ -191,7 +191,7 @@ def show(
     wanted = _id_set(ids)
     colour = not plain and (sys.stdout.isatty() if color is None else color)
     system = "truecolor" if color else "auto"  # --color: the legend's exact colours
-    out = Console(
+    out = make_console(
         file=sys.stdout,
         force_terminal=colour,
         no_color=not colour,

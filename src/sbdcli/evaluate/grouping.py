@@ -17,11 +17,12 @@ NOT_SETTINGS = frozenset(
     {"nfe", "seconds", "cache_writes", "seed", "batch_size", "n_masked", "model"}
     | {"vocab_size", "mask_id", "bos_id", "n_records"}
     | {"redraws", "redraw_nfe", "low_entropy"}
+    | {"n_tokens", "n_markers", "windows"}
 )
 """Stage-entry keys that are costs, seeds, per-batch/per-record outcomes (a draft's
-redraw count of the record among them) or the model's identity (its name, its vocabulary
-ids), and the draft's record count, not settings:
-records that differ only in these belong to the same group."""
+redraw count of the record among them; an encoded text's length, markers and windows) or
+the model's identity (its name, its vocabulary ids), and the draft's record count, not
+settings: records that differ only in these belong to the same group."""
 
 
 def stage_settings(stage: dict[str, Any]) -> dict[str, Any]:
@@ -40,10 +41,15 @@ def _fmt(value: Any) -> str:
 
 
 def stage_signature(rec: dict[str, Any]) -> str:
-    """Human-readable stage history, e.g. `draft(block_size=4, top_p=0.9) → revise(...)`."""
+    """Human-readable stage history, e.g. `draft(block_size=4, top_p=0.9) → revise(...)`.
+
+    A full block's size is the record's own length (encoded texts differ in length), so
+    `block=full` alone stands for it."""
     parts = []
     for stage in rec["stages"]:
         params = stage_settings(stage)
+        if params.get("block") == "full":
+            params.pop("block_size", None)
         name = params.pop("name", "?")
         inner = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
         parts.append(f"{name}({inner})")

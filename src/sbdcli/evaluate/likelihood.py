@@ -8,9 +8,20 @@ with the context clean (never masked), every block b that holds continuation tok
 at its own level t_b ~ U[eps, 1], and the positions after the continuation (up to the end
 of its last block) always masked: they are the unknown rest of that block, so the bound is
 on the marginal of y. `continuation_scores` estimates it with K Monte Carlo draws per
-sequence and **common random numbers** across the sequences of one group (the choices of
-a multiple-choice question): draw k uses the same block levels t_{k,b} and the same
-uniforms u_{k,i} (token i masked iff u_{k,i} < t_{k,b(i)}) for every choice, so the
+sequence, in one of two forms of the same expectation:
+- `count` (default; LLaDA's lower-variance form): in each block with n continuation
+  tokens, draw l uniformly from 1..n, mask l of the n tokens uniformly at random and weight
+  each masked token's -log p by n / l. Summing the t-integral over the binomial number of
+  masked tokens gives sum_l f(l) / l with f(l) the expected masked loss at l masked
+  tokens, which is exactly E_l[(n / l) f(l)]: the same bound (RADD, Ou et al. 2024), with
+  weights at most n instead of 1 / t up to 1 / eps. It needs a network that does not see
+  t, so time-conditioned models use `time`;
+- `time`: the training loss's form: t_b ~ U[eps, 1], each token masked with probability
+  t_b, weight 1 / t_b.
+**Common random numbers** across the sequences of one group (the choices of a
+multiple-choice question): draw k uses the same block levels (t_{k,b}, or the uniform
+behind l) and the same per-position uniforms u_{k,i} for every choice (`time`: token i
+masked iff u_{k,i} < t_{k,b(i)}; `count`: the l tokens with the smallest u), so the
 comparison between choices is not drowned in noise. The K levels of one block are
 stratified (one in each [k/K, (k+1)/K)). Block size 1 is exact: every continuation token
 is masked at t = 1 (weight 1), which is the autoregressive log-likelihood, and K is moot.
@@ -34,7 +45,10 @@ from sbdcli.diffusion.loss import token_nelbo
 from sbdcli.diffusion.schedule import LogLinearSchedule
 from sbdcli.errors import UserError
 
-__all__ = ["ContinuationScore", "continuation_scores"]
+__all__ = ["ESTIMATORS", "ContinuationScore", "continuation_scores"]
+
+ESTIMATORS = ("count", "time")
+"""The two Monte Carlo forms of the same bound (module docstring)."""
 
 
 @dataclass
@@ -49,6 +63,8 @@ class ContinuationScore:
     greedy: bool
     exact: bool
     tokens: int
+    estimator: str = "exact"
+    """`count` (masked-count draws), `time` (noise-level draws) or `exact` (B = 1)."""
 
     @property
     def loglik(self) -> float:
@@ -115,11 +131,15 @@ def continuation_scores(
     generator: torch.Generator | None = None,
     eps: float = 1e-3,
     batch_size: int = 64,
+    estimator: str = "count",
 ) -> list[ContinuationScore]:
     """NELBO estimates of the continuations of `seqs` (ids, BOS first) after `n_context` ids.
 
-    The sequences form one common-random-number group (module docstring); `mc` = K draws.
+    The sequences form one common-random-number group (module docstring); `mc` = K draws;
+    `estimator` "count" or "time" (module docstring; time-conditioned models use "time").
     """
+    if estimator not in ESTIMATORS:
+        raise UserError(f"unknown likelihood estimator {estimator!r} (one of count, time)")
     _check(model, seqs, n_context)
     device = next(model.parameters()).device
     mask_id = model.config.mask_id  # type: ignore[attr-defined]
@@ -135,12 +155,18 @@ def continuation_scores(
         return [_score([float(v)], g, True, int(m.sum())) for v, g, m in
                 zip(greedy_nll, greedy, scored, strict=True)]  # fmt: skip
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    counts = estimator == "count" and not model.config.time_conditioning  # type: ignore[attr-defined]
     t = _levels(mc, n_blocks, gen, eps)  # (K, n_blocks), shared by the group
-    u = torch.rand(mc, width, generator=gen, dtype=torch.float64).float()  # (K, Lp), shared
-    t_tok = t.repeat_interleave(block, dim=1)  # (K, Lp)
-    masked = scored[:, None, :] & (u < t_tok)[None, :, :]  # (S, K, Lp)
+    u = torch.rand(mc, width, generator=gen, dtype=torch.float64)  # (K, Lp), shared
+    if counts:
+        level = (t - eps) / (1.0 - eps)  # the stratified uniforms in [0, 1)
+        masked, t_eff = _count_masks(level, u, scored, block)  # (S, K, Lp) each
+    else:
+        t_tok = t.repeat_interleave(block, dim=1)  # (K, Lp)
+        masked = scored[:, None, :] & (u.float() < t_tok)[None, :, :]  # (S, K, Lp)
+        t_eff = t_tok[None].expand(len(seqs), -1, -1)
     rows_x0 = x0[:, None, :].expand(-1, mc, -1).reshape(-1, width)  # (S K, Lp)
-    rows_t = t_tok[None].expand(len(seqs), -1, -1).reshape(-1, width)
+    rows_t = t_eff.reshape(-1, width)
     after = ~scored & (torch.arange(width)[None, :] >= torch.as_tensor(n_context)[:, None])
     hide = masked | after[:, None, :]  # the rest of the last block stays masked
     rows_xt = torch.where(hide.reshape(-1, width), mask_id, rows_x0)
@@ -153,8 +179,33 @@ def continuation_scores(
         keep = masked.reshape(-1, width)[sl].to(device)
         totals[sl] = torch.where(keep, nelbo, 0.0).sum(-1).cpu()
     per_draw = totals.view(len(seqs), mc)
-    return [_score(per_draw[i].tolist(), bool(greedy[i]), False, int(scored[i].sum()))
+    name = "count" if counts else "time"
+    return [_score(per_draw[i].tolist(), bool(greedy[i]), False, int(scored[i].sum()), name)
             for i in range(len(seqs))]  # fmt: skip
+
+
+def _count_masks(
+    v: torch.Tensor, u: torch.Tensor, scored: torch.Tensor, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the masked-count estimator: (S, K, Lp) masked, (S, K, Lp) l / n.
+
+    Block b of sequence s holds n scored tokens; draw k masks exactly l = floor(v_{k,b} n)
+    + 1 of them (v in [0, 1) stratified over K and shared by the group, so l is uniform
+    on 1..n), the l with the smallest shared
+    uniforms u_{k,i}, so choices with the same n get the same masks. Each masked token
+    is weighted n / l (token_nelbo divides by the returned l / n).
+    """
+    s_count, (k, width) = scored.shape[0], u.shape
+    n_blocks = width // block
+    keys = torch.where(scored[:, None, :], u[None, :, :], math.inf)  # (S, K, Lp)
+    keys = keys.view(s_count, k, n_blocks, block)
+    rank = keys.argsort(-1).argsort(-1)  # (S, K, n_blocks, B): order among the block
+    n = scored.view(s_count, 1, n_blocks, block).sum(-1)  # (S, 1, n_blocks)
+    l_count = torch.minimum(torch.floor(v[None] * n) + 1, n.clamp(min=1))  # (S, K, n_blocks)
+    masked = rank < l_count[..., None]  # (S, K, n_blocks, B)
+    frac = (l_count / n.clamp(min=1)).float()[..., None].expand(-1, -1, -1, block)
+    masked = masked.reshape(s_count, k, width) & scored[:, None, :]
+    return masked, frac.reshape(s_count, k, width).contiguous()
 
 
 def _first_scored_level(t: torch.Tensor, scored: torch.Tensor, block: int) -> torch.Tensor:
@@ -189,8 +240,10 @@ def _greedy(
     return nll, greedy
 
 
-def _score(draws: list[float], greedy: bool, exact: bool, tokens: int) -> ContinuationScore:
+def _score(
+    draws: list[float], greedy: bool, exact: bool, tokens: int, estimator: str = "exact"
+) -> ContinuationScore:
     k = len(draws)
     mean = sum(draws) / k
     var = sum((d - mean) ** 2 for d in draws) / (k - 1) if k > 1 else 0.0
-    return ContinuationScore(mean, math.sqrt(var / k), draws, greedy, exact, tokens)
+    return ContinuationScore(mean, math.sqrt(var / k), draws, greedy, exact, tokens, estimator)

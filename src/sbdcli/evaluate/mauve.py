@@ -19,7 +19,6 @@ JSONL with `text`, plain lines). Not here: printing (cli/harness.py), Gen PPL (g
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbdcli.artifacts import read_records
+from sbdcli.artifacts import read_records, validate_record
+from sbdcli.artifacts.files import is_json_document, loads_json, parse_json_line, read_input_bytes
 from sbdcli.errors import UserError
 from sbdcli.evaluate.grouping import sampler_settings, short_settings
 from sbdcli.evaluate.hf_judge import load_causal_lm, model_context
@@ -45,38 +45,55 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 def read_samples(path: str | Path) -> tuple[list[str], list[dict[str, Any]] | None]:
-    """`read_texts`, and the sample records when the file holds records (else None)."""
+    """`read_texts`, and the sample records when the file holds records (else None). The
+    file is read once, so it may be a FIFO or a /dev/fd path; a `.json` file is one JSON
+    document (an object or a list of them), as every sbd reader takes it."""
     p = Path(path)
     if p.is_dir():
         return _val_texts(p), None
-    if not p.is_file():
-        raise UserError(f"{p}: no such file or data directory")
     if p.suffix == ".safetensors":
         records = list(read_records(str(p)))
         return [str(r["text"]) for r in records], records
-    lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not (lines and lines[0].lstrip().startswith("{")):
-        return lines, None
-    objs = [_object(line, p, i) for i, line in enumerate(lines, start=1)]
-    if all("tokens" in o for o in objs):
-        records = list(read_records(str(p)))
-        return [str(r["text"]) for r in records], records
-    return [_text_of(o, p, i) for i, o in enumerate(objs, start=1)], None
-
-
-def _object(line: str, path: Path, number: int) -> dict[str, Any]:
+    name = str(path)
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        raise UserError(f"{path}:{number}: not a JSON object") from None
+        data = read_input_bytes(name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: not UTF-8 text") from None
+    if is_json_document(name):
+        objs = _document(data, name)
+    else:
+        lines = [line for line in data.splitlines() if line.strip()]
+        if not (lines and lines[0].lstrip().startswith("{")):
+            return lines, None
+        objs = [_object(line, name, i) for i, line in enumerate(lines, start=1)]
+    if objs and all("tokens" in o for o in objs):
+        records = [dict(validate_record(o, i)) for i, o in enumerate(objs)]
+        return [str(r["text"]) for r in records], records
+    return [_text_of(o, f"{name}:{i}") for i, o in enumerate(objs, start=1)], None
+
+
+def _document(data: str, name: str) -> list[dict[str, Any]]:
+    try:
+        loaded = loads_json(data)
+    except ValueError as exc:
+        raise UserError(f"{name} is not valid JSON: {exc}") from None
+    objs = loaded if isinstance(loaded, list) else [loaded]
+    for i, obj in enumerate(objs):
+        if not isinstance(obj, dict):
+            raise UserError(f"{name}: element {i} is not a JSON object")
+    return objs
+
+
+def _object(line: str, name: str, number: int) -> dict[str, Any]:
+    obj = parse_json_line(line, name, number)
     if not isinstance(obj, dict):
-        raise UserError(f"{path}:{number}: not a JSON object")
+        raise UserError(f"{name}:{number}: not a JSON object")
     return obj
 
 
-def _text_of(obj: dict[str, Any], path: Path, number: int) -> str:
+def _text_of(obj: dict[str, Any], where: str) -> str:
     if not isinstance(obj.get("text"), str):
-        raise UserError(f"{path}:{number}: expected an object with a 'text' string")
+        raise UserError(f"{where}: expected an object with a 'text' string")
     return obj["text"]
 
 

@@ -7,14 +7,17 @@
 - `loglikelihood_rolling(text)`: the same bound over lm-eval's disjoint rolling windows of
   the model's length: the test-perplexity bound of `sbd eval ppl`, summed in nats.
 - `generate_until(context, gen_kwargs)`: `sbd draft` (and, with `revise=True`, remask and
-  revise) with the command line's defaults on the prompt, cut at the first stop string.
+  revise) with the command line's defaults on the prompt, cut at the first stop string;
+  requests are batched by sequence length and each draws from a generator keyed by its
+  own text, so an answer does not depend on the batch or on lm-eval's order.
 
 Model arguments (lm-eval's `--model_args k=v,...`): `pretrained` (the run), `block`
 (likelihood block size; default the run's smallest trained block), `mc` (K, default 16),
-`seed`, `draft_block` (4), `reveal` (a `--reveal` spelling, e.g. `steps:2`; default `steps`),
-`steps_per_block` (the 0.2 name: `steps_per_block=S` is `reveal=steps:S`), `top_p`, `revise`
-(false), `gamma` (0.25), `revise_block` (`full`). Importing this module registers the model
-with lm-eval.
+`estimator` (`count`, default, or `time`: evaluate/likelihood.py), `seed`, `draft_block`
+(4), `reveal` (a `--reveal` spelling, e.g. `steps:2`; default `steps`), `steps_per_block`
+(the 0.2 name: `steps_per_block=S` is `reveal=steps:S`), `top_p`, `revise` (false),
+`gamma` (0.25), `revise_block` (`full`). Importing this module registers the model with
+lm-eval.
 
 Not here: the likelihood math (evaluate/likelihood.py), task loading and the results
 (run.py), printing (cli/).
@@ -23,7 +26,9 @@ Not here: the likelihood math (evaluate/likelihood.py), task loading and the res
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +39,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import FixedSteps, RemaskConfig, RevealPolicy, SamplerConfig, parse_reveal
 from sbdcli.errors import UserError
-from sbdcli.evaluate.likelihood import ContinuationScore, continuation_scores
+from sbdcli.evaluate.likelihood import ESTIMATORS, ContinuationScore, continuation_scores
 from sbdcli.pipeline import (
     Prompt,
     StagePlan,
@@ -50,6 +55,23 @@ DEFAULT_MAX_GEN = 256
 """Generated tokens when a generate_until request names no `max_gen_toks` (lm-eval's)."""
 
 
+MODEL_ARGS = ("block", "mc", "draft_block", "steps_per_block", "reveal", "top_p", "revise",
+              "gamma", "revise_block")  # fmt: skip
+"""The model arguments `sbd eval harness --model-arg` sets (the rest have flags of their own)."""
+
+
+def _as(kind: type, name: str, value: Any) -> Any:
+    """A model argument (lm-eval passes them as text) as an int or a finite float."""
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or (isinstance(out, float) and not math.isfinite(out)):
+        what = "an integer" if kind is int else "a finite number"
+        raise UserError(f"model arg {name}={value}: expected {what}")
+    return out
+
+
 def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
@@ -60,7 +82,9 @@ def _draft_reveal(reveal: str | None, steps_per_block: int | str | None) -> Reve
         raise UserError("model args `reveal` and `steps_per_block` exclude each other")
     if reveal is not None:
         return parse_reveal(str(reveal))
-    return FixedSteps(None if steps_per_block is None else int(steps_per_block))
+    return FixedSteps(
+        None if steps_per_block is None else _as(int, "steps_per_block", steps_per_block)
+    )
 
 
 @register_model("sbd")
@@ -82,6 +106,7 @@ class SbdLM(LM):
         revise: bool | str = False,
         gamma: float = 0.25,
         revise_block: str = "full",
+        estimator: str = "count",
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -90,15 +115,20 @@ class SbdLM(LM):
             raise UserError(f"{pretrained}: no tokenizer (data/manifest.json); lm-eval sends text")
         self.cfg = self.ref.model.config
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
-        self.block = int(block) if block is not None else _small_block(pretrained)
-        self.mc, self.seed = int(mc), int(seed)
+        self.block = _as(int, "block", block) if block is not None else _small_block(pretrained)
+        self.mc, self.seed = _as(int, "mc", mc), _as(int, "seed", seed)
         if self.mc < 1 or self.block < 1:
             raise UserError("model args `mc` and `block` must be >= 1")
-        extra = {} if top_p is None else {"top_p": float(top_p)}
+        if estimator not in ESTIMATORS:
+            raise UserError(f"model arg `estimator` {estimator!r}: one of {', '.join(ESTIMATORS)}")
+        tc = bool(self.cfg.time_conditioning)
+        self.estimator = "exact" if self.block == 1 else "time" if tc else str(estimator)
+        extra = {} if top_p is None else {"top_p": _as(float, "top_p", top_p)}
         policy = _draft_reveal(reveal, steps_per_block)
-        self.draft_cfg = SamplerConfig(block_size=int(draft_block), reveal=policy, **extra)
+        draft_block = _as(int, "draft_block", draft_block)
+        self.draft_cfg = SamplerConfig(block_size=draft_block, reveal=policy, **extra)
         revise_stage = StagePlan(
-            RemaskConfig(gamma=float(gamma), seed=self.seed),
+            RemaskConfig(gamma=_as(float, "gamma", gamma), seed=self.seed),
             SamplerConfig(block_size=parse_block(str(revise_block)), **extra),
             self.seed,
         )
@@ -147,6 +177,7 @@ class SbdLM(LM):
                 mc=self.mc,
                 generator=self._generator("loglikelihood", context),
                 batch_size=self.batch_size,
+                estimator=self._form(),
             )
             for i, score in zip(members, found, strict=True):
                 scores[i] = score
@@ -171,12 +202,16 @@ class SbdLM(LM):
                 gen = self._generator("rolling", text)
                 (score,) = continuation_scores(
                     self.ref.model, [[*ctx, *cont]], [len(ctx)], self.block, mc=self.mc,
-                    generator=gen, batch_size=self.batch_size,
+                    generator=gen, batch_size=self.batch_size, estimator=self._form(),
                 )  # fmt: skip
                 total += score.loglik
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
         return out
+
+    def _form(self) -> str:
+        """The Monte Carlo form continuation_scores draws (moot when exact)."""
+        return "count" if self.estimator == "exact" else self.estimator
 
     def _generator(self, kind: str, key: str) -> torch.Generator:
         """A generator keyed by seed, request kind and text: the same request always draws
@@ -186,30 +221,59 @@ class SbdLM(LM):
 
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for index, req in enumerate(requests):
-            context, kwargs = req.args
-            text = self._generate_one(f"r{index}", context, dict(kwargs or {}))
-            out.append(text)
+        jobs = [self._job(*req.args) for req in requests]
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            by_length[job.length].append(i)
+        out: list[str] = [""] * len(requests)
+        for length, members in by_length.items():
+            for lo in range(0, len(members), self.batch_size):
+                part = members[lo : lo + self.batch_size]
+                for i, text in zip(part, self._generate(length, [jobs[i] for i in part]),
+                                   strict=True):  # fmt: skip
+                    out[i] = text
+        for req, text in zip(requests, out, strict=True):
             self.cache_hook.add_partial("generate_until", req.args, text)
         return out
 
-    def _generate_one(self, rid: str, context: str, kwargs: dict[str, Any]) -> str:
+    def _job(self, context: str, kwargs: dict[str, Any] | None) -> _GenJob:
+        """The prompt (BOS + the context, cut on the left to leave room), the sequence
+        length and the stop strings of one generate_until request."""
+        kwargs = dict(kwargs or {})
         until = kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        max_gen = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN))
+        max_gen = max(1, int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN)))
         ctx = self._encode(context)
-        keep = max(0, self.cfg.seq_len - 1 - max(1, min(max_gen, self.cfg.seq_len // 2)))
+        keep = max(0, self.cfg.seq_len - 1 - min(max_gen, self.cfg.seq_len // 2))
         ctx = ctx[len(ctx) - keep :] if len(ctx) > keep else ctx
         prompt = [self._bos(), *ctx]
-        length = min(self.cfg.seq_len, len(prompt) + max(1, max_gen))
+        length = min(self.cfg.seq_len, len(prompt) + max_gen)
+        # the record id keys the sampler's generator: the same request draws the same
+        # sample whatever batch it is in and whatever order lm-eval sends it in
+        rid = hashlib.sha256(f"{context}\0{length}".encode()).hexdigest()[:16]
+        return _GenJob(Prompt(rid, prompt), length, until)
+
+    def _generate(self, length: int, jobs: list[_GenJob]) -> list[str]:
+        """Draft (and revise) one batch of prompts of a common length; texts cut at the
+        first EOS and the first stop string."""
         stop = self.cfg.eos_id is not None
-        (rec,) = generate_batch(self.ref, [Prompt(rid, prompt)], length, self.draft_cfg,
-                                self.seed, self.plan, stop_at_eos=stop)  # fmt: skip
-        end = int(rec.get("stop", -1))  # the EOS position, -1 when none was generated
-        tokens = rec["tokens"][len(prompt) : end if end >= 0 else None]
-        text = self.ref.codec.decode(tokens, skip_special=True)
-        return _cut(text, until)
+        records = generate_batch(self.ref, [j.prompt for j in jobs], length, self.draft_cfg,
+                                 self.seed, self.plan, stop_at_eos=stop)  # fmt: skip
+        texts = []
+        for job, rec in zip(jobs, records, strict=True):
+            end = int(rec.get("stop", -1))  # the EOS position, -1 when none was generated
+            tokens = rec["tokens"][len(job.prompt.tokens) : end if end >= 0 else None]
+            texts.append(_cut(self.ref.codec.decode(tokens, skip_special=True), job.until))
+        return texts
+
+
+@dataclass
+class _GenJob:
+    """One generate_until request, ready for the sampler."""
+
+    prompt: Prompt
+    length: int
+    until: list[str]
 
 
 def _cut(text: str, until: list[str]) -> str:

@@ -14,6 +14,7 @@ Not here: the model (lm.py), the likelihood math (evaluate/likelihood.py), print
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,23 +37,30 @@ class HarnessOptions:
     model_args: dict[str, Any] = field(default_factory=dict)
 
 
-def _task_manager(include_path: Path | None) -> Any:
+def _task_manager(include_path: Path | None, tasks: list[str]) -> Any:
+    """lm-eval's `TaskManager` that knows `tasks`: the tasks under `include_path` alone
+    when they are all there (indexing lm-eval's thousands of built-in YAMLs takes many
+    seconds), else the built-in ones too. Unknown names are refused in one line."""
     from lm_eval.tasks import TaskManager  # heavy optional dependency (the `harness` extra)
 
-    if include_path is not None and not include_path.is_dir():
-        raise UserError(f"--include-path {include_path}: not a directory")
-    return TaskManager(include_path=str(include_path) if include_path else None)
-
-
-def _check_tasks(manager: Any, tasks: list[str]) -> None:
     if not tasks:
         raise UserError("--tasks names no task")
-    known = set(manager.all_tasks)
-    unknown = [t for t in tasks if t not in known]
+    if include_path is not None:
+        if not include_path.is_dir():
+            raise UserError(f"--include-path {include_path}: not a directory")
+        try:
+            local = TaskManager(include_path=str(include_path), include_defaults=False)
+        except TypeError:  # an lm-eval without `include_defaults`
+            local = None
+        if local is not None and set(tasks) <= set(local.all_tasks):
+            return local
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in set(manager.all_tasks)]
     if unknown:
         raise UserError(
             f"unknown lm-eval task {unknown[0]!r} (not built in and not under --include-path)"
         )
+    return manager
 
 
 def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
@@ -63,8 +71,7 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
 
     for name in ("lm-eval", "lm_eval"):  # its INFO lines would bury the table on stderr
         logging.getLogger(name).setLevel(logging.WARNING)
-    manager = _task_manager(opts.include_path)
-    _check_tasks(manager, opts.tasks)
+    manager = _task_manager(opts.include_path, opts.tasks)
     model = SbdLM(
         pretrained=opts.model,
         device=opts.device,
@@ -72,29 +79,48 @@ def run_tasks(opts: HarnessOptions) -> dict[str, Any]:
         seed=opts.seed,
         **opts.model_args,
     )
-    results = lm_eval.simple_evaluate(
-        model=model,
-        tasks=opts.tasks,
-        num_fewshot=opts.num_fewshot,
-        limit=opts.limit,
-        task_manager=manager,
-        random_seed=opts.seed,
-        numpy_random_seed=opts.seed,
-        torch_random_seed=opts.seed,
-        fewshot_random_seed=opts.seed,
-    )
+    try:
+        results = lm_eval.simple_evaluate(
+            model=model,
+            tasks=opts.tasks,
+            num_fewshot=opts.num_fewshot,
+            limit=opts.limit,
+            task_manager=manager,
+            random_seed=opts.seed,
+            numpy_random_seed=opts.seed,
+            torch_random_seed=opts.seed,
+            fewshot_random_seed=opts.seed,
+        )
+    except ConnectionError as exc:  # the hub's offline refusal is one, as is a network error
+        raise UserError(_fetch_failed(opts.tasks, exc)) from exc
     if results is None:
         raise UserError("lm-eval returned no results")
     results["sbd"] = {
         "model": model.ref.id,
         "likelihood_block": model.block,
         "mc": model.mc,
+        "estimator": model.estimator,
         "exact": model.block == 1,
         "draft": model.draft_cfg.params(),
         "revise": bool(model.plan),
         "seed": opts.seed,
     }
     return _plain(results)
+
+
+def _fetch_failed(tasks: list[str], exc: Exception) -> str:
+    """One line for a task whose data lm-eval could not download."""
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    why = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set here)" if offline else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"lm-eval could not fetch the data of --tasks {','.join(tasks)}: {first}{why}; "
+        "it downloads each task's dataset, so run once with the network, or give local "
+        "task YAMLs with --include-path"
+    )
 
 
 def _plain(obj: Any) -> Any:

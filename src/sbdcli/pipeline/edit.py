@@ -2,21 +2,33 @@
 
 `edit_batch` runs on a batch exactly what `sbd remask ... | sbd revise ...` runs on it with
 the same seeds (the records validated before each stage, as each piped command does), so
-the edited records, and their texts, are the pipe's. `edited_text` is what `sbd edit`
-prints per record and `text_diff` the unified diff it prints with `--diff`.
+the edited records, and their texts, are the pipe's. `edit_texts` is the whole of
+`sbd edit` for texts already read (encode, then `edit_batch` batch by batch): the library
+entry point of a caller that gets texts from elsewhere (a server request). `edited_text` is
+what `sbd edit` prints per record and `text_diff` the unified diff it prints with `--diff`.
 
-Not here: reading and encoding the texts (encode.py), the stages (stages.py), printing (cli/).
+Not here: reading texts from files (encode.py), the stages (stages.py), printing (cli/).
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sbdcli.artifacts.records import Record
 from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.data.markers import DEFAULT_MARKER
+from sbdcli.pipeline.encode import TextItem, encode_records, target_from_model
 from sbdcli.pipeline.modelref import ModelRef
-from sbdcli.pipeline.stages import Progress, check_records, remask_batch, revise_batch
+from sbdcli.pipeline.stages import (
+    OnCall,
+    OnEngine,
+    batched,
+    check_records,
+    remask_batch,
+    revise_batch,
+)
 
 
 @dataclass(frozen=True)
@@ -29,13 +41,62 @@ class EditPlan:
 
 
 def edit_batch(
-    records: list[Record], ref: ModelRef, plan: EditPlan, progress: Progress = None
+    records: list[Record],
+    ref: ModelRef,
+    plan: EditPlan,
+    *,
+    on_call: OnCall = None,
+    on_engine: OnEngine = None,
 ) -> list[Record]:
-    """Remask (when planned) and revise a batch of encoded records with one model."""
+    """Remask (when planned) and revise a batch of encoded records with one model.
+
+    `on_call` sees every network call of the revise and `on_engine` its stepping engine
+    (to stream or cancel it), as `revise_batch` hands them on.
+    """
     check_records(records, ref)
     if plan.remask is not None:
         records = check_records(remask_batch(records, plan.remask, ref), ref)
-    return revise_batch(records, ref, plan.sampler, plan.seed, progress=progress)
+    return revise_batch(records, ref, plan.sampler, plan.seed, on_call=on_call, on_engine=on_engine)
+
+
+@dataclass(frozen=True)
+class Edited:
+    """One edited text: the text as given (with its prompt, decoded), the edited record."""
+
+    before: str
+    record: Record
+
+    @property
+    def after(self) -> str:
+        return edited_text(self.record)
+
+
+def edit_texts(
+    items: Sequence[TextItem],
+    ref: ModelRef,
+    plan: EditPlan,
+    *,
+    marker: str = DEFAULT_MARKER,
+    exact: bool = True,
+    batch_size: int = 16,
+    on_call: OnCall = None,
+    on_engine: OnEngine = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Edited]:
+    """Encode `items` for `ref`'s model and edit them, `batch_size` records at a time.
+
+    Every text is encoded (and any bad one refused with a `UserError`) before the first
+    network call. `on_batch(n)` is told after each batch of n records.
+    """
+    records = encode_records(items, target_from_model(ref), marker, exact)
+    before = {i.id: r["text"] if i.prompt else i.text for i, r in zip(items, records, strict=True)}
+    done: list[Edited] = []
+    for batch in batched(records, batch_size):
+        out = edit_batch(batch, ref, plan, on_call=on_call, on_engine=on_engine)
+        done.extend(Edited(before[r["id"]], r) for r in out)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return done
 
 
 def edited_text(rec: Record) -> str:

@@ -1,8 +1,9 @@
 """Text in: a person's texts become sample records (`sbd encode`), and the rules for them.
 
 `read_texts` reads texts (one per line, JSONL with a `text` field and optional `prompt` and
-`id`, or a whole file as one text), refusing binary or empty input before anything is
-written. `encode_records` turns them into records (docs/records.md, "Encoded records"):
+`id` -- a `.json` file holding one JSON document of such objects --, or a whole file as one
+text) from a file, a FIFO, a /dev/fd path or stdin, refusing binary or empty input before
+anything is written. `encode_records` turns them into records (docs/records.md, "Encoded records"):
 BOS, the prompt's ids (fixed), the text's ids with its mask markers as [MASK] ids listed in
 `masked`, confidence 1.0 as a placeholder (no model committed these tokens: the `encode`
 stage entry says `confidence: "unknown"`), and an `encode` entry that names the vocabulary
@@ -16,14 +17,18 @@ stages apply to such records. Not here: marker parsing and the round-trip check
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
+from sbdcli.artifacts.files import (
+    is_json_document,
+    loads_json,
+    parse_json_line,
+    read_input_bytes,
+)
 from sbdcli.artifacts.records import Record, StageEntry, draft_entry
 from sbdcli.data.codec import Codec
 from sbdcli.data.datadir import load_codec, read_manifest
@@ -91,16 +96,11 @@ def target_from_data(directory: str) -> Target:
 
 # --------------------------------------------------------------------------- reading
 def _read_bytes(path: str) -> tuple[str, str]:
-    """(name, UTF-8 text) of a file or stdin; binary input is refused."""
+    """(name, UTF-8 text) of a file, FIFO, /dev/fd path or stdin; binary input is refused."""
     name = "stdin" if path == "-" else path
-    if path == "-":
-        if sys.stdin.isatty():
-            raise UserError("no input: pipe text in or pass a FILE")
-        data = sys.stdin.buffer.read()
-    else:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
-        data = Path(path).read_bytes()
+    if path == "-" and sys.stdin.isatty():
+        raise UserError("no input: pipe text in or pass a FILE")
+    data = read_input_bytes(path)
     if b"\x00" in data:
         raise UserError(f"{name}: binary input (NUL bytes); expected UTF-8 text")
     try:
@@ -109,18 +109,25 @@ def _read_bytes(path: str) -> tuple[str, str]:
         raise UserError(f"{name}: not UTF-8 text (byte {exc.start}); binary input?") from None
 
 
-def _jsonl_item(line: str, name: str, lineno: int) -> TextItem:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+def _text_item(obj: Any, where: str, default_id: str) -> TextItem:
+    """A JSON object with a string `text` (optional `prompt` and `id`) as a text to encode."""
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise UserError(f"{name}:{lineno}: expected an object with a string 'text' field")
+        raise UserError(f"{where}: expected an object with a string 'text' field")
     prompt = obj.get("prompt", "")
     if not isinstance(prompt, str):
-        raise UserError(f"{name}:{lineno}: field 'prompt' must be a string")
+        raise UserError(f"{where}: field 'prompt' must be a string")
     rid = obj.get("id")
-    return TextItem(str(rid) if rid is not None else f"t{lineno}", obj["text"], prompt)
+    return TextItem(str(rid) if rid is not None else default_id, obj["text"], prompt)
+
+
+def _document_items(data: str, name: str) -> list[TextItem]:
+    """The texts of a `.json` document: one object, or a list of objects (`t1`, `t2`, ...)."""
+    try:
+        loaded = loads_json(data)
+    except ValueError as exc:
+        raise UserError(f"{name} is not valid JSON: {exc}") from None
+    objs = loaded if isinstance(loaded, list) else [loaded]
+    return [_text_item(o, f"{name}: element {i}", f"t{i}") for i, o in enumerate(objs, start=1)]
 
 
 def read_texts(path: str, fmt: str) -> list[TextItem]:
@@ -130,13 +137,17 @@ def read_texts(path: str, fmt: str) -> list[TextItem]:
     name, data = _read_bytes(path)
     if fmt == "whole":
         items = [TextItem("t1", data)]
+    elif fmt == "jsonl" and path != "-" and is_json_document(path):
+        items = _document_items(data, name)
     else:
         items = []
         for lineno, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             items.append(
-                _jsonl_item(line, name, lineno) if fmt == "jsonl" else TextItem(f"t{lineno}", line)
+                _text_item(parse_json_line(line, name, lineno), f"{name}:{lineno}", f"t{lineno}")
+                if fmt == "jsonl"
+                else TextItem(f"t{lineno}", line)
             )
     if not items:
         raise UserError(f"{name}: no text to encode (empty input)")

@@ -32,6 +32,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sbdcli.artifacts.files import JsonDepthError, loads_json
 from sbdcli.pipeline import ModelRef
 from sbdcli.serve.batcher import Batcher, Busy, Ticket
 from sbdcli.serve.jobs import Limits, make_job
@@ -98,9 +99,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _parse(body: bytes) -> CompletionRequest:
-    """The request, or a 400 naming the first field at fault."""
+    """The request, or a 400 naming the first field at fault (JSON nested deeper than sbd
+    reads is a 400 too, never a RecursionError)."""
     try:
-        obj = json.loads(body)
+        obj = loads_json(body)
+    except JsonDepthError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not valid JSON") from None
     if not isinstance(obj, dict):

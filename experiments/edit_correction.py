@@ -13,8 +13,8 @@ What it is not: training (the commands below train the model it reads) or a spee
 
     sbd prepare --synthetic topic-markov --out OUT/data
     sbd train --data OUT/data --out OUT/run --mix 4,128 --lambda 0.5 --steps 1000
-    python bench/edit_correction.py run --run OUT/run --out OUT/edit --n 512
-    python bench/edit_correction.py report --out OUT/edit
+    python -m experiments.edit_correction run --run OUT/run --out OUT/edit --n 512
+    python -m experiments.edit_correction report --out OUT/edit
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.study_report import write_section
+from experiments.study_report import write_section
 from sbdcli.data.codec import SyntheticCodec
 from sbdcli.data.synthetic import load_oracle
 
@@ -71,7 +69,7 @@ def run_edit(
     """`sbd edit` on the texts; its records and its wall-clock seconds."""
     records = out / f"{texts.stem}-{scorer}-g{gamma:g}.jsonl"
     cmd = [sys.executable, "-m", "sbdcli", "edit", str(texts), "-m", str(run), "--gamma",
-           f"{gamma:g}", "--strategy", scorer, "--seed", "0", "--batch-size", "64",
+           f"{gamma:g}", "--strategy", scorer, "--seed", "0", "--batch-size", "128",
            "--device", "cpu", "--records", str(records), "-o", os.devnull]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -100,7 +98,8 @@ def measure(args: argparse.Namespace) -> None:
                 rows.append({**base, **score(recs, true, where, oracle), "scorer": scorer,
                              "gamma": gamma, "seconds": seconds})  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}, indent=1))
+                # after every row: an interrupted run keeps (and reports) what it measured
+                (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}))
 
 
 def score(recs: list[dict], true: torch.Tensor, where: list[list[int]], oracle: Any) -> dict:
@@ -134,8 +133,9 @@ def report(args: argparse.Namespace) -> None:
             f"{r['recall']:.2f} | {r['precision']:.2f} | {r['restored']:.2f} | {r['seconds']:.0f} |"
         )
     body = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
+    body = body.replace("{n}", str(data["n"]))
     text = body.replace("{table}", "\n".join(lines)) if "{table}" in body else "\n".join(lines)
-    write_section(ROOT / "docs" / "results.md", SECTION, text + "\n")
+    write_section(Path(args.doc), SECTION, text + "\n")
 
 
 def main() -> None:
@@ -148,7 +148,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
-    p.add_argument("--notes", default="bench/study_notes/edit-correction.md")
+    p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument(
+        "--notes", default=str(ROOT / "experiments" / "study_notes" / "edit-correction.md")
+    )
     args = parser.parse_args()
     measure(args) if args.cmd == "run" else report(args)
 
