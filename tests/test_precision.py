@@ -23,6 +23,8 @@ def test_auto_is_bf16_on_cuda_and_fp32_elsewhere():
     assert precision.resolve("auto", torch.device("cuda", 0)) == "bf16"
     assert precision.resolve("bf16", "cpu") == "bf16"
     assert precision.resolve("fp32", "cuda") == "fp32"
+    want = "bf16" if torch.cuda.is_available() else "fp32"
+    assert precision.resolve("auto", "auto") == want  # --device auto, not yet resolved
 
 
 def test_unknown_precision_is_a_user_error():

@@ -37,6 +37,9 @@ __all__ = ["PRECISIONS", "bf16_copy", "for_calls", "network", "resolve"]
 
 
 def _device_type(device: Any) -> str:
+    """'cuda', 'cpu', ...: the type of a device (or of 'auto', as `--device auto` picks)."""
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device).type
 
 
