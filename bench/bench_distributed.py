@@ -18,11 +18,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench._report import machine, write_section
 from bench.bench_sampler import build
+from bench.timer import timed
+from sbdcli.evaluate import markdown_grid
 from sbdcli.model.checkpoint import save_sbd_model
 
 LAUNCHES = (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2),
@@ -38,6 +39,9 @@ def make_run(root: Path, shape: str, length: int) -> Path:
     return run
 
 
+HEADER = ("launch", "wall s", "records/s (end to end)", "x", "records/s (drafting)", "x")
+
+
 def launch(run: Path, out: Path, procs: int, threads: int, args: list[str]) -> float:
     """Wall-clock seconds of one `sbd draft` launch."""
     cmd = [sys.executable, "-m", "sbdcli", "draft", "-m", str(run), "-o", str(out), *args]
@@ -45,9 +49,7 @@ def launch(run: Path, out: Path, procs: int, threads: int, args: list[str]) -> f
         runner = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         cmd = [*runner, "--nproc_per_node", str(procs), "-m", "sbdcli", *cmd[3:]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+    return timed(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True))[0]
 
 
 def records(path: Path) -> tuple[list[dict], float]:
@@ -80,18 +82,17 @@ def main() -> None:
             assert recs == first, f"{name}: records differ from the first launch's"
             rows.append((name, wall, a.n / wall, a.n / (busy / procs)))
     base = rows[0][2], rows[0][3]
+    cells = [
+        (name, f"{wall:.1f}", f"{rate:.2f}", f"{rate / base[0]:.2f}", f"{draft:.2f}",
+         f"{draft / base[1]:.2f}")
+        for name, wall, rate, draft in rows
+    ]  # fmt: skip
     lines = [
         f"`sbd draft -n {a.n} --length {a.length} --batch-size {a.batch_size}` "
         f"(block 4, shape {a.shape}, random weights), {machine()}. {a.note}".strip(),
         "",
-        "| launch | wall s | records/s (end to end) | x | records/s (drafting) | x |",
-        "|---|---:|---:|---:|---:|---:|",
+        *markdown_grid(HEADER, cells, "lrrrrr").splitlines(),
     ]
-    for name, wall, rate, draft in rows:
-        lines.append(
-            f"| {name} | {wall:.1f} | {rate:.2f} | {rate / base[0]:.2f} | {draft:.2f} | "
-            f"{draft / base[1]:.2f} |"
-        )
     lines += [
         "",
         "End to end includes process start and model load (paid once per process); "

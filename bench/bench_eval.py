@@ -21,48 +21,15 @@ import os
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench._report import machine, write_section
-from sbdcli.evaluate import OracleJudge, SbdJudge, VocabInfo
+from bench.timer import best_seconds, interleaved
+from sbdcli.evaluate import OracleJudge, SbdJudge, VocabInfo, markdown_grid
 from sbdcli.evaluate.hf_judge import HFJudge
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def best_time(fn, device: str, repeats: int) -> float:
-    """Best wall-clock seconds of `repeats` calls after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def interleaved(fns: list, device: str, repeats: int) -> list[float]:
-    """Best seconds of each function, measured round-robin (fair under a changing load)."""
-    for fn in fns:
-        fn()
-    sync(device)
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            best[k] = min(best[k], time.perf_counter() - start)
-    return best
 
 
 def build_gpt2(out: Path, device: str) -> HFJudge:
@@ -110,7 +77,7 @@ def bench_hf(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
         return run
 
     t_single, t_batch, t_one = interleaved(
-        [single, scorer(args.batch_size), scorer(1)], args.device, args.repeats
+        [single, scorer(args.batch_size), scorer(1)], args.repeats, args.device
     )
     # the batched path must give the one-at-a-time numbers
     judge.batch_size = args.batch_size
@@ -119,18 +86,20 @@ def bench_hf(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
     b, _ = judge.score_ids(seqs[:4], flags[:4])
     agree = float(np.max(np.abs(a - b) / np.abs(b)))
     rate = {k: scored / t for k, t in (("single", t_single), ("batched", t_batch), ("one", t_one))}
+    names = {
+        "single": "single large forward (n, T) + cross-entropy",
+        "batched": f"`HFJudge` batched (batch {args.batch_size})",
+        "one": "`HFJudge` one sample at a time",
+    }
+    paths = [
+        (name, f"{rate[k]:,.0f}", f"{rate[k] / rate['single']:.2f}") for k, name in names.items()
+    ]
     lines = [
         f"transformers judge: random GPT-2 (6 layers, d 384, vocab 50257, context 1024), "
         f"{args.samples} samples x {args.length} scored tokens, fp32, best of {args.repeats} "
         "(measured round-robin).",
         "",
-        "| path | tokens/s | vs single forward |",
-        "|---|---|---|",
-        f"| single large forward (n, T) + cross-entropy | {rate['single']:,.0f} | 1.00 |",
-        f"| `HFJudge` batched (batch {args.batch_size}) | {rate['batched']:,.0f} | "
-        f"{rate['batched'] / rate['single']:.2f} |",
-        f"| `HFJudge` one sample at a time | {rate['one']:,.0f} | "
-        f"{rate['one'] / rate['single']:.2f} |",
+        *markdown_grid(("path", "tokens/s", "vs single forward"), paths).splitlines(),
         "",
         f"Batched / one at a time: **{rate['batched'] / rate['one']:.2f}x**; batched / single "
         f"forward: **{rate['batched'] / rate['single']:.2f}x**; max relative difference of "
@@ -151,22 +120,23 @@ def bench_oracle_and_block1(args: argparse.Namespace) -> tuple[list[str], dict[s
         oracle = OracleJudge(data, {})
         rows = oracle.oracle.sample(n, length, torch.Generator().manual_seed(1))
     recs = [{"id": str(i), "tokens": r, "prompt_len": 1} for i, r in enumerate(rows.tolist())]
-    t_oracle = best_time(lambda: oracle.score(recs), "cpu", args.repeats)
-    t_floor = best_time(lambda: oracle.floor(length + 1, n=1000), "cpu", args.repeats)
+    t_oracle = best_seconds(lambda: oracle.score(recs), args.repeats, "cpu", warmup=1)
+    t_floor = best_seconds(lambda: oracle.floor(length + 1, n=1000), args.repeats, "cpu", warmup=1)
     torch.manual_seed(0)
     cfg = preset("tiny", vocab_size=66, mask_id=65, seq_len=length, bos_id=64)
     model = Denoiser(cfg).to(args.device).eval()
     judge = SbdJudge(model, VocabInfo(64, None, 65, 66), blocks=[1], batch_size=64)
-    t_block1 = best_time(lambda: judge.score(recs), args.device, args.repeats)
+    t_block1 = best_seconds(lambda: judge.score(recs), args.repeats, args.device, warmup=1)
+    judges = [
+        ("`--evaluator oracle`: exact NLL", f"{t_oracle:.3f}"),
+        ("oracle floor from 1,000 fresh true samples (only when the manifest has none)",
+         f"{t_floor:.3f}"),
+        ("block-1 sbd judge, `tiny` preset (2 layers, d 128), batch 64", f"{t_block1:.3f}"),
+    ]  # fmt: skip
     lines = [
         f"Other judges, per {n:,} samples of the synthetic default (V 64, K 8, L {length}):",
         "",
-        "| judge | seconds per 1,000 samples |",
-        "|---|---|",
-        f"| `--evaluator oracle`: exact NLL | {t_oracle:.3f} |",
-        f"| oracle floor from 1,000 fresh true samples (only when the manifest has none) "
-        f"| {t_floor:.3f} |",
-        f"| block-1 sbd judge, `tiny` preset (2 layers, d 128), batch 64 | {t_block1:.3f} |",
+        *markdown_grid(("judge", "seconds per 1,000 samples"), judges).splitlines(),
     ]
     return lines, {"oracle_s": t_oracle, "floor_s": t_floor, "block1_s": t_block1}
 

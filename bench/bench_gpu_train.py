@@ -17,15 +17,16 @@ head on the read-out positions + attention on the (query, key) pairs the mask al
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.timer import timed
 from sbdcli.config import preset
 from sbdcli.diffusion.loss import block_nelbo
+from sbdcli.evaluate import markdown_grid
 from sbdcli.model import Denoiser
 from sbdcli.model.attention import block_diff_mask
 
@@ -101,11 +102,12 @@ def measure(args: argparse.Namespace, kind: str, block: int, backend: str, compi
         step(x)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step(x)
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - start) / args.steps
+
+    def steps() -> None:
+        for _ in range(args.steps):
+            step(x)
+
+    dt = timed(steps, "cuda")[0] / args.steps
     flops = useful_flops(model, kind, args.batch, args.length, block)
     row = {
         "kind": kind if kind == "causal" else f"B={block if block < args.length else 'L'}",
@@ -129,16 +131,16 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         f"mean of {args.steps} steps after {args.warmup} warm-up steps. Tokens/s counts L "
         "tokens per row (the x_0 half of the B=4 pass is not counted as extra tokens).",
         "",
-        "| step | attention | tokens/s | vs causal | ms/step | useful TFLOP/s | MFU | peak GiB |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['kind']} | {r['backend']} | {r['tokens_per_s']:,.0f} | "
-            f"{r['tokens_per_s'] / base:.2f}x | {r['step_ms']:.1f} | {r['tflops']:.0f} | "
-            f"{100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+    cells = [
+        (r["kind"], r["backend"], f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s'] / base:.2f}x",
+         f"{r['step_ms']:.1f}", f"{r['tflops']:.0f}", f"{100 * r['mfu']:.1f}%",
+         f"{r['peak_gib']:.1f}")
+        for r in rows
+    ]  # fmt: skip
+    header = ("step", "attention", "tokens/s", "vs causal", "ms/step", "useful TFLOP/s", "MFU",
+              "peak GiB")  # fmt: skip
+    return "\n".join(lines) + "\n" + markdown_grid(header, cells) + "\n"
 
 
 def main() -> None:

@@ -31,17 +31,19 @@ SHARED = ROOT.parent / "shared" / "data"
 TOKENIZER = SHARED / "gpt2-tokenizer" / "tokenizer.json"
 
 from bench._report import machine, write_section  # noqa: E402
+from bench.timer import timed  # noqa: E402
+from sbdcli.evaluate import markdown_grid  # noqa: E402
 
 WRAPPER = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
+import json, resource, subprocess, sys
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - start
 if proc.returncode != 0:
     sys.exit(proc.stderr)
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
-print(json.dumps({"rss_mib": rss / 1024, "wall": wall}))
+print(json.dumps({"rss_mib": rss / 1024}))
 """
+"""Runs a command in a child and prints the child's peak RSS (the wall clock is timed by
+the caller, so it includes this wrapper's interpreter start, ~0.03 s)."""
 
 
 def make_corpus(directory: Path, copies: int) -> Path:
@@ -87,9 +89,9 @@ def throughput(corpus: Path, out: Path, reps: int) -> dict[str, dict[str, float]
     best: dict[str, dict[str, float]] = {}
     for _ in range(reps):
         for name, fn in methods.items():
-            start, cpu = time.perf_counter(), time.process_time()
-            tokens = fn()
-            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            cpu = time.process_time()  # CPU seconds of every thread of this process
+            wall, tokens = timed(fn)
+            cpu = time.process_time() - cpu
             if name not in best or tokens / wall > best[name]["rate"]:
                 best[name] = {"rate": tokens / wall, "cpu": tokens / cpu, "tokens": tokens}
     assert len({b["tokens"] for b in best.values()}) == 1, "methods disagree on token counts"
@@ -104,12 +106,11 @@ def peak_rss(corpus: Path, out: Path, shard_tokens: int | None) -> dict[str, flo
     if shard_tokens is not None:
         cmd += ["--shard-tokens", str(shard_tokens)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, env=env
-    )
+    wrapped = [sys.executable, "-c", WRAPPER, *cmd]
+    wall, proc = timed(lambda: subprocess.run(wrapped, capture_output=True, text=True, env=env))
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed: {proc.stderr}")
-    result = json.loads(proc.stdout)
+    result = {**json.loads(proc.stdout), "wall": wall}
     manifest = json.loads((out / "manifest.json").read_text())
     result["tokens"] = sum(manifest["stream_tokens"].values()) - sum(manifest["documents"].values())
     result["shards"] = len(manifest["shards"]["train"]) + len(manifest["shards"]["val"])
@@ -130,10 +131,34 @@ def baseline_rss() -> float:
     return json.loads(proc.stdout)["rss_mib"]
 
 
+METHODS_HEADER = ("what (in-process)", "tokens/s (wall)", "vs loop", "tokens per CPU-second")
+MEMORY_HEADER = ("corpus", "--shard-tokens", "shards", "peak RSS", "wall (CLI)", "tokens/s (CLI)")
+
+
+def memory_cells(mem: list, sizes: dict) -> list[tuple[str, ...]]:
+    """One row per (corpus size, shard size) of the memory table."""
+    return [
+        (f"{sizes[size][1]:.0f} MB", "default (16.8M)" if shard is None else f"{shard / 1e6:.1f}M",
+         str(r["shards"]), f"{r['rss_mib']:.0f} MiB", f"{r['wall']:.1f} s",
+         f"{r['tokens'] / r['wall'] / 1e6:.2f}M")
+        for size, shard, r in mem
+    ]  # fmt: skip
+
+
 def report(sizes: dict, speed: dict, mem: list, base: float, cmd: str) -> str:
     copies, small_mb = sizes["small"]
     loop, batch, prep, pool = (speed[k] for k in ("loop", "batch", "prepare", "workers2"))
     speedup = prep["rate"] / loop["rate"]
+    methods = [
+        ("Python loop, `Tokenizer.encode` per document (tokenize only)",
+         f"{loop['rate'] / 1e6:.2f}M", "1.00x", f"{loop['cpu'] / 1e6:.2f}M"),
+        ("`encode_batch_fast`, 4096 docs per call (tokenize only)", f"{batch['rate'] / 1e6:.2f}M",
+         f"{batch['rate'] / loop['rate']:.2f}x", f"{batch['cpu'] / 1e6:.2f}M"),
+        ("whole `prepare`: read, split, tokenize, pack, write shards",
+         f"{prep['rate'] / 1e6:.2f}M", f"**{speedup:.2f}x**", f"{prep['cpu'] / 1e6:.2f}M"),
+        ("whole `prepare --workers 2` (two tokenizer processes)", f"{pool['rate'] / 1e6:.2f}M",
+         f"{pool['rate'] / loop['rate']:.2f}x", "(in child processes)"),
+    ]  # fmt: skip
     lines = [
         "## prepare: GPT-2 tokenizer throughput and memory",
         "",
@@ -148,18 +173,7 @@ def report(sizes: dict, speed: dict, mem: list, base: float, cmd: str) -> str:
         f"(split on blank lines), {loop['tokens']:,} GPT-2 tokens. Tokens/s count document "
         "tokens (EOS excluded) on every line.",
         "",
-        "| what (in-process) | tokens/s (wall) | vs loop | tokens per CPU-second |",
-        "|---|---:|---:|---:|",
-        f"| Python loop, `Tokenizer.encode` per document (tokenize only) | "
-        f"{loop['rate'] / 1e6:.2f}M | 1.00x | {loop['cpu'] / 1e6:.2f}M |",
-        f"| `encode_batch_fast`, 4096 docs per call (tokenize only) | "
-        f"{batch['rate'] / 1e6:.2f}M | {batch['rate'] / loop['rate']:.2f}x | "
-        f"{batch['cpu'] / 1e6:.2f}M |",
-        f"| whole `prepare`: read, split, tokenize, pack, write shards | "
-        f"{prep['rate'] / 1e6:.2f}M | **{speedup:.2f}x** | {prep['cpu'] / 1e6:.2f}M |",
-        f"| whole `prepare --workers 2` (two tokenizer processes) | "
-        f"{pool['rate'] / 1e6:.2f}M | {pool['rate'] / loop['rate']:.2f}x | "
-        "(in child processes) |",
+        *markdown_grid(METHODS_HEADER, methods, "lrrr").splitlines(),
         "",
         "Tokens per CPU-second (all threads) is the cost side: the whole prepare spends "
         f"{batch['cpu'] / prep['cpu']:.2f}x the CPU per token of batched tokenization "
@@ -175,15 +189,8 @@ def report(sizes: dict, speed: dict, mem: list, base: float, cmd: str) -> str:
         "[--shard-tokens N]` (child process, includes interpreter start and imports; "
         f"importing alone peaks at {base:.0f} MiB):",
         "",
-        "| corpus | --shard-tokens | shards | peak RSS | wall (CLI) | tokens/s (CLI) |",
-        "|---|---:|---:|---:|---:|---:|",
+        *markdown_grid(MEMORY_HEADER, memory_cells(mem, sizes), "lrrrrr").splitlines(),
     ]
-    for size, shard, r in mem:
-        label = "default (16.8M)" if shard is None else f"{shard / 1e6:.1f}M"
-        lines.append(
-            f"| {sizes[size][1]:.0f} MB | {label} | {r['shards']} | {r['rss_mib']:.0f} MiB | "
-            f"{r['wall']:.1f} s | {r['tokens'] / r['wall'] / 1e6:.2f}M |"
-        )
     lines += [
         "",
         "Memory is bounded by one tokenization batch (~1M characters), one shard buffer "

@@ -31,15 +31,16 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.timer import best_seconds, timed
 from sbdcli.config import ModelConfig, legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
+from sbdcli.evaluate import markdown_grid
 from sbdcli.model import Denoiser
 
 SHAPES = {
@@ -62,19 +63,6 @@ def build(shape: str, vocab: int, length: int, device: str) -> Denoiser:
         for p in model.output_layer.parameters():
             p.normal_(0, 0.02)
     return model.to(device).eval()
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn: Any, device: str) -> tuple[float, Any]:
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
 
 
 def gens(n: int, stage: str, device: str) -> list[Any]:
@@ -245,26 +233,17 @@ def approx_speed_row(
     return rows
 
 
+APPROX_SPEED_HEADER = ("model", "L", "n", "revise", "masked", "calls", "s",
+                       "time vs exact revise", "time vs cached draft")  # fmt: skip
+
+
 def approx_speed_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| model | L | n | revise | masked | calls | s | time vs exact revise | "
-        "time vs cached draft |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        cells = [
-            r["model"],
-            str(r["L"]),
-            str(r["n"]),
-            r["setting"],
-            str(r["masked"]),
-            str(r["calls"]),
-            fmt(r["secs"], 3),
-            fmt(r["vs_exact"], 3) + "x",
-            fmt(r["vs_draft"], 3) + "x",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [r["model"], str(r["L"]), str(r["n"]), r["setting"], str(r["masked"]), str(r["calls"]),
+         fmt(r["secs"], 3), fmt(r["vs_exact"], 3) + "x", fmt(r["vs_draft"], 3) + "x"]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_grid(APPROX_SPEED_HEADER, cells)
 
 
 def approx_quality_rows(
@@ -331,27 +310,20 @@ def approx_quality_rows(
     return rows
 
 
+APPROX_QUALITY_HEADER = ("revise", "L", "samples", "revise calls/sample", "s/sample",
+                         "time vs exact", "time vs draft", "Gen PPL (per-sample mean)",
+                         "vs exact", "entropy")  # fmt: skip
+
+
 def approx_quality_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| revise | L | samples | revise calls/sample | s/sample | time vs exact | time vs draft | "
-        "Gen PPL (per-sample mean) | vs exact | entropy |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        cells = [
-            r["setting"],
-            str(r["L"]),
-            str(r["samples"]),
-            fmt(r["calls"], 1),
-            fmt(r["s_per_sample"], 4),
-            fmt(r["time_vs_exact"], 3) + "x",
-            fmt(r["time_vs_draft"], 3) + "x",
-            fmt(r["genppl"], 3),
-            fmt(r["genppl_vs_exact"], 3) + "x",
-            fmt(r["entropy"], 3),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [r["setting"], str(r["L"]), str(r["samples"]), fmt(r["calls"], 1),
+         fmt(r["s_per_sample"], 4), fmt(r["time_vs_exact"], 3) + "x",
+         fmt(r["time_vs_draft"], 3) + "x", fmt(r["genppl"], 3),
+         fmt(r["genppl_vs_exact"], 3) + "x", fmt(r["entropy"], 3)]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_grid(APPROX_QUALITY_HEADER, cells)
 
 
 def _approx_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
@@ -420,8 +392,7 @@ def per_call_ms(call: Any, inputs: tuple[Any, ...], device: str, repeats: int) -
         for _ in range(CALLS_TIMED):
             call(*inputs)
 
-    best = min(timed(run, device)[0] for _ in range(repeats))
-    return 1000 * best / CALLS_TIMED
+    return 1000 * best_seconds(run, repeats, device) / CALLS_TIMED
 
 
 def compile_row(
@@ -464,29 +435,21 @@ def _first(pair: tuple[float, Any]) -> float:
     return pair[0]
 
 
+COMPILE_HEADER = ("model", "L", "n", "torch.compile mode", "compiling the call (s)",
+                  "draft ms/call eager", "fixed-shape call ms eager",
+                  "fixed-shape call ms compiled", "compiled vs eager call",
+                  "draft ms/call compiled", "same output")  # fmt: skip
+
+
 def compile_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| model | L | n | torch.compile mode | compiling the call (s) | draft ms/call eager | "
-        "fixed-shape call ms eager | fixed-shape call ms compiled | compiled vs eager call | "
-        "draft ms/call compiled | same output |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        cells = [
-            r["model"],
-            str(r["L"]),
-            str(r["n"]),
-            r["mode"],
-            fmt(r["compile_s"], 1),
-            fmt(r["eager ms/call"], 2),
-            fmt(r["fixed shape, eager ms/call"], 2),
-            fmt(r["fixed shape, compiled ms/call"], 2),
-            fmt(r["compiled_vs_eager"], 2) + "x",
-            fmt(r.get("draft compiled ms/call"), 2),
-            fmt(r["same"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [r["model"], str(r["L"]), str(r["n"]), r["mode"], fmt(r["compile_s"], 1),
+         fmt(r["eager ms/call"], 2), fmt(r["fixed shape, eager ms/call"], 2),
+         fmt(r["fixed shape, compiled ms/call"], 2), fmt(r["compiled_vs_eager"], 2) + "x",
+         fmt(r.get("draft compiled ms/call"), 2), fmt(r["same"])]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_grid(COMPILE_HEADER, cells)
 
 
 def _compile_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
@@ -589,26 +552,19 @@ def threshold_rows(
     return rows
 
 
+THRESHOLD_HEADER = ("setting", "calls/sample", "fewer calls", "s/sample", "time vs 1/call",
+                    "Gen PPL (per-sample mean)", "vs 1/call", "Gen PPL (corpus)",
+                    "entropy")  # fmt: skip
+
+
 def threshold_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| setting | calls/sample | fewer calls | s/sample | time vs 1/call | Gen PPL "
-        "(per-sample mean) | vs 1/call | Gen PPL (corpus) | entropy |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        cells = [
-            r["setting"],
-            fmt(r["calls"], 1),
-            fmt(r["fewer_calls"], 2) + "x",
-            fmt(r["s_per_sample"], 4),
-            fmt(r["time_ratio"], 2) + "x",
-            fmt(r["genppl"], 3),
-            fmt(r["genppl_ratio"], 3) + "x",
-            fmt(r["genppl_corpus"], 3),
-            fmt(r["entropy"], 3),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [r["setting"], fmt(r["calls"], 1), fmt(r["fewer_calls"], 2) + "x",
+         fmt(r["s_per_sample"], 4), fmt(r["time_ratio"], 2) + "x", fmt(r["genppl"], 3),
+         fmt(r["genppl_ratio"], 3) + "x", fmt(r["genppl_corpus"], 3), fmt(r["entropy"], 3)]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_grid(THRESHOLD_HEADER, cells)
 
 
 def fmt(x: Any, digits: int = 1) -> str:
@@ -621,40 +577,24 @@ def fmt(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
+HEADER = ("model", "L", "n", "tok/s cached", "tok/s no cache", "cache speedup", "same tokens",
+          "ms/draft call", "ms/revise call", "revise/draft call", "revise calls",
+          "revise/draft time (1 tok/call)", "(4 tok/call)", "tok/s 2/call", "tok/s AR GPT-2",
+          "2/call vs AR")  # fmt: skip
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| model | L | n | tok/s cached | tok/s no cache | cache speedup | same tokens | "
-        "ms/draft call | ms/revise call | revise/draft call | revise calls | "
-        "revise/draft time (1 tok/call) | (4 tok/call) | tok/s 2/call | tok/s AR GPT-2 "
-        "| 2/call vs AR |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["model"],
-                    str(r["L"]),
-                    str(r["n"]),
-                    fmt(r["cache_tok_s"], 0),
-                    fmt(r["nocache_tok_s"], 0),
-                    fmt(r["speedup"], 2) + "x",
-                    fmt(r["same_tokens"]),
-                    fmt(r["draft_ms_call"], 2),
-                    fmt(r["revise_ms_call"], 2),
-                    fmt(r["revise_call_ratio"], 2) + "x",
-                    str(r["revise_calls"]),
-                    fmt(r["revise_vs_draft"], 2) + "x",
-                    fmt(r["revise4_vs_draft"], 2) + "x",
-                    fmt(r["two_tok_s"], 0),
-                    fmt(r.get("ar_tok_s"), 0),
-                    fmt(r.get("two_vs_ar"), 2) + ("x" if r.get("two_vs_ar") else ""),
-                ]
-            )
-            + " |"
-        )
-    return "\n".join(lines)
+    cells = [
+        [r["model"], str(r["L"]), str(r["n"]), fmt(r["cache_tok_s"], 0),
+         fmt(r["nocache_tok_s"], 0), fmt(r["speedup"], 2) + "x", fmt(r["same_tokens"]),
+         fmt(r["draft_ms_call"], 2), fmt(r["revise_ms_call"], 2),
+         fmt(r["revise_call_ratio"], 2) + "x", str(r["revise_calls"]),
+         fmt(r["revise_vs_draft"], 2) + "x", fmt(r["revise4_vs_draft"], 2) + "x",
+         fmt(r["two_tok_s"], 0), fmt(r.get("ar_tok_s"), 0),
+         fmt(r.get("two_vs_ar"), 2) + ("x" if r.get("two_vs_ar") else "")]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_grid(HEADER, cells)
 
 
 def parse_grid(text: str) -> list[tuple[str, int, int]]:

@@ -31,15 +31,16 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bench._report import machine, write_section
+from bench.timer import interleaved, timed
 from sbdcli.config import ModelConfig, preset, train_config
 from sbdcli.diffusion.loss import block_nelbo
+from sbdcli.evaluate import markdown_grid
 from sbdcli.model import Denoiser
 
 MODELS = {
@@ -118,15 +119,7 @@ def time_modes(name: str, length: int, repeats: int, root: Path) -> dict[str, fl
     of the real loop (`loop_seconds`, its own steps after the round-robin)."""
     model, opt, x = build(name, length)
     steps = {mode: make_step(model, opt, mode, x) for mode in MODES}
-    for fn in steps.values():
-        fn()
-    times: dict[str, list[float]] = {mode: [] for mode in steps}
-    for _ in range(repeats):
-        for mode, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            times[mode].append(time.perf_counter() - start)
-    best = {mode: min(ts) for mode, ts in times.items()}
+    best = dict(zip(steps, interleaved(list(steps.values()), repeats), strict=True))
     best["loop B=4"] = loop_seconds(name, length, repeats, root)
     return best
 
@@ -179,17 +172,13 @@ def measure(name: str, length: int, args: argparse.Namespace, data_root: Path) -
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| model | L | step | tokens/s | vs causal | peak MiB |",
-        "|---|---:|---|---:|---:|---:|",
-    ]
-    for r in rows:
-        mem = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
-        lines.append(
-            f"| {r['model']} | {r['L']} | {r['mode']} | {r['tok_s']:,.0f} | "
-            f"{r['ratio']:.2f}x | {mem} |"
-        )
-    return "\n".join(lines)
+    cells = [
+        (r["model"], str(r["L"]), r["mode"], f"{r['tok_s']:,.0f}", f"{r['ratio']:.2f}x",
+         f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-")
+        for r in rows
+    ]  # fmt: skip
+    header = ("model", "L", "step", "tokens/s", "vs causal", "peak MiB")
+    return markdown_grid(header, cells, "lrlrrr")
 
 
 KERNEL_NOTE = (
@@ -221,6 +210,17 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
+def measure_all(args: argparse.Namespace) -> list[dict]:
+    """Every (model, L) row, each table printed on stdout as it is measured."""
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            for length in (int(v) for v in args.lengths.split(",")):
+                rows += measure(name, length, args, Path(tmp))
+                print(table(rows[-5:]), flush=True)  # progress on stdout
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=4, help="timed rounds per mode")
@@ -234,13 +234,7 @@ def main() -> None:
     if args.worker:
         memory_worker(args.worker[0], int(args.worker[1]), args.worker[2])
         return
-    started = time.perf_counter()
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            for length in (int(v) for v in args.lengths.split(",")):
-                rows += measure(name, length, args, Path(tmp))
-                print(table(rows[-5:]), flush=True)  # progress on stdout
+    runtime, rows = timed(lambda: measure_all(args))
     command = "python -m bench.bench_train " + shlex.join(sys.argv[1:])
     body = "\n".join([
         "## Training throughput (CPU): block diffusion vs a causal-LM step",
@@ -256,7 +250,7 @@ def main() -> None:
         "is_causal fast path); B=L runs SDPA without a mask. Peak MiB: peak RSS growth of a fresh "
         "process building the model and running 3 steps (after a small warm-up step). "
         "Targets: B=L >= 0.9x causal, B=4 >= 0.45x causal. "
-        f"Runtime {time.perf_counter() - started:.0f} s.",
+        f"Runtime {runtime:.0f} s.",
         "",
         table(rows),
         "",

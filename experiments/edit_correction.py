@@ -24,15 +24,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench.timer import timed
 
 from experiments.study_report import write_section
 from sbdcli.data.codec import SyntheticCodec
 from sbdcli.data.synthetic import load_oracle
+from sbdcli.evaluate import markdown_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,9 +72,8 @@ def run_edit(
     cmd = [sys.executable, "-m", "sbdcli", "edit", str(texts), "-m", str(run), "--gamma",
            f"{gamma:g}", "--strategy", scorer, "--seed", "0", "--batch-size", "128",
            "--device", "cpu", "--records", str(records), "-o", os.devnull]  # fmt: skip
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    seconds = time.perf_counter() - start
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    seconds, _ = timed(lambda: subprocess.run(cmd, check=True, env=env))
     with records.open() as handle:
         return [json.loads(line) for line in handle], seconds
 
@@ -86,13 +86,13 @@ def measure(args: argparse.Namespace) -> None:
     length = json.loads((run / "data" / "manifest.json").read_text())["seq_len"]
     true = oracle.sample(args.n, length, torch.Generator().manual_seed(args.seed))
     rows = []
-    for rho in RHOS:
+    for rho in args.rhos:
         bad, where = corrupt(true, rho, oracle.vocab, args.seed + 1)
         texts = out / f"corrupted-rho{rho:g}.txt"
         texts.write_text("".join(codec.decode(r[1:].tolist()) + "\n" for r in bad))
         base = {"rho": rho, "nll_true": nll_per_token(oracle, true),
                 "nll_corrupted": nll_per_token(oracle, bad)}  # fmt: skip
-        for scorer in SCORERS:
+        for scorer in args.scorers:
             for gamma in (rho, 2 * rho):
                 recs, seconds = run_edit(texts, run, scorer, gamma, out)
                 rows.append({**base, **score(recs, true, where, oracle), "scorer": scorer,
@@ -117,25 +117,30 @@ def score(recs: list[dict], true: torch.Tensor, where: list[list[int]], oracle: 
             "precision": hit / max(chosen, 1), "restored": restored / total}  # fmt: skip
 
 
+HEADER = ("rho", "scorer", "gamma", "oracle NLL true", "corrupted", "edited",
+          "excess recovered", "recall", "precision", "restored", "seconds")  # fmt: skip
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    """One table row: the NLLs, the share of the corruption's excess NLL the edit removed."""
+    recovered = (r["nll_corrupted"] - r["nll_edited"]) / (r["nll_corrupted"] - r["nll_true"])
+    return [f"{r['rho']:g}", r["scorer"], f"{r['gamma']:g}", f"{r['nll_true']:.3f}",
+            f"{r['nll_corrupted']:.3f}", f"{r['nll_edited']:.3f}", f"{recovered:.0%}",
+            f"{r['recall']:.2f}", f"{r['precision']:.2f}", f"{r['restored']:.2f}",
+            f"{r['seconds']:.0f}"]  # fmt: skip
+
+
 def report(args: argparse.Namespace) -> None:
     data = json.loads((Path(args.out) / "edit-correction.json").read_text())
-    lines = [
-        "| rho | scorer | gamma | oracle NLL true | corrupted | edited | excess recovered | "
-        "recall | precision | restored | seconds |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in data["rows"]:
-        excess = r["nll_corrupted"] - r["nll_true"]
-        recovered = (r["nll_corrupted"] - r["nll_edited"]) / excess
-        lines.append(
-            f"| {r['rho']:g} | {r['scorer']} | {r['gamma']:g} | {r['nll_true']:.3f} | "
-            f"{r['nll_corrupted']:.3f} | {r['nll_edited']:.3f} | {recovered:.0%} | "
-            f"{r['recall']:.2f} | {r['precision']:.2f} | {r['restored']:.2f} | {r['seconds']:.0f} |"
-        )
+    table = markdown_grid(HEADER, [_cells(r) for r in data["rows"]], "rlrrrrrrrrr")
     body = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
     body = body.replace("{n}", str(data["n"]))
-    text = body.replace("{table}", "\n".join(lines)) if "{table}" in body else "\n".join(lines)
+    text = body.replace("{table}", table) if "{table}" in body else table
     write_section(Path(args.doc), SECTION, text + "\n")
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
 
 
 def main() -> None:
@@ -146,6 +151,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rhos", type=floats, default=RHOS, help="corruption rates, comma list")
+    p.add_argument("--scorers", type=lambda s: s.split(","), default=SCORERS)
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))

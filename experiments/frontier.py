@@ -30,13 +30,13 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from bench.timer import best_seconds, timed
 
 from experiments.study_grid import judge_file, judge_options
 from experiments.study_report import write_section
@@ -49,7 +49,6 @@ from experiments.study_runs import (
     model_dir,
     trained_models,
 )
-from experiments.timer import best_seconds
 from sbdcli.artifacts.files import write_json
 from sbdcli.artifacts.records import read_records
 from sbdcli.config import (
@@ -193,11 +192,10 @@ def sample_model(args: argparse.Namespace, seed: int) -> None:
         if rev is None:
             continue
         path = _path(args, seed, setting_name(draft, rev))
-        start = time.perf_counter()
         base = drafts[draft.name]
         make = lambda b=base, r=rev: _revise(ref, b, r, seed, args.batch)  # noqa: E731
-        if not reuse_or_write(path, args.n, make)[1]:
-            took = time.perf_counter() - start
+        took, (_, reused) = timed(lambda m=make, p=path: reuse_or_write(p, args.n, m))
+        if not reused:
             print(f"{args.kind}-s{seed} {path.stem}: {took:.0f} s", file=sys.stderr)
 
 
@@ -212,13 +210,15 @@ def time_model(args: argparse.Namespace, seed: int) -> dict[str, float]:
     drafted: dict[str, list[Any]] = {}
     for d in DRAFTS:
         run = lambda c=d.config(): draft_batch(ref, prompts, length, c, seed)  # noqa: E731
-        costs[setting_name(d, None)] = best_seconds(run, args.repeats) / n
+        costs[setting_name(d, None)] = best_seconds(run, args.repeats, ref.device) / n
         drafted[d.name] = run()
     for draft, rev in settings():
         if rev is None:
             continue
         base = drafted[draft.name]
-        secs = best_seconds(lambda b=base, r=rev: _revise(ref, b, r, seed, n), args.repeats)
+        secs = best_seconds(
+            lambda b=base, r=rev: _revise(ref, b, r, seed, n), args.repeats, ref.device
+        )
         costs[setting_name(draft, rev)] = costs[setting_name(draft, None)] + secs / n
     return costs
 

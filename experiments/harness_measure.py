@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from sbdcli.evaluate import markdown_grid
+
 TASKS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "harness"
 WORDS = 64
 
@@ -99,13 +101,12 @@ def variance(args: argparse.Namespace) -> None:
         for k in args.k.split(",")
     ]
     print(f"{len(docs)} questions, 4 choices; oracle accuracy {oracle_accuracy(docs):.3f}\n")
-    print("| draws | K | B | SE of a choice (nats) | SE of true − distractor, shared draws "
-          "| same, independent draws | accuracy |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['estimator']} | {r['k']} | {r['block']} | {r['se_choice']:.3f} "
-              f"| {r['se_diff_crn']:.3f} "
-              f"| {r['se_diff_independent']:.3f} | {r['accuracy']:.3f} |")  # fmt: skip
+    header = ("draws", "K", "B", "SE of a choice (nats)", "SE of true − distractor, shared draws",
+              "same, independent draws", "accuracy")  # fmt: skip
+    cells = [(r["estimator"], str(r["k"]), str(r["block"]), f"{r['se_choice']:.3f}",
+              f"{r['se_diff_crn']:.3f}", f"{r['se_diff_independent']:.3f}",
+              f"{r['accuracy']:.3f}") for r in rows]  # fmt: skip
+    print(markdown_grid(header, cells))
 
 
 def featurizer(args: argparse.Namespace) -> None:

@@ -16,15 +16,14 @@ import json
 import math
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench.timer import best_seconds, timed
 
 from experiments.study_runs import DATASETS, DRAFT_BLOCK, MODELS, ds_dir, model_dir
-from experiments.timer import best_seconds
 from sbdcli.artifacts.files import write_json
 from sbdcli.config import FixedSteps, GenPplOptions, RemaskConfig, SamplerConfig
 from sbdcli.data import read_manifest
@@ -156,9 +155,7 @@ def run_group(args: argparse.Namespace, group: Group, ref: ModelRef) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     refs = {m: load_model_ref(model_dir(args, m, args.seed), args.device) for m in MODELS}
     for g in grid():
-        start = time.perf_counter()
-        run_group(args, g, refs[g.model])
-        took = time.perf_counter() - start
+        took, _ = timed(lambda g=g: run_group(args, g, refs[g.model]))
         name = f"{args.dataset} {g.model}-s{args.seed} {g.draft_name}"
         print(f"{name}: {took:.0f} s", file=sys.stderr)
 
@@ -235,10 +232,9 @@ def timed_costs(
     ref = load_model_ref(model_dir(args, "mix", 0), args.device)
     length, batch = ref.model.config.seq_len, args.time_batch
     prompts = draft_prompts(ref, batch, 0, None)
-    cuda = torch.device(ref.device).type == "cuda"
 
     def best(fn: Any) -> float:
-        return best_seconds(fn, repeats, cuda) / batch
+        return best_seconds(fn, repeats, ref.device) / batch
 
     costs: dict[str, float] = {}
     for steps in (*DRAFT_STEPS, EXTRA_STEPS) if drafts is None else drafts:

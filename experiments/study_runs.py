@@ -14,10 +14,11 @@ import argparse
 import re
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.timer import timed
 
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import train_config
@@ -99,13 +100,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         **_block_settings(args.model, length),
     )
     resume = run.exists() and RunDir(run).finished_steps() > 0
-    start = time.perf_counter()
-    trainer = setup(cfg, data, run, resume=resume, runs_root=run.parent)
+    took, _ = timed(lambda: _fit(setup(cfg, data, run, resume=resume, runs_root=run.parent), run))
+    print(f"trained {run} in {took:.0f} s", file=sys.stderr)
+
+
+def _fit(trainer: Any, run: Path) -> None:
+    """Train to the end, or to a deadline (SIGTERM: the trainer saved its last step)."""
     try:
         trainer.fit(None)
-    except KeyboardInterrupt:  # a deadline (SIGTERM): the trainer saved its last step
+    except KeyboardInterrupt:
         print(f"stopped {run} at step {RunDir(run).finished_steps()}", file=sys.stderr)
-    print(f"trained {run} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- reading runs

@@ -116,7 +116,7 @@ def test_single_block_flag(workdir, monkeypatch):
         (["--global-batch", "6"], "global batch 6"),
         (["--preset", "huge"], "preset"),
         (["--eps-large", "x"], "bad --eps-large"),
-        (["--eps-min", "0"], "eps_min"),
+        (["--eps-min", "0"], "--eps-min"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(workdir, monkeypatch, capsys, args, needle):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -126,3 +127,24 @@ def test_bad_gamma_is_a_user_error():
 
     with pytest.raises(UserError, match="gammas"):
         DemoConfig(gammas=(0.5, 1.5))
+
+
+def test_the_terminal_table_fits_80_columns_and_keeps_every_column_when_wide():
+    from rich.console import Console
+
+    from sbdcli.cli.demo import COLUMNS, results_table
+
+    rows = [
+        {**_row("draft", "2 calls/block, confident order", 18.76, 64), "gen_ppl_corpus": 12.6},
+        {**_row("revise", "4 calls/block", 5.157, 135.1, "snapshot, τ 0.5, approx cache R 4"),
+         "gen_ppl_corpus": 4.97, "gamma": 0.25, "entropy_per_sample_mean": 3.391},
+    ]  # fmt: skip
+    for width, dropped in ((80, ["Gen PPL (corpus)", "strategy", "draft"]), (250, [])):
+        table, left_out = results_table(rows, width)
+        assert left_out == dropped
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(table)
+        lines = console.export_text().splitlines()
+        assert max(len(line) for line in lines) <= width
+        assert len(lines) == 4 + len(rows) + 2  # title, rules, header; one line a row; caption
+        assert ("strategy" in lines[2]) == (width == 250) and len(COLUMNS) == 9

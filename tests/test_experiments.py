@@ -1,15 +1,19 @@
-"""Smoke test of experiments/ (the study and the sampler frontier) at tiny budgets.
+"""Smoke test of experiments/ (the study, the sampler frontier, the edit correction) at
+tiny budgets.
 
 Every step runs as its user runs it, `python -m experiments.<module> STEP` from the
 repository root: prepare a small synthetic language, train the two study models for two
 steps, sample the study's whole grid with 2 samples per setting, judge, time and report
-it, then the frontier's run and report, both reports written into a copy of the doc. It
+it, then the frontier's run and report, and the edit correction (`sbd edit` on corrupted
+true samples, 4 texts, one rate, one scorer) and its report, each report written into a
+copy of the doc. It
 proves the experiments still run against the library; their numbers at this budget mean
 nothing and are not checked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -63,3 +67,19 @@ def test_the_frontier_runs_and_reports(study, tmp_path):
     text = run("frontier", "report", "--out", study, "--doc", doc)
     assert "## Sampler frontier" in text and "| draft 1 tok/call |" in text
     assert "<!-- results:frontier-synthetic -->" in doc.read_text()
+
+
+def test_the_edit_correction_runs_and_reports(study, tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n")
+    model = study / "synthetic" / "models" / "mix-s0"
+    out = tmp_path / "edit"
+    run("edit_correction", "run", "--run", model, "--out", out, "--n", "4", "--rhos", "0.1",
+        "--scorers", "random")  # fmt: skip
+    rows = json.loads((out / "edit-correction.json").read_text())["rows"]
+    assert [(r["rho"], r["scorer"], r["gamma"]) for r in rows] == [(0.1, "random", 0.1),
+                                                                  (0.1, "random", 0.2)]  # fmt: skip
+    assert all(0 <= r["recall"] <= 1 and r["nll_true"] < r["nll_corrupted"] for r in rows)
+    run("edit_correction", "report", "--out", out, "--doc", doc, "--notes", "")
+    section = doc.read_text().split("<!-- results:edit-correction -->")[1]
+    assert "| 0.1 | random | 0.2 |" in section

@@ -79,7 +79,10 @@ def test_pareto_and_calibration_charts(made):
     pareto = re.findall(r'<svg class="chart pareto".*?</svg>', page, flags=re.S)
     assert len(pareto) == 2
     for chart in pareto:
-        assert chart.count("<circle cx") - chart.count("<title>") == 3  # points + legend dots
+        assert chart.count('class="pt"') == chart.count("<title>") == 3  # one per summary
+        assert chart.count('class="lg"') == 3  # its legend marker
+        shapes = re.findall(r'<(circle|rect|polygon) [^>]*fill="([^"]+)" class="pt"', chart)
+        assert len(set(shapes)) == 3  # colour and shape tell the summaries apart
         assert "oracle floor" in chart
     (calib,) = re.findall(r'<svg class="chart calibration".*?</svg>', page, flags=re.S)
     assert "oracle probability of the draft token" in calib
@@ -178,20 +181,26 @@ def test_summaries_alone_and_records_alone(made, tmp_path, capsys):
 
 def test_demo_writes_its_report(made, tmp_path):
     from sbdcli.config import DemoConfig
-    from sbdcli.demo import demo_report
+    from sbdcli.demo import DemoSet, demo_report
 
     root, _ = made
     draft = read_jsonl(root / FILES["draft"])
     revised = read_jsonl(root / FILES["revise"])
-    summaries = read_jsonl(root / FILES["summaries"])[:2]
+    summaries = read_jsonl(root / FILES["summaries"])[:3]
     cfg = DemoConfig(out=tmp_path, quick=True, gammas=(0.1, 0.25, 0.5), strategies=("snapshot",))
-    sets = [("draft", "-", None, draft), ("revise", "snapshot", 0.25, revised),
-            ("revise", "snapshot", 0.5, revised)]  # fmt: skip
+    sets = [
+        DemoSet("draft", "-", None, "2 calls/block", "draft", "d.jsonl", draft),
+        DemoSet("revise", "snapshot", 0.25, "2 calls/block", "r1", "r1.jsonl", revised),
+        DemoSet("revise", "snapshot", 0.5, "2 calls/block", "r2", "r2.jsonl", revised),
+    ]
     demo_report(cfg, root / "run" / "data", summaries, sets)
     page = (tmp_path / "report.html").read_text()
     assert "<h3>draft (4 records)</h3>" in page  # REPORT_RECORDS = 4 of each set
-    assert "<h3>revise snapshot γ0.25 (" in page and "γ0.5" not in page
-    assert page.count('<tr class="row">') == 2
+    assert "<h3>revise snapshot γ0.25 (" in page and "γ0.5 (" not in page
+    assert page.count('<tr class="row">') == 3
+    (nfe_chart, _) = re.findall(r'<svg class="chart pareto".*?</svg>', page, flags=re.S)
+    assert nfe_chart.count("<polyline") == 1  # the strategy's gammas are one line
+    assert "snapshot remask + global revise (γ 0.1, 0.25, 0.5)" in nfe_chart
 
 
 def test_the_docs_example_is_current_and_small():

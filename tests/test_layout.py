@@ -1,7 +1,12 @@
 """The package layout holds: imports point downward, packages of one layer do not import
 each other, diffusion/ stays pure math, only cli/ touches typer and rich, every module
 says what it is, no module grows past `MAX_LINES` unless `LONG_MODULES` lists it with its
-reason (so a module's growth past the limit is a visible decision in this file).
+reason (so a module's growth past the limit is a visible decision in this file); and, for
+every Python file of the repository, no edit of `sys.path` (scripts run as modules from the
+root), and no benchmark or experiment that replaces a library attribute (they measure the
+library as it ships, through its public functions), reads a clock of its own (they time
+through bench/timer.py) or writes a markdown table by hand (they write through the
+library's `markdown_grid`).
 
 Imports are read from the sources (module level and inside functions alike)."""
 
@@ -12,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sbdcli"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "sbdcli"
 LAYERS = {
     "errors": 0,
     "config": 1,
@@ -43,6 +49,9 @@ LONG_MODULES = {
     "lives (the command line, stage entries and docs read these fields)",
     "diffusion/sampler.py": "one engine for draft and revise: the block loop, the per-sample "
     "state and the draw rules share it (the network call is calls.py, the counts reveal.py)",
+    "pipeline/stages.py": "draft, remask and revise share the stage entry, the record checks "
+    "and the per-record generators; the redraw rule and the live hooks (on_call, on_engine) "
+    "took it past the limit: remask_batch with its scorers is the part to split out next",
 }
 """Modules allowed past `MAX_LINES` (path under sbdcli/ -> why it stays one module)."""
 
@@ -133,3 +142,67 @@ def test_no_document_outside_the_repository_is_cited():
         text = path.read_text()
         for marker in ("ARCHITECTURE", "METHOD §", "METHOD.md"):
             assert marker not in text, f"{path.relative_to(PACKAGE)} cites {marker}"
+
+
+def repository_files(*folders: str) -> list[Path]:
+    """The Python files under the given top-level folders of the repository."""
+    return sorted(p for f in folders for p in (ROOT / f).rglob("*.py"))
+
+
+def test_no_file_edits_sys_path():
+    for path in repository_files("src", "bench", "experiments", "tests", "examples"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and ast.unparse(func.value) == "sys.path":
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} edits sys.path")
+
+
+def library_names(tree: ast.AST) -> set[str]:
+    """Names a file binds to sbdcli modules or objects (`import sbdcli.x as y`, `from
+    sbdcli.x import y`)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names
+                      if a.name.split(".")[0] == "sbdcli"}  # fmt: skip
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sbdcli":
+            names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+def test_benchmarks_and_experiments_replace_no_library_attribute():
+    for path in repository_files("bench", "experiments"):
+        tree = ast.parse(path.read_text())
+        lib = library_names(tree)
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            patched = [t for t in targets if isinstance(t, ast.Attribute)]
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr":
+                patched.append(node.args[0])
+            for t in patched:
+                base = t.value if isinstance(t, ast.Attribute) else t
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                assert not (isinstance(base, ast.Name) and base.id in lib), (
+                    f"{path.relative_to(ROOT)}:{node.lineno} replaces {ast.unparse(t)}"
+                )
+
+
+CLOCKS = {"perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "time", "time_ns"}
+"""Wall clocks of the `time` module: only bench/timer.py reads one in bench/ and experiments/."""
+
+
+def test_benchmarks_and_experiments_time_through_one_timer_and_one_table_writer():
+    for path in repository_files("bench", "experiments"):
+        where = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and where != Path("bench/timer.py"):
+                name = ast.unparse(node.func)
+                bare = name in CLOCKS - {"time"}  # from time import perf_counter
+                clock = bare or (name.startswith("time.") and name.split(".", 1)[1] in CLOCKS)
+                assert not clock, f"{where}:{node.lineno} reads {name}: time with bench.timer"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                rule = "|---" in node.value.replace(" ", "")
+                assert not rule, f"{where}:{node.lineno} writes a table: use markdown_grid"

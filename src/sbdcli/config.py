@@ -135,7 +135,7 @@ ROW_FORMATS = ("sbd", "bd3lm")
 """How `sbd prepare` cuts the token stream into rows: `sbd` = [BOS] + L - 1 stream tokens,
 `bd3lm` = L raw stream tokens (BD3-LM's OpenWebText rows)."""
 
-SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -157,13 +157,14 @@ class TrainConfig:
     """Rows per process per micro-batch."""
     global_batch: int | None = None
     """Rows per optimizer step over all processes; gradient accumulation makes up the rest.
-    None: batch_size x processes (no accumulation)."""
+    Unset: `batch_size` x processes (no accumulation)."""
     lr: float = 3e-4
     """Peak learning rate of AdamW."""
     warmup: int = 2_500
     """Linear warmup steps from 0 to `lr`."""
-    schedule: str = "constant"
-    """After warmup: `constant`, or `cosine` decay to `min_lr_ratio * lr` at `steps`."""
+    lr_schedule: str = "constant"
+    """Learning rate after warmup: `constant`, or `cosine` decay to a floor (a fraction of
+    `lr`, 0.1 unless set in Python) at `steps`."""
     min_lr_ratio: float = 0.1
     """Floor of the cosine schedule as a fraction of `lr`."""
     weight_decay: float = 0.0
@@ -228,35 +229,48 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
+        one_of = ", ".join
         checks = [
-            (self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.batch_size >= 1, "batch size must be >= 1"),
+            (self.preset in PRESETS, f"`preset` must be one of {one_of(PRESETS)}"),
+            (self.steps >= 1, "`steps` must be >= 1"),
+            (self.batch_size >= 1, "`batch_size` must be >= 1"),
             (
                 self.global_batch is None or self.global_batch >= self.batch_size,
-                "global batch must be >= the per-process batch size",
+                "`global_batch` must be >= the per-process `batch_size`",
             ),
-            (self.lr > 0, "learning rate must be > 0"),
-            (self.warmup >= 0, "warmup must be >= 0"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]"),
-            (self.weight_decay >= 0, "weight decay must be >= 0"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "AdamW betas must lie in [0, 1)"),
-            (self.grad_clip >= 0, "grad clip must be >= 0"),
+            (self.lr > 0, "`lr` (learning rate) must be > 0"),
+            (self.warmup >= 0, "`warmup` must be >= 0"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"`lr_schedule` must be one of {one_of(LR_SCHEDULES)}",
+            ),
+            (0.0 <= self.min_lr_ratio <= 1.0, "`min_lr_ratio` must lie in [0, 1]"),
+            (self.weight_decay >= 0, "`weight_decay` must be >= 0"),
+            (
+                0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+                "AdamW `beta1` and `beta2` must lie in [0, 1)",
+            ),
+            (self.grad_clip >= 0, "`grad_clip` must be >= 0"),
             (self.clip_search_batches >= 1, "`clip_search_batches` must be >= 1"),
-            (0.0 <= self.ema < 1.0, "EMA decay must lie in [0, 1)"),
-            (self.block_small >= 1 and self.block_large >= 1, "block sizes must be >= 1"),
-            (self.block_small <= self.block_large, "mix block sizes must be ordered small,large"),
-            (0.0 <= self.mix_lambda <= 1.0, "lambda must lie in [0, 1]"),
-            (0.0 < self.eps_min <= self.eps_max <= 1.0, "need 0 < eps_min <= eps_max <= 1"),
+            (0.0 <= self.ema < 1.0, "`ema` (EMA decay) must lie in [0, 1)"),
+            (
+                self.block_small >= 1 and self.block_large >= 1,
+                "block sizes (`block` B or `mix` S,L) must be >= 1",
+            ),
+            (self.block_small <= self.block_large, "`mix` S,L needs S <= L (small block first)"),
+            (0.0 <= self.mix_lambda <= 1.0, "`mix_lambda` must lie in [0, 1]"),
+            (0.0 < self.eps_min <= self.eps_max <= 1.0, "need 0 < `eps_min` <= `eps_max` <= 1"),
             (
                 0.0 < self.large_eps_min <= self.large_eps_max <= 1.0,
-                "need 0 < large eps_min <= large eps_max <= 1",
+                "need 0 < `large_eps_min` <= `large_eps_max` <= 1",
             ),
-            (self.val_every >= 0 and self.save_every >= 0, "val/save intervals must be >= 0"),
-            (self.val_rows >= 0, "val rows must be >= 0"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (
+                self.val_every >= 0 and self.save_every >= 0,
+                "`val_every` and `save_every` must be >= 0",
+            ),
+            (self.val_rows >= 0, "`val_rows` must be >= 0"),
+            (self.precision in PRECISIONS, f"`precision` must be one of {one_of(PRECISIONS)}"),
+            (self.device in DEVICES, f"`device` must be one of {one_of(DEVICES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -276,6 +290,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A saved config; runs of 0.1/0.2 name the LR schedule `schedule`."""
+        if "schedule" in data and "lr_schedule" not in data:
+            data = {("lr_schedule" if k == "schedule" else k): v for k, v in data.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -497,7 +514,7 @@ class ApproxCache:
     NAME = "approx"
     SPELLING = "approx[:R]"
     SUMMARY = "inside a block, calls between refreshes rerun only the positions masked at the "
-    SUMMARY += "previous call; every R-th call reruns all (default 4)"
+    SUMMARY += "previous call; every R-th call reruns all, R = 4 unless given"
 
     def __post_init__(self) -> None:
         _check((self.refresh >= 1, f"`refresh` must be >= 1, got {self.refresh}"))
@@ -707,15 +724,15 @@ def resolve_sampler(
     legacy = LegacySampling(**old)
     aliases = legacy.given(LEGACY_ALIASES)
     if not aliases:
-        return SamplerConfig(block_size, parse_reveal(reveal or "steps"), parse_cache(cache),
-                             **values), []  # fmt: skip
+        policy, kind = parse_reveal(reveal or "steps"), parse_cache(cache)
+        return SamplerConfig(block_size, policy, kind, **values), []
     policy_aliases = [f for f in aliases if f in REVEAL_ALIASES]
     if reveal is not None and policy_aliases:
         raise UserError(f"`reveal` and `{policy_aliases[0]}` exclude each other")
     policy = parse_reveal(reveal) if reveal is not None else legacy.reveal()
     if len(policy_aliases) < len(aliases):  # a cache alias: cache must be exact or approx
-        _check((cache in ("exact", "approx"),
-                f"`cache` {cache} and `{aliases[-1]}` exclude each other"))  # fmt: skip
+        message = f"`cache` {cache} and `{aliases[-1]}` exclude each other"
+        _check((cache in ("exact", "approx"), message))
         kind = dataclasses.replace(legacy, cache=cache).cache_kind()
     else:
         kind = parse_cache(cache)
@@ -754,7 +771,7 @@ class RedrawConfig:
 
     redraw_low_entropy: float | None = None
     """Draw a sample again while some block end leaves its last `redraw_window` tokens
-    with unigram entropy (nats) below this value (BD3-LM: 4); unset (default) = never."""
+    with unigram entropy (nats) below this value (BD3-LM: 4) (default: never)."""
     redraw_window: int = REDRAW_WINDOW
     """Tokens of the entropy window of `redraw_low_entropy` (BD3-LM: 256)."""
     redraw_attempts: int = REDRAW_ATTEMPTS
@@ -887,18 +904,20 @@ class GenPplOptions:
     """Score a set with fewer records than its draft declared (its summary says `partial`)."""
     low_entropy: float | None = None
     """Count the samples whose last `low_entropy_window` tokens have unigram entropy (nats)
-    below this value (default: the `redraw_low_entropy` their draft recorded, else off)."""
+    below this value (default: the redraw threshold their draft recorded, else off)."""
     low_entropy_window: int | None = None
-    """Window of `low_entropy` (default: the draft's `redraw_window`, else 256)."""
+    """Window of `low_entropy` (default: the redraw window their draft recorded, else 256)."""
     precision: str = "auto"
     """Arithmetic of a model judge (sbd or transformers): `auto` (bf16 autocast on GPUs,
-    fp32 on CPU), `fp32` or `bf16`; log-likelihoods are summed in float64."""
+    fp32 on CPU), `fp32` or `bf16`; the log-likelihoods come from upcast logits."""
 
     def __post_init__(self) -> None:
         check_finite(self)
         h, w = self.low_entropy, self.low_entropy_window
         _check(
             (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
+            (self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}"),
+            (self.stride >= 1, f"`stride` must be >= 1, got {self.stride}"),
             (h is None or (math.isfinite(h) and h >= 0), "`low_entropy` must be >= 0"),
             (w is None or w >= 1, "`low_entropy_window` must be >= 1"),
         )

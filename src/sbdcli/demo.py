@@ -321,6 +321,7 @@ def demo_report(
         max_records=REPORT_RECORDS,
         title="sbd demo: Structural Block Diffusion on topic-markov",
         source=str(data_dir),
+        series=plot_series(sets, cfg),
     )
     html_report.write_report(cfg.out / "report.html", page)
 

@@ -32,6 +32,7 @@ import typer
 
 from sbdcli import __version__
 from sbdcli.cli._app import app, console, term
+from sbdcli.cli.helptext import plain_help
 from sbdcli.cli.options import to_flags
 from sbdcli.errors import UserError
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sbd` console script and `python -m sbdcli`."""
     _ignore_file_size_signal()
     try:
-        command = finite_floats(typer.main.get_command(app))
+        command = plain_help(finite_floats(typer.main.get_command(app)))
         code = command(args=argv, prog_name="sbd", standalone_mode=False)
     except UserError as exc:
         _user_error(to_flags(str(exc)))

@@ -1,4 +1,4 @@
-"""The typer application object, the stderr console and option types shared by commands.
+"""The typer application object, the stderr console and the escaping of printed text.
 
 Command modules (`prepare`, `train`, ...) register themselves on `app`. `make_console` makes
 every console sbd writes to a terminal with: whatever is printed through it, a control
@@ -12,7 +12,7 @@ math, no file formats.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console, ConsoleOptions, RenderableType, RenderHook
@@ -75,12 +75,3 @@ def term(text: object) -> str:
     """The one escaping function for text from users or data (paths, ids, messages) put
     into a rich markup string: control characters shown visibly, markup escaped."""
     return escape(visible(str(text)))
-
-
-InputOpt = Annotated[
-    str, typer.Option("--input", "-i", help="Records to read: JSONL, .safetensors, or - (stdin).")
-]
-OutputOpt = Annotated[
-    str,
-    typer.Option("--output", "-o", help="Where to write: JSONL path, .safetensors, or - (stdout)."),
-]

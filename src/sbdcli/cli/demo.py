@@ -6,26 +6,28 @@ stderr. See the library module for the steps and the artifacts.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from sbdcli.cli._app import app, console, term
+from sbdcli.cli.options import config_options
 from sbdcli.cli.progress import progress_bar
-from sbdcli.cli.tables import metric_table
+from sbdcli.cli.tables import fit_columns, metric_table
+from sbdcli.config import DemoConfig
 
 COLUMNS = (
     ("stage", "stage"),
     ("draft", "draft"),
     ("strategy", "strategy"),
     ("gamma", "gamma"),
-    ("gen_ppl_per_sample_mean", "oracle Gen PPL (per-sample mean)"),
-    ("gen_ppl_corpus", "oracle Gen PPL (corpus)"),
-    ("entropy_per_sample_mean", "entropy (nats)"),
+    ("gen_ppl_per_sample_mean", "Gen PPL (per-sample)"),
+    ("gen_ppl_corpus", "Gen PPL (corpus)"),
+    ("entropy_per_sample_mean", "entropy"),
     ("nfe_per_sample", "NFE"),
     ("seconds_per_sample", "s / sample"),
 )
+DROP_ORDER = ("gen_ppl_corpus", "strategy", "draft")
+"""Columns left out, first to last, while the table is wider than the terminal (the rows'
+names are then listed under it by row number)."""
 
 
 def _cell(value: Any) -> str:
@@ -34,13 +36,31 @@ def _cell(value: Any) -> str:
     return cell(value, compact=True)
 
 
-def results_table(rows: list[dict[str, Any]]) -> Any:
-    """A rich table of the demo's result rows, with the oracle floor in the caption."""
+def results_table(rows: list[dict[str, Any]], width: int) -> tuple[Any, list[str]]:
+    """A rich table of the demo's result rows (oracle Gen PPL, entropy in nats), numbered,
+    with the oracle floor in the caption, fitted to `width` columns; and the headers of the
+    columns left out to fit."""
     floor = next((r.get("oracle_floor_ppl") for r in rows if r.get("oracle_floor_ppl")), None)
     entropy = next((r.get("oracle_true_entropy_per_sample_mean") for r in rows), None)
     caption = f"oracle floor: PPL {_cell(floor)}, entropy {_cell(entropy)} nats (true samples)"
-    title = "Structural Block Diffusion on topic-markov"
-    return metric_table(title, COLUMNS, rows, _cell, caption=caption)
+    title = "Structural Block Diffusion on topic-markov: oracle Gen PPL"
+    cols, dropped = fit_columns(COLUMNS, rows, _cell, width, DROP_ORDER)
+    table = metric_table(title, cols, rows, _cell, caption=caption, numbered=True, no_wrap=True)
+    return table, dropped
+
+
+def print_results(rows: list[dict[str, Any]]) -> None:
+    """The table on stderr; the rows' names by number when columns were left out."""
+    table, dropped = results_table(rows, console.width)
+    console.print(table)
+    if dropped:
+        console.print(
+            f"({', '.join(dropped)} left out at {console.width} columns; all in results.md)",
+            style="dim",
+            highlight=False,
+        )
+        for i, row in enumerate(rows, start=1):
+            console.print(f"[bold]{i}[/] {term(row.get('name', ''))}", highlight=False)
 
 
 def _train_progress(progress: Any, task: Any) -> Any:
@@ -50,31 +70,20 @@ def _train_progress(progress: Any, task: Any) -> Any:
     return update
 
 
+DEMO_FIELDS = ("out", "seed", "fresh", "quick", "steps", "samples", "device")
+"""`DemoConfig` fields `sbd demo` takes as flags (defaults and help from config.py)."""
+
+
 @app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="Demo directory.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every step.")] = 0,
-    fresh: Annotated[
-        bool, typer.Option("--fresh", help="Rebuild every step instead of reusing it.")
-    ] = False,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A reduced budget (tests and CI).")
-    ] = False,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Training steps (default 1200; quick 120).")
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("-n", "--samples", help="Samples per setting (256; quick 16).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-) -> None:
-    """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate."""
-    from sbdcli.config import DemoConfig
+@config_options("given", DemoConfig, DEMO_FIELDS)
+def demo(given: dict[str, Any] | None = None) -> None:
+    """Prepare, train (mix-scale), draft, remask with every strategy, revise, evaluate.
+
+    Example: sbd demo --quick --out runs/demo-quick
+    """
     from sbdcli.demo import check_demo, demo_summary, run_demo
 
-    cfg = DemoConfig(
-        out=out, seed=seed, quick=quick, fresh=fresh, steps=steps, samples=samples, device=device
-    )
+    cfg = DemoConfig(**(given or {}))
     check_demo(cfg)  # refused before the progress bar or any directory
     with progress_bar("loss {task.fields[loss]}", elapsed=False) as progress:
         task = progress.add_task("training", total=cfg.n_steps, loss="–")
@@ -84,7 +93,7 @@ def demo(
             train_progress=_train_progress(progress, task),
             step=lambda msg: console.print(f"[dim]·[/] {term(msg)}"),
         )
-    console.print(results_table(rows))
+    print_results(rows)
     for line in demo_summary(rows):
         console.print(f"[dim]·[/] {term(line)}")
-    console.print(f"artifacts, results.md, pareto.png and report.html in {term(out)}")
+    console.print(f"artifacts, results.md, pareto.png and report.html in {term(cfg.out)}")

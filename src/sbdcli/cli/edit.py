@@ -27,6 +27,7 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
+from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
 from sbdcli.config import DEFAULT_PASSES, RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
@@ -88,7 +89,11 @@ def encode(
     device: DeviceOpt = "cpu",
     output: OutputOpt = "-",
 ) -> None:
-    """Texts become sample records: [MASK] markers become positions for sbd revise to fill."""
+    """Texts become sample records: [MASK] markers become positions for sbd revise to fill.
+
+    Example: sbd encode notes.txt -m runs/latest | sbd remask --strategy masked --gamma 0.1
+    | sbd revise
+    """
     from sbdcli import pipeline as pl
     from sbdcli.artifacts import write_records
     from sbdcli.pipeline import encode as enc
@@ -105,10 +110,7 @@ def encode(
 
 
 # --------------------------------------------------------------------------- edit
-def _plan(
-    remask_opts: dict[str, Any], infill: bool, block: str, values: dict[str, Any], seed: int
-) -> Any:
-    from sbdcli import pipeline as pl
+def _plan(remask_opts: dict[str, Any], infill: bool, sampler: SamplerConfig, seed: int) -> Any:
     from sbdcli.pipeline.edit import EditPlan
 
     gamma = remask_opts.get("gamma")
@@ -123,7 +125,7 @@ def _plan(
             "--strategy snapshot needs a draft's confidence; use masked, posthoc or random"
         )
     remask = None if infill else RemaskConfig(**remask_opts, seed=seed)
-    return EditPlan(remask, SamplerConfig(block_size=pl.parse_block(block), **values), seed)
+    return EditPlan(remask, sampler, seed)
 
 
 def _write_outputs(
@@ -171,7 +173,7 @@ def _render(records: list[Any], fmt: str, output: str) -> str:
     optional=("gamma", "strategy"),
     help_suffix=lambda f: {"strategy": "(default masked)", "gamma": "(or --infill)"}.get(f, ""),
 )
-@config_options("sampling", SamplerConfig, ("top_p", "temperature"))
+@sampler_options
 def edit(
     file: FileArg = "-",
     model: ModelOpt = None,
@@ -200,8 +202,12 @@ def edit(
     output: OutputOpt = "-",
     remask_opts: dict[str, Any] | None = None,
     sampling: dict[str, Any] | None = None,
+    aliases: dict[str, Any] | None = None,
 ) -> None:
-    """Encode, remask, revise: text in, edited text out (the pipe's result, same seeds)."""
+    """Encode, remask, revise: text in, edited text out (the pipe's result, same seeds).
+
+    Example: sbd edit notes.txt -m runs/latest --gamma 0.1 --diff
+    """
     from sbdcli import pipeline as pl
     from sbdcli.pipeline import encode as enc
     from sbdcli.pipeline.edit import edit_texts, text_diff
@@ -214,8 +220,11 @@ def edit(
         raise UserError(
             "--records - and the edited texts (or --diff) would share stdout: name a file"
         )
-    plan = _plan(dict(remask_opts or {}), infill, block, sampling or {}, seed)
+    cfg, note = sampler_config(pl.parse_block(block), sampling, aliases)
+    check_captured(cfg, device)
+    plan = _plan(dict(remask_opts or {}), infill, cfg, seed)
     ref = pl.load_model_ref(pl.default_model_path(model), device)
+    print_note(note)
     fmt = _format(file, fmt, whole)
     items = enc.read_texts(file, fmt)
     with counting("edit", len(items)) as (done, on_call):

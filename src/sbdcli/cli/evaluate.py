@@ -18,10 +18,27 @@ import typer
 
 from sbdcli import distributed as dist
 from sbdcli.cli._app import app, console, emit, term
-from sbdcli.cli.options import DeviceOpt, PrecisionOpt
+from sbdcli.cli.options import DeviceOpt, PrecisionOpt, config_options
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import fit_columns, metric_table
+from sbdcli.config import GenPplOptions
 from sbdcli.errors import UserError
+
+GENPPL_FIELDS = (
+    "evaluator",
+    "data_dir",
+    "eos",
+    "batch_size",
+    "context",
+    "stride",
+    "floor_samples",
+    "seed",
+    "allow_partial",
+    "low_entropy",
+    "low_entropy_window",
+    "precision",
+)
+"""`GenPplOptions` fields `sbd eval genppl` takes as flags (defaults and help from config)."""
 
 eval_app = typer.Typer(
     help="Judge samples (Gen PPL with entropy) and held-out data (test perplexity).",
@@ -169,6 +186,7 @@ JsonOpt = Annotated[
 
 
 @eval_app.command("genppl")
+@config_options("judge", GenPplOptions, GENPPL_FIELDS)
 def genppl(
     files: Annotated[
         list[str] | None,
@@ -178,41 +196,6 @@ def genppl(
         list[str] | None,
         typer.Option("--input", "-i", help="Record file to read (repeatable; '-' = stdin)."),
     ] = None,
-    evaluator: Annotated[
-        str | None,
-        typer.Option(
-            "--evaluator",
-            "-e",
-            help="'oracle' (synthetic language; the default for its runs), a local transformers "
-            "causal-LM directory, or an sbd run trained with --block 1.",
-        ),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="Data directory of the records (oracle, tokenizer) when "
-            "their run directory is not reachable.",
-        ),
-    ] = None,
-    eos: Annotated[
-        str,
-        typer.Option(
-            "--eos",
-            help="EOS rule: 'skip' keeps EOS as context but never scores it (BD3-LM); "
-            "'cut' ends each sample before its first generated EOS.",
-        ),
-    ] = "skip",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Windows (or samples) per judge forward pass.")
-    ] = 16,
-    context: Annotated[
-        int | None,
-        typer.Option("--context", help="transformers judge window (default: its max length)."),
-    ] = None,
-    stride: Annotated[
-        int, typer.Option("--stride", help="Stride of windows beyond the judge's context.")
-    ] = 512,
     per_file: Annotated[
         bool, typer.Option("--per-file", help="One row per file instead of per stage group.")
     ] = False,
@@ -228,64 +211,24 @@ def genppl(
         typer.Option("--markdown", help="Print the table as markdown on stdout instead of JSON."),
     ] = False,
     as_json: JsonOpt = False,
-    floor_samples: Annotated[
-        int, typer.Option("--floor-samples", help="True samples for the oracle floor if needed.")
-    ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the oracle floor's samples.")] = 0,
-    allow_partial: Annotated[
-        bool,
-        typer.Option(
-            "--allow-partial",
-            help="Score a set with fewer records than its draft declared (marked partial).",
-        ),
-    ] = False,
-    low_entropy: Annotated[
-        float | None,
-        typer.Option(
-            "--low-entropy",
-            help="Count samples whose last --low-entropy-window tokens have unigram entropy "
-            "(nats) below H (default: the draft's --redraw-low-entropy, else off).",
-        ),
-    ] = None,
-    low_entropy_window: Annotated[
-        int | None,
-        typer.Option(
-            "--low-entropy-window",
-            help="Window of --low-entropy (default: the draft's --redraw-window, else 256).",
-        ),
-    ] = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    judge: dict[str, Any] | None = None,
 ) -> None:
-    """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings."""
-    from sbdcli.evaluate import GenPplOptions, evaluate_sets, markdown_table, plot_genppl
+    """Gen PPL of sample records, with unigram entropy, NFE, seconds and sampler settings.
+
+    Example: sbd draft -n 64 | sbd remask --gamma 0.25 | sbd revise | sbd eval genppl
+    """
+    from sbdcli.evaluate import evaluate_sets, markdown_table, plot_genppl
 
     _check_outputs(out, plot)
     if as_json and markdown:
         raise UserError("--json and --markdown exclude each other: both print on stdout")
-    if batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
     paths = [*(files or []), *(inputs or [])]
     world, device = _processes(paths, device)
+    opts = GenPplOptions(**(judge or {}), device=_device(device), group=not per_file)
     sets = _read_sets(paths)
     n = sum(len(r) for _, r in sets)
     dist.check_enough(world, n, n, "records")
-    opts = GenPplOptions(
-        evaluator=evaluator,
-        data_dir=data,
-        eos=eos,
-        device=_device(device),
-        batch_size=batch_size,
-        context=context,
-        stride=stride,
-        group=not per_file,
-        floor_samples=floor_samples,
-        seed=seed,
-        allow_partial=allow_partial,
-        low_entropy=low_entropy,
-        low_entropy_window=low_entropy_window,
-        precision=precision,
-    )
     bar, advance = _progress(sum(len(r) for _, r in sets), "judging")
     with bar:
         summaries = evaluate_sets(sets, opts, advance)
@@ -327,12 +270,14 @@ def ppl(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", help="Data directory whose val split is scored (default: the run's)."
+            "--data", help="Data directory whose val split is scored.", show_default="the run's"
         ),
     ] = None,
     block: Annotated[
         int | None,
-        typer.Option("--block", help="Block size B of the NELBO (default: the run's small block)."),
+        typer.Option(
+            "--block", help="Block size B of the NELBO.", show_default="the run's small block"
+        ),
     ] = None,
     mc: Annotated[
         int, typer.Option("--mc", help="Monte Carlo repetitions of the noise draw (K).")
@@ -349,7 +294,10 @@ def ppl(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
 ) -> None:
-    """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically."""
+    """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically.
+
+    Example: sbd eval ppl -m runs/latest --data data --block 4 --mc 4
+    """
     from sbdcli.evaluate import check_ppl_inputs, heldout_perplexity
 
     if mc < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):

@@ -27,14 +27,18 @@ def export(
         int | None,
         typer.Option(
             "--block-size",
-            help="block_size written to config.json (default: the run's smallest block size).",
+            help="Block size written to config.json.",
+            show_default="the run's smallest block size",
         ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUT if it already exists and is not empty.")
     ] = False,
 ) -> None:
-    """Export a trained model to the BD3-LM Hugging Face checkpoint layout."""
+    """Export a trained model to the BD3-LM Hugging Face checkpoint layout.
+
+    Example: sbd export runs/latest bd3lm-export
+    """
     if format not in FORMATS:
         raise UserError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
     from sbdcli.artifacts import read_json

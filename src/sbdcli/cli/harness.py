@@ -61,7 +61,8 @@ def harness(
         int | None,
         typer.Option(
             "--block",
-            help="Block size of the likelihood bound (default: the run's small block; 1 is exact).",
+            help="Block size of the likelihood bound (1 is exact).",
+            show_default="the run's small block",
         ),
     ] = None,
     revise: Annotated[
@@ -89,7 +90,10 @@ def harness(
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """lm-evaluation-harness tasks on an sbd run (likelihoods are NELBO bounds)."""
+    """lm-evaluation-harness tasks on an sbd run (likelihoods are NELBO bounds).
+
+    Example: sbd eval harness -m runs/latest --tasks lambada_openai --limit 100
+    """
     _need("lm_eval", "harness")
     from sbdcli.artifacts import check_output_path
 
@@ -154,21 +158,24 @@ def mauve_cmd(
     tokens: Annotated[
         int | None,
         typer.Option(
-            "--tokens", help="Featurizer tokens per text (default: the shortest generated text)."
+            "--tokens",
+            help="Featurizer tokens per text.",
+            show_default="the shortest generated text",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of MAUVE's k-means.")] = 25,
-    scaling: Annotated[
-        float, typer.Option("--scaling", help="MAUVE's scaling constant c (default 5).")
-    ] = 5.0,
+    scaling: Annotated[float, typer.Option("--scaling", help="MAUVE's scaling constant c.")] = 5.0,
     out: Annotated[
         str | None, typer.Option("--out", help="Write the JSON summary here (atomically).")
     ] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """MAUVE between generated and reference texts (mauve-text, GPL-3.0)."""
+    """MAUVE between generated and reference texts (mauve-text, GPL-3.0).
+
+    Example: sbd draft -n 64 -o drafts.jsonl && sbd eval mauve drafts.jsonl --reference data
+    """
     _need("mauve", "mauve")
     from sbdcli.artifacts import check_output_path
     from sbdcli.evaluate.mauve import mauve_summary, read_samples, read_texts

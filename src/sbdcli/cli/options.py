@@ -5,7 +5,11 @@
 - `config_options(dest, Config, fields)` adds one option per dataclass field to a command:
   the flag is `--field-name` (or `FIELD_FLAGS`), the help is the field's attribute
   docstring and the default is the field's default, so each default lives in config.py
-  only. The command receives the values as one dict argument `dest`.
+  only. The command receives the values as one dict argument `dest`. A field holding a
+  policy or cache value (`SamplerConfig.reveal`, `.cache`) becomes a string option of its
+  spellings, its help listing every choice. Every settings type that a command exposes
+  (TrainConfig, SamplerConfig, RemaskConfig, RedrawConfig, GenPplOptions, DemoConfig) goes
+  through this path; ModelConfig comes from a checkpoint or a preset, never from flags.
 - Library messages name settings by their field in backticks (`gamma`); `to_flags` turns
   them into the flag a user typed (--gamma).
 
@@ -40,10 +44,12 @@ FIELD_FLAGS: dict[str, str] = {
     "large_eps_max": "--eps-large",
     "data_dir": "--data",
     "group": "--per-file",
-    "samples": "-n",
+    "samples": "--samples",
     "n": "-n",
 }
 """Config fields whose command-line flag is not `--<field-name>`."""
+MORE_FLAGS: dict[str, str] = {"evaluator": "-e", "samples": "-n", "lr_schedule": "--schedule"}
+"""Config fields with a second flag: a one-letter one, or the name of 0.1/0.2."""
 
 _FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
 NO_DEFAULT = object()
@@ -112,7 +118,12 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _option(
-    cls: type, field: str, optional: bool, suffix: Callable[[str], str] | None, hidden: bool
+    cls: type,
+    field: str,
+    optional: bool,
+    suffix: Callable[[str], str] | None,
+    hidden: bool,
+    shown_defaults: dict[str, str],
 ) -> Any:
     """(annotation, default) of the option that sets `cls.field`."""
     spec = {f.name: f for f in dataclasses.fields(cls)}[field]
@@ -125,14 +136,30 @@ def _option(
     if suffix is not None:
         doc = f"{doc} {suffix(field)}".strip()
     flag = flag_for(field)
-    if kind is bool and not optional:
+    if kind is bool and not optional and default is True:  # on by default: --x/--no-x
         base = flag.removeprefix("--no-").removeprefix("--")
         names = [f"--{base}/--no-{base}"]
     else:
-        names = [flag]
+        names = [flag, *([MORE_FLAGS[field]] if field in MORE_FLAGS else [])]
+    shown: str | bool = True
     if optional:
-        kind, default = kind | None, None
-    return Annotated[kind, typer.Option(*names, help=doc, hidden=hidden)], default
+        kind, default, shown = kind | None, None, shown_defaults.get(field, True)
+    if default is None and shown is True:  # "(default: X)" in the doc: shown as [default: X]
+        doc, shown = _default_in_words(doc)
+    option = typer.Option(*names, help=doc, hidden=hidden, show_default=shown)
+    return Annotated[kind, option], default
+
+
+_DEFAULT_WORDS = re.compile(r"\s*\(default:? ((?:[^()]|\([^()]*\))+)\)")
+
+
+def _default_in_words(doc: str) -> tuple[str, str | bool]:
+    """A help text without its "(default ...)" and the words, for one way of showing a
+    default ([default: ...]) whether the field has a value or a rule for being unset."""
+    found = _DEFAULT_WORDS.search(doc)
+    if found is None:
+        return doc, True
+    return (doc[: found.start()] + doc[found.end() :]).strip(), found.group(1)
 
 
 def config_options(
@@ -143,12 +170,14 @@ def config_options(
     optional: bool | Iterable[str] = False,
     help_suffix: Callable[[str], str] | None = None,
     hidden: bool = False,
+    shown_defaults: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per field of `cls` to a typer command; pass them as dict `dest`.
 
     `optional`: every option (True) or the named ones default to None, so the command can
     tell "not given" (and fill in defaults itself, e.g. per preset); `help_suffix(field)`
-    is appended to a field's help text; `hidden` leaves the options out of --help (aliases).
+    is appended to a field's help text; `hidden` leaves the options out of --help (aliases);
+    `shown_defaults` says in words what an unset optional field means ([default: ...]).
     """
     names = list(fields)
     unset = set(names) if optional is True else set(optional or ())
@@ -158,7 +187,9 @@ def config_options(
         kept = [p for p in own.parameters.values() if p.name != dest]
         derived = []
         for name in names:
-            annotation, default = _option(cls, name, name in unset, help_suffix, hidden)
+            annotation, default = _option(
+                cls, name, name in unset, help_suffix, hidden, shown_defaults or {}
+            )
             param_default = inspect.Parameter.empty if default is NO_DEFAULT else default
             derived.append(
                 inspect.Parameter(

@@ -52,7 +52,7 @@ class _Amount(ProgressColumn):
 
 
 class RichProgress:
-    """`sbdcli.data.prepare.Progress` drawn with rich on stderr (only on a terminal)."""
+    """`sbdcli.data.prepare.PrepareReporter` drawn with rich on stderr (only on a terminal)."""
 
     def __init__(self) -> None:
         self.bar = progress_bar(amount=_Amount(), spinner=True)
@@ -200,8 +200,8 @@ def prepare(
         str | None,
         typer.Option(
             "--doc-sep",
-            help="Document separator in --text files (default: a blank line), "
-            "e.g. '<|endoftext|>'.",
+            help="Document separator in --text files, e.g. '<|endoftext|>'.",
+            show_default="a blank line",
         ),
     ] = None,
     tokenizer: Annotated[
@@ -212,7 +212,7 @@ def prepare(
     ] = "bytes",
     seq_len: Annotated[
         int | None,
-        typer.Option("--seq-len", help="Row length L (default 1024 text, 128 synthetic)."),
+        typer.Option("--seq-len", help="Row length L.", show_default="1024 text, 128 synthetic"),
     ] = None,
     row_format: Annotated[
         str,
@@ -228,7 +228,9 @@ def prepare(
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option("--val-fraction", help="Validation = every (1/F)-th document (default 0.05)."),
+        typer.Option(
+            "--val-fraction", help="Validation = every (1/F)-th document.", show_default="0.05"
+        ),
     ] = None,
     max_docs: Annotated[
         int | None, typer.Option("--max-docs", help="Read only the first N documents.")
@@ -261,7 +263,10 @@ def prepare(
     ] = 1,
 ) -> None:
     """Build a data directory: token rows (BOS-first unless --row-format bd3lm), a manifest
-    and a tokenizer."""
+    and a tokenizer.
+
+    Example: sbd prepare --synthetic topic-markov --out data
+    """
     from sbdcli.data.prepare import check_row_format
 
     params = dict(ctx.params)

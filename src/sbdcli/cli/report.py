@@ -41,7 +41,10 @@ def report(
     ] = 20,
     title: Annotated[str, typer.Option("--title", help="The page's title.")] = "sbd report",
 ) -> None:
-    """Write an HTML report: Gen PPL table, Pareto and calibration charts, records coloured."""
+    """Write an HTML report: Gen PPL table, Pareto and calibration charts, records coloured.
+
+    Example: sbd draft -n 64 -o drafts.jsonl && sbd report drafts.jsonl -o report.html
+    """
     from sbdcli.artifacts import check_output_path
     from sbdcli.evaluate import html_report as hr
     from sbdcli.evaluate import views as vw

@@ -31,7 +31,17 @@ from sbdcli.cli.options import (
     config_options,
 )
 from sbdcli.cli.progress import counting
-from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
+from sbdcli.cli.sampling import (
+    EosOpt,
+    LengthOpt,
+    NOpt,
+    PromptOpt,
+    PromptsOpt,
+    check_captured,
+    print_note,
+    sampler_config,
+    sampler_options,
+)
 from sbdcli.config import (
     ApproxCache,
     ExactCache,
@@ -227,36 +237,6 @@ def _warn_partial(what: str, tally: Any) -> None:
         )
 
 
-NOpt = Annotated[
-    int | None, typer.Option("-n", help="Samples (default 16), or samples per prompt (default 1).")
-]
-LengthOpt = Annotated[
-    int | None,
-    typer.Option("--length", help="Tokens per sample incl. BOS (default: trained length)."),
-]
-PromptsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
-    ),
-]
-PromptOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--prompt",
-        metavar="TEXT",
-        help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt.",
-    ),
-]
-EosOpt = Annotated[
-    bool,
-    typer.Option(
-        "--stop-at-eos",
-        help="Stop a sample after the block in which it generates EOS; cut after the EOS.",
-    ),
-]
-
-
 # --------------------------------------------------------------------------- draft
 @app.command()
 @sampler_options
@@ -277,7 +257,10 @@ def draft(
     aliases: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
-    """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence."""
+    """Stage 1: block-by-block sampling with an exact KV cache; records snapshot confidence.
+
+    Example: sbd draft -n 64 --reveal steps:2 | sbd remask --gamma 0.25 | sbd revise
+    """
 
     _check_batch(batch_size)
     check_output_path(output)
@@ -321,7 +304,10 @@ def remask(
     output: OutputOpt = "-",
     remask_opts: dict[str, Any] | None = None,
 ) -> None:
-    """Choose the least trusted tokens: sets `masked` and `scores`, leaves `tokens` untouched."""
+    """Choose the least trusted tokens: sets the masked positions and scores, keeps the tokens.
+
+    Example: sbd draft -n 64 | sbd remask --strategy snapshot --gamma 0.25 | sbd revise
+    """
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
@@ -355,7 +341,10 @@ def revise(
     sampling: dict[str, Any] | None = None,
     aliases: dict[str, Any] | None = None,
 ) -> None:
-    """Regenerate exactly the `masked` positions, everything else fixed and visible."""
+    """Regenerate exactly the masked positions, everything else fixed and visible.
+
+    Example: sbd draft -n 64 | sbd remask --gamma 0.25 | sbd revise --block full --cache approx:4
+    """
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
@@ -396,7 +385,9 @@ def generate(
     revise_steps_per_block: Annotated[
         int | None,
         typer.Option(
-            "--revise-steps-per-block", help="Calls per revise block (default: one token per call)."
+            "--revise-steps-per-block",
+            help="Calls per revise block.",
+            show_default="one token per call",
         ),
     ] = None,
     prompts: PromptsOpt = None,
@@ -413,13 +404,16 @@ def generate(
     remask_opts: dict[str, Any] | None = None,
     redraw_opts: dict[str, Any] | None = None,
 ) -> None:
-    """Draft, then remask + revise per stage, in one process (same records as the pipe)."""
+    """Draft, then remask + revise per stage, in one process (same records as the pipe).
+
+    Example: sbd generate -n 64 --stages 4,64,full --gammas 0.5,0.25 -o revised.jsonl
+    """
     from sbdcli import pipeline as pl
 
     _check_batch(batch_size)
     check_output_path(output)
     device = _processes(device, output)
-    draft_block, schedule = pl.parse_stages(stages, gammas)
+    draft_block, revise_stages = pl.parse_stages(stages, gammas)
     cfg, note = sampler_config(draft_block, sampling, aliases)
     revise_policy = with_steps(cfg.reveal, revise_steps_per_block)
     # --cache approx is a revise setting here: a draft block's call runs <= 2B positions
@@ -433,7 +427,7 @@ def generate(
             dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
             seed,
         )
-        for gamma, blk in schedule
+        for gamma, blk in revise_stages
     ]
     ref, plist, length = _draft_setup(model, device, n, length, prompts, seed, draft_block, prompt)
     print_note(note)

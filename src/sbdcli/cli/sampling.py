@@ -1,11 +1,12 @@
 """The sampling options of `sbd draft`, `revise`, `generate` and `edit`, declared once.
 
-`sampler_options` adds --reveal, --cache, --top-p, --temperature, --sampling-dtype and
---precision
-(derived from `SamplerConfig`'s fields) and the hidden flags of 0.2 that name a policy or a
-cache (derived from `LegacySampling`); `sampler_config` turns what a command received into
-its `SamplerConfig` and the note that gives the old flags' new spelling, which the command
-prints with `print_note` once every argument is checked (a user error stays one line).
+What to sample (`NOpt`, `LengthOpt`, `PromptsOpt`, `PromptOpt`, `EosOpt`: draft and
+generate) and how: `sampler_options` adds --reveal, --cache, --top-p, --temperature,
+--sampling-dtype and --precision (derived from `SamplerConfig`'s fields) and the hidden
+flags of 0.2 that name a policy or a cache (derived from `LegacySampling`);
+`sampler_config` turns what a command received into its `SamplerConfig` and the note that
+gives the old flags' new spelling, which the command prints with `print_note` once every
+argument is checked (a user error stays one line).
 
 Not here: what the policies and caches do (config.py, diffusion/), the commands (sample.py).
 """
@@ -13,12 +14,47 @@ Not here: what the policies and caches do (config.py, diffusion/), the commands 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from sbdcli.cli._app import console
 from sbdcli.cli.options import config_options, flag_for
 from sbdcli.config import LEGACY_ALIASES, LegacySampling, SamplerConfig, resolve_sampler
 
+# --------------------------------------------------------------------------- what to sample
+NOpt = Annotated[
+    int | None,
+    typer.Option("-n", help="Samples, or samples per prompt.", show_default="16; 1 per prompt"),
+]
+LengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--length", help="Tokens per sample incl. BOS.", show_default="the trained length"
+    ),
+]
+PromptsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompts", help="JSONL of prompts: 'prompt' (text) or 'prompt_tokens', opt. 'id'."
+    ),
+]
+PromptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", help="A prompt as text (repeatable; ids p1, p2, ...); -n samples per prompt."
+    ),
+]
+EosOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stop-at-eos",
+        help="Stop a sample after the block in which it generates EOS; cut after the EOS.",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- how to sample
 SAMPLER_FIELDS = ("reveal", "cache", "top_p", "temperature", "dtype", "precision")
 """`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
 _sampling = config_options(
@@ -26,7 +62,7 @@ _sampling = config_options(
     SamplerConfig,
     SAMPLER_FIELDS,
     optional=("reveal",),  # unset: steps, unless an old flag names another policy
-    help_suffix=lambda f: "Default: steps." if f == "reveal" else "",
+    shown_defaults={"reveal": "steps"},
 )
 _aliases = config_options("aliases", LegacySampling, LEGACY_ALIASES, hidden=True)
 

@@ -31,8 +31,8 @@ def serve(
         str | None,
         typer.Option(
             "--api-key",
-            help="Require `Authorization: Bearer KEY` on every route but /health "
-            "(default: $SBD_API_KEY; unset: no key).",
+            help="Require the header 'Authorization: Bearer KEY' on every route but /health.",
+            show_default="$SBD_API_KEY; unset: no key",
         ),
     ] = None,
     max_batch: Annotated[
@@ -41,14 +41,17 @@ def serve(
     max_queue: Annotated[
         int, typer.Option("--max-queue", help="Rows waiting at most; beyond, 429.")
     ] = 64,
-    max_n: Annotated[int, typer.Option("--max-n", help="Largest `n` of one request.")] = 8,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest n (samples) of one request.")] = 8,
     max_body: Annotated[
         int, typer.Option("--max-body", help="Largest request body in bytes; beyond, 413.")
     ] = 1 << 20,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve the model: POST /v1/completions (OpenAI-compatible, streams the draft and its
-    revisions), GET /v1/models, /health, /metrics, and a playground at /."""
+    revisions), GET /v1/models, /health, /metrics, and a playground at /.
+
+    Example: sbd serve -m runs/latest --port 8000
+    """
     try:
         from sbdcli.serve import Limits, Settings, bind, create_app, run
     except ImportError as exc:

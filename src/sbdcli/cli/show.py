@@ -172,7 +172,9 @@ def show(
     ] = False,
     color: Annotated[
         bool | None,
-        typer.Option("--color/--no-color", help="Colour (default: when stdout is a terminal)."),
+        typer.Option(
+            "--color/--no-color", help="Colour.", show_default="when stdout is a terminal"
+        ),
     ] = None,
     plain: Annotated[
         bool,
@@ -181,7 +183,10 @@ def show(
         ),
     ] = False,
 ) -> None:
-    """Show records: text coloured by snapshot confidence, masked and revised tokens marked."""
+    """Show records: text coloured by snapshot confidence, masked and revised tokens marked.
+
+    Example: sbd draft -n 4 | sbd remask --gamma 0.25 | sbd revise | sbd show
+    """
     from sbdcli.evaluate import views as vw
 
     if n is not None and n < 1:

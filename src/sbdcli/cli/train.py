@@ -27,7 +27,7 @@ from sbdcli.config import TRAIN_PRESETS, TrainConfig, train_config
 from sbdcli.errors import UserError
 
 TRAIN_FIELDS = (
-    "steps", "batch_size", "global_batch", "lr", "warmup", "schedule", "seed", "init",
+    "steps", "batch_size", "global_batch", "lr", "warmup", "lr_schedule", "seed", "init",
     "eps_min", "eps_max", "clip_search", "clip_search_batches", "resample", "ema",
     "val_every", "val_rows", "save_every", "device", "precision", "compile", "time_conditioning",
 )  # fmt: skip
@@ -39,11 +39,13 @@ def preset_defaults(field: str) -> str:
     base = TrainConfig.__dataclass_fields__[field].default
     values = [(name, spec.get(field, base)) for name, spec in TRAIN_PRESETS.items()]
     if len({repr(v) for _, v in values}) == 1:
-        return f"(default {_show(base)})"
+        return "" if base is None else f"(default {_show(base)})"  # unset: the doc says
     return "(" + ", ".join(f"{name} {_show(v)}" for name, v in values) + ")"
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -137,27 +139,31 @@ def _fit(trainer: Any) -> Any:
 def train(
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Data directory from 'sbd prepare' (default ./data)."),
+        typer.Option("--data", help="Data directory from 'sbd prepare'.", show_default="./data"),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Run directory (default: a new ./runs/<preset>-<data>-<time>)."),
+        typer.Option(
+            "--out", help="Run directory.", show_default="a new ./runs/<preset>-<data>-<time>"
+        ),
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", help="Model size: tiny, small or medium (default tiny)."),
+        typer.Option("--preset", help="Model size: tiny, small or medium.", show_default="tiny"),
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Continue the run --out (default ./runs/latest) exactly."),
+        typer.Option(
+            "--resume", help="Continue the run --out (./runs/latest unless given) exactly."
+        ),
     ] = False,
     mix: Annotated[
         str | None,
-        typer.Option("--mix", help="Mix-scale block sizes 'small,large' (default 4,1024)."),
+        typer.Option("--mix", help="Mix-scale block sizes 'small,large'.", show_default="4,1024"),
     ] = None,
     mix_lambda: Annotated[
         float | None,
-        typer.Option("--lambda", help="Probability of a large-block step (default 0.1)."),
+        typer.Option("--lambda", help="Probability of a large-block step.", show_default="0.1"),
     ] = None,
     block: Annotated[
         int | None, typer.Option("--block", help="Train a single block size instead of a mix.")
@@ -165,7 +171,9 @@ def train(
     eps_large: Annotated[
         str | None,
         typer.Option(
-            "--eps-large", help="Noise interval 'lo,hi' of large-block steps (default 0.001,1)."
+            "--eps-large",
+            help="Noise interval 'lo,hi' of large-block steps.",
+            show_default="0.001,1",
         ),
     ] = None,
     log_with: Annotated[
@@ -178,7 +186,10 @@ def train(
     ] = None,
     given: dict[str, Any] | None = None,
 ) -> None:
-    """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1)."""
+    """Train a block-diffusion denoiser, mix-scale by default (--mix 4,1024 --lambda 0.1).
+
+    Example: sbd prepare --synthetic topic-markov && sbd train --steps 200
+    """
     from sbdcli.train import resume_config, setup  # torch: imported when a command runs
     from sbdcli.train.tracking import check_trackers, parse_trackers
 

@@ -55,7 +55,7 @@ SYNTHETIC_CHUNK = 4096  # synthetic rows drawn per call
 IN_PROCESS_THREADS = 2  # one batch in the Rust tokenizer while the last one becomes arrays
 
 
-class Progress(Protocol):
+class PrepareReporter(Protocol):
     """What `prepare_text` reports: phases (with a unit and total) and advances."""
 
     def start(self, phase: str, total: int | None, unit: str) -> None: ...
@@ -211,7 +211,7 @@ def prepare_text(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     workers: int = 1,
     command: str = "",
-    progress: Progress | None = None,
+    progress: PrepareReporter | None = None,
     row_format: str = "sbd",
 ) -> dict[str, Any]:
     """Tokenize, pack and write a text corpus into data directory `out`; return its manifest.

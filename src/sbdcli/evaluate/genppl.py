@@ -33,7 +33,7 @@ from sbdcli.errors import UserError
 from sbdcli.evaluate.grouping import group_labels, group_records
 from sbdcli.evaluate.hf_judge import HFJudge
 from sbdcli.evaluate.judges import Judge, OracleJudge, SbdJudge
-from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo, check_eos, summarize
+from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo, check_eos, summarize
 
 
 # --------------------------------------------------------------------------- records
@@ -181,7 +181,7 @@ def _partial_note(row: str, completeness: dict[str, Any], n: int) -> list[str]:
     return [f"{row} is partial: {n} records scored, its drafts declared {declared}"]
 
 
-def _scores(judge: Judge, grp: list[dict[str, Any]], chunk: int, progress: Progress) -> Scores:
+def _scores(judge: Judge, grp: list[dict[str, Any]], chunk: int, progress: Advance) -> Scores:
     """The judge's scores of one group. Under a launch of P processes, chunk k of `chunk`
     consecutive records is scored by process k mod P and every process gets all scores
     (sbdcli.distributed); in one process the judge sees the whole group at once."""
@@ -221,7 +221,7 @@ def _group_summary(
     notes: list[str],
     info: VocabInfo,
     opts: GenPplOptions,
-    progress: Progress,
+    progress: Advance,
 ) -> dict[str, Any]:
     """One group's summary: its scores under the judge, the run-wide notes, the extras."""
     scores = _scores(judge, grp, opts.batch_size, progress)
@@ -235,7 +235,7 @@ def _group_summary(
 def evaluate_sets(
     sets: Sequence[tuple[str, list[dict[str, Any]]]],
     opts: GenPplOptions,
-    progress: Progress = None,
+    progress: Advance = None,
 ) -> list[dict[str, Any]]:
     """Judge every (name, records) set; one summary per file, or per stage group of a file."""
     check_eos(opts.eos)

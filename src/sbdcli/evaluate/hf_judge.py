@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from sbdcli.config import GenPplOptions
 from sbdcli.errors import UserError
-from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo
+from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo
 from sbdcli.model.precision import network
 from sbdcli.model.precision import resolve as resolve_precision
 
@@ -226,7 +226,7 @@ class HFJudge:
         return ids, scored
 
     # ------------------------------------------------------------------ scoring
-    def score(self, records: Sequence[dict[str, Any]], progress: Progress = None) -> Scores:
+    def score(self, records: Sequence[dict[str, Any]], progress: Advance = None) -> Scores:
         if self.codec is not None:
             self._check_vocab(records)
         pairs = [self.judge_sequence(r) for r in records]
@@ -247,7 +247,7 @@ class HFJudge:
         self,
         seqs: Sequence[Sequence[int]],
         scored: Sequence[Sequence[bool]],
-        progress: Progress = None,
+        progress: Advance = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Summed NLL (n,) float64 and scored-token counts (n,) of judge-id sequences.
 

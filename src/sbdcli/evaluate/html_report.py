@@ -30,7 +30,8 @@ from sbdcli.artifacts.rundir import data_dirs_of
 from sbdcli.errors import UserError
 from sbdcli.evaluate import calibration as cal
 from sbdcli.evaluate import views as vw
-from sbdcli.evaluate.report import AVERAGING, HEADLINE, cell, visible_columns
+from sbdcli.evaluate.report import AVERAGING, HEADLINE, cell, default_series, visible_columns
+from sbdcli.evaluate.report import Series as Groups
 from sbdcli.evaluate.svgplot import Series, axis_for, svg_chart
 
 RecordSet = tuple[str, list[dict[str, Any]]]
@@ -205,20 +206,35 @@ def _table(summaries: Sequence[dict[str, Any]]) -> str:
     return f'<table id="summary">{head}{"".join(rows)}</table><p class="note">{_esc(foot)}</p>'
 
 
-def _pareto(summaries: Sequence[dict[str, Any]]) -> str:
-    if not summaries:
-        return ""
-    floor = next((s["oracle_floor_ppl"] for s in summaries if s.get("oracle_floor_ppl")), None)
-    charts = []
-    for key, label in (("nfe_per_sample", "NFE per sample"), ("seconds_per_sample", "s/sample")):
-        series = []
-        for i, s in enumerate(summaries, start=1):
+def _pareto_series(
+    summaries: Sequence[dict[str, Any]], groups: Groups, key: str, label: str
+) -> list[Series]:
+    """One chart series per group (a line through its points in x order); a point is labelled
+    with its table row number `[i]` when its group is that one summary."""
+    series = []
+    for name, idx in groups:
+        points = []
+        for i in idx:
+            s = summaries[i]
             x, y = s.get(key), s.get(HEADLINE)
             if not _finite(x) or not _finite(y) or y <= 0:
                 continue
-            ent = s.get("entropy_per_sample_mean")
-            tip = f"[{i}] {s.get('name', '')}: Gen PPL {cell(y)}, {label} {cell(x)}, H {cell(ent)}"
-            series.append(Series(f"[{i}] {s.get('name', '')}", [(x, y, tip, f"[{i}]")]))
+            ent = cell(s.get("entropy_per_sample_mean"))
+            tip = f"[{i + 1}] {s.get('name', '')}: Gen PPL {cell(y)}, {label} {cell(x)}, H {ent}"
+            points.append((x, y, tip, f"[{i + 1}]" if len(idx) == 1 else ""))
+        if points:
+            series.append(Series(name, sorted(points), connect=len(points) > 1))
+    return series
+
+
+def _pareto(summaries: Sequence[dict[str, Any]], groups: Groups | None = None) -> str:
+    if not summaries:
+        return ""
+    floor = next((s["oracle_floor_ppl"] for s in summaries if s.get("oracle_floor_ppl")), None)
+    groups = groups if groups is not None else default_series(summaries)
+    charts = []
+    for key, label in (("nfe_per_sample", "NFE per sample"), ("seconds_per_sample", "s/sample")):
+        series = _pareto_series(summaries, groups, key, label)
         if not series:
             continue
         ys = [p[1] for s in series for p in s.points] + ([floor] if floor else [])
@@ -322,9 +338,12 @@ def build_report(
     max_records: int = MAX_RECORDS,
     title: str = "sbd report",
     source: str = "",
+    series: Groups | None = None,
 ) -> str:
     """The whole page as a string. `codec` decodes the ids (checked against every record;
-    None shows ids); `oracle` adds the oracle line of the calibration chart."""
+    None shows ids); `oracle` adds the oracle line of the calibration chart; `series` groups
+    the summaries of the Gen PPL charts as `sbd eval genppl --plot` does (default: each its
+    own point, labelled with its table row)."""
     if max_records < 0:
         raise UserError(f"`max_records` must be >= 0, got {max_records}")
     if codec is not None:
@@ -338,7 +357,7 @@ def build_report(
         f"<h1>{_esc(title)}</h1><p class='note'>{_esc(meta)}</p>",
         "<h2>Gen PPL, entropy, NFE, seconds</h2>",
         _table(summaries),
-        _pareto(summaries),
+        _pareto(summaries, series),
         "<h2>Calibration</h2>",
         _calibration(sets, oracle) if sets else '<p class="note">No record files given.</p>',
         "<h2>Records</h2>",

@@ -28,7 +28,7 @@ from sbdcli.config import GenPplOptions
 from sbdcli.data.synthetic import load_oracle
 from sbdcli.diffusion.loss import subs_log_probs
 from sbdcli.errors import UserError
-from sbdcli.evaluate.metrics import Progress, Scores, VocabInfo, scored_mask
+from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo, scored_mask
 from sbdcli.model import load_model
 from sbdcli.model.precision import for_calls, network
 from sbdcli.model.precision import resolve as resolve_precision
@@ -46,7 +46,7 @@ class Judge(Protocol):
         """Refuse (UserError) records the judge cannot score, before anything is scored."""
         ...
 
-    def score(self, records: Sequence[dict[str, Any]], progress: Progress = None) -> Scores:
+    def score(self, records: Sequence[dict[str, Any]], progress: Advance = None) -> Scores:
         """Summed NLL and scored-token count of every record (one group)."""
         ...
 
@@ -106,7 +106,7 @@ class OracleJudge:
             return torch.zeros(tokens.shape[0], dtype=torch.float64)
         return self.oracle.log_likelihood(tokens).to(torch.float64)
 
-    def score(self, records: Sequence[dict[str, Any]], progress: Progress = None) -> Scores:
+    def score(self, records: Sequence[dict[str, Any]], progress: Advance = None) -> Scores:
         self.check_words(records)
         nll = np.zeros(len(records))
         ntok = np.zeros(len(records), dtype=np.int64)
@@ -270,7 +270,7 @@ class SbdJudge:
         out[:, 0] = 0.0
         return out
 
-    def score(self, records: Sequence[dict[str, Any]], progress: Progress = None) -> Scores:
+    def score(self, records: Sequence[dict[str, Any]], progress: Advance = None) -> Scores:
         nll = np.zeros(len(records))
         ntok = np.zeros(len(records), dtype=np.int64)
         for _, idx in group_by_length(records).items():

@@ -39,7 +39,7 @@ ENTROPY_OVER = (
     "model-vocabulary ids at scored positions (generated positions after the prompt; "
     "BOS, EOS and MASK excluded; with --eos cut only before the first EOS)"
 )
-Progress = Callable[[int], None] | None
+Advance = Callable[[int], None] | None
 """Called with the number of samples (or rows) just finished; None for no progress."""
 
 

@@ -21,7 +21,7 @@ from sbdcli.artifacts import read_json
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.diffusion.loss import block_nelbo
 from sbdcli.errors import UserError
-from sbdcli.evaluate.metrics import Progress, VocabInfo, finite
+from sbdcli.evaluate.metrics import Advance, VocabInfo, finite
 from sbdcli.model.precision import for_calls, network
 from sbdcli.model.precision import resolve as resolve_precision
 
@@ -71,7 +71,7 @@ def heldout_perplexity(
     eps_max: float = 1.0,
     t: torch.Tensor | None = None,
     x_t: torch.Tensor | None = None,
-    progress: Progress = None,
+    progress: Advance = None,
     precision: str = "fp32",
 ) -> PplResult:
     """exp(NELBO) of `rows` (N, L) under the block NELBO (docs/evaluation.md).

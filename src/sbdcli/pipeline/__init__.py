@@ -2,7 +2,7 @@
 
 - prompts.py: `Prompt`, reading a prompts file, the prompts (and record ids) a draft samples;
 - stages.py: draft, remask and revise a batch of records; `check_records`, `batched`;
-- plans.py: the K-stage schedule (`parse_stages`, `StagePlan`) and `generate_batch`;
+- plans.py: the K-stage plan (`parse_stages`, `StagePlan`) and `generate_batch`;
 - modelref.py: which model a stage uses and the name records give it;
 - sweep.py: whole sample sets (draft n, remask and revise a set), reusing finished files.
 

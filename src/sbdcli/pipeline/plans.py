@@ -1,4 +1,4 @@
-"""The K-stage schedule of `sbd generate`: parsing it, and running it in one process.
+"""The K-stage plan of `sbd generate`: parsing it, and running it in one process.
 
 `parse_stages` turns the command-line block list and gammas ('4,full' + '0.25') into a
 draft block size and one (gamma, revise block) pair per revise stage; `parse_block` reads
@@ -57,7 +57,7 @@ def parse_block(text: str) -> int:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One revise stage of a K-stage schedule: how to remask, then how to revise."""
+    """One revise stage of a K-stage plan: how to remask, then how to revise."""
 
     remask: RemaskConfig
     revise: SamplerConfig

@@ -15,7 +15,7 @@ watches the draft and revise stages call by call: `on_call` gets every network c
 cancel rows; a cancelled row's record keeps [MASK] where nothing was committed).
 
 Not here: the sampling math (diffusion/sampler.py, diffusion/remask.py), prompts
-(prompts.py), the K-stage schedule (plans.py) and any printing (cli/).
+(prompts.py), the K-stage plan (plans.py) and any printing (cli/).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def _configs(req: CompletionRequest, seed: int) -> tuple[SamplerConfig, list[pl.
     if isinstance(gammas, list):
         gammas = ",".join(str(g) for g in gammas)
     try:
-        draft_block, schedule = pl.parse_stages(stages, str(gammas))
+        draft_block, revise_stages = pl.parse_stages(stages, str(gammas))
     except UserError as exc:
         param = "sbd.gammas" if "gammas" in str(exc) else "sbd.stages"
         raise ApiError(400, str(exc).replace("--", "sbd."), param=param) from None
@@ -132,7 +132,7 @@ def _configs(req: CompletionRequest, seed: int) -> tuple[SamplerConfig, list[pl.
                 dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
                 seed,
             )
-            for g, blk in schedule
+            for g, blk in revise_stages
         ]
     except UserError as exc:
         raise _config_error(exc) from None

@@ -37,7 +37,7 @@ from sbdcli.config import ModelConfig
 from sbdcli.errors import UserError
 from sbdcli.model.checkpoint import save_sbd_model
 from sbdcli.model.denoiser import Denoiser
-from sbdcli.train.state import EMA, Progress
+from sbdcli.train.state import EMA, LoopCounters
 
 
 class Trainer(Protocol):
@@ -54,7 +54,7 @@ class Trainer(Protocol):
     named: dict[str, torch.nn.Parameter]
     sampler: Any
     noise: torch.Generator
-    progress_state: Progress
+    progress_state: LoopCounters
     run: RunDir
     run_dir: Path
     data_dir: Path
@@ -209,7 +209,7 @@ def _load_rng(trainer: Trainer, rng: dict[str, torch.Tensor], meta: dict[str, An
         torch.cuda.set_rng_state(rng[cuda_key], device)
 
 
-def _load_progress(st: Progress, meta: dict[str, Any]) -> None:
+def _load_progress(st: LoopCounters, meta: dict[str, Any]) -> None:
     st.step, st.tokens, st.elapsed_s = meta["step"], meta["tokens"], meta["elapsed_s"]
     st.eps.update({int(b): v for b, v in meta["eps"].items()})
     st.last_val = {int(b): v for b, v in meta.get("last_val", {}).items()}

@@ -4,7 +4,7 @@
 - `DataOrder`: which rows form each global batch (a seeded permutation per epoch).
 - `lr_at`: the learning-rate schedule (linear warmup, then constant or cosine).
 - `EMA`: exponential moving average of the weights (what is saved, validated, sampled).
-- `sizes_in_use`, `Progress`, `initial_eps`: the block sizes trained, the loop's counters and
+- `sizes_in_use`, `LoopCounters`, `initial_eps`: the block sizes trained, the loop's counters and
   the noise interval per block size.
 - `RunData`: the rows a run trains and validates on, with the oracle references.
 - `seed_for`: independent seeds for the named random streams of one run.
@@ -174,7 +174,7 @@ class EMA:
 
 # --------------------------------------------------------------------------- progress
 @dataclass
-class Progress:
+class LoopCounters:
     """The loop's counters: optimizer steps done, tokens seen, training seconds, the noise
     interval per block size and the last validation NELBO per block size."""
 

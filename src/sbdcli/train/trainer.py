@@ -43,7 +43,7 @@ from sbdcli.train.state import (
     EMA,
     BlockSizeSampler,
     DataOrder,
-    Progress,
+    LoopCounters,
     RunData,
     initial_eps,
     lr_at,
@@ -191,7 +191,7 @@ class Trainer:
         self.sampler = BlockSizeSampler(small, large, cfg.mix_lambda, seed_for(cfg.seed, "blocks"))
         self.accum = accum
         self.global_batch = cfg.batch_size * self.processes * accum
-        self.progress_state = Progress(eps=initial_eps(cfg, small, large, self.sizes))
+        self.progress_state = LoopCounters(eps=initial_eps(cfg, small, large, self.sizes))
 
     def _prepare(self, denoiser: torch.nn.Module) -> None:
         """AdamW, accelerate wrapping, EMA."""
@@ -263,7 +263,7 @@ class Trainer:
         cfg, st = self.cfg, self.progress_state
         t0 = time.perf_counter()
         block = self.sampler.draw()
-        lr = lr_at(st.step, cfg.lr, cfg.warmup, cfg.steps, cfg.schedule, cfg.min_lr_ratio)
+        lr = lr_at(st.step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr_schedule, cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = self.forward_backward(block)
