@@ -239,10 +239,19 @@ APPROX_SPEED_HEADER = ("model", "L", "n", "revise", "masked", "calls", "s",
 
 def approx_speed_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["model"], str(r["L"]), str(r["n"]), r["setting"], str(r["masked"]), str(r["calls"]),
-         fmt(r["secs"], 3), fmt(r["vs_exact"], 3) + "x", fmt(r["vs_draft"], 3) + "x"]
+        [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            r["setting"],
+            str(r["masked"]),
+            str(r["calls"]),
+            fmt(r["secs"], 3),
+            fmt(r["vs_exact"], 3) + "x",
+            fmt(r["vs_draft"], 3) + "x",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(APPROX_SPEED_HEADER, cells)
 
 
@@ -317,12 +326,20 @@ APPROX_QUALITY_HEADER = ("revise", "L", "samples", "revise calls/sample", "s/sam
 
 def approx_quality_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["setting"], str(r["L"]), str(r["samples"]), fmt(r["calls"], 1),
-         fmt(r["s_per_sample"], 4), fmt(r["time_vs_exact"], 3) + "x",
-         fmt(r["time_vs_draft"], 3) + "x", fmt(r["genppl"], 3),
-         fmt(r["genppl_vs_exact"], 3) + "x", fmt(r["entropy"], 3)]
+        [
+            r["setting"],
+            str(r["L"]),
+            str(r["samples"]),
+            fmt(r["calls"], 1),
+            fmt(r["s_per_sample"], 4),
+            fmt(r["time_vs_exact"], 3) + "x",
+            fmt(r["time_vs_draft"], 3) + "x",
+            fmt(r["genppl"], 3),
+            fmt(r["genppl_vs_exact"], 3) + "x",
+            fmt(r["entropy"], 3),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(APPROX_QUALITY_HEADER, cells)
 
 
@@ -443,12 +460,21 @@ COMPILE_HEADER = ("model", "L", "n", "torch.compile mode", "compiling the call (
 
 def compile_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["model"], str(r["L"]), str(r["n"]), r["mode"], fmt(r["compile_s"], 1),
-         fmt(r["eager ms/call"], 2), fmt(r["fixed shape, eager ms/call"], 2),
-         fmt(r["fixed shape, compiled ms/call"], 2), fmt(r["compiled_vs_eager"], 2) + "x",
-         fmt(r.get("draft compiled ms/call"), 2), fmt(r["same"])]
+        [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            r["mode"],
+            fmt(r["compile_s"], 1),
+            fmt(r["eager ms/call"], 2),
+            fmt(r["fixed shape, eager ms/call"], 2),
+            fmt(r["fixed shape, compiled ms/call"], 2),
+            fmt(r["compiled_vs_eager"], 2) + "x",
+            fmt(r.get("draft compiled ms/call"), 2),
+            fmt(r["same"]),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(COMPILE_HEADER, cells)
 
 
@@ -559,11 +585,19 @@ THRESHOLD_HEADER = ("setting", "calls/sample", "fewer calls", "s/sample", "time 
 
 def threshold_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["setting"], fmt(r["calls"], 1), fmt(r["fewer_calls"], 2) + "x",
-         fmt(r["s_per_sample"], 4), fmt(r["time_ratio"], 2) + "x", fmt(r["genppl"], 3),
-         fmt(r["genppl_ratio"], 3) + "x", fmt(r["genppl_corpus"], 3), fmt(r["entropy"], 3)]
+        [
+            r["setting"],
+            fmt(r["calls"], 1),
+            fmt(r["fewer_calls"], 2) + "x",
+            fmt(r["s_per_sample"], 4),
+            fmt(r["time_ratio"], 2) + "x",
+            fmt(r["genppl"], 3),
+            fmt(r["genppl_ratio"], 3) + "x",
+            fmt(r["genppl_corpus"], 3),
+            fmt(r["entropy"], 3),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(THRESHOLD_HEADER, cells)
 
 
@@ -585,15 +619,26 @@ HEADER = ("model", "L", "n", "tok/s cached", "tok/s no cache", "cache speedup", 
 
 def table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["model"], str(r["L"]), str(r["n"]), fmt(r["cache_tok_s"], 0),
-         fmt(r["nocache_tok_s"], 0), fmt(r["speedup"], 2) + "x", fmt(r["same_tokens"]),
-         fmt(r["draft_ms_call"], 2), fmt(r["revise_ms_call"], 2),
-         fmt(r["revise_call_ratio"], 2) + "x", str(r["revise_calls"]),
-         fmt(r["revise_vs_draft"], 2) + "x", fmt(r["revise4_vs_draft"], 2) + "x",
-         fmt(r["two_tok_s"], 0), fmt(r.get("ar_tok_s"), 0),
-         fmt(r.get("two_vs_ar"), 2) + ("x" if r.get("two_vs_ar") else "")]
+        [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            fmt(r["cache_tok_s"], 0),
+            fmt(r["nocache_tok_s"], 0),
+            fmt(r["speedup"], 2) + "x",
+            fmt(r["same_tokens"]),
+            fmt(r["draft_ms_call"], 2),
+            fmt(r["revise_ms_call"], 2),
+            fmt(r["revise_call_ratio"], 2) + "x",
+            str(r["revise_calls"]),
+            fmt(r["revise_vs_draft"], 2) + "x",
+            fmt(r["revise4_vs_draft"], 2) + "x",
+            fmt(r["two_tok_s"], 0),
+            fmt(r.get("ar_tok_s"), 0),
+            fmt(r.get("two_vs_ar"), 2) + ("x" if r.get("two_vs_ar") else ""),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(HEADER, cells)
 
 
@@ -724,16 +769,19 @@ def quality_rows(
 
 
 def quality_table(rows: list[dict[str, Any]]) -> str:
-    out = (
-        "| draft | precision | Gen PPL (oracle), mean ± sd over seeds | entropy, mean ± sd "
-        "| s per draw |\n|---|---|---:|---:|---:|\n"
-    )
-    for r in rows:
-        out += (
-            f"| {r['setting']} | {r['precision']} | {r['genppl']:.3f} ± {r['genppl_sd']:.3f} "
-            f"| {r['entropy']:.4f} ± {r['entropy_sd']:.4f} | {r['s']:.2f} |\n"
-        )
-    return out
+    header = ["draft", "precision", "Gen PPL (oracle), mean ± sd over seeds",
+              "entropy, mean ± sd", "s per draw"]  # fmt: skip
+    cells = [
+        [
+            r["setting"],
+            r["precision"],
+            f"{r['genppl']:.3f} ± {r['genppl_sd']:.3f}",
+            f"{r['entropy']:.4f} ± {r['entropy_sd']:.4f}",
+            f"{r['s']:.2f}",
+        ]
+        for r in rows
+    ]
+    return markdown_grid(header, cells, "llrrr") + "\n"
 
 
 QUALITY_INTRO = (

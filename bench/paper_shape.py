@@ -22,14 +22,15 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 import torch
 
+from bench.timer import timed
 from sbdcli.config import ModelConfig
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
+from sbdcli.evaluate import markdown_grid
 from sbdcli.model import Denoiser
 
 PAPER_INTRO = (
@@ -90,17 +91,9 @@ def gpt2(device: str, prec: str = "fp32") -> Any:
     return model.to(torch.bfloat16) if prec == "bf16" else model
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def clock(fn: Any, device: str) -> tuple[float, Any]:
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
+    """(seconds, result) of one call, through the benchmarks' one timer."""
+    return timed(fn, device)
 
 
 def gens(n: int, stage: str, device: str) -> list[Any]:
@@ -109,7 +102,7 @@ def gens(n: int, stage: str, device: str) -> list[Any]:
 
 def ar_generate(model: Any, n: int, length: int, device: str, prec: str) -> float:
     """Seconds for GPT-2 `generate` of n x (L - 1) tokens (KV cache, top-p 0.9)."""
-    from sbdcli.model.precision import network
+    from sbdcli.diffusion.precision import network
 
     ids = torch.full((n, 1), 50256, dtype=torch.long, device=device)
     kw = dict(
@@ -200,22 +193,42 @@ def fmt(x: Any, digits: int = 2) -> str:
 
 
 def paper_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| L | n | precision | GPT-2 ms/token step | sbd ms/call (1/call) | draft 1/call x AR "
-        "| draft 2/call x AR | draft2 + approx revise x AR | draft2 + exact revise x AR "
-        "| GPT-2 s | draft1 s | draft2 s | approx revise s | exact revise s |\n"
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-    )
-    body = ""
-    for r in rows:
-        body += (
-            f"| {r['L']} | {r['n']} | {r['precision']} | {fmt(r['ar_ms_step'], 1)} "
-            f"| {fmt(r['draft1_ms_call'], 1)} | {fmt(r['draft1_x_ar'])} | {fmt(r['draft2_x_ar'])} "
-            f"| {fmt(r.get('draft2+approx_x_ar'))} | {fmt(r.get('draft2+exact_x_ar'))} "
-            f"| {fmt(r['ar_s'], 1)} | {fmt(r['draft1_s'], 1)} | {fmt(r['draft2_s'], 1)} "
-            f"| {fmt(r.get('approx_s'), 1)} | {fmt(r.get('exact_s'), 1)} |\n"
-        )
-    return head + body
+    header = [
+        "L",
+        "n",
+        "precision",
+        "GPT-2 ms/token step",
+        "sbd ms/call (1/call)",
+        "draft 1/call x AR",
+        "draft 2/call x AR",
+        "draft2 + approx revise x AR",
+        "draft2 + exact revise x AR",
+        "GPT-2 s",
+        "draft1 s",
+        "draft2 s",
+        "approx revise s",
+        "exact revise s",
+    ]
+    cells = [
+        [
+            str(r["L"]),
+            str(r["n"]),
+            r["precision"],
+            fmt(r["ar_ms_step"], 1),
+            fmt(r["draft1_ms_call"], 1),
+            fmt(r["draft1_x_ar"]),
+            fmt(r["draft2_x_ar"]),
+            fmt(r.get("draft2+approx_x_ar")),
+            fmt(r.get("draft2+exact_x_ar")),
+            fmt(r["ar_s"], 1),
+            fmt(r["draft1_s"], 1),
+            fmt(r["draft2_s"], 1),
+            fmt(r.get("approx_s"), 1),
+            fmt(r.get("exact_s"), 1),
+        ]
+        for r in rows
+    ]
+    return markdown_grid(header, cells, "rrl" + "r" * 11) + "\n"
 
 
 # --------------------------------------------------------------------------- long sequences
@@ -286,24 +299,18 @@ def long_rows(
 
 
 def long_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| L | call | precision | s per call | prefill s (draft) | peak memory MiB "
-        "| full stage, extrapolated s |\n|---:|---|---|---:|---:|---:|---:|\n"
-    )
-    body = ""
+    header = ["L", "call", "precision", "s per call", "prefill s (draft)", "peak memory MiB",
+              "full stage, extrapolated s"]  # fmt: skip
+    cells = []
     for r in rows:
         length = r["L"]
         if r["kind"] == "draft":  # L - 1 calls at <= this cost (the last calls are the dearest)
-            full = r["s_per_call"] * (length - 1)
-            what = "cached draft call (1 token)"
+            full, what = r["s_per_call"] * (length - 1), "cached draft call (1 token)"
         else:  # gamma 0.25: L/4 calls of the global block, one token per call
-            full = r["s_per_call"] * length / 4
-            what = "exact global revise call"
-        body += (
-            f"| {length} | {what} | {r['precision']} | {fmt(r['s_per_call'], 3)} "
-            f"| {fmt(r.get('prefill_s'), 2)} | {fmt(r['peak_mb'], 0)} | {fmt(full, 0)} |\n"
-        )
-    return head + body
+            full, what = r["s_per_call"] * length / 4, "exact global revise call"
+        cells.append([str(length), what, r["precision"], fmt(r["s_per_call"], 3),
+                      fmt(r.get("prefill_s"), 2), fmt(r["peak_mb"], 0), fmt(full, 0)])  # fmt: skip
+    return markdown_grid(header, cells, "rllrrrr") + "\n"
 
 
 # --------------------------------------------------------------------------- single calls
@@ -326,7 +333,7 @@ def call_rows(
 ) -> list[dict[str, Any]]:
     """Per precision: ms of a cached sbd draft call (head at 1 and at 4 positions) and of
     one GPT-2 step, interleaved over `rounds`."""
-    from sbdcli.model.precision import for_calls, network
+    from sbdcli.diffusion.precision import for_calls, network
 
     model = build(length, device)
     g = torch.Generator().manual_seed(0)
@@ -345,24 +352,25 @@ def call_rows(
         with torch.inference_mode():
             with network(prec, device):
                 net(tok[:, :ctx], torch.arange(ctx, device=device), None, cache, ctx)
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(calls):
-                with network(prec, device):
-                    net(tok[:, ctx : ctx + 4], pos, mask, cache, 0, **kw)
-            sync(device)
-        return (time.perf_counter() - start) / calls
+
+            def run() -> None:
+                for _ in range(calls):
+                    with network(prec, device):
+                        net(tok[:, ctx : ctx + 4], pos, mask, cache, 0, **kw)
+
+            return timed(run, device)[0] / calls
 
     def ar_step(prec: str) -> float:
         ar = ars[prec]
         with torch.inference_mode(), network("fp32", device):
             past = ar(tok[:, :ctx], use_cache=True).past_key_values
-            sync(device)
-            start = time.perf_counter()
-            for i in range(calls):
-                past = ar(tok[:, ctx + i : ctx + i + 1], past_key_values=past).past_key_values
-            sync(device)
-        return (time.perf_counter() - start) / calls
+
+            def run() -> None:
+                state = past
+                for i in range(calls):
+                    state = ar(tok[:, ctx + i : ctx + i + 1], past_key_values=state).past_key_values
+
+            return timed(run, device)[0] / calls
 
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(rounds):
@@ -387,14 +395,19 @@ def call_rows(
 
 
 def calls_table(rows: list[dict[str, Any]]) -> str:
-    out = (
-        "| L | n | precision | GPT-2 step ms | sbd call ms, head at 4 | call / step | sbd call "
-        "ms, head at 1 | call / step |\n|---:|---:|---|---:|---:|---:|---:|---:|\n"
-    )
-    for r in rows:
-        out += (
-            f"| {r['L']} | {r['n']} | {r['precision']} | {fmt(r['gpt2_ms'], 1)} "
-            f"| {fmt(r['head at 4_ms'], 1)} | {fmt(r['head at 4_per_step'])} "
-            f"| {fmt(r['head at 1_ms'], 1)} | {fmt(r['head at 1_per_step'])} |\n"
-        )
-    return out
+    header = ["L", "n", "precision", "GPT-2 step ms", "sbd call ms, head at 4", "call / step",
+              "sbd call ms, head at 1", "call / step"]  # fmt: skip
+    cells = [
+        [
+            str(r["L"]),
+            str(r["n"]),
+            r["precision"],
+            fmt(r["gpt2_ms"], 1),
+            fmt(r["head at 4_ms"], 1),
+            fmt(r["head at 4_per_step"]),
+            fmt(r["head at 1_ms"], 1),
+            fmt(r["head at 1_per_step"]),
+        ]
+        for r in rows
+    ]
+    return markdown_grid(header, cells, "rrlrrrrr") + "\n"

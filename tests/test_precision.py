@@ -1,4 +1,4 @@
-"""Tests for model/precision.py: --precision resolution, the per-call context (bf16 autocast,
+"""Tests for diffusion/precision.py: --precision resolution, the per-call context (bf16 autocast,
 TF32 on CUDA) and the session that keeps bf16 weight casts across calls; and the sampler,
 remask and judges at bf16 (tiny models, CPU; the CUDA checks skip without a GPU)."""
 
@@ -9,10 +9,10 @@ import torch
 
 from fake_model import tiny_denoiser
 from sbdcli.config import legacy_sampler
+from sbdcli.diffusion import precision
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.errors import UserError
-from sbdcli.model import precision
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

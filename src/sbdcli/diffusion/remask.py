@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from sbdcli.config import REMASK_STRATEGIES
+from sbdcli.diffusion.precision import for_calls, network
 from sbdcli.errors import UserError
-from sbdcli.model.precision import for_calls, network
 
 __all__ = [
     "STRATEGIES",
@@ -68,7 +68,7 @@ def posthoc_scores(model: Any, tokens: torch.Tensor, precision: str = "fp32") ->
     """Post-hoc confidence: p(x_i | x) from one bidirectional pass (block = L); (n, T) float64.
 
     The model sees the token itself and a context written to agree with it. `precision`:
-    the network call's arithmetic (model/precision.py); the probabilities are float64.
+    the network call's arithmetic (diffusion/precision.py); the probabilities are float64.
     """
     length = tokens.shape[1]
     _check_length(model, length, "post-hoc")

@@ -66,11 +66,11 @@ from typing import Any
 import torch
 
 from sbdcli.config import SamplerConfig
+from sbdcli.diffusion import precision
 from sbdcli.diffusion.calls import check_compile, make_window, model_device
 from sbdcli.diffusion.reveal import FixedStepsRule, reference_reveal_probs, rule_for
 from sbdcli.diffusion.schedule import LogLinearSchedule
 from sbdcli.errors import UserError
-from sbdcli.model import precision
 
 __all__ = [
     "CallEvent",

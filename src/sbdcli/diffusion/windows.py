@@ -81,7 +81,7 @@ def scores(
     """Post-hoc or masked scores (n, T) float64 and calls (n,) of sequences of any length T.
 
     Positions that are not eligible score 1.0 under `masked` (as `remask.masked_scores`).
-    `precision`: the network calls' arithmetic (model/precision.py).
+    `precision`: the network calls' arithmetic (diffusion/precision.py).
     """
     n, length = tokens.shape
     out = torch.ones(n, length, dtype=torch.float64)

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from sbdcli.config import GenPplOptions
+from sbdcli.diffusion.precision import network
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo
-from sbdcli.model.precision import network
-from sbdcli.model.precision import resolve as resolve_precision
 
 HEAD_CHUNK = 2048
 """Positions per LM-head call (bounds the (M, V) logits buffer)."""

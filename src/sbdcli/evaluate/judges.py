@@ -27,11 +27,11 @@ from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import GenPplOptions
 from sbdcli.data.synthetic import load_oracle
 from sbdcli.diffusion.loss import subs_log_probs
+from sbdcli.diffusion.precision import for_calls, network
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo, scored_mask
 from sbdcli.model import load_model
-from sbdcli.model.precision import for_calls, network
-from sbdcli.model.precision import resolve as resolve_precision
 
 
 @runtime_checkable

@@ -20,10 +20,10 @@ import torch
 from sbdcli.artifacts import read_json
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.diffusion.loss import block_nelbo
+from sbdcli.diffusion.precision import for_calls, network
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Advance, VocabInfo, finite
-from sbdcli.model.precision import for_calls, network
-from sbdcli.model.precision import resolve as resolve_precision
 
 
 @dataclass
@@ -83,7 +83,7 @@ def heldout_perplexity(
     Block size 1 is evaluated exactly: t = 1 masks every token (weight 1) → the AR NLL.
     `t` ((N, n_blocks) or (N, L)) and `x_t` (N, L) fix the noise instead (one repetition),
     e.g. to reproduce a reference implementation's numbers. `precision`: the network's
-    arithmetic (model/precision.py; the NELBO is summed in float64).
+    arithmetic (diffusion/precision.py; the NELBO is summed in float64).
     """
     exact = block_size == 1 and t is None and x_t is None
     reps = 1 if exact or t is not None or x_t is not None else mc

@@ -3,8 +3,7 @@
 - denoiser.py: the DiT with adaLN-Zero and rotary positions; training and sampling passes;
 - attention.py: block-diffusion masks, SDPA / FlexAttention kernels, the exact KV cache;
 - checkpoint.py: loading and saving sbd runs and the BD3-LM / MDLM Hugging Face layout
-  (safetensors only, nothing is unpickled);
-- precision.py: the arithmetic of inference-time network calls (fp32 / bf16 autocast).
+  (safetensors only, nothing is unpickled).
 
 Not here: losses, noise or sampling loops (diffusion/). Imports artifacts, config, errors.
 """

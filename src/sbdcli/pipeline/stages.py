@@ -39,8 +39,8 @@ from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.diffusion import windows as win
 from sbdcli.diffusion.degenerate import is_degenerate
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
-from sbdcli.model.precision import resolve as resolve_precision
 from sbdcli.pipeline import encode as enc
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
