@@ -749,7 +749,7 @@ def quality_rows(
     for seed in range(seeds):
         for steps in (block, block // 2):
             for prec in ("fp32", "bf16"):
-                cfg = sp.SamplerConfig(block_size=block, steps_per_block=steps, precision=prec)
+                cfg = legacy_sampler(block, steps_per_block=steps, precision=prec)
                 job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
                 secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
                 nll, ntok = _oracle_scores(judge, recs)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from bench.timer import timed
-from sbdcli.config import ModelConfig
+from sbdcli.config import ModelConfig, legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.evaluate import markdown_grid
@@ -114,7 +114,7 @@ def ar_generate(model: Any, n: int, length: int, device: str, prec: str) -> floa
 
 
 def sbd_draft(model: Denoiser, n: int, length: int, device: str, **kw: Any) -> tuple[float, Any]:
-    cfg = sp.SamplerConfig(block_size=4, **kw)
+    cfg = legacy_sampler(4, **kw)
     prompts = [[model.config.bos_id]] * n
     return clock(lambda: sp.draft(model, prompts, length, cfg, gens(n, "d", device)), device)
 
@@ -130,7 +130,7 @@ def snapshot_mask(out: Any, gamma: float = 0.25) -> torch.Tensor:
 
 
 def sbd_revise(model: Denoiser, out: Any, device: str, **kw: Any) -> float:
-    cfg = sp.SamplerConfig(block_size=0, **kw)
+    cfg = legacy_sampler(0, **kw)
     masked = snapshot_mask(out)
     g = gens(out.tokens.shape[0], "r", device)
     return clock(lambda: sp.revise(model, out.tokens, masked, cfg, g), device)[0]
@@ -265,7 +265,7 @@ def one_call(length: int, kind: str, device: str, prec: str, calls: int = 2) -> 
                         device)  # fmt: skip
         row = {"prefill_s": first, "s_per_call": (secs - first) / 3, "calls": 4}
     else:  # `calls` calls of the global block, 2 positions each
-        cfg = sp.SamplerConfig(block_size=0, precision=prec, steps_per_block=calls)
+        cfg = legacy_sampler(0, precision=prec, steps_per_block=calls)
         todo[:, 1 : 1 + 4 * 2 * calls : 4] = True
         secs, _ = clock(lambda: sp.fill_masked(model, tokens, todo, cfg, gens(n, "r", device)),
                         device)  # fmt: skip
