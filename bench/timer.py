@@ -55,3 +55,10 @@ def interleaved(
         for k, fn in enumerate(fns):
             best[k] = min(best[k], timed(fn, device)[0])
     return best
+
+
+def stopwatch() -> Callable[[], float]:
+    """A function that gives the seconds since `stopwatch()` was called, each time it is
+    called: latencies read in the middle of a callable (a stream's first and final event)."""
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start

@@ -1,5 +1,6 @@
 """Shared helpers of the `sbd serve` tests: a tiny random run, a live server on loopback,
-records without their wall-clock fields."""
+a held batch worker, server-sent events, what `sbd generate` writes, records without their
+wall-clock fields."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fake_model import tiny_denoiser
 
@@ -75,3 +78,64 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@contextlib.contextmanager
+def held_worker(app: Any) -> Iterator[threading.Event]:
+    """The app's batch worker stops inside its next batch until the yielded event is set
+    (so requests queue behind it in a known order); waits (bounded) until it is held."""
+    batcher = app.state.server.batcher
+    release, entered = threading.Event(), threading.Event()
+    real_run = batcher._run
+
+    def held(batch: Any) -> int:
+        batcher._run = real_run
+        entered.set()
+        assert release.wait(60), "the held batch was never released"
+        return real_run(batch)
+
+    batcher._run = held
+    try:
+        yield release
+    finally:
+        release.set()
+        batcher._run = real_run
+
+
+def wait_for(check: Any, seconds: float = 30.0) -> None:
+    """Poll `check()` until true (every 20 ms, at most `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event name, data) of each server-sent event ("message" when unnamed)."""
+    name, data = "message", []
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield name, "\n".join(data)
+
+
+def generate(
+    workdir: Path, prompt: str, seed: int, argv: list[str], rid: str | None = None
+) -> list[dict[str, Any]]:
+    """What `sbd generate` writes for one prompt (a one-line prompts file), run in `workdir`."""
+    from sbdcli.cli import main
+
+    src, out = workdir / f"p{seed}.jsonl", workdir / f"g{seed}.jsonl"
+    line = {"prompt": prompt} if rid is None else {"prompt": prompt, "id": rid}
+    src.write_text(json.dumps(line) + "\n")
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--prompts", str(src), "--seed", str(seed), "-o", str(out), *argv])
+    assert info.value.code in (0, None)
+    return [json.loads(line) for line in out.read_text().splitlines()]

@@ -278,7 +278,10 @@ def test_rolling_loglikelihood_is_the_sum_over_windows(oracle_run):
         (["--tasks", "sbd_synthetic_mc", "--include-path", "nowhere"], "not a directory"),
         (["--tasks", "sbd_synthetic_mc", "--mc", "0"], "--mc"),
         (["--tasks", "sbd_synthetic_mc", "--model-arg", "gamma"], "key=value"),
-        (["--tasks", "sbd_synthetic_mc", "--model-arg", "estimator=nope"], "estimator"),
+        (
+            ["--tasks", "sbd_synthetic_mc", "--model-arg", "estimator=nope"],
+            "estimator 'nope': one of count, time",
+        ),
     ],
 )
 def test_bad_input_is_one_line(run, tasks, capsys, argv, says):

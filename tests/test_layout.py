@@ -49,9 +49,6 @@ LONG_MODULES = {
     "lives (the command line, stage entries and docs read these fields)",
     "diffusion/sampler.py": "one engine for draft and revise: the block loop, the per-sample "
     "state and the draw rules share it (the network call is calls.py, the counts reveal.py)",
-    "pipeline/stages.py": "draft, remask and revise share the stage entry, the record checks "
-    "and the per-record generators; the redraw rule and the live hooks (on_call, on_engine) "
-    "took it past the limit: remask_batch with its scorers is the part to split out next",
 }
 """Modules allowed past `MAX_LINES` (path under sbdcli/ -> why it stays one module)."""
 

@@ -122,7 +122,7 @@ def test_read_texts_of_records_jsonl_and_lines(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "a"}\n{"text": "the cat"}\n')
     assert read_texts(tmp_path / "a.txt") == ["a cat", "the dog"]
     assert read_texts(tmp_path / "b.jsonl") == ["a", "the cat"]
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="input file not found"):
         read_texts(tmp_path / "missing.txt")
 
 

@@ -4,7 +4,6 @@ queue refuses; a cancelled request leaves the batch before the next stage."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -14,11 +13,10 @@ pytest.importorskip("fastapi", reason="the serve extra (pip install 'sbdcli[serv
 
 from fake_model import one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
-from sbdcli.cli import main
 from sbdcli.serve.batcher import Batcher, Busy, Ticket
 from sbdcli.serve.jobs import Limits, make_job
 from sbdcli.serve.schemas import CompletionRequest
-from serve_helpers import comparable, make_run
+from serve_helpers import comparable, generate, make_run
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +31,6 @@ def ref(workdir, monkeypatch) -> pl.ModelRef:
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("SBD_MODEL", raising=False)
     return pl.load_model_ref("runs/latest")
-
-
-def generate(
-    workdir: Path, prompt: str, seed: int, argv: list[str], rid: str | None = None
-) -> list[dict]:
-    """What `sbd generate` writes for one prompt (a one-line prompts file)."""
-    src, out = workdir / f"p{seed}.jsonl", workdir / f"g{seed}.jsonl"
-    line = {"prompt": prompt} if rid is None else {"prompt": prompt, "id": rid}
-    src.write_text(json.dumps(line) + "\n")
-    with pytest.raises(SystemExit) as info:
-        main(["generate", "--prompts", str(src), "--seed", str(seed), "-o", str(out), *argv])
-    assert info.value.code in (0, None)
-    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 class Sink:
@@ -196,3 +181,18 @@ def test_stop_ends_queued_requests_with_an_error_event(ref):
                             "message": "the server is shutting down"}]  # fmt: skip
     with pytest.raises(Busy):
         batcher.submit(ticket(ref, {})[0])
+
+
+def test_requests_arriving_together_at_an_idle_worker_run_together(ref):
+    """The idle worker waits `window` seconds from the first arrival before it starts."""
+    stats: list = []
+    batcher = Batcher(ref, max_batch=8, max_queue=8, on_batch=stats.append, window=1.0)
+    batcher.start()
+    pairs = [ticket(ref, {"seed": 3}), ticket(ref, {"seed": 3, "prompt": "w2"})]
+    for t, _ in pairs:
+        batcher.submit(t)
+    for _, sink in pairs:
+        assert sink.done.wait(60)
+    batcher.stop()
+    batcher.join(30)
+    assert [(s.requests, s.rows) for s in stats] == [(2, 2)]

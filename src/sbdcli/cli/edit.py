@@ -28,7 +28,7 @@ from sbdcli.cli.options import (
 )
 from sbdcli.cli.progress import counting
 from sbdcli.cli.sampling import check_captured, print_note, sampler_config, sampler_options
-from sbdcli.config import DEFAULT_PASSES, RemaskConfig, SamplerConfig
+from sbdcli.config import RemaskConfig, SamplerConfig
 from sbdcli.errors import UserError
 
 FileArg = Annotated[
@@ -111,21 +111,9 @@ def encode(
 
 # --------------------------------------------------------------------------- edit
 def _plan(remask_opts: dict[str, Any], infill: bool, sampler: SamplerConfig, seed: int) -> Any:
-    from sbdcli.pipeline.edit import EditPlan
+    from sbdcli.pipeline.edit import make_plan
 
-    gamma = remask_opts.get("gamma")
-    if infill == (gamma is not None):
-        raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
-    if infill and (remask_opts.get("strategy") or remask_opts.get("passes", DEFAULT_PASSES)
-                   != DEFAULT_PASSES):  # fmt: skip
-        raise UserError("--strategy and --passes choose what to remask: --infill remasks nothing")
-    remask_opts["strategy"] = remask_opts.get("strategy") or "masked"
-    if remask_opts["strategy"] == "snapshot":
-        raise UserError(
-            "--strategy snapshot needs a draft's confidence; use masked, posthoc or random"
-        )
-    remask = None if infill else RemaskConfig(**remask_opts, seed=seed)
-    return EditPlan(remask, sampler, seed)
+    return make_plan(remask_opts, infill, sampler, seed)
 
 
 def _write_outputs(

@@ -42,6 +42,14 @@ def serve(
         int, typer.Option("--max-queue", help="Rows waiting at most; beyond, 429.")
     ] = 64,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n (samples) of one request.")] = 8,
+    batch_window: Annotated[
+        float,
+        typer.Option(
+            "--batch-window",
+            help="Milliseconds an idle server waits, from a request's arrival, for others to "
+            "batch with it.",
+        ),
+    ] = 20.0,
     max_body: Annotated[
         int, typer.Option("--max-body", help="Largest request body in bytes; beyond, 413.")
     ] = 1 << 20,
@@ -65,11 +73,14 @@ def serve(
     _check("--max-queue", max_queue, max_batch)
     _check("--max-n", max_n, 1)
     _check("--max-body", max_body, 1024)
+    if not 0 <= batch_window <= 10_000:
+        raise UserError(f"--batch-window must lie in [0, 10000] ms, got {batch_window}")
     if port > 65535:
         raise UserError(f"--port must be <= 65535, got {port}")
     key = api_key or os.environ.get("SBD_API_KEY") or None
     ref = pl.load_model_ref(pl.default_model_path(model), device)
-    settings = Settings(key, max_body, max_batch, max_queue, Limits(max_n=max_n))
+    limits = Limits(max_n=max_n)
+    settings = Settings(key, max_body, max_batch, max_queue, limits, batch_window / 1000)
     application = create_app(ref, settings)
     sock = bind(host, port)
 

@@ -56,7 +56,7 @@ DEFAULT_MAX_GEN = 256
 
 
 MODEL_ARGS = ("block", "mc", "draft_block", "steps_per_block", "reveal", "top_p", "revise",
-              "gamma", "revise_block")  # fmt: skip
+              "gamma", "revise_block", "estimator")  # fmt: skip
 """The model arguments `sbd eval harness --model-arg` sets (the rest have flags of their own)."""
 
 

@@ -1,10 +1,12 @@
 """`sbd edit` in one process: encoded records -> remask (unless infilling) -> revise.
 
-`edit_batch` runs on a batch exactly what `sbd remask ... | sbd revise ...` runs on it with
-the same seeds (the records validated before each stage, as each piped command does), so
-the edited records, and their texts, are the pipe's. `edit_texts` is the whole of
+`make_plan` checks an edit's settings (the options of `sbd edit`, or a request of
+`POST /v1/sbd/edit`). `edit_batch` runs on a batch exactly what `sbd remask ... |
+sbd revise ...` runs on it with the same seeds (the records validated before each stage,
+as each piped command does), so the edited records, and their texts, are the pipe's
+(`on_masked` shows a live consumer the positions to revise). `edit_texts` is the whole of
 `sbd edit` for texts already read (encode, then `edit_batch` batch by batch): the library
-entry point of a caller that gets texts from elsewhere (a server request). `edited_text` is
+entry point of a caller that gets texts from elsewhere. `edited_text` is
 what `sbd edit` prints per record and `text_diff` the unified diff it prints with `--diff`.
 
 Not here: reading texts from files (encode.py), the stages (stages.py), printing (cli/).
@@ -15,10 +17,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sbdcli.artifacts.records import Record
-from sbdcli.config import RemaskConfig, SamplerConfig
+from sbdcli.config import DEFAULT_PASSES, RemaskConfig, SamplerConfig
 from sbdcli.data.markers import DEFAULT_MARKER
+from sbdcli.errors import UserError
 from sbdcli.pipeline.encode import TextItem, encode_records, target_from_model
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.stages import (
@@ -40,6 +44,30 @@ class EditPlan:
     seed: int
 
 
+OnMasked = Callable[[list[Record]], None] | None
+"""Called with a batch's records once their positions to revise are set (after the
+remask, or as encoded when infilling), before the revise starts."""
+
+
+def make_plan(
+    remask_opts: dict[str, Any], infill: bool, sampler: SamplerConfig, seed: int
+) -> EditPlan:
+    """The plan of `sbd edit`: `remask_opts` (gamma, strategy, passes; strategy masked by
+    default) or `infill` instead of a gamma, and the revise's sampler."""
+    opts = dict(remask_opts)
+    if infill == (opts.get("gamma") is not None):
+        raise UserError("pass --gamma G (revise the weakest tokens) or --infill (fill the markers)")
+    if infill and (opts.get("strategy") or opts.get("passes", DEFAULT_PASSES) != DEFAULT_PASSES):
+        raise UserError("--strategy and --passes choose what to remask: --infill remasks nothing")
+    opts["strategy"] = opts.get("strategy") or "masked"
+    if opts["strategy"] == "snapshot":
+        raise UserError(
+            "--strategy snapshot needs a draft's confidence; use masked, posthoc or random"
+        )
+    remask = None if infill else RemaskConfig(**opts, seed=seed)
+    return EditPlan(remask, sampler, seed)
+
+
 def edit_batch(
     records: list[Record],
     ref: ModelRef,
@@ -47,15 +75,19 @@ def edit_batch(
     *,
     on_call: OnCall = None,
     on_engine: OnEngine = None,
+    on_masked: OnMasked = None,
 ) -> list[Record]:
     """Remask (when planned) and revise a batch of encoded records with one model.
 
     `on_call` sees every network call of the revise and `on_engine` its stepping engine
-    (to stream or cancel it), as `revise_batch` hands them on.
+    (to stream or cancel it), as `revise_batch` hands them on; `on_masked` the records
+    with their positions to revise.
     """
     check_records(records, ref)
     if plan.remask is not None:
         records = check_records(remask_batch(records, plan.remask, ref), ref)
+    if on_masked is not None:
+        on_masked(records)
     return revise_batch(records, ref, plan.sampler, plan.seed, on_call=on_call, on_engine=on_engine)
 
 

@@ -10,7 +10,7 @@ stage entry says `confidence: "unknown"`), and an `encode` entry that names the 
 like a draft entry. A text may be up to `MAX_LENGTH_FACTOR` x the trained length L; longer
 than L it is scored and revised in windows (diffusion/windows.py).
 
-`refuse_snapshot`, `held_markers` and `check_revisable` are the rules the remask and revise
+`refuse_snapshot`, `hold_markers` and `check_revisable` are the rules the remask and revise
 stages apply to such records. Not here: marker parsing and the round-trip check
 (data/markers.py), the stages (stages.py), the one-process edit (edit.py).
 """
@@ -242,8 +242,10 @@ def is_encoded(rec: Mapping[str, Any]) -> bool:
     return entry is not None and entry.get("name") == "encode"
 
 
-def refuse_snapshot(records: Sequence[Mapping[str, Any]]) -> None:
+def refuse_snapshot(records: Sequence[Mapping[str, Any]], strategy: str) -> None:
     """The snapshot strategy needs a draft's confidence, which encoded records lack."""
+    if strategy != "snapshot":
+        return
     for rec in records:
         if is_encoded(rec):
             raise UserError(
@@ -258,6 +260,15 @@ def held_markers(rec: Mapping[str, Any], mask_id: int | None) -> list[int]:
         return []
     tokens = rec["tokens"]
     return [p for p in rec["masked"] if tokens[p] == mask_id]
+
+
+def hold_markers(records: Sequence[Mapping[str, Any]], eligible: Sequence[Any]) -> list[list[int]]:
+    """Each record's unfilled markers, taken out of its `eligible` mask (in place): a remask
+    selects them whatever the scores, and its gamma counts only the other positions."""
+    held = [held_markers(r, record_mask_id(r)) for r in records]
+    for e, h in zip(eligible, held, strict=True):
+        e[h] = False
+    return held
 
 
 def record_mask_id(rec: Mapping[str, Any]) -> int | None:

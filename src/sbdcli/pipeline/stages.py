@@ -337,17 +337,14 @@ def remask_batch(
     start = time.perf_counter()
     if cfg.needs_model and ref is None:
         raise UserError(f"the {cfg.strategy} strategy needs a model (-m RUN)")
-    if cfg.strategy == "snapshot":
-        enc.refuse_snapshot(records)
+    enc.refuse_snapshot(records, cfg.strategy)
     gens = [sp.make_generator(cfg.seed, "remask", len(r["stages"]), r["id"]) for r in records]
     ties = [  # drawn before any random scores, from the same generators
         torch.rand(len(r["tokens"]), generator=g, dtype=torch.float64)
         for r, g in zip(records, gens, strict=True)
     ]
-    held = [enc.held_markers(r, enc.record_mask_id(r)) for r in records]  # unfilled markers
     elig = [rm.eligible_mask(len(r["tokens"]), r["prompt_len"]) for r in records]
-    for e, h in zip(elig, held, strict=True):
-        e[h] = False
+    held = enc.hold_markers(records, elig)  # unfilled markers: always masked, never scored
     scores, calls = _remask_scores(records, cfg, ref, gens)
     chosen = [sorted({*p, *h}) for p, h in zip(_select(scores, elig, ties, cfg), held, strict=True)]
     seconds = (time.perf_counter() - start) / len(records)
@@ -434,8 +431,7 @@ def _revise_group(
         masked[row, r["masked"]] = True
     gens = [sp.make_generator(seed, "revise", len(r["stages"]), r["id"], ref.device) for r in group]
     offset = torch.tensor([r["nfe"] for r in group])
-    if _block_size(cfg, length) >= length > ref.model.config.seq_len:
-        # one full block longer than the trained length: centred windows (not cancellable)
+    if _block_size(cfg, length) >= length > ref.model.config.seq_len:  # centred windows
         res = win.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=on_call)
     else:
         engine = sp.revise_engine(ref.model, tokens, masked, cfg, gens, step_offset=offset)

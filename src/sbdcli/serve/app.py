@@ -1,12 +1,14 @@
 """The ASGI application of `sbd serve` (FastAPI): routes, limits, auth, streams, logs.
 
 Routes: `GET /` (the playground), `GET /health`, `GET /v1/models`, `POST /v1/completions`
-(OpenAI's schema plus an `sbd` object; `stream` answers server-sent events), `GET /metrics`
-(Prometheus text). Every error is an OpenAI-style error object (schemas.ApiError): 400 for
-a malformed body or a bad value (naming the field), 401 without the API key, 404 for an
-unknown route, 413 over the body limit, 429 with Retry-After when the queue is full. The
-model is fixed when the app is made: no request names a path. One line per request goes
-to the `sbdcli.serve` logger (id, status, tokens, nfe, seconds).
+(OpenAI's schema plus an `sbd` object; `stream` answers server-sent events), `POST
+/v1/sbd/edit` (`sbd edit` on one text; `stream` answers its revisions as events),
+`GET /metrics` (Prometheus text). Every error is an OpenAI-style error object
+(schemas.ApiError): 400 for a malformed body or a bad value (naming the field), 401
+without the API key, 404 for an unknown route, 413 over the body limit, 429 with
+Retry-After when the queue is full. The model is fixed when the app is made: no request
+names a path. One line per request goes to the `sbdcli.serve` logger (id, status, tokens,
+nfe, seconds).
 
 Not here: validation of settings (jobs.py), batching (batcher.py), starting uvicorn (run.py).
 """
@@ -34,10 +36,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sbdcli.artifacts.files import JsonDepthError, loads_json
 from sbdcli.pipeline import ModelRef
-from sbdcli.serve.batcher import Batcher, Busy, Ticket
-from sbdcli.serve.jobs import Limits, make_job
+from sbdcli.serve.batcher import Batcher, Busy, Stopping, Ticket
+from sbdcli.serve.jobs import EditJob, Job, Limits, make_edit_job, make_job
 from sbdcli.serve.metrics import Metrics
-from sbdcli.serve.schemas import ApiError, CompletionRequest
+from sbdcli.serve.schemas import ApiError, CompletionRequest, EditRequest
 
 log = logging.getLogger("sbdcli.serve")
 
@@ -57,6 +59,8 @@ class Settings:
     max_queue: int = 64
     """Rows waiting for a batch; beyond, 429."""
     limits: Limits = field(default_factory=Limits)
+    batch_window: float = 0.02
+    """Seconds an idle worker waits, from a request's arrival, for others to batch with it."""
 
 
 class _Auth:
@@ -98,19 +102,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(body: bytes) -> CompletionRequest:
-    """The request, or a 400 naming the first field at fault (JSON nested deeper than sbd
-    reads is a 400 too, never a RecursionError)."""
+def _parse(body: bytes, schema: type[Any] = CompletionRequest) -> Any:
+    """The request (a `schema`), or a 400 naming the first field at fault (JSON nested
+    deeper than sbd reads is a 400 too, never a RecursionError)."""
     try:
         obj = loads_json(body)
     except JsonDepthError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"the body is not valid JSON: {exc}", param="body") from None
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON") from None
+        raise ApiError(400, "the body is not valid JSON", param="body") from None
     if not isinstance(obj, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise ApiError(400, "the body must be a JSON object", param="body")
     try:
-        return CompletionRequest.model_validate(obj)
+        return schema.model_validate(obj)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = _param(err["loc"], err["type"] == "extra_forbidden")
@@ -127,10 +131,14 @@ def _param(loc: tuple[Any, ...], unknown: bool) -> str:
     return ".".join(names) or "body"
 
 
-_FIELDS = set(CompletionRequest.model_fields) | {
-    f
-    for f in CompletionRequest.model_fields["sbd"].annotation.model_fields  # type: ignore[union-attr]
-}
+_FIELDS = (
+    set(CompletionRequest.model_fields)
+    | set(EditRequest.model_fields)
+    | {
+        f
+        for f in CompletionRequest.model_fields["sbd"].annotation.model_fields  # type: ignore[union-attr]
+    }
+)
 
 
 @dataclass
@@ -139,7 +147,7 @@ class _Call:
 
     ticket: Ticket
     queue: asyncio.Queue[dict[str, Any]]
-    request: CompletionRequest
+    request: CompletionRequest | EditRequest
     start: float
     first: float | None = None
     status: int = 200
@@ -153,7 +161,8 @@ class Server:
     def __init__(self, ref: ModelRef, settings: Settings) -> None:
         self.ref, self.settings = ref, settings
         self.metrics = Metrics(lambda: self.batcher.depth)
-        self.batcher = Batcher(ref, settings.max_batch, settings.max_queue, self.metrics.batch)
+        self.batcher = Batcher(ref, settings.max_batch, settings.max_queue, self.metrics.batch,
+                               settings.batch_window)  # fmt: skip
         self.created = int(time.time())
 
     @property
@@ -165,20 +174,27 @@ class Server:
                 "owned_by": "sbd", "max_model_len": self.ref.model.config.seq_len}  # fmt: skip
         return {"object": "list", "data": [card]}
 
-    def submit(self, req: CompletionRequest) -> _Call:
+    def submit(self, req: CompletionRequest | EditRequest) -> _Call:
         """Validate and queue a request (ApiError on a bad one, 429 on a full queue)."""
         if req.model not in (None, self.model_id):
             raise ApiError(404, f"model {req.model!r} is not served here (GET /v1/models)",
                            param="model", code="model_not_found")  # fmt: skip
-        name = f"cmpl-{secrets.token_hex(12)}"
-        limits = Limits(min(self.settings.limits.max_n, self.settings.max_batch),
-                        self.settings.limits.max_length)  # fmt: skip
-        job = make_job(req, self.ref, limits, name)
+        job: Job | EditJob
+        if isinstance(req, EditRequest):
+            name = f"edit-{secrets.token_hex(12)}"
+            job = make_edit_job(req, self.ref)
+        else:
+            name = f"cmpl-{secrets.token_hex(12)}"
+            limits = Limits(min(self.settings.limits.max_n, self.settings.max_batch),
+                            self.settings.limits.max_length)  # fmt: skip
+            job = make_job(req, self.ref, limits, name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         ticket = Ticket(name, job, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e))
         try:
             self.batcher.submit(ticket)
+        except Stopping as exc:
+            raise ApiError(503, str(exc), kind="server_error", code="shutting_down") from None
         except Busy as exc:
             raise ApiError(
                 429,
@@ -197,7 +213,10 @@ class Server:
             self.metrics.latency.labels("first").observe(now - call.start)
         if event["type"] == "final":
             rec = event["record"]
-            call.tokens += len(rec["tokens"]) - rec["prompt_len"]
+            if isinstance(call.ticket.job, EditJob):
+                call.tokens += rec["stages"][-1]["n_masked"]
+            else:
+                call.tokens += len(rec["tokens"]) - rec["prompt_len"]
             call.nfe += rec["nfe"]
         return event
 
@@ -252,7 +271,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 async def _collect(server: Server, call: _Call, request: Request) -> dict[str, Any]:
     """Wait for every choice's final event (the client may leave meanwhile)."""
     finals: list[dict[str, Any]] = []
-    while len(finals) < call.request.n:
+    while len(finals) < call.ticket.rows:
         try:
             event = await asyncio.wait_for(server.next_event(call), timeout=0.5)
         except asyncio.TimeoutError:
@@ -264,7 +283,17 @@ async def _collect(server: Server, call: _Call, request: Request) -> dict[str, A
             raise ApiError(event["status"], event["message"], kind="server_error")
         if event["type"] == "final":
             finals.append(event)
+    if isinstance(call.request, EditRequest):
+        return _edited(server, call, finals[0])
     return _completion(server, call, finals)
+
+
+def _edited(server: Server, call: _Call, final: dict[str, Any]) -> dict[str, Any]:
+    """The non-streaming answer of an edit: the edited text and its record."""
+    rec = final["record"]
+    return {"id": call.ticket.name, "object": "sbd.edit", "created": int(time.time()),
+            "model": server.model_id, "text": final["text"], "record": rec,
+            "usage": {"revised_tokens": call.tokens, "nfe": rec["nfe"]}}  # fmt: skip
 
 
 def _chunk(server: Server, call: _Call, choices: list[dict[str, Any]]) -> str:
@@ -277,6 +306,7 @@ async def _stream(server: Server, call: _Call) -> AsyncIterator[ServerSentEvent]
     """Server-sent events: OpenAI chunks (the final text of each choice), the typed sbd
     events when asked (`sbd.events`), usage when asked, then [DONE]."""
     req, done, status = call.request, 0, 200
+    assert isinstance(req, CompletionRequest)
     try:
         while done < req.n:
             event = await server.next_event(call)
@@ -301,6 +331,27 @@ async def _stream(server: Server, call: _Call) -> AsyncIterator[ServerSentEvent]
         yield ServerSentEvent(data="[DONE]")
     finally:
         if done < req.n:
+            server.batcher.cancel(call.ticket)
+            status = 499 if status == 200 else status
+        server.finish(call, status)
+
+
+async def _edit_stream(server: Server, call: _Call) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events of an edit: sbd.remask, sbd.revise per call, sbd.final, [DONE]."""
+    done, status = False, 200
+    try:
+        while not done:
+            event = await server.next_event(call)
+            if event["type"] == "error":
+                status = event["status"]
+                err = ApiError(status, event["message"], kind="server_error")
+                yield ServerSentEvent(data=json.dumps(err.body()), event="error")
+                return
+            done = event["type"] == "final"
+            yield ServerSentEvent(data=json.dumps(event), event=f"sbd.{event['type']}")
+        yield ServerSentEvent(data="[DONE]")
+    finally:
+        if not done:
             server.batcher.cancel(call.ticket)
             status = 499 if status == 200 else status
         server.finish(call, status)
@@ -352,21 +403,31 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        try:
-            req = _parse(await _read_body(request, server.settings.max_body))
-            call = server.submit(req)
-        except ApiError as exc:
-            server.refused(exc.status)
-            raise
-        if req.stream:
-            return EventSourceResponse(_stream(server, call), ping=15, shutdown_grace_period=5)
-        try:
-            body = await _collect(server, call, request)
-        except ApiError as exc:
-            server.finish(call, exc.status)
-            raise
-        server.finish(call, 200)
-        return JSONResponse(body)
+        return await _answer(server, request, CompletionRequest)
+
+    @app.post("/v1/sbd/edit")
+    async def edit(request: Request) -> Any:
+        return await _answer(server, request, EditRequest)
+
+
+async def _answer(server: Server, request: Request, schema: type[Any]) -> Any:
+    """Parse, queue and answer one completion or edit request (a stream when asked)."""
+    try:
+        req = _parse(await _read_body(request, server.settings.max_body), schema)
+        call = server.submit(req)
+    except ApiError as exc:
+        server.refused(exc.status)
+        raise
+    if req.stream:
+        events = _edit_stream if schema is EditRequest else _stream
+        return EventSourceResponse(events(server, call), ping=15, shutdown_grace_period=5)
+    try:
+        body = await _collect(server, call, request)
+    except ApiError as exc:
+        server.finish(call, exc.status)
+        raise
+    server.finish(call, 200)
+    return JSONResponse(body)
 
 
 def _handlers(app: FastAPI, server: Server) -> None:

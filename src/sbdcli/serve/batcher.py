@@ -1,7 +1,9 @@
 """The request queue and the one worker thread that samples batches of requests.
 
 Rules (docs/serving.md, "Batching"):
-- Requests wait in arrival order. When the worker is free it takes the oldest request and
+- Requests wait in arrival order. When the worker is free and a request arrives, it waits
+  `window` seconds from that request's arrival (default 20 ms) for others to arrive with
+  it, unless a batch is full sooner. Then it takes the oldest request and
   every queued request with the same `Job.key` (same length and settings) behind it, in
   order, while the batch has at most `max_batch` rows; they run as one batch of rows
   through the stages of `sbd generate` (draft, then remask + revise per stage: the
@@ -15,6 +17,9 @@ Rules (docs/serving.md, "Batching"):
 - Each request's rows are seeded by its own seed and named by its own ids, so its records
   are those `sbd generate` writes for it alone (the draft entry's `n_records` is the
   request's n; `batch_size` and `seconds` say how the batch ran).
+- Edit requests (`EditJob`) batch with edits of the same plan and run through
+  `pipeline.edit.edit_batch`, the function `sbd edit` runs: a `remask` event (the positions
+  to revise), `revise` events per network call, then `final`.
 Events go to each request through its `post` callback, from the worker thread.
 
 Not here: HTTP and the event framing (app.py), request validation (jobs.py).
@@ -22,6 +27,7 @@ Not here: HTTP and the event framing (app.py), request validation (jobs.py).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -33,8 +39,11 @@ from typing import Any
 from sbdcli import pipeline as pl
 from sbdcli.artifacts.records import Record
 from sbdcli.config import RedrawConfig
+from sbdcli.pipeline.edit import edit_batch
 from sbdcli.serve import events as ev
-from sbdcli.serve.jobs import Job
+from sbdcli.serve.jobs import EditJob, Job
+
+log = logging.getLogger("sbdcli.serve")
 
 Post = Callable[[dict[str, Any]], None]
 """Receives one event of a request (called from the worker thread)."""
@@ -44,12 +53,16 @@ class Busy(Exception):
     """The queue is full: try again later."""
 
 
+class Stopping(Busy):
+    """The server is shutting down: no new request is taken."""
+
+
 @dataclass
 class Ticket:
     """A request in the queue or in a batch."""
 
     name: str
-    job: Job
+    job: Job | EditJob
     post: Post
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -58,7 +71,7 @@ class Ticket:
 
     @property
     def rows(self) -> int:
-        return len(self.job.prompts)
+        return self.job.rows
 
 
 @dataclass
@@ -80,8 +93,10 @@ class Batcher:
         max_batch: int = 16,
         max_queue: int = 64,
         on_batch: Callable[[BatchStats], None] | None = None,
+        window: float = 0.02,
     ) -> None:
         self.ref, self.max_batch, self.max_queue = ref, max_batch, max_queue
+        self.window = window
         self.on_batch = on_batch
         self._queue: deque[Ticket] = deque()
         self._running: list[Ticket] = []
@@ -98,7 +113,7 @@ class Batcher:
         """Queue a request, or raise `Busy` when its rows do not fit the queue."""
         with self._cond:
             if self._stopping:
-                raise Busy("the server is shutting down")
+                raise Stopping("the server is shutting down")
             if ticket.rows > self.max_batch:
                 raise ValueError("a request larger than a batch")  # the app checks n first
             if self.queued_rows + ticket.rows > self.max_queue:
@@ -147,8 +162,8 @@ class Batcher:
     def _take(self) -> list[Ticket] | None:
         """The next batch: the oldest request and the compatible ones queued behind it."""
         with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
+            while not self._stopping and not self._gathered():
+                pass
             if self._stopping:
                 return None
             first = self._queue.popleft()
@@ -161,12 +176,27 @@ class Batcher:
             self._running = batch
             return batch
 
+    def _gathered(self) -> bool:
+        """Wait (holding the condition) for a request, then up to `window` seconds from its
+        arrival for others (requests arriving together run together); whether the queue
+        still holds a request (a cancelled one may have left it)."""
+        while not self._queue and not self._stopping:
+            self._cond.wait()
+        deadline = self._queue[0].arrived + self.window if self._queue else 0.0
+        while not self._stopping and self._queue and self.queued_rows < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+        return bool(self._queue)
+
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
-            start = time.monotonic()
+            start, tokens = time.monotonic(), 0
             try:
-                self._run(batch)
+                tokens = self._run(batch)
             except Exception as exc:  # a bug must not take the server down
+                log.exception("a batch failed")
                 for t in batch:
                     if not t.finished:
                         t.post(
@@ -177,14 +207,24 @@ class Batcher:
             with self._cond:
                 self._running = []
             if self.on_batch is not None:
-                tokens = sum(t.rows * (t.job.length - t.job.prompt_len) for t in batch)
-                self.on_batch(BatchStats(sum(t.rows for t in batch), len(batch), tokens, seconds))
+                stats = BatchStats(sum(t.rows for t in batch), len(batch), tokens, seconds)
+                try:
+                    self.on_batch(stats)
+                except Exception:  # nor a metrics bug
+                    log.exception("the batch metrics failed")
 
-    def _run(self, batch: list[Ticket]) -> None:
+    def _run(self, batch: list[Ticket]) -> int:
+        """Run a batch; the number of tokens it generated."""
+        if isinstance(batch[0].job, EditJob):
+            return self._edit(batch)
+        return self._generate(batch)
+
+    def _generate(self, batch: list[Ticket]) -> int:
         """Draft, then remask + revise per stage, posting every call's commits."""
         job, ref = batch[0].job, self.ref
+        assert isinstance(job, Job)
         seed = job.seed if job.seed is not None else secrets.randbits(31)
-        jobs = [t.job if t.job.seed is not None else t.job.with_seed(seed) for t in batch]
+        jobs = [_seeded(t.job, seed) for t in batch]
         now = time.monotonic()
         for t in batch:
             t.started = now
@@ -198,10 +238,11 @@ class Batcher:
                                  on_call=live.call, on_engine=live.engine)  # fmt: skip
         for (t, _), rec in zip(owners, records, strict=True):
             rec["stages"][0]["n_records"] = t.rows  # the request's records, as `generate -n`
+        tokens = sum(len(r["tokens"]) - r["prompt_len"] for r in records)
         for k, stage in enumerate(jobs[0].plan, start=1):
             owners, records = _live(owners, records)
             if not records:
-                return
+                return tokens
             records = pl.remask_batch(records, stage.remask, ref)
             for (t, i), rec in zip(owners, records, strict=True):
                 t.post(ev.remask_event(rec, i, k))
@@ -209,10 +250,49 @@ class Batcher:
             live = _Live(ref, owners, seqs, k, [list(rec["tokens"]) for rec in records])
             records = pl.revise_batch(records, ref, stage.revise, stage.seed,
                                       on_call=live.call, on_engine=live.engine)  # fmt: skip
+        stops = {t.name: j.stop for t, j in zip(batch, jobs, strict=True)}
         owners, records = _live(owners, records)
         for (t, i), rec in zip(owners, records, strict=True):
             t.finished = i == t.rows - 1
-            t.post(ev.final_event(ref, rec, i, t.job.stop))
+            t.post(ev.final_event(ref, rec, i, stops[t.name]))
+        return tokens
+
+    def _edit(self, batch: list[Ticket]) -> int:
+        """`sbd edit` on the batch's texts: the positions to revise, then each revise call."""
+        ref, mask = self.ref, self.ref.model.config.mask_id
+        jobs = [t.job for t in batch if isinstance(t.job, EditJob)]
+        now = time.monotonic()
+        for t in batch:
+            t.started = now
+        owners = [(t, i) for t in batch for i in range(t.rows)]
+        records = [rec for j in jobs for rec in j.records]
+        watch: list[_Live] = []
+
+        def masked(recs: list[Record]) -> None:
+            for (t, i), rec in zip(owners, recs, strict=True):
+                t.post(ev.remask_event(rec, i, 1))
+            seqs = [_masked(rec, mask) for rec in recs]
+            watch.append(_Live(ref, owners, seqs, 1, [list(rec["tokens"]) for rec in recs]))
+
+        records = edit_batch(
+            records,
+            ref,
+            jobs[0].plan,
+            on_call=lambda c: watch[0].call(c),
+            on_masked=masked,
+            on_engine=lambda e, r: watch[0].engine(e, r),
+        )
+        tokens = sum(s["n_masked"] for r in records for s in r["stages"][-1:])
+        owners, records = _live(owners, records)
+        for (t, i), rec in zip(owners, records, strict=True):
+            t.finished = i == t.rows - 1
+            t.post(ev.edit_final_event(rec, i))
+        return tokens
+
+
+def _seeded(job: Job | EditJob, seed: int) -> Job:
+    assert isinstance(job, Job)
+    return job if job.seed is not None else job.with_seed(seed)
 
 
 class _Live:
@@ -244,7 +324,7 @@ class _Live:
         for r, pos, tok, conf in zip(
             call.rows, call.positions, call.tokens, call.confidences, strict=True
         ):
-            j = self.rows[r]
+            j = self.rows[r] if self.running is not None else r  # windows: no engine
             ticket, index = self.owners[j]
             if ticket.cancelled.is_set():
                 continue
@@ -258,6 +338,8 @@ class _Live:
         self._cancel()
 
     def _cancel(self) -> None:
+        if self.running is None:
+            return
         for r, j in enumerate(self.rows):
             if r not in self.dropped and self.owners[j][0].cancelled.is_set():
                 self.running.cancel(r)

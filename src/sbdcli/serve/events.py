@@ -3,8 +3,11 @@
 One choice (row) of a request goes through: `draft` events, one per network call of the
 draft (the positions it committed, their token ids, text pieces and snapshot
 confidences), then per revise stage one `remask` event (the positions chosen) and `revise`
-events, one per network call of the revise (each position's old and new id, new piece and
-confidence), then `final` (the completion text, the finish reason and the record).
+events, one per network call of the revise (each position's `old` and `new` id, new piece
+and confidence), then `final` (the completion text, the finish reason and the record). An edit
+(`POST /v1/sbd/edit`) sends `remask` (the positions to revise: the weakest tokens, or the
+text's markers when infilling), `revise` events, and `final` (the edited text, prompt
+included, as `sbd edit` prints it, and the record).
 
 A piece is the text a token adds at its position: the decoded completion through it minus
 the decoded completion before it, in the row's current sequence (positions not yet
@@ -65,14 +68,16 @@ def call_event(
 ) -> dict[str, Any]:
     """One network call's commits (positions, ids, confidences) in one row whose sequence
     `seq` is updated in place: a draft event, or with `before` (the ids the row held before
-    its remask) a revise event, which also names the `old` ids."""
+    its remask) a revise event, whose ids are `old` and `new` instead of `tokens`."""
     positions, tokens, conf = commits
     for p, t in zip(positions, tokens, strict=True):
         seq[p] = t
     out: dict[str, Any] = {**head, "positions": list(positions)}
-    if before is not None:
-        out["old"] = [before[p] for p in positions]
-    out.update(tokens=list(tokens), pieces=pieces(ref, seq, start, positions))
+    if before is None:
+        out["tokens"] = list(tokens)
+    else:
+        out.update(old=[before[p] for p in positions], new=list(tokens))
+    out["pieces"] = pieces(ref, seq, start, positions)
     out["confidence"] = list(conf)
     return out
 
@@ -84,3 +89,7 @@ def remask_event(rec: Record, index: int, stage: int) -> dict[str, Any]:
 def final_event(ref: ModelRef, rec: Record, index: int, stops: list[str]) -> dict[str, Any]:
     text, reason = completion_text(ref, rec, stops)
     return {"type": "final", "index": index, "text": text, "finish_reason": reason, "record": rec}
+
+
+def edit_final_event(rec: Record, index: int) -> dict[str, Any]:
+    return {"type": "final", "index": index, "text": rec["text"], "record": rec}

@@ -2,12 +2,18 @@
 
 `make_job` turns a `CompletionRequest` into the prompts, length, draft configuration and
 K-stage plan that `sbd generate` would build from the same settings as flags (cli/sample.py
-is the reference; the two must agree, tests/test_serve_jobs.py checks it record for record).
+is the reference; the two must agree: tests/test_serve_jobs.py, test_serve_batcher.py and
+test_serve_app.py check it record for record).
 Record ids: a seeded request's rows are named as `sbd generate --prompts` names the prompt
 of a one-line prompts file (`p1`, or `p1-<j>` with n > 1; `sbd.id` replaces `p1`), so that
 the command reproduces the request exactly; an unseeded request's rows are named after its
 completion id, and the seed is drawn for its batch. `Job.key` is what requests must share
 to run in one batch: everything but the prompts, the ids and n.
+
+`make_edit_job` turns an `EditRequest` into an `EditJob`: the text encoded as `sbd edit`
+encodes it (pipeline/encode.py) and the edit's plan (`pipeline.edit.make_plan`); edits
+with the same plan share a batch (a text longer than the trained length, revised in
+windows, runs with texts of its own length only).
 
 Not here: the queue and the batch runner (batcher.py), HTTP (app.py).
 """
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbdcli import pipeline as pl
+from sbdcli.artifacts.records import Record
 from sbdcli.config import (
     LEGACY_ALIASES,
     ApproxCache,
@@ -31,8 +38,10 @@ from sbdcli.config import (
 )
 from sbdcli.diffusion.sampler import check_compile
 from sbdcli.errors import UserError
+from sbdcli.pipeline import encode as enc
+from sbdcli.pipeline.edit import EditPlan, make_plan
 from sbdcli.pipeline.prompts import Prompt, parse_prompt
-from sbdcli.serve.schemas import ApiError, CompletionRequest
+from sbdcli.serve.schemas import ApiError, CompletionRequest, EditRequest
 
 MAX_STOP = 4
 """OpenAI's limit on stop sequences."""
@@ -67,6 +76,10 @@ class Job:
     def key(self) -> tuple[Any, ...]:
         """Requests with equal keys run in one batch (their records do not interact)."""
         return (self.length, self.draft_cfg, tuple(self.plan), self.stop_at_eos, self.seed)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
 
     def with_seed(self, seed: int) -> Job:
         """This job with its seed decided (an unseeded request's, drawn for its batch)."""
@@ -188,3 +201,64 @@ def make_job(req: CompletionRequest, ref: pl.ModelRef, limits: Limits, name: str
     length = len(tokens) + max_tokens
     return Job(prompts, len(tokens), length, draft_cfg, plan, req.sbd.stop_at_eos, req.seed,
                _stops(req))  # fmt: skip
+
+
+@dataclass
+class EditJob:
+    """One edit request: its encoded record and the plan its batch shares."""
+
+    records: list[Record]
+    plan: EditPlan
+    windowed: int
+    """The text's length when it is revised in windows (longer than the trained length),
+    else 0: windowed texts share a batch only with texts of their length."""
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return ("edit", self.plan, self.windowed)
+
+    @property
+    def prompt_len(self) -> int:
+        """Where the edited text starts (BOS and the fixed prompt before it)."""
+        return self.records[0]["prompt_len"]
+
+    @property
+    def rows(self) -> int:
+        return len(self.records)
+
+
+_EDIT_FIELDS = ("gamma", "strategy", "block", "passes", "temperature", "top_p")
+
+
+def _edit_param(message: str) -> str:
+    """The request field an edit settings message is about (`--gamma`, `strategy`, ...)."""
+    for name in _EDIT_FIELDS:
+        if name in message:
+            return name
+    return "gamma"
+
+
+def make_edit_job(req: EditRequest, ref: pl.ModelRef) -> EditJob:
+    """Encode the request's text for the model and check its plan (400s naming the field)."""
+    remask = {"gamma": req.gamma, "strategy": req.strategy, "passes": req.passes}
+    sampling = {"top_p": float(req.top_p), "temperature": float(req.temperature)}
+    try:
+        sampler = SamplerConfig(block_size=pl.parse_block(str(req.block)), **sampling)
+        plan = make_plan(remask, req.infill, sampler, req.seed)
+    except UserError as exc:
+        message = str(exc).replace("--", "")
+        raise ApiError(400, message, param=_edit_param(message)) from None
+    if plan.remask is not None and plan.remask.strategy not in enc.SCORE_STRATEGIES:
+        raise ApiError(400, f"strategy must be one of {', '.join(enc.SCORE_STRATEGIES)}",
+                       param="strategy")  # fmt: skip
+    item = enc.TextItem(req.id, req.text, req.prompt)
+    try:
+        target = enc.target_from_model(ref)
+        records = enc.encode_records([item], target, req.mask_token, not req.allow_normalize)
+        if plan.remask is None:
+            enc.check_revisable(records)
+    except UserError as exc:
+        param = "prompt" if "prompt" in str(exc) else "text"
+        raise ApiError(400, str(exc), param=param) from None
+    length = len(records[0]["tokens"])
+    return EditJob(records, plan, length if length > target.seq_len else 0)

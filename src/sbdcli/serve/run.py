@@ -3,17 +3,19 @@
 `serve` binds the port only after the model is loaded (a missing or broken model fails
 first, in the caller). On SIGINT/SIGTERM it first ends every queued and running request
 with an error event (so no stream hangs), then lets uvicorn close the connections and run
-the app's shutdown.
+the app's shutdown; the process then exits 0 (a signal is how a server is meant to stop,
+so uvicorn's re-raising of it is left out).
 
 Not here: the app (app.py) or the command line (cli/serve.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -32,6 +34,14 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.drain()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()  # stopped as asked: exit 0
 
 
 def bind(host: str, port: int) -> socket.socket:

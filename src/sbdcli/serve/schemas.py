@@ -5,7 +5,9 @@ max_tokens, temperature, top_p, n, seed, stop, stream, user, and a few that are 
 only at their neutral value), and `sbd`, an `SbdOptions` object with the settings OpenAI
 has no name for (stages, gammas, remask strategy, threshold, cache, ...). Every default is
 the one `sbd generate` uses, so an empty request samples what the command samples.
-`ApiError` is every error the server answers: status, message, and the field at fault.
+`EditRequest` is the body of `POST /v1/sbd/edit`: a text (and its fixed prompt) with the
+options of `sbd edit` (same names and defaults). `ApiError` is every error the server
+answers: status, message, and the field at fault.
 
 Not here: turning a request into sampler configurations (jobs.py), the routes (app.py).
 """
@@ -116,3 +118,34 @@ class CompletionRequest(BaseModel):
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0
     logit_bias: None = None
+
+
+class EditRequest(BaseModel):
+    """The body of `POST /v1/sbd/edit`: one text and the options of `sbd edit`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    text: str
+    """The text to edit ([MASK] / [MASK:n] markers are positions to fill)."""
+    prompt: str = ""
+    """A fixed prefix: conditions the edit, never edited (a JSONL input's `prompt`)."""
+    id: str = Field(default="t1", max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """The record id (`t1`, as `sbd edit` names a one-text input's text)."""
+    gamma: Number | None = None
+    """Revise this fraction of the text's weakest tokens (or `infill`)."""
+    infill: StrictBool = False
+    """Only fill the text's mask markers (no remask)."""
+    strategy: str | None = None
+    """Remask score: masked (default), posthoc or random."""
+    passes: StrictInt = 8
+    block: str | StrictInt = "full"
+    """Revise block size B, or "full"."""
+    top_p: Number = Field(default=0.9, gt=0, le=1)
+    temperature: Number = Field(default=1.0, gt=0)
+    seed: StrictInt = Field(default=0, ge=0, lt=2**63)
+    mask_token: str = Field(default="[MASK]", min_length=1, max_length=32)
+    allow_normalize: StrictBool = False
+    """Accept a text the tokenizer does not reproduce byte for byte."""
+    stream: StrictBool = False
+    """Answer server-sent events: remask, revise per network call, final."""
