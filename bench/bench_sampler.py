@@ -16,6 +16,11 @@ docs/benchmarks.md (`--write`) and prints the table.
     python -m bench.bench_sampler --trained RUN --data DATA --write   # threshold rows
     python -m bench.bench_sampler --approx --grid tiny:256:8,tiny:1024:4 \
         --trained RUN --data DATA --write                          # approximate revise rows
+    python -m bench.bench_sampler --paper --lengths 128,512 --write   # paper shape vs GPT-2
+    python -m bench.bench_sampler --long --lengths 1024,2048,4096 --write  # long-L calls
+    python -m bench.bench_sampler --calls --lengths 128,512 --repeats 5 --write  # one call
+
+The paper-shape rows (`--paper`, `--long`) live in bench/paper_shape.py.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import functools
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -233,10 +239,19 @@ APPROX_SPEED_HEADER = ("model", "L", "n", "revise", "masked", "calls", "s",
 
 def approx_speed_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["model"], str(r["L"]), str(r["n"]), r["setting"], str(r["masked"]), str(r["calls"]),
-         fmt(r["secs"], 3), fmt(r["vs_exact"], 3) + "x", fmt(r["vs_draft"], 3) + "x"]
+        [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            r["setting"],
+            str(r["masked"]),
+            str(r["calls"]),
+            fmt(r["secs"], 3),
+            fmt(r["vs_exact"], 3) + "x",
+            fmt(r["vs_draft"], 3) + "x",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(APPROX_SPEED_HEADER, cells)
 
 
@@ -311,12 +326,20 @@ APPROX_QUALITY_HEADER = ("revise", "L", "samples", "revise calls/sample", "s/sam
 
 def approx_quality_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["setting"], str(r["L"]), str(r["samples"]), fmt(r["calls"], 1),
-         fmt(r["s_per_sample"], 4), fmt(r["time_vs_exact"], 3) + "x",
-         fmt(r["time_vs_draft"], 3) + "x", fmt(r["genppl"], 3),
-         fmt(r["genppl_vs_exact"], 3) + "x", fmt(r["entropy"], 3)]
+        [
+            r["setting"],
+            str(r["L"]),
+            str(r["samples"]),
+            fmt(r["calls"], 1),
+            fmt(r["s_per_sample"], 4),
+            fmt(r["time_vs_exact"], 3) + "x",
+            fmt(r["time_vs_draft"], 3) + "x",
+            fmt(r["genppl"], 3),
+            fmt(r["genppl_vs_exact"], 3) + "x",
+            fmt(r["entropy"], 3),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(APPROX_QUALITY_HEADER, cells)
 
 
@@ -437,12 +460,21 @@ COMPILE_HEADER = ("model", "L", "n", "torch.compile mode", "compiling the call (
 
 def compile_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["model"], str(r["L"]), str(r["n"]), r["mode"], fmt(r["compile_s"], 1),
-         fmt(r["eager ms/call"], 2), fmt(r["fixed shape, eager ms/call"], 2),
-         fmt(r["fixed shape, compiled ms/call"], 2), fmt(r["compiled_vs_eager"], 2) + "x",
-         fmt(r.get("draft compiled ms/call"), 2), fmt(r["same"])]
+        [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            r["mode"],
+            fmt(r["compile_s"], 1),
+            fmt(r["eager ms/call"], 2),
+            fmt(r["fixed shape, eager ms/call"], 2),
+            fmt(r["fixed shape, compiled ms/call"], 2),
+            fmt(r["compiled_vs_eager"], 2) + "x",
+            fmt(r.get("draft compiled ms/call"), 2),
+            fmt(r["same"]),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(COMPILE_HEADER, cells)
 
 
@@ -553,11 +585,19 @@ THRESHOLD_HEADER = ("setting", "calls/sample", "fewer calls", "s/sample", "time 
 
 def threshold_table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["setting"], fmt(r["calls"], 1), fmt(r["fewer_calls"], 2) + "x",
-         fmt(r["s_per_sample"], 4), fmt(r["time_ratio"], 2) + "x", fmt(r["genppl"], 3),
-         fmt(r["genppl_ratio"], 3) + "x", fmt(r["genppl_corpus"], 3), fmt(r["entropy"], 3)]
+        [
+            r["setting"],
+            fmt(r["calls"], 1),
+            fmt(r["fewer_calls"], 2) + "x",
+            fmt(r["s_per_sample"], 4),
+            fmt(r["time_ratio"], 2) + "x",
+            fmt(r["genppl"], 3),
+            fmt(r["genppl_ratio"], 3) + "x",
+            fmt(r["genppl_corpus"], 3),
+            fmt(r["entropy"], 3),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(THRESHOLD_HEADER, cells)
 
 
@@ -579,15 +619,26 @@ HEADER = ("model", "L", "n", "tok/s cached", "tok/s no cache", "cache speedup", 
 
 def table(rows: list[dict[str, Any]]) -> str:
     cells = [
-        [r["model"], str(r["L"]), str(r["n"]), fmt(r["cache_tok_s"], 0),
-         fmt(r["nocache_tok_s"], 0), fmt(r["speedup"], 2) + "x", fmt(r["same_tokens"]),
-         fmt(r["draft_ms_call"], 2), fmt(r["revise_ms_call"], 2),
-         fmt(r["revise_call_ratio"], 2) + "x", str(r["revise_calls"]),
-         fmt(r["revise_vs_draft"], 2) + "x", fmt(r["revise4_vs_draft"], 2) + "x",
-         fmt(r["two_tok_s"], 0), fmt(r.get("ar_tok_s"), 0),
-         fmt(r.get("two_vs_ar"), 2) + ("x" if r.get("two_vs_ar") else "")]
+        [
+            r["model"],
+            str(r["L"]),
+            str(r["n"]),
+            fmt(r["cache_tok_s"], 0),
+            fmt(r["nocache_tok_s"], 0),
+            fmt(r["speedup"], 2) + "x",
+            fmt(r["same_tokens"]),
+            fmt(r["draft_ms_call"], 2),
+            fmt(r["revise_ms_call"], 2),
+            fmt(r["revise_call_ratio"], 2) + "x",
+            str(r["revise_calls"]),
+            fmt(r["revise_vs_draft"], 2) + "x",
+            fmt(r["revise4_vs_draft"], 2) + "x",
+            fmt(r["two_tok_s"], 0),
+            fmt(r.get("ar_tok_s"), 0),
+            fmt(r.get("two_vs_ar"), 2) + ("x" if r.get("two_vs_ar") else ""),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_grid(HEADER, cells)
 
 
@@ -625,16 +676,29 @@ def main() -> None:
     ap.add_argument("--machine", help="machine line for --render (default: this one)")
     ap.add_argument("--approx", action="store_true", help="approximate revise cache rows")
     ap.add_argument("--compile", action="store_true", help="captured draft call rows")
+    ap.add_argument("--paper", action="store_true", help="paper shape beside GPT-2 generate")
+    ap.add_argument("--long", action="store_true", help="paper shape: long-L calls, peak memory")
+    ap.add_argument("--lengths", default="128,512", help="--paper / --long: sequence lengths")
+    ap.add_argument("--precisions", default="fp32,bf16", help="--paper / --long: precisions")
+    ap.add_argument("--n", type=int, default=2, help="--paper: samples per batch")
+    ap.add_argument("--calls", action="store_true", help="paper shape: one call vs GPT-2 step")
+    ap.add_argument("--quality", action="store_true", help="--trained: bf16 vs fp32 quality")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from bench._report import machine, write_section
 
+    if args.paper or args.long or args.calls:
+        _paper_main(args, machine, write_section)
+        return
     if args.approx:
         _approx_main(args, machine, write_section)
         return
     if args.compile:
         _compile_main(args, machine, write_section)
+        return
+    if args.quality:
+        _quality_main(args, machine, write_section)
         return
     if args.trained:
         _threshold_main(args, machine, write_section)
@@ -666,6 +730,116 @@ def main() -> None:
         write_section(
             "sampler", intro() + body + "".join("\n" + Path(p).read_text() for p in args.include)
         )
+
+
+def quality_rows(
+    run: str, data: str, n: int, seeds: int, block: int, device: str
+) -> list[dict[str, Any]]:
+    """bf16 against fp32 sampling on one trained model: per seed, n drafts (one token per
+    call, and 2 per call) at each precision from the same generators; oracle Gen PPL
+    (per-sample mean) and unigram entropy per seed, then their mean and spread over seeds."""
+    from sbdcli import pipeline as pl
+    from sbdcli.evaluate.judges import OracleJudge
+    from sbdcli.evaluate.metrics import unigram_entropy
+
+    ref = pl.load_model_ref(run, device)
+    judge = OracleJudge(Path(data))
+    length = ref.model.config.seq_len
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for seed in range(seeds):
+        for steps in (block, block // 2):
+            for prec in ("fp32", "bf16"):
+                cfg = legacy_sampler(block, steps_per_block=steps, precision=prec)
+                job = (ref, pl.draft_prompts(ref, n, seed, None), length, cfg, seed)
+                secs, recs = timed(lambda job=job: pl.draft_batch(*job), device)
+                nll, ntok = _oracle_scores(judge, recs)
+                ppl = [math.exp(a / b) for a, b in zip(nll, ntok, strict=True)]
+                ent = [unigram_entropy(r["tokens"][1:]) for r in recs]
+                acc = per.setdefault((f"{block // steps} token(s)/call", prec), {})
+                for k, v in (("genppl", sum(ppl) / n), ("entropy", sum(ent) / n), ("s", secs)):
+                    acc.setdefault(k, []).append(v)
+    rows = []
+    for (setting, prec), acc in per.items():
+        row: dict[str, Any] = {"setting": setting, "precision": prec, "seeds": seeds, "n": n}
+        for k, v in acc.items():
+            row[k] = statistics.mean(v)
+            row[f"{k}_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def quality_table(rows: list[dict[str, Any]]) -> str:
+    header = ["draft", "precision", "Gen PPL (oracle), mean ± sd over seeds",
+              "entropy, mean ± sd", "s per draw"]  # fmt: skip
+    cells = [
+        [
+            r["setting"],
+            r["precision"],
+            f"{r['genppl']:.3f} ± {r['genppl_sd']:.3f}",
+            f"{r['entropy']:.4f} ± {r['entropy_sd']:.4f}",
+            f"{r['s']:.2f}",
+        ]
+        for r in rows
+    ]
+    return markdown_grid(header, cells, "llrrr") + "\n"
+
+
+QUALITY_INTRO = (
+    "## bf16 sampling quality (`python -m bench.bench_sampler --quality`)\n\n"
+    "One trained model of the synthetic language (`--trained`), block 4, L = its trained "
+    "length; per seed, `--samples` drafts at fp32 and at bf16 from the same generators "
+    "(one token per call, and 2 per call); Gen PPL = oracle perplexity, per-sample mean; "
+    "entropy = mean unigram entropy (nats) of the generated tokens. Mean ± standard "
+    "deviation over the seeds (`--repeats`): bf16 passes where its mean lies within the "
+    "fp32 seed-to-seed spread.\n\n"
+)
+
+
+def _paper_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    """`--paper` / `--long`: the paper-shape rows of bench/paper_shape.py."""
+    from bench import paper_shape as ps
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    precisions = args.precisions.split(",")
+    if args.calls:
+        rows = [r for n in lengths for r in ps.call_rows(n, args.n, args.device, args.repeats)]
+        table_md, name, intro_md = ps.calls_table(rows), "sampler-calls", ps.CALLS_INTRO
+    elif args.long:
+        rows = ps.long_rows(lengths, args.device, precisions, args.threads)
+        table_md, name, intro_md = ps.long_table(rows), "sampler-long", ps.LONG_INTRO
+    else:
+        rows = ps.paper_rows(lengths, args.n, args.device, precisions, args.repeats)
+        table_md, name, intro_md = ps.paper_table(rows), "sampler-paper", ps.PAPER_INTRO
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
+    body = (
+        f"Machine: {machine()}; device {args.device}; torch threads "
+        f"{torch.get_num_threads()}.\n\nCommand: `{command}`\n\n{table_md}\n"
+    )
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section(f"{name}-{args.device.split(':')[0]}", intro_md + body)
+
+
+def _quality_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:
+    if not (args.trained and args.data):
+        raise SystemExit("--quality needs --trained RUN --data DIR")
+    rows = quality_rows(
+        args.trained, args.data, args.samples, args.repeats, args.block, args.device
+    )
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    command = "python -m bench.bench_sampler " + " ".join(sys.argv[1:])
+    body = (
+        f"Machine: {machine()}; device {args.device}; block {args.block}; top-p 0.9; "
+        f"float64 sampling.\n\nCommand: `{command}`\n\n{quality_table(rows)}\n"
+    )
+    if args.out:
+        Path(args.out).write_text(body)
+    print(body)
+    if args.write:
+        write_section("sampler-precision-quality", QUALITY_INTRO + body)
 
 
 def _threshold_main(args: argparse.Namespace, machine: Any, write_section: Any) -> None:

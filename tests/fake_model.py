@@ -1,11 +1,12 @@
 """Test doubles of the denoiser for sampler and remask tests (no real network).
 
 `FakeDenoiser` honours the model contract `forward(tokens, positions, attn_mask, kv_cache,
-cache_commit, sigma) -> logits (B, N, V)` with integer arithmetic, so a KV-cached and an
-uncached run are bit-identical, while every logit depends on exactly which (token, position)
-pairs the query may see: a cache holding the wrong keys, or a wrong mask, changes the
-numbers. `CopyRightDenoiser` predicts the token to the right of each position when it is
-visible, so it shows whether a sampler lets a block see its right context.
+cache_commit, sigma, readout) -> logits (B, N or k, V)` with integer arithmetic, so a
+KV-cached and an uncached run are bit-identical, while every logit depends on exactly
+which (token, position) pairs the query may see: a cache holding the wrong keys, or a
+wrong mask, changes the numbers. `CopyRightDenoiser` predicts the token to the right of
+each position when it is visible, so it shows whether a sampler lets a block see its right
+context.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+
+def read_out(logits: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor:
+    """The model contract's `readout` (B, k): only those input positions' logits (B, k, V)."""
+    if readout is None:
+        return logits
+    return logits.gather(1, readout[..., None].expand(-1, -1, logits.shape[-1]))
 
 
 class FakeCache:
@@ -90,6 +98,7 @@ class FakeDenoiser(torch.nn.Module):
         kv_cache: FakeCache | None = None,
         cache_commit: int = 0,
         sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n = tokens.shape
         t = 0 if kv_cache is None else kv_cache.length
@@ -108,9 +117,10 @@ class FakeDenoiser(torch.nn.Module):
         contrib = self.W[key_tok] * (1 + key_pos % 3)[..., None]  # (b, K, V)
         h = torch.einsum("bqk,bkv->bqv", visible.long(), contrib) + self.P[pos]
         self.calls.append({"n": n, "cache": t, "commit": cache_commit})
+        self.calls[-1]["readout"] = None if readout is None else readout.shape[1]
         if kv_cache is not None and cache_commit > 0:
             kv_cache.append(tokens[:, :cache_commit], pos[:, :cache_commit])
-        return (h % 97).float() / self.scale
+        return read_out((h % 97).float() / self.scale, readout)
 
     def probs_at(
         self, tokens: torch.Tensor, visible: torch.Tensor, query: int, sampler: bool = False
@@ -141,6 +151,7 @@ class CopyRightDenoiser(FakeDenoiser):
         kv_cache: FakeCache | None = None,
         cache_commit: int = 0,
         sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n = tokens.shape
         t = 0 if kv_cache is None else kv_cache.length
@@ -160,7 +171,7 @@ class CopyRightDenoiser(FakeDenoiser):
         logits += 30.0 * torch.einsum("bqk,bkv->bqv", right.float(), onehot)
         if kv_cache is not None and cache_commit > 0:
             kv_cache.append(tokens[:, :cache_commit], pos[:, :cache_commit])
-        return logits
+        return read_out(logits, readout)
 
 
 def tiny_denoiser(seq_len: int = 32, vocab_size: int = 40, seed: int = 0) -> torch.nn.Module:

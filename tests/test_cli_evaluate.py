@@ -264,3 +264,43 @@ def test_unfinished_samples(synth_run, tmp_path, capsys):
     recs[1]["tokens"][4] = 65  # [MASK] of the synthetic language
     f = write_jsonl(tmp_path / "masked.jsonl", recs)
     one_line_error(capsys, run_main(["eval", "genppl", str(f)]), "holds [MASK] at position 4")
+
+
+def test_precision_bf16_of_eval_ppl_and_both_judges(synth_run, tmp_path, capsys):
+    """--precision bf16 on CPU: eval ppl and the sbd / transformers judges run in bf16, say
+    so, and land near their fp32 numbers; fp32 (the CPU's auto) records no key."""
+    from sbdcli.data import load_split
+    from sbdcli.evaluate import heldout_perplexity
+
+    data = synth_run / "data"
+    model = tiny_denoiser(vocab=66, length=16, seed=3)
+    run = save_sbd_run(tmp_path / "run1", model, data, block=1)
+    base = ["eval", "ppl", "-m", str(run), "--data", str(data), "--block", "1"]
+    got = {}
+    for name in ("auto", "bf16"):
+        assert run_main([*base, "--precision", name]) == 0
+        got[name] = json.loads(capsys.readouterr().out)
+    assert "precision" not in got["auto"] and got["bf16"]["precision"] == "bf16"
+    fp32, bf16 = got["auto"]["nelbo_per_token"], got["bf16"]["nelbo_per_token"]
+    assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=2e-2)
+    lib = heldout_perplexity(model, load_split(data, "val"), 1, precision="bf16")
+    assert lib.precision == "bf16" and lib.nelbo == pytest.approx(bf16, rel=1e-9)
+    f = write_jsonl(tmp_path / "r.jsonl", synth_records(synth_run))
+    judged = {}
+    for name in ("fp32", "bf16"):
+        argv = ["eval", "genppl", "-i", str(f), "--evaluator", str(run), "--precision", name]
+        assert run_main(argv) == 0
+        judged[name] = json.loads(capsys.readouterr().out)
+    assert "precision" not in judged["fp32"]["evaluator"]
+    assert judged["bf16"]["evaluator"]["precision"] == "bf16"
+    a, b = judged["fp32"]["nll_per_token"], judged["bf16"]["nll_per_token"]
+    assert a != b and b == pytest.approx(a, rel=2e-2)
+    gpt2 = build_tiny_gpt2(tmp_path / "gpt2")
+    recs = [make_record([0, 1, 2], text="the cat sat on the mat", id="a")]
+    g = write_jsonl(tmp_path / "t.jsonl", recs)
+    argv = ["eval", "genppl", "-i", str(g), "--evaluator", str(gpt2), "--precision", "bf16"]
+    assert run_main(argv) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["evaluator"]["precision"] == "bf16" and obj["gen_ppl_corpus"] > 1
+    assert run_main(["eval", "ppl", *base[2:], "--precision", "half"]) == 2
+    assert "--precision must be one of" in capsys.readouterr().err

@@ -320,6 +320,8 @@ def bad_inputs(workdir: Path, rec: dict) -> dict[str, list[str]]:
         "device": ["draft", "--device", "tpu"],
         "stages": ["generate", "--stages", "4,full,full", "--gammas", "0.1,0.2,0.3"],
         "posthoc long": ["remask", "--strategy", "posthoc", "-i", j("long2", long)],
+        "precision draft": ["draft", "--precision", "fp16"],
+        "precision remask": ["remask", "--precision", "half", "-i", j("ok", rec)],
     }
 
 
@@ -421,6 +423,28 @@ def test_approx_cache_with_refresh_one_equals_exact_and_generate_equals_the_pipe
         assert f["nfe"] == e["nfe"] and f["masked"] == e["masked"]
     generated = comparable(list(read_records(p["g"])))
     assert four == generated and generated[0]["stages"][0]["cache"] == "exact"
+
+
+def test_precision_is_recorded_where_the_network_ran_in_bf16(workdir, in_workdir):
+    """--precision bf16 on CPU: draft, model remask and revise entries say bf16; fp32 (the
+    CPU's auto) leaves the key out, so fp32 records are unchanged; snapshot remask runs no
+    network and records nothing."""
+    d, r, v = (workdir / f"prec-{x}.jsonl" for x in "drv")
+    bf16 = ["--precision", "bf16"]
+    assert run_main(["draft", "-n", "2", "--length", "16", *bf16, "-o", str(d)]) == 0
+    posthoc = ["--strategy", "posthoc", *bf16]
+    assert run_main(["remask", *posthoc, "-i", str(d), "-o", str(r)]) == 0
+    assert run_main(["revise", *bf16, "-i", str(r), "-o", str(v)]) == 0
+    for rec in read_records(str(v)):
+        assert [s.get("precision") for s in rec["stages"]] == ["bf16"] * 3
+        assert all(0 < c <= 1 for c in rec["confidence"])
+    g = workdir / "prec-g.jsonl"
+    assert run_main(["generate", "-n", "2", "--length", "16", "-o", str(g)]) == 0
+    assert run_main(["generate", "-n", "2", "--length", "16", *bf16, "-o", str(v)]) == 0
+    for rec in read_records(str(g)):
+        assert all("precision" not in s for s in rec["stages"])
+    for rec in read_records(str(v)):
+        assert [s.get("precision") for s in rec["stages"]] == ["bf16", None, "bf16"]
 
 
 ALIASES = [

@@ -281,3 +281,70 @@ def test_fresh_model_starts_uniform_and_overfits_tiny_batch(one_thread):
     start, end = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert start > 2.5  # ~ log(31) nats per masked token at first
     assert end < 0.35 * start, (start, end)
+
+
+# --------------------------------------------------------------------------- read-out, constants
+@pytest.mark.parametrize("timed", [False, True])
+def test_readout_equals_the_full_logits_at_those_positions(timed):
+    """`readout` (B, k): the last layer and the head run at k positions per row, with a
+    mask, a cache commit and per-token levels; the values equal the full call's."""
+    model = random_model(5, time_conditioning=timed)
+    ids = torch.randint(0, 31, (3, 8), generator=torch.Generator().manual_seed(1))
+    pick = torch.tensor([[5, 7], [4, 4], [6, 0]])  # any order, repeats allowed
+    mask = torch.ones(8, 8, dtype=torch.bool).tril()  # causal: each row its own keys
+    sigma = torch.linspace(0.2, 2.0, 24).view(3, 8)
+    with torch.no_grad():
+        full = model(ids, None, mask, model.new_cache(3, 8), 4, sigma=sigma)
+        cache = model.new_cache(3, 8)
+        part = model(ids, None, mask, cache, 4, sigma=sigma, readout=pick)
+    want = full.gather(1, pick[..., None].expand(-1, -1, full.shape[-1]))
+    assert part.shape == (3, 2, 32)
+    torch.testing.assert_close(part, want, rtol=0, atol=1e-5)
+    assert cache.length == 4  # the commit still stores every layer's keys of 4 inputs
+    with pytest.raises(ValueError, match="exclude each other"):
+        model(ids, readout=pick, n_out=2)
+
+
+def test_readout_computes_the_head_only_at_those_positions():
+    model = random_model(6)
+    rows = []
+    hook = model.output_layer.linear.register_forward_hook(lambda m, i, o: rows.append(i[0].shape))
+    ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model(ids, readout=torch.tensor([[1], [3]]))
+        model(ids)
+    hook.remove()
+    assert rows == [torch.Size([2, 1, 32]), torch.Size([2, 8, 32])]
+
+
+def test_constant_modulations_are_reused_and_follow_weight_updates():
+    model = random_model(7)
+    ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(3))
+    calls = []
+    hook = model.blocks[0].adaLN_modulation.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        first = model(ids)
+        again = model(ids)
+        assert len(calls) == 1  # made once, reused by the second call
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        model.blocks[0].adaLN_modulation.bias.add_(0.5)  # an in-place update (optimizer step)
+        moved = model(ids)
+        assert len(calls) == 2 and max_diff(moved, first) > 1e-3
+    with torch.enable_grad():
+        model(ids)  # with gradients: computed per call (they must flow into the weights)
+        model(ids)
+    assert len(calls) == 4
+    hook.remove()
+    fresh = random_model(7)
+    fresh.blocks[0].adaLN_modulation.bias.data.add_(0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids), moved, rtol=0, atol=1e-6)
+
+
+def test_time_conditioned_models_compute_modulations_per_call():
+    model = random_model(8, time_conditioning=True)
+    ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a = model(ids, sigma=torch.tensor([0.1, 0.1]))
+        b = model(ids, sigma=torch.tensor([3.0, 3.0]))
+    assert max_diff(a, b) > 1e-3

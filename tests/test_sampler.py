@@ -324,7 +324,7 @@ def test_threshold_commits_the_confident_draws_and_the_most_confident():
     cfg = cfg_of(block_size=4, threshold=0.6, top_p=1.0)
     k = torch.tensor([3, 1])
     rule = reveal.rule_for(cfg.reveal)
-    rows, cols, tok, conf, _ = sp._choose(todo, k, logits, cfg, rule, gens(2), mask)
+    rows, cols, tok, conf, _ = sp._choose(todo, sp._Plan(k), logits, cfg, rule, gens(2), mask)
     got = {
         (int(r), int(c)): (int(t), float(p))
         for r, c, t, p in zip(rows, cols, tok, conf, strict=True)
@@ -655,9 +655,9 @@ class SigmaRecorder(torch.nn.Module):
     def new_cache(self, *args):
         return self.inner.new_cache(*args)
 
-    def forward(self, *args, sigma=None):
+    def forward(self, *args, sigma=None, **kw):
         self.sigmas.append(None if sigma is None else sigma.clone())
-        return self.inner(*args, sigma=sigma)
+        return self.inner(*args, sigma=sigma, **kw)
 
 
 def sigma_of(t) -> torch.Tensor:
@@ -872,7 +872,12 @@ def test_fixed_shape_call_samples_the_tokens_of_the_exact_cache(tiny_denoiser_mo
         assert torch.equal(eager.tokens, fixed.tokens) and torch.equal(eager.nfe, fixed.nfe)
         torch.testing.assert_close(eager.confidence, fixed.confidence, rtol=0, atol=1e-5)
     tokens, masked = revise_inputs(model)
-    same(run_revise(model, tokens, masked), run_revise(model, tokens, masked, compile=True))
+    eager, fixed = (
+        run_revise(model, tokens, masked),
+        run_revise(model, tokens, masked, compile=True),
+    )
+    assert torch.equal(eager.tokens, fixed.tokens) and torch.equal(eager.nfe, fixed.nfe)
+    torch.testing.assert_close(eager.confidence, fixed.confidence, rtol=0, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -904,6 +909,62 @@ def test_reference_schedule_caches_a_block_at_its_revealing_step():
         assert float(cached[0]) <= called + 1e-6  # revealed at the call's step or later
         later += float(cached[0]) < called - 1e-6
     assert later > 0  # with p_0 = 1/8 some block is finished at a later step than its call
+
+
+# --------------------------------------------------------------------------- read-out
+@pytest.mark.parametrize(
+    ("kw", "width"),
+    [
+        ({}, {4}),
+        ({"first_hitting": True}, {4}),
+        ({"steps_per_block": 4}, {4, 8}),  # ceil(r / calls left): 4 (or 5 -> 8 with BOS)
+        ({"steps_per_block": 8, "schedule": "reference"}, {4, 8, 12, None}),
+        ({"steps_per_block": 2}, {8}),  # 8 (of 15 or 16) per call, then the rest
+        ({"unmask": "confident"}, {None}),
+        ({"threshold": 0.5}, {None}),
+    ],
+)
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_random_order_calls_read_out_only_the_committed_positions(kw, width, kv_cache):
+    """Random order chooses positions before the call: the network reads out (last layer
+    and head) only there, the most any row commits padded to a multiple of 4 (batch
+    invariance of CPU matmuls), or every position where that is the whole block; confident
+    order and threshold need every position's draw."""
+    model = FakeDenoiser(seq_len=32)
+    out = run_draft(model, [[model.config.bos_id]] * 2, 32, block_size=16, **kw, kv_cache=kv_cache)
+    widths = [c["readout"] for c in model.calls]
+    assert set(widths) <= width, set(widths)
+    assert not (out.tokens == model.config.mask_id).any()
+
+
+def test_block_4_drafts_compute_every_position_as_before():
+    """At block 4 a padded read-out is the whole block: the call is the one of before."""
+    model = FakeDenoiser(seq_len=32)
+    run_draft(model, [[model.config.bos_id]] * 2, 32)
+    assert {c["readout"] for c in model.calls} == {None}
+
+
+def test_approx_revise_reads_out_among_the_queried_positions(tiny_denoiser_model):
+    """The approximate call's read-out indexes its own (gathered) queries: the result equals
+    the approximate call computed in full and read out afterwards."""
+    tokens, masked = revise_inputs(tiny_denoiser_model)
+    fast = run_revise(tiny_denoiser_model, tokens, masked, cache="approx", refresh=3)
+
+    class FullThenTake(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def new_cache(self, *args):
+            return self.inner.new_cache(*args)
+
+        def forward(self, *args, readout=None, **kw):
+            out = self.inner(*args, **kw)
+            return out if readout is None else calls.take(out, readout)
+
+    slow = run_revise(FullThenTake(tiny_denoiser_model), tokens, masked, cache="approx", refresh=3)
+    assert torch.equal(fast.tokens, slow.tokens)
+    torch.testing.assert_close(fast.confidence, slow.confidence, rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- stepping engine

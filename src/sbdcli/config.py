@@ -598,10 +598,14 @@ class SamplerConfig:
     """Softmax temperature (> 0) of the sampled distribution (not of the confidence)."""
     dtype: str = "float64"
     """Precision of probabilities and the Gumbel draw: float64, or float32 (ablation only)."""
+    precision: str = "auto"
+    """Arithmetic of the network calls: `auto` (bf16 autocast on GPUs, fp32 on CPU), `fp32`
+    (TF32 matmuls on GPUs) or `bf16`; the draw and the confidences stay float64."""
 
     def __post_init__(self) -> None:
         check_finite(self)
         _check(
+            (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (self.block_size >= 0, "`block_size` must be >= 1 (or 'full')"),
             (0.0 < self.top_p <= 1.0, f"`top_p` must lie in (0, 1], got {self.top_p}"),
             (self.temperature > 0.0, f"`temperature` must be > 0, got {self.temperature}"),
@@ -819,10 +823,14 @@ class RemaskConfig:
     """Passes k of the masked strategy (k network calls)."""
     seed: int = 0
     """Seed of the random scores and of tie breaking."""
+    precision: str = "auto"
+    """Arithmetic of the model strategies' network calls: `auto` (bf16 autocast on GPUs,
+    fp32 on CPU), `fp32` or `bf16`; the scores stay float64."""
 
     def __post_init__(self) -> None:
         check_finite(self)
         _check(
+            (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (
                 self.strategy in REMASK_STRATEGIES,
                 f"unknown `strategy` {self.strategy!r} ({', '.join(REMASK_STRATEGIES)})",
@@ -899,11 +907,15 @@ class GenPplOptions:
     below this value (default: the redraw threshold their draft recorded, else off)."""
     low_entropy_window: int | None = None
     """Window of `low_entropy` (default: the redraw window their draft recorded, else 256)."""
+    precision: str = "auto"
+    """Arithmetic of a model judge (sbd or transformers): `auto` (bf16 autocast on GPUs,
+    fp32 on CPU), `fp32` or `bf16`; the log-likelihoods come from upcast logits."""
 
     def __post_init__(self) -> None:
         check_finite(self)
         h, w = self.low_entropy, self.low_entropy_window
         _check(
+            (self.precision in PRECISIONS, f"`precision` must be one of {', '.join(PRECISIONS)}"),
             (self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}"),
             (self.stride >= 1, f"`stride` must be >= 1, got {self.stride}"),
             (h is None or (math.isfinite(h) and h >= 0), "`low_entropy` must be >= 0"),

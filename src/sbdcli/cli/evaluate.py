@@ -18,7 +18,7 @@ import typer
 
 from sbdcli import distributed as dist
 from sbdcli.cli._app import app, console, emit, term
-from sbdcli.cli.options import DeviceOpt, config_options
+from sbdcli.cli.options import DeviceOpt, PrecisionOpt, config_options
 from sbdcli.cli.progress import progress_bar
 from sbdcli.cli.tables import fit_columns, metric_table
 from sbdcli.config import GenPplOptions
@@ -36,6 +36,7 @@ GENPPL_FIELDS = (
     "allow_partial",
     "low_entropy",
     "low_entropy_window",
+    "precision",
 )
 """`GenPplOptions` fields `sbd eval genppl` takes as flags (defaults and help from config)."""
 
@@ -291,6 +292,7 @@ def ppl(
     ] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Test perplexity exp(NELBO) on the val split, t in [1e-3, 1] drawn antithetically.
 
@@ -318,7 +320,14 @@ def ppl(
     bar, advance = _progress(reps * rows.shape[0], f"NELBO B={block_size}")
     with bar:
         result = heldout_perplexity(
-            net, rows, block_size, mc=mc, batch_size=batch_size, seed=seed, progress=advance
+            net,
+            rows,
+            block_size,
+            mc=mc,
+            batch_size=batch_size,
+            seed=seed,
+            progress=advance,
+            precision=precision,
         ).to_dict()
     result.update({"model": str(model), "data": str(data_dir), "split": "val", "seed": seed})
     stderr = result["nelbo_stderr"]

@@ -83,6 +83,13 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")
 ]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Network arithmetic: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of this stage's random draws.")]
 BatchOpt = Annotated[
     int, typer.Option("--batch-size", help="Records processed (and written) together.")

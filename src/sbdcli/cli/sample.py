@@ -289,7 +289,7 @@ def _remask_config(values: dict[str, Any], seed: int) -> RemaskConfig:
 @config_options(
     "remask_opts",
     RemaskConfig,
-    ("gamma", "strategy", "scope", "threshold", "passes"),
+    ("gamma", "strategy", "scope", "threshold", "passes", "precision"),
     optional=("gamma",),
     help_suffix=lambda f: (
         f"(default {RemaskConfig.gamma} unless --threshold)" if f == "gamma" else ""
@@ -423,7 +423,7 @@ def generate(
     redraw = RedrawConfig(**(redraw_opts or {}))
     plan = [
         pl.StagePlan(
-            RemaskConfig(gamma=gamma, seed=seed, **(remask_opts or {})),
+            RemaskConfig(gamma=gamma, seed=seed, precision=cfg.precision, **(remask_opts or {})),
             dataclasses.replace(cfg, block_size=blk, reveal=revise_policy),
             seed,
         )

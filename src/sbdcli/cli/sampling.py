@@ -1,12 +1,12 @@
 """The sampling options of `sbd draft`, `revise`, `generate` and `edit`, declared once.
 
 What to sample (`NOpt`, `LengthOpt`, `PromptsOpt`, `PromptOpt`, `EosOpt`: draft and
-generate) and how: `sampler_options` adds --reveal, --cache, --top-p, --temperature and
---sampling-dtype (derived from `SamplerConfig`'s fields) and the hidden flags of 0.2 that
-name a policy or a cache (derived from `LegacySampling`); `sampler_config` turns what a
-command received into its `SamplerConfig` and the note that gives the old flags' new
-spelling, which the command prints with `print_note` once every argument is checked (a
-user error stays one line).
+generate) and how: `sampler_options` adds --reveal, --cache, --top-p, --temperature,
+--sampling-dtype and --precision (derived from `SamplerConfig`'s fields) and the hidden
+flags of 0.2 that name a policy or a cache (derived from `LegacySampling`);
+`sampler_config` turns what a command received into its `SamplerConfig` and the note that
+gives the old flags' new spelling, which the command prints with `print_note` once every
+argument is checked (a user error stays one line).
 
 Not here: what the policies and caches do (config.py, diffusion/), the commands (sample.py).
 """
@@ -55,7 +55,7 @@ EosOpt = Annotated[
 
 
 # --------------------------------------------------------------------------- how to sample
-SAMPLER_FIELDS = ("reveal", "cache", "top_p", "temperature", "dtype")
+SAMPLER_FIELDS = ("reveal", "cache", "top_p", "temperature", "dtype", "precision")
 """`SamplerConfig` fields every sampling command exposes (the block size is per command)."""
 _sampling = config_options(
     "sampling",

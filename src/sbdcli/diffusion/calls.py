@@ -18,7 +18,10 @@ it, for the sampler engine (sampler.py), which never asks how:
   graphs (`check_compile` refuses it elsewhere).
 
 Every window suppresses a BOS distinct from EOS (never sampled), records the noise level
-each block was called at (time-conditioned models) and drops cancelled rows.
+each block was called at (time-conditioned models) and drops cancelled rows. Given
+`readout` (the positions a call will commit, known before it under a random order), the
+eager windows ask the model for those positions' logits only (its last layer and output
+layer run there alone); the captured window computes its fixed shape and picks them.
 
 Not here: which positions a call reveals (reveal.py), the draw and the block loop
 (sampler.py), the attention and cache tensors themselves (model/).
@@ -58,10 +61,17 @@ class Window:
         self.suppress = bos if bos is not None and bos != eos else None
 
     def logits(
-        self, x: torch.Tensor, lo: int, hi: int, sigma: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw logits (n, hi - lo, V) for block [lo, hi) of x (n, T); `sigma` (n,): this call's
-        noise level per sample, for time-conditioned models (None: not passed)."""
+        noise level per sample, for time-conditioned models (None: not passed). `readout`
+        (n, k) block-relative positions: only their logits (n, k, V), in that order (the
+        model's last layer and output layer run only there where it can)."""
         raise NotImplementedError
 
     def record(self, lo: int, hi: int, sigma: torch.Tensor) -> None:
@@ -100,17 +110,24 @@ class RecomputeWindow(Window):
         self.forward = forward  # the captured forward, or None (the model's own)
 
     def logits(
-        self, x: torch.Tensor, lo: int, hi: int, sigma: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         start = max(0, hi - self.max_len)  # sliding window [start, hi)
         kw = {} if sigma is None else {"sigma": sigma}
         idx = torch.arange(start, hi, device=x.device)
         args = (x[:, start:hi], idx - start, self._block_causal(idx))
+        if self.forward is None and readout is not None:
+            return self._finish(self.model(*args, readout=readout + (lo - start), **kw))
         if self.forward is None:
             out = self.model(*args, **kw)
         else:
             out = _replay(self.forward, *args, **kw)
-        return self._finish(out[:, lo - start :])
+        return self._finish(take(out[:, lo - start :], readout))
 
 
 class ExactWindow(Window):
@@ -126,12 +143,23 @@ class ExactWindow(Window):
         self.end = 0  # absolute index after the last cached token
 
     def logits(
-        self, x: torch.Tensor, lo: int, hi: int, sigma: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._cached(x, lo, hi, max(0, hi - self.max_len), sigma)
+        return self._cached(x, lo, hi, max(0, hi - self.max_len), sigma, readout)
 
     def _cached(
-        self, x: torch.Tensor, lo: int, hi: int, start: int, sigma: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        start: int,
+        sigma: torch.Tensor | None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The exact cached call: pending clean blocks and block [lo, hi) in one call."""
         if start != self.start:  # the window slid: rebuild the cache inside this call
@@ -144,9 +172,9 @@ class ExactWindow(Window):
             seen = torch.ones(len(idx), self.cache.length, dtype=torch.bool, device=x.device)
             mask = torch.cat((seen, mask), dim=1)  # (C + N, T_cache + C + N)
         kw = {} if sigma is None else {"sigma": self._levels(x, sigma, lo, hi)}
-        out = self._call(x[:, self.end : hi], idx - start, mask, pending, kw)
+        out = self._call(x[:, self.end : hi], idx - start, mask, pending, kw, readout)
         self.end = lo
-        return self._finish(out[:, pending:])
+        return self._finish(out)
 
     def _call(
         self,
@@ -155,9 +183,15 @@ class ExactWindow(Window):
         mask: torch.Tensor | None,
         pending: int,
         kw: dict[str, Any],
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The model on the cached call's inputs; keeps the first `pending` rows' keys."""
-        return self.model(tokens, pos, mask, self.cache, pending, **kw)
+        """The model on the cached call's inputs; keeps the first `pending` rows' keys.
+        Returns the block's logits (n, N, V), or (n, k, V) at `readout`."""
+        if readout is not None:
+            return self.model(
+                tokens, pos, mask, self.cache, pending, readout=readout + pending, **kw
+            )
+        return self.model(tokens, pos, mask, self.cache, pending, **kw)[:, pending:]
 
     def _levels(self, x: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """Per-token levels (n, hi - end) of a cached call: clean pending blocks at the level of
@@ -183,12 +217,17 @@ class ApproxWindow(ExactWindow):
         self.queries: torch.Tensor | None = None  # the previous call's `prev`
 
     def logits(
-        self, x: torch.Tensor, lo: int, hi: int, sigma: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        sigma: torch.Tensor | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         start = max(0, hi - self.max_len)
         if self._approximate(x, lo, hi, start):
-            return self._partial(x, lo, hi, start, sigma)
-        return self._cached(x, lo, hi, start, sigma)
+            return self._partial(x, lo, hi, start, sigma, readout)
+        return self._cached(x, lo, hi, start, sigma, readout)
 
     def drop(self, row: int) -> None:
         super().drop(row)
@@ -208,11 +247,18 @@ class ApproxWindow(ExactWindow):
         return partial
 
     def _partial(
-        self, x: torch.Tensor, lo: int, hi: int, start: int, sigma: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        lo: int,
+        hi: int,
+        start: int,
+        sigma: torch.Tensor | None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Only the positions masked at the previous call (still masked, or just committed)
         are run; they overwrite their stored keys/values and attend to all stored ones
-        (every other position keeps the keys/values of an earlier call)."""
+        (every other position keeps the keys/values of an earlier call). `readout`: as in
+        `logits` (still masked, so among the queried positions)."""
         prev = self.queries  # (n, N) bool
         assert prev is not None
         n, width = prev.shape
@@ -226,7 +272,13 @@ class ApproxWindow(ExactWindow):
             self._levels(x, sigma, lo, hi)  # records the block's level for later calls
             kw["sigma"] = sigma
         view = self.cache.scattering(slots, hi - start)
-        out = self.model(x[:, lo:hi].gather(1, order), order + (lo - start), None, view, 0, **kw)
+        args = (x[:, lo:hi].gather(1, order), order + (lo - start), None, view, 0)
+        if readout is not None:  # where each read-out position stands among the queries
+            rank = torch.zeros_like(prev, dtype=torch.long).scatter_(
+                1, order, torch.arange(count, device=order.device).expand(n, -1)
+            )
+            return self._finish(self.model(*args, readout=rank.gather(1, readout), **kw))
+        out = self.model(*args, **kw)
         full = out.new_zeros(n, width, out.shape[-1])
         full.scatter_(1, order[..., None].expand_as(out), out)  # padding lands on unused rows
         return self._finish(full)
@@ -248,9 +300,11 @@ class CapturedWindow(ExactWindow):
         mask: torch.Tensor | None,
         pending: int,
         kw: dict[str, Any],
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The whole slab with its invalid slots masked, through `self.step` (the model's
-        `fixed_step`, captured by torch.compile); the new keys/values are written back."""
+        `fixed_step`, captured by torch.compile); the new keys/values are written back.
+        Every position is computed (one captured shape); `readout` picks afterwards."""
         cache, width = self.cache, tokens.shape[1]
         device = tokens.device
         inner = torch.ones(width, width, dtype=torch.bool, device=device)
@@ -261,7 +315,14 @@ class CapturedWindow(ExactWindow):
         out, k_new, v_new = _replay(self.step, tokens, pos, full, cache.k, cache.v, **kw)
         cache.put(cache.length, k_new, v_new)
         cache.advance(pending)
+        return take(out[:, pending:], readout)
+
+
+def take(out: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor:
+    """The `readout` (n, k) positions of block logits (n, N, V), or all of them."""
+    if readout is None:
         return out
+    return out.gather(1, readout[..., None].expand(-1, -1, out.shape[-1]))
 
 
 def make_window(cache: CacheKind, model: Any, n: int, length: int, block: int) -> Window:

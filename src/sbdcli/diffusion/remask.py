@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from sbdcli.config import REMASK_STRATEGIES
+from sbdcli.diffusion.precision import for_calls, network
 from sbdcli.errors import UserError
 
 __all__ = [
@@ -63,21 +64,23 @@ def _check_length(model: Any, length: int, strategy: str) -> None:
 
 
 @torch.inference_mode()
-def posthoc_scores(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+def posthoc_scores(model: Any, tokens: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Post-hoc confidence: p(x_i | x) from one bidirectional pass (block = L); (n, T) float64.
 
-    The model sees the token itself and a context written to agree with it.
+    The model sees the token itself and a context written to agree with it. `precision`:
+    the network call's arithmetic (diffusion/precision.py); the probabilities are float64.
     """
     length = tokens.shape[1]
     _check_length(model, length, "post-hoc")
     positions = torch.arange(length, device=tokens.device)
-    logits = model(tokens, positions, None)  # (n, T, V)
+    with network(precision, tokens.device):
+        logits = for_calls(model, precision, tokens.device)(tokens, positions, None)  # (n, T, V)
     return token_probs(logits, tokens, model.config.mask_id).cpu()
 
 
 @torch.inference_mode()
 def masked_scores(
-    model: Any, tokens: torch.Tensor, eligible: torch.Tensor, passes: int
+    model: Any, tokens: torch.Tensor, eligible: torch.Tensor, passes: int, precision: str = "fp32"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-pass masked confidence: pass j masks eligible i with i mod k = j, scores p(x_i) there.
 
@@ -93,12 +96,15 @@ def masked_scores(
     eligible = eligible.to(tokens.device)
     scores = torch.ones(n, length, dtype=torch.float64)
     calls = torch.zeros(n, dtype=torch.long)
+    net = for_calls(model, precision, tokens.device)
     for j in range(passes):
         sel = eligible & (idx % passes == j)[None, :]  # (n, T)
         if not bool(sel.any()):
             continue
         x = tokens.masked_fill(sel, mask_id)
-        probs = token_probs(model(x, idx, None), tokens, mask_id).cpu()  # (n, T)
+        with network(precision, tokens.device):
+            logits = net(x, idx, None)
+        probs = token_probs(logits, tokens, mask_id).cpu()  # (n, T)
         sel = sel.cpu()
         scores[sel] = probs[sel]
         calls += sel.any(dim=1).long()

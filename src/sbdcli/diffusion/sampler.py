@@ -66,6 +66,7 @@ from typing import Any
 import torch
 
 from sbdcli.config import SamplerConfig
+from sbdcli.diffusion import precision
 from sbdcli.diffusion.calls import check_compile, make_window, model_device
 from sbdcli.diffusion.reveal import FixedStepsRule, reference_reveal_probs, rule_for
 from sbdcli.diffusion.schedule import LogLinearSchedule
@@ -201,9 +202,63 @@ def _uniforms(gens: Sequence[Any], counts: list[int], cols: int, dtype: Any, dev
     return torch.cat(parts)
 
 
+READOUT_QUANTUM = 4
+"""Read-out widths are padded to a multiple of this. A CPU matmul gives a row the same
+result in any batch only when the row count is a multiple of 4 (measured with MKL: 1, 2 or
+3 rows round differently), so a padded width keeps a row's result independent of how many
+rows share its batch, as the full block (4 or 8 inputs per row) always did."""
+
+
+@dataclass
+class _Plan:
+    """What one call commits, as far as it is known before the call: tokens per sample k
+    (n,), and under a random order (chosen independently of the logits) the positions
+    (rows, cols) and `readout` (n, width) block-relative columns to compute (max k padded
+    to a multiple of `READOUT_QUANTUM`; None where that is the whole block)."""
+
+    k: torch.Tensor
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    readout: torch.Tensor | None = None
+    slots: torch.Tensor | None = None  # column of each (row, col) in `readout`
+
+
+def _plan(
+    todo: torch.Tensor,
+    clock: tuple[torch.Tensor, torch.Tensor],
+    rule: FixedStepsRule,
+    gens: Sequence[Any],
+) -> _Plan:
+    """The call's tokens per sample (`rule.count`) and, under a random order, its positions.
+
+    todo (n, N) bool: the block's masked positions; clock = (calls, steps): each sample's
+    calls and reference-schedule steps in this block. random: sample i draws N uniform keys
+    and reveals its k_i masked positions with the smallest keys, so the logits are needed
+    only there. Otherwise the positions are chosen from the draws, after the call.
+    """
+    n, block = todo.shape
+    k = rule.count(todo.sum(dim=1).cpu(), clock, block, gens)  # (n,)
+    if not rule.random_order:
+        return _Plan(k)
+    device = todo.device
+    counts = k.to(device)
+    keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
+    full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
+    full[counts > 0] = keys.view(-1, block)
+    rank = full.masked_fill(~todo, 3.0).argsort(dim=1).argsort(dim=1)
+    rows, cols = (todo & (rank < counts[:, None])).nonzero(as_tuple=True)
+    width = -(-max(1, int(k.max())) // READOUT_QUANTUM) * READOUT_QUANTUM
+    if width >= block:  # nothing to save: every position, as without a plan
+        return _Plan(k, rows, cols, None, cols)
+    slots = torch.arange(len(rows), device=device) - (counts.cumsum(0) - counts)[rows]
+    readout = torch.zeros(n, width, dtype=torch.long, device=device)
+    readout[rows, slots] = cols
+    return _Plan(k, rows, cols, readout, slots)
+
+
 def _choose(
     todo: torch.Tensor,
-    k: torch.Tensor,
+    plan: _Plan,
     logits: torch.Tensor,
     cfg: SamplerConfig,
     rule: FixedStepsRule,
@@ -212,53 +267,47 @@ def _choose(
 ) -> tuple[torch.Tensor, ...]:
     """Positions to reveal in a block and their draws: (rows, cols, token, conf, conf_n).
 
-    todo (n, N) bool, k (n,) tokens per sample, logits (n, N, V). random: sample i draws N
-    uniform keys and reveals its k_i masked positions with the smallest keys, then draws
-    Gumbel noise for them only (`rule.random_order`). Otherwise it draws for every masked
-    position and `rule.keep` chooses among the draws by their rank (0 = the most probable;
-    ties: leftmost): the k_i best (confident), or those above a threshold and the best.
+    todo (n, N) bool. random order: the plan's positions, `logits` (n, max k, V) read out
+    there, Gumbel noise drawn for them only. Otherwise `logits` is (n, N, V): a draw for
+    every masked position, and `rule.keep` chooses among the draws by their rank (0 = the
+    most probable; ties: leftmost): the k_i best (confident), or those above a threshold
+    and the best.
     """
-    n, block, vocab = logits.shape
-    dtype, device = DTYPES[cfg.dtype], logits.device
-    kk = k.to(device)
-    if rule.random_order:
-        keys = _uniforms(gens, [block if int(c) else 0 for c in k], 1, torch.float64, device)
-        full = torch.full((n, block), 2.0, dtype=torch.float64, device=device)
-        full[k.to(device) > 0] = keys.view(-1, block)
-        rank = full.masked_fill(~todo, 3.0).argsort(dim=1).argsort(dim=1)
-        rows, cols = (todo & (rank < kk[:, None])).nonzero(as_tuple=True)
+    n, block = todo.shape
+    vocab, device = logits.shape[-1], logits.device
+    dtype, k = DTYPES[cfg.dtype], plan.k
+    if plan.rows is not None and plan.cols is not None:
         u = _uniforms(gens, k.tolist(), vocab, dtype, device)
-        return rows, cols, *gumbel_max(logits[rows, cols], u, cfg, mask_id)
+        draws = gumbel_max(logits[plan.rows, plan.slots], u, cfg, mask_id)
+        return plan.rows, plan.cols, *draws
     rows, cols = todo.nonzero(as_tuple=True)
     u = _uniforms(gens, todo.sum(dim=1).tolist(), vocab, dtype, device)
     tok, conf, conf_n = gumbel_max(logits[rows, cols], u, cfg, mask_id)
     score = torch.full((n, block), -1.0, dtype=torch.float64, device=device)
     score[rows, cols] = conf
     rank = (-score).argsort(dim=1, stable=True).argsort(dim=1)
-    keep = rule.keep(conf, rank[rows, cols], kk[rows])
+    keep = rule.keep(conf, rank[rows, cols], k.to(device)[rows])
     return rows[keep], cols[keep], tok[keep], conf[keep], conf_n[keep]
 
 
 def _reveal(
     state: _State,
     logits: torch.Tensor,
-    lo: int,
-    clock: tuple[torch.Tensor, torch.Tensor],
+    window: tuple[int, int],
+    plan: _Plan,
     cfg: SamplerConfig,
     rule: FixedStepsRule,
     gens: Sequence[Any],
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """One call's commits in block [lo, lo + N) for every sample.
+    """One call's commits in the block window = [lo, hi) for every sample, as `plan` says.
 
-    clock = (calls, steps): each sample's calls and reference-schedule steps in this block.
     Returns active (n,) bool and the commits (rows, positions, tokens, confidences), sorted
     by row, then position.
     """
-    todo = state.todo[:, lo : lo + logits.shape[1]]  # (n, N)
-    remaining = todo.sum(dim=1).cpu()
-    k = rule.count(remaining, clock, logits.shape[1], gens)  # (n,)
-    active = k > 0
-    rows, cols, tok, conf, conf_n = _choose(todo, k, logits, cfg, rule, gens, state.mask_id)
+    lo, hi = window
+    active = plan.k > 0
+    todo = state.todo[:, lo:hi]
+    rows, cols, tok, conf, conf_n = _choose(todo, plan, logits, cfg, rule, gens, state.mask_id)
     state.nfe += active.long()
     pos = lo + cols
     state.x[rows, pos] = tok
@@ -355,7 +404,11 @@ class FillEngine:
         offset = step_offset if step_offset is not None else torch.zeros(n, dtype=torch.long)
         self.state = _State(x, todo.clone(), offset, model.config.mask_id)
         self.cancelled = torch.zeros(n, dtype=torch.bool)
-        self.window = make_window(cfg.cache, model, n, length, self.block)
+        net = precision.for_calls(model, cfg.precision, tokens.device)  # bf16: bf16 weights
+        self.window = make_window(cfg.cache, net, n, length, self.block)
+        cache = getattr(self.window, "cache", None)
+        if cache is not None and precision.resolve(cfg.precision, tokens.device) == "bf16":
+            cache.to_dtype(torch.bfloat16)  # what bf16 calls make: no cast per call
         self.result: FillResult | None = None
         self._events = self._run()
 
@@ -417,13 +470,20 @@ class FillEngine:
                 left = state.todo[:, lo:hi].sum(dim=1).cpu()
                 level = self.rule.level(level, left, (calls, steps), hi - lo, gens)
                 sigma = LogLinearSchedule().sigma(level.float()).to(state.x.device)
-            logits = self.window.logits(state.x, lo, hi, sigma)  # (n, hi - lo, V)
-            active, commits = _reveal(state, logits, lo, (calls, steps), cfg, self.rule, gens)
+            plan = _plan(state.todo[:, lo:hi], (calls, steps), self.rule, gens)
+            logits = self._call(lo, hi, sigma, plan)
+            active, commits = _reveal(state, logits, (lo, hi), plan, cfg, self.rule, gens)
             calls += active.long()
             if timed and self.rule.settles:  # cached at the step that revealed (reference)
                 level = self.rule.settle(level, steps, active, hi - lo)
                 self.window.record(lo, hi, LogLinearSchedule().sigma(level.float()))
             yield commits
+
+    def _call(self, lo: int, hi: int, sigma: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
+        """The network call of block [lo, hi) at the configured precision: logits (n, k, V)
+        at the plan's read-out positions, or (n, hi - lo, V) where it has none."""
+        with precision.network(self.cfg.precision, self.state.x.device):
+            return self.window.logits(self.state.x, lo, hi, sigma, plan.readout)
 
 
 def fill_masked(

@@ -71,11 +71,17 @@ def _core(w: Window, length: int, device: Any) -> torch.Tensor:
 
 
 def scores(
-    model: Any, tokens: torch.Tensor, eligible: torch.Tensor, strategy: str, passes: int
+    model: Any,
+    tokens: torch.Tensor,
+    eligible: torch.Tensor,
+    strategy: str,
+    passes: int,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Post-hoc or masked scores (n, T) float64 and calls (n,) of sequences of any length T.
 
     Positions that are not eligible score 1.0 under `masked` (as `remask.masked_scores`).
+    `precision`: the network calls' arithmetic (diffusion/precision.py).
     """
     n, length = tokens.shape
     out = torch.ones(n, length, dtype=torch.float64)
@@ -84,10 +90,10 @@ def scores(
         core = _core(w, length, "cpu")[w.start : w.start + w.size]
         x = tokens[:, w.start : w.start + w.size]
         if strategy == "posthoc":
-            s, c = rm.posthoc_scores(model, x), torch.ones(n, dtype=torch.long)
+            s, c = rm.posthoc_scores(model, x, precision), torch.ones(n, dtype=torch.long)
         else:
             elig = eligible[:, w.start : w.start + w.size].cpu() & core[None, :]
-            s, c = rm.masked_scores(model, x, elig, passes)
+            s, c = rm.masked_scores(model, x, elig, passes, precision)
         out[:, w.core_lo : w.core_hi] = s[:, core]
         calls += c
     return out, calls

@@ -127,7 +127,7 @@ def make_judge(opts: GenPplOptions, records: Sequence[dict[str, Any]], info: Voc
         raise UserError(f"`evaluator` {spec}: not 'oracle' and no such file or directory")
     if _is_sbd_model(path):
         run = path if path.is_dir() else path.parent
-        return SbdJudge.load(run, opts.device, opts.batch_size, opts.eos)
+        return SbdJudge.load(run, opts.device, opts.batch_size, opts.eos, opts.precision)
     return HFJudge(
         path,
         device=opts.device,
@@ -137,6 +137,7 @@ def make_judge(opts: GenPplOptions, records: Sequence[dict[str, Any]], info: Voc
         codec=_records_codec(records, opts.data_dir),
         special_ids=info.special,
         eos=opts.eos,
+        precision=opts.precision,
     )
 
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from sbdcli.config import GenPplOptions
+from sbdcli.diffusion.precision import network
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo
 
@@ -146,8 +148,10 @@ class HFJudge:
         codec: Any = None,
         special_ids: Sequence[int] = (),
         eos: str = "skip",
+        precision: str = "fp32",
     ) -> None:
         self.path, self.device, self.batch_size = Path(path), device, max(1, batch_size)
+        self.precision = resolve_precision(precision, device)
         self.model, self.tokenizer = load_causal_lm(path, device)
         self.context = context or model_context(self.model, self.tokenizer)
         self.stride = stride if stride < self.context else max(1, self.context // 2)
@@ -168,6 +172,7 @@ class HFJudge:
             "context": self.context,
             "stride": self.stride,
             "dtype": "float32",
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
             "bos_prepended": self.bos_id,
             "text_from": "tokens decoded with the run's codec" if self.codec else "record text",
         }
@@ -300,7 +305,19 @@ class HFJudge:
         """-log p(tgt_m | window prefix) for M selected positions: float32 (M,) on device.
 
         ids (B, T) right-padded with attention mask attn (B, T), or None when unpadded.
+        The network runs at the judge's precision; the cross entropy is float32.
         """
+        with network(self.precision, ids.device):
+            return self._nll_at_precision(ids, attn, rows, src, tgt)
+
+    def _nll_at_precision(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor | None,
+        rows: torch.Tensor,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+    ) -> torch.Tensor:
         if self.head is not None:
             h = self.base(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
             sel = h[rows, src]  # (M, d)
@@ -313,7 +330,8 @@ class HFJudge:
         out = []
         for s in range(0, sel.shape[0], step):
             lg = head(sel[s : s + step]).float()  # (m, V)
-            out.append(F.cross_entropy(lg, tgt[s : s + step], reduction="none"))
+            with torch.autocast(ids.device.type, enabled=False):
+                out.append(F.cross_entropy(lg, tgt[s : s + step], reduction="none"))
         return torch.cat(out)
 
     @torch.inference_mode()

@@ -27,6 +27,8 @@ from sbdcli.artifacts.rundir import RunDir
 from sbdcli.config import GenPplOptions
 from sbdcli.data.synthetic import load_oracle
 from sbdcli.diffusion.loss import subs_log_probs
+from sbdcli.diffusion.precision import for_calls, network
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Advance, Scores, VocabInfo, scored_mask
 from sbdcli.model import load_model
@@ -183,10 +185,12 @@ class SbdJudge:
         blocks: list[int] | None = None,
         batch_size: int = 8,
         eos: str = "skip",
+        precision: str = "fp32",
     ) -> None:
         self.model, self.info, self.run, self.blocks = model, info, run, blocks
         self.config = model.config  # type: ignore[attr-defined]
         self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size, self.eos = batch_size, eos
         self.notes: list[str] = []
         if self.blocks != [1]:
@@ -194,7 +198,12 @@ class SbdJudge:
 
     @classmethod
     def load(
-        cls, run: Path, device: str = "cpu", batch_size: int = 8, eos: str = "skip"
+        cls,
+        run: Path,
+        device: str = "cpu",
+        batch_size: int = 8,
+        eos: str = "skip",
+        precision: str = "fp32",
     ) -> SbdJudge:
         """The judge of an sbd run directory (or BD3-LM/MDLM checkpoint directory)."""
         model = load_model(str(run), device=device)
@@ -207,10 +216,14 @@ class SbdJudge:
             else VocabInfo(cfg.bos_id, cfg.eos_id, cfg.mask_id, cfg.vocab_size)
         )
         blocks = rundir.trained_block_sizes()
-        return cls(model, info, run=run, blocks=blocks, batch_size=batch_size, eos=eos)
+        kw = {"batch_size": batch_size, "eos": eos, "precision": precision}
+        return cls(model, info, run=run, blocks=blocks, **kw)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "sbd-block1", "path": str(self.run), "trained_blocks": self.blocks}
+        out = {"kind": "sbd-block1", "path": str(self.run), "trained_blocks": self.blocks}
+        if self.precision != "fp32":  # absent: fp32
+            out["precision"] = self.precision
+        return out
 
     def _block_note(self) -> str:
         what = "unknown block sizes" if self.blocks is None else f"block sizes {self.blocks}"
@@ -249,7 +262,9 @@ class SbdJudge:
         """log p(x0_i | x0_<i) for every position i >= 1: (B, L) float32 (position 0 = 0)."""
         x_t = torch.full_like(x0, self.config.mask_id)
         x_t[:, 0] = x0[:, 0]
-        logits = self.model.train_logits(x_t, x0, 1)  # (B, L, V)
+        net = for_calls(self.model, self.precision, self.device)
+        with network(self.precision, self.device):
+            logits = net.train_logits(x_t, x0, 1)  # (B, L, V)
         logp = subs_log_probs(logits, x_t, self.config.mask_id)
         out = logp.gather(-1, x0[..., None])[..., 0]  # (B, L)
         out[:, 0] = 0.0

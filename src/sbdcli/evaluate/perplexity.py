@@ -20,6 +20,8 @@ import torch
 from sbdcli.artifacts import read_json
 from sbdcli.artifacts.rundir import RunDir
 from sbdcli.diffusion.loss import block_nelbo
+from sbdcli.diffusion.precision import for_calls, network
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.evaluate.metrics import Advance, VocabInfo, finite
 
@@ -35,9 +37,11 @@ class PplResult:
     tokens: int
     rows: int
     exact: bool
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         lo, hi = self.nelbo - 2 * self.stderr, self.nelbo + 2 * self.stderr
+        extra = {} if self.precision == "fp32" else {"precision": self.precision}
         return finite(
             {
                 "nelbo_per_token": self.nelbo,
@@ -50,6 +54,7 @@ class PplResult:
                 "tokens": self.tokens,
                 "rows": self.rows,
                 "exact": self.exact,
+                **extra,
             }
         )
 
@@ -67,6 +72,7 @@ def heldout_perplexity(
     t: torch.Tensor | None = None,
     x_t: torch.Tensor | None = None,
     progress: Advance = None,
+    precision: str = "fp32",
 ) -> PplResult:
     """exp(NELBO) of `rows` (N, L) under the block NELBO (docs/evaluation.md).
 
@@ -76,11 +82,14 @@ def heldout_perplexity(
     t in [eps_min, eps_max] per (row, block) from seed + rep; stderr = std / sqrt(mc).
     Block size 1 is evaluated exactly: t = 1 masks every token (weight 1) → the AR NLL.
     `t` ((N, n_blocks) or (N, L)) and `x_t` (N, L) fix the noise instead (one repetition),
-    e.g. to reproduce a reference implementation's numbers.
+    e.g. to reproduce a reference implementation's numbers. `precision`: the network's
+    arithmetic (diffusion/precision.py; the NELBO is summed in float64).
     """
     exact = block_size == 1 and t is None and x_t is None
     reps = 1 if exact or t is not None or x_t is not None else mc
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    net = for_calls(model, precision, device)
     values = []
     for rep in range(reps):
         gen = torch.Generator(device=device).manual_seed(seed + rep)
@@ -94,9 +103,9 @@ def heldout_perplexity(
                 tb = torch.ones(x0.shape[0], x0.shape[1], device=device)
                 xb = torch.full_like(x0, model.config.mask_id)  # type: ignore[attr-defined]
                 xb[:, 0] = x0[:, 0]
-            with torch.inference_mode():
+            with torch.inference_mode(), network(precision, device):
                 out = block_nelbo(
-                    model, x0, block_size, generator=gen, eps_min=eps_min, eps_max=eps_max,
+                    net, x0, block_size, generator=gen, eps_min=eps_min, eps_max=eps_max,
                     t=tb, x_t=xb,
                 )  # fmt: skip
             total += float(out.token_nelbo[:, 1:].double().sum())
@@ -108,7 +117,8 @@ def heldout_perplexity(
     stderr = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
     if reps == 1 and not exact:
         stderr = float("nan")
-    return PplResult(float(arr.mean()), stderr, values, block_size, count, rows.shape[0], exact)
+    n = rows.shape[0]
+    return PplResult(float(arr.mean()), stderr, values, block_size, count, n, exact, precision)
 
 
 def _tokenizer_sha(manifest: Path) -> str | None:

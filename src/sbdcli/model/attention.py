@@ -191,6 +191,43 @@ def attend(
     return _compiled_flex()(q, k, v, block_mask=mask)
 
 
+Query = int | torch.Tensor | None
+"""Which inputs of a call are read out: all (None), the first n, or (B, k) indices."""
+
+
+def take(t: torch.Tensor, query: Query, dim: int) -> torch.Tensor:
+    """The `query` entries of t along `dim` (1: (B, N, ...); 2: (B, H, N, ...)).
+
+    A broadcast dim of size 1 (per-sample modulations) stays as it is; t's batch dim may be
+    1 while the indices have B rows.
+    """
+    if query is None or t.shape[dim] == 1:
+        return t
+    if isinstance(query, int):
+        return t.narrow(dim, 0, query)
+    idx = query.view(
+        query.shape[0], *([1] * (dim - 1)), query.shape[1], *([1] * (t.dim() - dim - 1))
+    )
+    shape = list(t.shape)
+    shape[0], shape[dim] = query.shape[0], query.shape[1]
+    return t.expand(query.shape[0], *t.shape[1:]).gather(dim, idx.expand(shape))
+
+
+def readout_mask(mask: Any, query: Query) -> Any:
+    """The rows of an attention mask that the `query` inputs use (None stays None)."""
+    if mask is None or query is None:
+        return mask
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError("reading out some positions needs a boolean tensor mask (or None)")
+    if isinstance(query, int):
+        return mask[..., :query, :] if mask.dim() >= 2 and mask.shape[-2] > 1 else mask
+    if mask.dim() == 2:  # (N, S) -> (B, 1, k, S)
+        return mask[query][:, None]
+    if mask.dim() == 4 and mask.shape[-2] > 1:  # (B or 1, H or 1, N, S) -> (B, H or 1, k, S)
+        return take(mask.transpose(1, 2), query, 1).transpose(1, 2)
+    return mask
+
+
 # --------------------------------------------------------------------------- KV cache
 class KVCache:
     """Preallocated keys/values of committed tokens, one slab per layer.
@@ -220,6 +257,13 @@ class KVCache:
 
     def __len__(self) -> int:
         return self.length
+
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        """Store keys/values in `dtype` from now on (e.g. bf16 for bf16 calls); empty only."""
+        if self.length:
+            raise ValueError("only an empty KV cache changes its dtype")
+        self.k = torch.zeros_like(self.k, dtype=dtype)
+        self.v = torch.zeros_like(self.v, dtype=dtype)
 
     def keys_values(
         self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor

@@ -31,11 +31,14 @@ from sbdcli.config import ModelConfig
 from sbdcli.model.attention import (
     HalvesMask,
     KVCache,
+    Query,
     StackView,
     attend,
     block_causal_mask,
     flex_available,
     flex_block_mask,
+    readout_mask,
+    take,
 )
 
 __all__ = ["Denoiser"]
@@ -150,6 +153,10 @@ class DiTBlock(nn.Module):
         q, k, v = self.attn_qkv(h).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return [apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v]
 
+    def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """shift1, scale1, gate1, shift2, scale2, gate2, each (B or 1, 1 or N, D), from c."""
+        return tuple(self.adaLN_modulation(c).chunk(6, dim=2))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -159,16 +166,23 @@ class DiTBlock(nn.Module):
         mask: Any,
         cache: KVCache | None = None,
         layer: int = 0,
-        n_query: int | None = None,
+        query: Query = None,
+        mods: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, N, D) -> (x' (B, n_query or N, D), k (B,H,N,Dh), v (B,H,N,Dh))."""
-        mods = self.adaLN_modulation(c).chunk(6, dim=2)  # 6 x (B or 1, 1 or N, D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        """x (B, N, D) -> (x' (B, Nq, D), k (B,H,N,Dh), v (B,H,N,Dh)).
+
+        `query`: which inputs go on past attention (their keys/values are still made for
+        all): None (all), an int n (the first n), or (B, k) indices (Nq = n or k).
+        `mods`: `modulations(c)` computed beforehand (c is then unused).
+        """
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulations(c) if mods is None else mods
         q, k, v = self.qkv(modulate(self.norm1(x), shift1, scale1), cos, sin)
         k_all, v_all = (k, v) if cache is None else cache.keys_values(layer, k, v)
-        if n_query is not None:
-            q, x = q[:, :, :n_query], x[:, :n_query]
-            gate1, shift2, scale2, gate2 = (m[:, :n_query] for m in (gate1, shift2, scale2, gate2))
+        if query is not None:
+            q, x = take(q, query, 2), take(x, query, 1)
+            gate1, shift2, scale2, gate2 = (
+                take(m, query, 1) for m in (gate1, shift2, scale2, gate2)
+            )
         o = attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)  # (B, H, n, Dh)
         o = o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         p, train = self.dropout, self.training
@@ -187,8 +201,14 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(config.d_model, config.vocab_size)
         self.adaLN_modulation = nn.Linear(config.cond_dim, 2 * config.d_model)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=2)  # (B or 1, 1 or N, D)
+    def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """shift, scale (B or 1, 1 or N, D) from c."""
+        return tuple(self.adaLN_modulation(c).chunk(2, dim=2))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, mods: tuple[torch.Tensor, ...] | None = None
+    ) -> torch.Tensor:
+        shift, scale = self.modulations(c) if mods is None else mods
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -206,6 +226,8 @@ class Denoiser(nn.Module):
         self.attn_backend = "auto"
         self.sampling_eps: tuple[float, float] = (1e-3, 1.0)
         self.checkpoint_header: dict[str, Any] = {}  # set by checkpoint.load_model
+        self._constant_key: Any = None  # see constant_modulations
+        self._constant_mods: list[tuple[torch.Tensor, ...]] = []
         self.vocab_embed = EmbeddingLayer(config.d_model, config.vocab_size)
         self.sigma_map = TimestepEmbedder(config.cond_dim, config.freq_dim)
         self.rotary_emb = Rotary(config.head_dim, config.rope_base)
@@ -242,6 +264,34 @@ class Denoiser(nn.Module):
         c = F.silu(self.sigma_map(grid.reshape(-1)))
         return c.view(grid.shape[0], grid.shape[1], -1)
 
+    def constant_modulations(self, device: torch.device) -> list[tuple[torch.Tensor, ...]] | None:
+        """Every block's and the head's adaLN modulations of a model that is not
+        time-conditioned (c is then a learned constant), made once and reused by calls
+        without gradients; None where they must be computed per call (gradients on, time
+        conditioning, inside torch.compile, which captures them in its graph). Remade when
+        the weights change (in-place updates bump their version), the device or the
+        autocast dtype changes."""
+        if self.config.time_conditioning or torch.is_grad_enabled():
+            return None
+        if torch.compiler.is_compiling():
+            return None
+        mods = [*self.blocks, self.output_layer]
+        if not all(isinstance(m, (DiTBlock, FinalLayer)) for m in mods):
+            return None  # wrapped for sharding: its weights exist inside its forward only
+        params = [p for m in mods for p in m.adaLN_modulation.parameters()]
+        params += list(self.sigma_map.parameters())
+        try:  # in-place updates bump a version; swapped-in tensors change the pointer
+            versions = tuple((p._version, p.data_ptr()) for p in params)
+        except RuntimeError:  # parameters made under inference_mode have no version counter
+            return None
+        autocast = torch.is_autocast_enabled(device.type)
+        key = (device, torch.get_autocast_dtype(device.type) if autocast else None, versions)
+        if self._constant_key != key:
+            c = self.conditioning(None, device)
+            self._constant_mods = [m.modulations(c) for m in mods]
+            self._constant_key = key
+        return self._constant_mods
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -251,24 +301,26 @@ class Denoiser(nn.Module):
         cache_commit: int = 0,
         sigma: torch.Tensor | None = None,
         n_out: int | None = None,
+        readout: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw logits (B, n_out or N, V) float32 for tokens (B, N) long.
+        """Raw logits (B, n_out or k or N, V) float32 for tokens (B, N) long.
 
         positions: (N,) or (B, N); default T..T+N-1 with T the cache length.
         attn_mask: bool broadcastable to (B, H, N, T+N) (True = may attend), a FlexAttention
         BlockMask, or None (all visible). With `kv_cache` the inputs attend to the T cached
         positions followed by themselves, and afterwards the keys/values of the first
         `cache_commit` inputs are appended to the cache. `n_out`: only the first n_out
-        positions are read out (the last layer skips the other queries). sigma: the noise
-        level per sample (B,) or per input token (B, N) (ignored without time conditioning).
+        positions are read out (the last layer skips the other queries); `readout` (B, k)
+        long: only these input positions of each row are read out, in this order (the
+        last layer and the output layer run on k positions per row; exclusive with n_out).
+        sigma: the noise level per sample (B,) or per input token (B, N) (ignored without
+        time conditioning).
         """
-        last = attn_mask
-        if n_out is not None and attn_mask is not None:
-            if not isinstance(attn_mask, torch.Tensor):
-                raise ValueError("n_out needs a boolean tensor mask (or None)")
-            if attn_mask.dim() >= 2 and attn_mask.shape[-2] > 1:
-                last = attn_mask[..., :n_out, :]
-        return self._run(tokens, positions, attn_mask, last, kv_cache, cache_commit, sigma, n_out)
+        if n_out is not None and readout is not None:
+            raise ValueError("n_out and readout exclude each other")
+        query: Query = n_out if readout is None else readout
+        last = readout_mask(attn_mask, query)
+        return self._run(tokens, positions, attn_mask, last, kv_cache, cache_commit, sigma, query)
 
     def _run(
         self,
@@ -279,27 +331,29 @@ class Denoiser(nn.Module):
         cache: KVCache | None,
         commit: int,
         sigma: torch.Tensor | None,
-        n_out: int | None,
+        query: Query,
     ) -> torch.Tensor:
         start = 0 if cache is None else cache.length
         if positions is None:
             positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         cos, sin = self.rotary_emb(positions)
-        c = self.conditioning(sigma, tokens.device)
+        constant = self.constant_modulations(tokens.device)
+        c = self.conditioning(sigma, tokens.device) if constant is None else None
         x = self.vocab_embed(tokens)  # (B, N, D)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             is_last = i == len(self.blocks) - 1
-            m, nq = (last_mask, n_out) if is_last else (mask, None)
-            x, k, v = block(x, c, cos, sin, m, cache, i, nq)
+            m, nq = (last_mask, query) if is_last else (mask, None)
+            mods = None if constant is None else constant[i]
+            x, k, v = block(x, c, cos, sin, m, cache, i, nq, mods)  # type: ignore[arg-type]
             if cache is not None and commit > 0:
                 ks.append(k[:, :, :commit])
                 vs.append(v[:, :, :commit])
         if ks:
             cache.append(ks, vs)  # type: ignore[union-attr]
-        if n_out is not None:
-            x, c = x[:, :n_out], c[:, :n_out]
-        return self.output_layer(x, c).float()
+        if constant is not None:
+            return self.output_layer(x, c, constant[-1]).float()  # type: ignore[arg-type]
+        return self.output_layer(x, take(c, query, 1)).float()  # type: ignore[arg-type]
 
     # ----------------------------------------------------------------------- passes
     def _use_flex(self, device: torch.device) -> bool:

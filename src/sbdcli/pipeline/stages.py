@@ -39,6 +39,7 @@ from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.diffusion import windows as win
 from sbdcli.diffusion.degenerate import is_degenerate
+from sbdcli.diffusion.precision import resolve as resolve_precision
 from sbdcli.errors import UserError
 from sbdcli.pipeline import encode as enc
 from sbdcli.pipeline.modelref import ModelRef
@@ -70,6 +71,13 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def _stage(name: str, nfe: int, seconds: float, **params: Any) -> StageEntry:
     """A stage entry: name, parameters in order, then the cost (nfe, seconds)."""
     return cast(StageEntry, {"name": name, **params, "nfe": nfe, "seconds": round(seconds, 6)})
+
+
+def precision_entry(precision: str, device: Any) -> dict[str, str]:
+    """The stage entry's `precision` key: {"precision": "bf16"} when the network ran in
+    bf16, nothing at fp32 (every entry without the key was computed in fp32)."""
+    resolved = resolve_precision(precision, device)
+    return {} if resolved == "fp32" else {"precision": resolved}
 
 
 def _block_size(cfg: SamplerConfig, length: int) -> int:
@@ -122,6 +130,7 @@ def draft_batch(
     records, tallies = _draw_until_diverse(sample, len(prompts), redraw, _block_size(cfg, length))
     seconds = (time.perf_counter() - start) / len(prompts)
     params = {"block_size": _block_size(cfg, length), "length": length, **cfg.params()}
+    params.update(precision_entry(cfg.precision, ref.device))
     params.update(seed=seed, model=ref.id, **_vocab_ids(ref))
     params.update(n_records=len(prompts) if n_records is None else n_records)
     params.update(batch_size=len(prompts))
@@ -281,7 +290,7 @@ def _model_scores(
     for length, idx in group_by_length(records).items():
         tokens = torch.tensor([records[j]["tokens"] for j in idx], device=ref.device)
         elig = torch.stack([rm.eligible_mask(length, records[j]["prompt_len"]) for j in idx])
-        s, c = win.scores(ref.model, tokens, elig, cfg.strategy, cfg.passes)
+        s, c = win.scores(ref.model, tokens, elig, cfg.strategy, cfg.passes, cfg.precision)
         for row, j in enumerate(idx):
             scores[j], calls[j] = s[row], int(c[row])
     return scores, calls
@@ -339,7 +348,9 @@ def remask_batch(
     scores, calls = _remask_scores(records, cfg, ref, gens)
     chosen = [sorted({*p, *h}) for p, h in zip(_select(scores, elig, ties, cfg), held, strict=True)]
     seconds = (time.perf_counter() - start) / len(records)
-    extra = {"model": ref.id} if cfg.needs_model and ref is not None else {}
+    extra = {}
+    if cfg.needs_model and ref is not None:
+        extra = {**precision_entry(cfg.precision, ref.device), "model": ref.id}
     out = []
     for rec, s, e, pos, c in zip(records, scores, elig, chosen, calls, strict=True):
         new = rec.copy()
@@ -386,7 +397,8 @@ def revise_batch(
         rec, length = rev.record, len(rev.record["tokens"])
         block = _block_size(cfg, length)
         params = {"block": "full" if block >= length else block, "block_size": block}
-        params.update(cfg.params(), seed=seed, n_masked=rev.n_masked, **rev.replaced)
+        params.update(cfg.params(), **precision_entry(cfg.precision, ref.device))
+        params.update(seed=seed, n_masked=rev.n_masked, **rev.replaced)
         params.update(model=ref.id)
         stage = _stage("revise", rev.nfe, seconds, **params, batch_size=len(records))
         rec["stages"] = [*rec["stages"], stage]
