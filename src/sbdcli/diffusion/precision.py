@@ -33,7 +33,7 @@ from torch import nn
 from sbdcli.config import PRECISIONS
 from sbdcli.errors import UserError
 
-__all__ = ["PRECISIONS", "bf16_copy", "for_calls", "network", "resolve"]
+__all__ = ["PRECISIONS", "bf16_copy", "for_calls", "network", "resolve", "stage_entry"]
 
 
 def _device_type(device: Any) -> str:
@@ -69,6 +69,13 @@ def network(precision: str, device: Any) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def stage_entry(precision: str, device: Any) -> dict[str, str]:
+    """A stage entry's `precision` key: {"precision": "bf16"} when the network ran in bf16,
+    nothing at fp32 (every entry without the key was computed in fp32)."""
+    resolved = resolve(precision, device)
+    return {} if resolved == "fp32" else {"precision": resolved}
 
 
 _SHADOWS: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()

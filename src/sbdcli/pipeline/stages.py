@@ -39,7 +39,7 @@ from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
 from sbdcli.diffusion import windows as win
 from sbdcli.diffusion.degenerate import is_degenerate
-from sbdcli.diffusion.precision import resolve as resolve_precision
+from sbdcli.diffusion.precision import stage_entry as precision_entry
 from sbdcli.errors import UserError
 from sbdcli.pipeline import encode as enc
 from sbdcli.pipeline.modelref import ModelRef
@@ -71,13 +71,6 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def _stage(name: str, nfe: int, seconds: float, **params: Any) -> StageEntry:
     """A stage entry: name, parameters in order, then the cost (nfe, seconds)."""
     return cast(StageEntry, {"name": name, **params, "nfe": nfe, "seconds": round(seconds, 6)})
-
-
-def precision_entry(precision: str, device: Any) -> dict[str, str]:
-    """The stage entry's `precision` key: {"precision": "bf16"} when the network ran in
-    bf16, nothing at fp32 (every entry without the key was computed in fp32)."""
-    resolved = resolve_precision(precision, device)
-    return {} if resolved == "fp32" else {"precision": resolved}
 
 
 def _block_size(cfg: SamplerConfig, length: int) -> int:
