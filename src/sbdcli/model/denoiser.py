@@ -276,8 +276,8 @@ class Denoiser(nn.Module):
         if torch.compiler.is_compiling():
             return None
         mods = [*self.blocks, self.output_layer]
-        if not all(isinstance(m, (DiTBlock, FinalLayer)) for m in mods):
-            return None  # wrapped for sharding: its weights exist inside its forward only
+        if not all(type(m) in (DiTBlock, FinalLayer) for m in mods):
+            return None  # wrapped for sharding (FSDP2 subclasses it): weights exist in forward only
         params = [p for m in mods for p in m.adaLN_modulation.parameters()]
         params += list(self.sigma_map.parameters())
         try:  # in-place updates bump a version; swapped-in tensors change the pointer
