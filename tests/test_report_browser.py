@@ -8,36 +8,15 @@ installs Chromium from the system's packages; `playwright install` is never need
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
+from browser_helpers import CHROMIUM_ARGS, chromium
 from fake_model import one_thread  # noqa: F401 (autouse fixture)
 from report_helpers import FILES, make_report, read_jsonl
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the playwright package is not installed (pip install -e .[dev])"
 )
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.access("/usr/bin/chromium", os.X_OK):
-        return "/usr/bin/chromium"
-    pytest.skip("no Chromium binary on PATH (apt-get install chromium; .ci/run does)")
 
 
 @pytest.fixture(scope="module")

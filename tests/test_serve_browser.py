@@ -10,8 +10,6 @@ text on the page equals the stream's final event. Skips with the reason when the
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import httpx
 import pytest
@@ -23,29 +21,11 @@ pytest.importorskip(
 
 from playwright import sync_api
 
+from browser_helpers import CHROMIUM_ARGS, chromium
 from fake_model import one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
 from sbdcli.serve import Settings, create_app
 from serve_helpers import live_server, make_run, sse_events
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.access("/usr/bin/chromium", os.X_OK):
-        return "/usr/bin/chromium"
-    pytest.skip("no Chromium binary on PATH (apt-get install chromium)")
 
 
 def test_the_playground_shows_the_draft_and_its_revisions(tmp_path):
