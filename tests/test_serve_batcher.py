@@ -72,10 +72,10 @@ SETTINGS = [
 
 @pytest.mark.parametrize(("extra", "argv"), SETTINGS, ids=["defaults", "three-stages", "threshold"])
 def test_a_shared_batch_gives_each_request_its_generate_records(workdir, ref, extra, argv):
-    bodies = [
+    bodies = [  # three seeds in one batch: each row is drawn with its own request's seed
         {"prompt": "w1 w2", "seed": 7, "n": 2, **extra},
-        {"prompt": "w5", "seed": 7, **extra},
-        {"prompt": "w3 w3 w4", "seed": 7, "sbd": {**extra.get("sbd", {}), "id": "mine"}},
+        {"prompt": "w5", "seed": 8, **extra},
+        {"prompt": "w3 w3 w4", "seed": 9, "sbd": {**extra.get("sbd", {}), "id": "mine"}},
     ]
     bodies[2] = {**extra, **bodies[2]}
     stats: list = []
@@ -91,8 +91,8 @@ def test_a_shared_batch_gives_each_request_its_generate_records(workdir, ref, ex
     assert [(s.requests, s.rows) for s in stats] == [(3, 4)]
     alone = [
         generate(workdir, "w1 w2", 7, ["-n", "2", *argv]),
-        generate(workdir, "w5", 7, argv),
-        generate(workdir, "w3 w3 w4", 7, argv, rid="mine"),
+        generate(workdir, "w5", 8, argv),
+        generate(workdir, "w3 w3 w4", 9, argv, rid="mine"),
     ]
     for (_, sink), expected in zip(pairs, alone, strict=True):
         got = sink.records()
@@ -105,9 +105,9 @@ def test_incompatible_requests_run_in_separate_batches(ref):
     batcher = Batcher(ref, max_batch=8, max_queue=8, on_batch=stats.append)
     pairs = [
         ticket(ref, {"seed": 1}),
-        ticket(ref, {"seed": 2}),
+        ticket(ref, {"seed": 1, "temperature": 0.5}),
         ticket(ref, {"seed": 1, "max_tokens": 5}),
-        ticket(ref, {"seed": 1, "prompt": "w2"}),
+        ticket(ref, {"seed": 2, "prompt": "w2"}),  # another seed and prompt: compatible
     ]
     for t, _ in pairs:
         batcher.submit(t)
@@ -120,7 +120,7 @@ def test_incompatible_requests_run_in_separate_batches(ref):
     assert [s.requests for s in stats] == [2, 1, 1]
 
 
-def test_unseeded_requests_share_a_drawn_seed_and_keep_their_own_ids(ref):
+def test_unseeded_requests_draw_their_own_seeds_and_keep_their_own_ids(ref):
     batcher = Batcher(ref, max_batch=8, max_queue=8)
     pairs = [ticket(ref, {}, "cmpl-a"), ticket(ref, {"n": 2}, "cmpl-b")]
     for t, _ in pairs:
@@ -132,9 +132,11 @@ def test_unseeded_requests_share_a_drawn_seed_and_keep_their_own_ids(ref):
     batcher.join(30)
     recs = [r for _, sink in pairs for r in sink.records()]
     assert [r["id"] for r in recs] == ["cmpl-a", "cmpl-b-0", "cmpl-b-1"]
-    seeds = {s["seed"] for r in recs for s in r["stages"]}
-    assert len(seeds) == 1
+    seeds = [{s["seed"] for s in r["stages"]} for r in recs]
+    assert all(len(s) == 1 for s in seeds)  # one seed per record, in every stage entry
+    assert seeds[1] == seeds[2] != seeds[0]  # one per request (collision odds 2**-31)
     assert recs[1]["tokens"] != recs[2]["tokens"]
+    assert [s["batch_size"] for r in recs for s in r["stages"][:1]] == [3, 3, 3]
 
 
 def test_a_full_queue_refuses(ref):

@@ -120,7 +120,7 @@ def test_edits_sharing_a_batch_are_each_what_sbd_edit_writes(
 ):
     batcher = app.state.server.batcher
     bodies = [{"text": TEXT, "gamma": 0.3, "seed": 5}, {"text": "w2 w2 w9 w1", "gamma": 0.3,
-              "seed": 5, "id": "other"}]  # fmt: skip
+              "seed": 6, "id": "other"}]  # fmt: skip (two seeds, one batch)
     answers: dict[int, httpx.Response] = {}
     with held_worker(app) as release:
         first = threading.Thread(target=edit, args=(url, {"text": "w1 w1", "gamma": 0.5}))
@@ -141,7 +141,7 @@ def test_edits_sharing_a_batch_are_each_what_sbd_edit_writes(
         got = answers[k].json()
         assert got["record"]["stages"][-1]["batch_size"] == 2  # they ran together
         text, rec = sbd_edit(workdir, {"id": body.get("id", "t1"), "text": body["text"]},
-                             ["--gamma", "0.3", "--seed", "5"], capsys)  # fmt: skip
+                             ["--gamma", "0.3", "--seed", str(body["seed"])], capsys)  # fmt: skip
         assert got["text"] == text and comparable(got["record"]) == comparable(rec)
 
 

@@ -114,6 +114,36 @@ def test_revise_writes_its_counts_into_the_stage_entry_only():
         assert all(rec["step"][i] > before["nfe"] for i in before["masked"])
 
 
+def test_per_record_seeds_give_each_record_what_its_own_seed_gives_it():
+    ref = fake_ref()
+    prompts, cfg = bos_prompts(ref, 3), sp.SamplerConfig(block_size=4)
+    remask = pl.RemaskConfig(gamma=0.4, strategy="random")
+
+    def chain(seeds: list[int]) -> list[dict]:
+        draft = pl.draft_batch(ref, prompts, 12, cfg, seeds)
+        masked = pl.remask_batch(draft, remask, ref, seeds)
+        return pl.revise_batch(masked, ref, sp.SamplerConfig(block_size=0), seeds)
+
+    seeds = [5, 6, 5]
+    mixed = chain(seeds)
+    for z in set(seeds):
+        alone = chain([z] * 3)
+        for rec, own, seed in zip(mixed, alone, seeds, strict=True):
+            if seed == z:
+                assert [s["seed"] for s in rec["stages"]] == [z, z, z]
+                assert {**rec, "stages": None} == {**own, "stages": None}
+    assert mixed[0]["tokens"] != mixed[1]["tokens"]
+    one, each = (
+        pl.draft_batch(ref, prompts, 12, cfg, 5),
+        pl.draft_batch(ref, prompts, 12, cfg, [5] * 3),
+    )
+    for a, b in zip(one, each, strict=True):
+        assert {**a["stages"][0], "seconds": 0} == {**b["stages"][0], "seconds": 0}
+        assert {**a, "stages": None} == {**b, "stages": None}
+    with pytest.raises(ValueError, match="2 seeds for 3 records"):
+        pl.draft_batch(ref, prompts, 12, cfg, [1, 2])
+
+
 def test_check_records_validates_and_fills_optional_fields():
     ref = fake_ref()
     rec = pl.draft_batch(ref, bos_prompts(ref, 1), 8, sp.SamplerConfig(block_size=4), 0)[0]

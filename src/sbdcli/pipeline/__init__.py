@@ -32,6 +32,7 @@ from sbdcli.pipeline.prompts import (
 from sbdcli.pipeline.stages import (
     OnCall,
     OnEngine,
+    Seeds,
     batched,
     check_records,
     draft_batch,
@@ -47,6 +48,7 @@ __all__ = [
     "OnEngine",
     "Prompt",
     "RemaskConfig",
+    "Seeds",
     "StagePlan",
     "batched",
     "check_record_count",

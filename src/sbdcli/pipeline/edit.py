@@ -76,19 +76,21 @@ def edit_batch(
     on_call: OnCall = None,
     on_engine: OnEngine = None,
     on_masked: OnMasked = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Record]:
     """Remask (when planned) and revise a batch of encoded records with one model.
 
     `on_call` sees every network call of the revise and `on_engine` its stepping engine
     (to stream or cancel it), as `revise_batch` hands them on; `on_masked` the records
-    with their positions to revise.
+    with their positions to revise. `seeds`: one per record in place of `plan.seed`.
     """
+    seeds = [plan.seed] * len(records) if seeds is None else list(seeds)
     check_records(records, ref)
     if plan.remask is not None:
-        records = check_records(remask_batch(records, plan.remask, ref), ref)
+        records = check_records(remask_batch(records, plan.remask, ref, seeds), ref)
     if on_masked is not None:
         on_masked(records)
-    return revise_batch(records, ref, plan.sampler, plan.seed, on_call=on_call, on_engine=on_engine)
+    return revise_batch(records, ref, plan.sampler, seeds, on_call=on_call, on_engine=on_engine)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,18 @@
 """Record-level stages of the sampler pipeline: draft, remask and revise a batch of records.
 
 Each stage takes and returns sample records (docs/records.md) batch by batch, so the CLI
-streams: `draft_batch` makes a batch of new records; `remask_batch` and `revise_batch`
-turn a batch of records into the next one, appending a stage entry (name, parameters,
-cost {nfe, seconds}) and accumulating `nfe`. `check_records` validates records read from
-a stream before a stage sees them; `batched` cuts a stream into batches. Every random draw
-comes from a generator keyed by (seed, stage name, stage index, record id)
-(`sampler.make_generator`), never from batch position, so a record's result does not
-depend on its batch. A stage's `seconds` is its batch's wall-clock time divided by the
-batch's number of records. With a `RedrawConfig` the draft draws degenerate records
-again (BD3-LM's low-entropy rule, diffusion/degenerate.py). A live consumer (the server)
-watches the draft and revise stages call by call: `on_call` gets every network call's
-`CallEvent`, `on_engine` every stepping engine with the records its rows are (it may
+streams: `draft_batch` makes a batch of new records; `remask_batch` and `revise_batch` turn
+a batch of records into the next one, appending a stage entry (name, parameters, cost {nfe,
+seconds}) and accumulating `nfe`. `check_records` validates records read from a stream
+before a stage sees them; `batched` cuts a stream into batches. Every random draw comes from
+a generator keyed by (seed, stage name, stage index, record id) (`sampler.make_generator`),
+never from batch position, so a record's result does not depend on its batch. A stage takes
+one seed for the batch or one per record (`Seeds`: records drawn with different seeds share
+a batch, as the server batches requests). A stage's `seconds` is its batch's wall-clock time
+divided by the batch's number of records. With a `RedrawConfig` the draft draws degenerate
+records again (BD3-LM's low-entropy rule, diffusion/degenerate.py). A live consumer (the
+server) watches the draft and revise stages call by call: `on_call` gets every network
+call's `CallEvent`, `on_engine` every stepping engine with the records its rows are (it may
 cancel rows; a cancelled row's record keeps [MASK] where nothing was committed).
 
 Not here: the sampling math (diffusion/sampler.py, diffusion/remask.py), prompts
@@ -21,7 +22,7 @@ Not here: the sampling math (diffusion/sampler.py, diffusion/remask.py), prompts
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -53,7 +54,20 @@ OnEngine = Callable[[sp.FillEngine, list[int]], None] | None
 is record or prompt `rows[j]` of the stage's input): a live view maps events to records and
 may `cancel` rows. None: nobody watches."""
 
+Seeds = int | Sequence[int]
+"""One seed for every record of a batch, or one per record (in the batch's order)."""
+
 T = TypeVar("T")
+
+
+def per_record(seed: Seeds, n: int) -> list[int]:
+    """The seed of each of `n` records: `seed` for all, or the sequence's n seeds."""
+    if isinstance(seed, int):
+        return [seed] * n
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} records")
+    return seeds
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -84,7 +98,7 @@ def draft_batch(
     prompts: list[Prompt],
     length: int,
     cfg: SamplerConfig,
-    seed: int,
+    seed: Seeds,
     *,
     stop_at_eos: bool = False,
     on_call: OnCall = None,
@@ -103,7 +117,11 @@ def draft_batch(
     eos = model.config.eos_id if stop_at_eos else None
     if stop_at_eos and eos is None:
         raise UserError("`stop_at_eos`: this model's vocabulary has no EOS token")
-    gens = [sp.make_generator(seed, "draft", 0, p.id, ref.device) for p in prompts]
+    seeds = per_record(seed, len(prompts))
+    gens = [
+        sp.make_generator(z, "draft", 0, p.id, ref.device)
+        for z, p in zip(seeds, prompts, strict=True)
+    ]
 
     def sample(idx: list[int]) -> list[Record]:
         """Draft prompts `idx` with their own generators (each stream continues)."""
@@ -124,13 +142,13 @@ def draft_batch(
     seconds = (time.perf_counter() - start) / len(prompts)
     params = {"block_size": _block_size(cfg, length), "length": length, **cfg.params()}
     params.update(precision_entry(cfg.precision, ref.device))
-    params.update(seed=seed, model=ref.id, **_vocab_ids(ref))
+    params.update(seed=seeds[0], model=ref.id, **_vocab_ids(ref))
     params.update(n_records=len(prompts) if n_records is None else n_records)
     params.update(batch_size=len(prompts))
-    for rec, tally in zip(records, tallies, strict=True):
+    for rec, tally, z in zip(records, tallies, seeds, strict=True):
         extra = tally.params(redraw) if redraw.enabled else {}
         rec["nfe"] += tally.nfe
-        rec["stages"] = [_stage("draft", rec["nfe"], seconds, **params, **extra)]
+        rec["stages"] = [_stage("draft", rec["nfe"], seconds, **{**params, "seed": z}, **extra)]
     return records
 
 
@@ -324,14 +342,24 @@ def _select(
 
 
 def remask_batch(
-    records: list[Record], cfg: RemaskConfig, ref: ModelRef | None = None
+    records: list[Record],
+    cfg: RemaskConfig,
+    ref: ModelRef | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Record]:
-    """Set `masked` (and `scores`) of a batch of validated records; tokens stay untouched."""
+    """Set `masked` (and `scores`) of a batch of validated records; tokens stay untouched.
+
+    `seeds`: one per record in place of `cfg.seed` (which seeds them all by default).
+    """
     start = time.perf_counter()
     if cfg.needs_model and ref is None:
         raise UserError(f"the {cfg.strategy} strategy needs a model (-m RUN)")
     enc.refuse_snapshot(records, cfg.strategy)
-    gens = [sp.make_generator(cfg.seed, "remask", len(r["stages"]), r["id"]) for r in records]
+    zs = per_record(cfg.seed if seeds is None else seeds, len(records))
+    gens = [
+        sp.make_generator(z, "remask", len(r["stages"]), r["id"])
+        for z, r in zip(zs, records, strict=True)
+    ]
     ties = [  # drawn before any random scores, from the same generators
         torch.rand(len(r["tokens"]), generator=g, dtype=torch.float64)
         for r, g in zip(records, gens, strict=True)
@@ -345,12 +373,13 @@ def remask_batch(
     if cfg.needs_model and ref is not None:
         extra = {**precision_entry(cfg.precision, ref.device), "model": ref.id}
     out = []
-    for rec, s, e, pos, c in zip(records, scores, elig, chosen, calls, strict=True):
+    for rec, s, e, pos, c, z in zip(records, scores, elig, chosen, calls, zs, strict=True):
         new = rec.copy()
         new["scores"] = s.masked_fill(~e, 1.0).tolist()
         new["masked"] = pos
         new["nfe"] = rec["nfe"] + c
-        stage = _stage("remask", c, seconds, **cfg.params(), n_masked=len(pos), **extra)
+        params = {**cfg.params(), "seed": z}
+        stage = _stage("remask", c, seconds, **params, n_masked=len(pos), **extra)
         new["stages"] = [*rec["stages"], stage]
         out.append(new)
     return out
@@ -371,7 +400,7 @@ def revise_batch(
     records: list[Record],
     ref: ModelRef,
     cfg: SamplerConfig,
-    seed: int,
+    seed: Seeds,
     *,
     on_call: OnCall = None,
     on_engine: OnEngine = None,
@@ -379,19 +408,20 @@ def revise_batch(
     """Regenerate exactly the `masked` positions of a batch of validated records."""
     start = time.perf_counter()
     enc.check_revisable(records)
+    seeds = per_record(seed, len(records))
     revised: dict[int, _Revision] = {}
     for idx in group_by_length(records).values():
-        group = [records[j] for j in idx]
+        group = [(records[j], seeds[j]) for j in idx]
         watch = _within(on_engine, idx)
-        revised.update(zip(idx, _revise_group(group, ref, cfg, seed, on_call, watch), strict=True))
+        revised.update(zip(idx, _revise_group(group, ref, cfg, on_call, watch), strict=True))
     seconds = (time.perf_counter() - start) / len(records)
     out = []
-    for rev in (revised[j] for j in range(len(records))):
+    for rev, z in zip((revised[j] for j in range(len(records))), seeds, strict=True):
         rec, length = rev.record, len(rev.record["tokens"])
         block = _block_size(cfg, length)
         params = {"block": "full" if block >= length else block, "block_size": block}
         params.update(cfg.params(), **precision_entry(cfg.precision, ref.device))
-        params.update(seed=seed, n_masked=rev.n_masked, **rev.replaced)
+        params.update(seed=z, n_masked=rev.n_masked, **rev.replaced)
         params.update(model=ref.id)
         stage = _stage("revise", rev.nfe, seconds, **params, batch_size=len(records))
         rec["stages"] = [*rec["stages"], stage]
@@ -409,20 +439,22 @@ def _within(on_engine: OnEngine, idx: list[int]) -> OnEngine:
 
 
 def _revise_group(
-    group: list[Record],
+    seeded: list[tuple[Record, int]],
     ref: ModelRef,
     cfg: SamplerConfig,
-    seed: int,
     on_call: OnCall,
     on_engine: OnEngine = None,
 ) -> list[_Revision]:
-    """Revise records of one length together (they stack into one tensor)."""
+    """Revise records of one length (each with its seed) together: one tensor."""
+    group = [r for r, _ in seeded]
     length = len(group[0]["tokens"])
     tokens = torch.tensor([r["tokens"] for r in group], device=ref.device)
     masked = torch.zeros(len(group), length, dtype=torch.bool, device=ref.device)
     for row, r in enumerate(group):
         masked[row, r["masked"]] = True
-    gens = [sp.make_generator(seed, "revise", len(r["stages"]), r["id"], ref.device) for r in group]
+    gens = [
+        sp.make_generator(z, "revise", len(r["stages"]), r["id"], ref.device) for r, z in seeded
+    ]
     offset = torch.tensor([r["nfe"] for r in group])
     if _block_size(cfg, length) >= length > ref.model.config.seq_len:  # centred windows
         res = win.revise(ref.model, tokens, masked, cfg, gens, step_offset=offset, progress=on_call)

@@ -14,9 +14,11 @@ Rules (docs/serving.md, "Batching"):
 - A request is cancelled when its client goes away: its rows take no part in the
   engine's next network call (`FillEngine.cancel`) and leave the batch before the next
   stage; the others continue, their records unchanged (they do not depend on the batch).
-- Each request's rows are seeded by its own seed and named by its own ids, so its records
-  are those `sbd generate` writes for it alone (the draft entry's `n_records` is the
-  request's n; `batch_size` and `seconds` say how the batch ran).
+- Each request's rows are seeded by its own seed (an unseeded request's is drawn for it
+  when its batch starts) and named by its own ids, so requests with different seeds share
+  a batch and each one's records are those `sbd generate` writes for it alone (the draft
+  entry's `n_records` is the request's n; `batch_size` and `seconds` say how the batch
+  ran).
 - Edit requests (`EditJob`) batch with edits of the same plan and run through
   `pipeline.edit.edit_batch`, the function `sbd edit` runs: a `remask` event (the positions
   to revise), `revise` events per network call, then `final`.
@@ -223,8 +225,8 @@ class Batcher:
         """Draft, then remask + revise per stage, posting every call's commits."""
         job, ref = batch[0].job, self.ref
         assert isinstance(job, Job)
-        seed = job.seed if job.seed is not None else secrets.randbits(31)
-        jobs = [_seeded(t.job, seed) for t in batch]
+        jobs = [_seeded(t.job) for t in batch]
+        seeded = {id(t): j for t, j in zip(batch, jobs, strict=True)}
         now = time.monotonic()
         for t in batch:
             t.started = now
@@ -233,7 +235,8 @@ class Batcher:
         mask = ref.model.config.mask_id
         seqs = [p.tokens + [mask] * (job.length - len(p.tokens)) for p in prompts]
         live = _Live(ref, owners, seqs, 0)
-        records = pl.draft_batch(ref, prompts, job.length, job.draft_cfg, seed,
+        seeds = [seeded[id(t)].seed or 0 for t, _ in owners]
+        records = pl.draft_batch(ref, prompts, job.length, job.draft_cfg, seeds,
                                  stop_at_eos=job.stop_at_eos, redraw=RedrawConfig(),
                                  on_call=live.call, on_engine=live.engine)  # fmt: skip
         for (t, _), rec in zip(owners, records, strict=True):
@@ -243,18 +246,19 @@ class Batcher:
             owners, records = _live(owners, records)
             if not records:
                 return tokens
-            records = pl.remask_batch(records, stage.remask, ref)
+            plans = [seeded[id(t)].plan[k - 1] for t, _ in owners]
+            remask_seeds = [p.remask.seed for p in plans]
+            records = pl.remask_batch(records, stage.remask, ref, remask_seeds)
             for (t, i), rec in zip(owners, records, strict=True):
                 t.post(ev.remask_event(rec, i, k))
             seqs = [_masked(rec, mask) for rec in records]
             live = _Live(ref, owners, seqs, k, [list(rec["tokens"]) for rec in records])
-            records = pl.revise_batch(records, ref, stage.revise, stage.seed,
+            records = pl.revise_batch(records, ref, stage.revise, [p.seed for p in plans],
                                       on_call=live.call, on_engine=live.engine)  # fmt: skip
-        stops = {t.name: j.stop for t, j in zip(batch, jobs, strict=True)}
         owners, records = _live(owners, records)
         for (t, i), rec in zip(owners, records, strict=True):
             t.finished = i == t.rows - 1
-            t.post(ev.final_event(ref, rec, i, stops[t.name]))
+            t.post(ev.final_event(ref, rec, i, seeded[id(t)].stop))
         return tokens
 
     def _edit(self, batch: list[Ticket]) -> int:
@@ -278,6 +282,7 @@ class Batcher:
             records,
             ref,
             jobs[0].plan,
+            seeds=[j.seed for j in jobs for _ in j.records],
             on_call=lambda c: watch[0].call(c),
             on_masked=masked,
             on_engine=lambda e, r: watch[0].engine(e, r),
@@ -290,9 +295,10 @@ class Batcher:
         return tokens
 
 
-def _seeded(job: Job | EditJob, seed: int) -> Job:
+def _seeded(job: Job | EditJob) -> Job:
+    """The job with its seed: the request's, or one drawn for it now."""
     assert isinstance(job, Job)
-    return job if job.seed is not None else job.with_seed(seed)
+    return job if job.seed is not None else job.with_seed(secrets.randbits(31))
 
 
 class _Live:

@@ -7,8 +7,8 @@ test_serve_app.py check it record for record).
 Record ids: a seeded request's rows are named as `sbd generate --prompts` names the prompt
 of a one-line prompts file (`p1`, or `p1-<j>` with n > 1; `sbd.id` replaces `p1`), so that
 the command reproduces the request exactly; an unseeded request's rows are named after its
-completion id, and the seed is drawn for its batch. `Job.key` is what requests must share
-to run in one batch: everything but the prompts, the ids and n.
+completion id, and its seed is drawn when its batch starts. `Job.key` is what requests must
+share to run in one batch: everything but the prompts, the ids, n and the seed.
 
 `make_edit_job` turns an `EditRequest` into an `EditJob`: the text encoded as `sbd edit`
 encodes it (pipeline/encode.py) and the edit's plan (`pipeline.edit.make_plan`); edits
@@ -74,15 +74,17 @@ class Job:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Requests with equal keys run in one batch (their records do not interact)."""
-        return (self.length, self.draft_cfg, tuple(self.plan), self.stop_at_eos, self.seed)
+        """Requests with equal keys run in one batch (their records do not interact); the
+        seed is not part of it: every row is drawn with its own request's seed."""
+        plan = tuple(pl.StagePlan(_reseed(s.remask, 0), s.revise, 0) for s in self.plan)
+        return (self.length, self.draft_cfg, plan, self.stop_at_eos)
 
     @property
     def rows(self) -> int:
         return len(self.prompts)
 
     def with_seed(self, seed: int) -> Job:
-        """This job with its seed decided (an unseeded request's, drawn for its batch)."""
+        """This job with its seed decided (an unseeded request's, drawn when it runs)."""
         plan = [pl.StagePlan(_reseed(s.remask, seed), s.revise, seed) for s in self.plan]
         return Job(self.prompts, self.prompt_len, self.length, self.draft_cfg, plan,
                    self.stop_at_eos, seed, self.stop)  # fmt: skip
@@ -215,7 +217,13 @@ class EditJob:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return ("edit", self.plan, self.windowed)
+        """Edits with equal keys run in one batch; each text keeps its own seed."""
+        remask = None if self.plan.remask is None else _reseed(self.plan.remask, 0)
+        return ("edit", dataclasses.replace(self.plan, remask=remask, seed=0), self.windowed)
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
 
     @property
     def prompt_len(self) -> int:
