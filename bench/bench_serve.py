@@ -1,6 +1,7 @@
 """`sbd serve` under concurrency: batched vs one-at-a-time throughput, latency, a load test.
 
-    python -m bench.bench_serve [--length 128] [--requests 16] [--load 200] [--write]
+    python -m bench.bench_serve [--length 128] [--requests 16] [--repeats 3]
+        [--windows 20,0,10] [--load 200] [--write]
 
 One run, side by side on the same model and server (a random tiny model, the `tiny`
 preset, at L = `--length` with a synthetic vocabulary; its text is meaningless, its
@@ -9,7 +10,9 @@ can be read from /proc), clients are threads on loopback.
 
 1. Throughput: `--requests` unseeded streaming requests (draft block 4, one revise stage
    of gamma 0.25 with a full block: `sbd generate`'s defaults) sent one at a time, then by
-   as many concurrent clients; completed tokens/s of each and their ratio.
+   as many concurrent clients; completed tokens/s of each and their ratio, `--repeats`
+   rounds (the median round is reported, with the range), for each `--windows` batch
+   window (one server each: the window trades this ratio against the first event).
 2. Latency: time to the first draft event and to the final event, p50/p95, at
    concurrency 1, 4 and 16 (each client sends its requests one after another).
 3. First event vs one cached draft call: the draft's seconds per network call of one row,
@@ -259,17 +262,25 @@ def load_test(server: Server, run: Path, total: int, length: int) -> dict[str, A
 
 # --------------------------------------------------------------------------- report
 def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
-    seq, conc = m["sequential"], m["concurrent"]
+    main = m["windows"][0]
+    tp = main["throughput"]
+    seq, conc = tp["sequential"], tp["concurrent"]
     lines = [
         f"Random `tiny` model (2 layers, d 128) at L = {args.length}, synthetic vocabulary, "
         f"`sbd serve` defaults (draft block 4, one revise stage, gamma 0.25, full block), "
-        f"{m['threads']} torch threads in the server, batch window 20 ms. Measured in one run "
-        f"on {m['machine']}; "
-        "the machine was shared with other jobs at the time, so absolute numbers are noisy "
-        "and the ratios are the robust part.",
+        f"{m['threads']} torch threads in the server, batch window {main['window']:g} ms "
+        f"(the default) unless a row says otherwise. Measured in one run on {m['machine']}; "
+        f"load average {m['load_before']:.1f} when it started, {m['load_after']:.1f} when it "
+        "ended. The clients (Python threads parsing every event) share the two cores with "
+        "the server.",
         "",
         f"Command: `python -m bench.bench_serve --length {args.length} --requests "
-        f"{args.requests} --load {args.load} --write`",
+        f"{args.requests} --repeats {args.repeats} --windows {args.windows} --load "
+        f"{args.load} --write`",
+        "",
+        f"Throughput: {args.repeats} rounds of {args.requests} streaming requests one at a "
+        f"time, then the same from {args.requests} concurrent clients; the round with the "
+        "median ratio:",
         "",
         markdown_grid(
             ["workload", "seconds", "completed tokens/s"],
@@ -288,8 +299,8 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
             "lrr",
         ),
         "",
-        f"Concurrent / one at a time: **{conc['tps'] / seq['tps']:.2f}x** (target >= 4x: "
-        f"{'met' if conc['tps'] >= 4 * seq['tps'] else 'NOT met'}).",
+        f"Concurrent / one at a time: **{tp['ratio']:.2f}x** (rounds: {tp['low']:.2f}x to "
+        f"{tp['high']:.2f}x; target >= 4x: {'met' if tp['ratio'] >= 4 else 'NOT met'}).",
         "",
         markdown_grid(
             ["concurrency", "first event p50 / p95 (s)", "final event p50 / p95 (s)"],
@@ -299,22 +310,13 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
                     f"{lat['first'][0]:.3f} / {lat['first'][1]:.3f}",
                     f"{lat['final'][0]:.3f} / {lat['final'][1]:.3f}",
                 ]
-                for c, lat in m["latency"].items()
+                for c, lat in main["latency"].items()
             ],
             "rrr",
         ),
     ]
-    bound = 2 * (m["draft_call"] + m["http"])
-    first = m["latency"][1]["first"][0]
-    lines += [
-        "",
-        f"Time to the first draft event at concurrency 1: p50 {first * 1e3:.1f} ms; one cached "
-        f"draft call {m['draft_call'] * 1e3:.1f} ms, HTTP round trip (`GET /health`, p50) "
-        f"{m['http'] * 1e3:.1f} ms; 2 x their sum = {bound * 1e3:.1f} ms "
-        f"({'met' if first <= bound else 'NOT met'}).",
-        "",
-    ]
-    ld = m["load"]
+    lines += ["", first_event_line(main, main["http"]), "", window_table(m, main["http"]), ""]
+    ld = main["load"]
     lines += [
         f"Load test: {ld['requests']} requests from 32 concurrent clients in "
         f"{ld['seconds']:.1f} s ({ld['valid']} valid seeded, {ld['bad']} malformed, "
@@ -327,10 +329,95 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def bound(m: dict[str, Any], http: float) -> float:
+    """The first-event target: 2 x (one cached draft call + the HTTP round trip)."""
+    return 2 * (m["draft_call"] + http)
+
+
+def first_event_line(m: dict[str, Any], http: float) -> str:
+    first, limit = m["first_1"], bound(m, http)
+    return (
+        f"Time to the first draft event at concurrency 1: p50 {first * 1e3:.1f} ms; one cached "
+        f"draft call {m['draft_call'] * 1e3:.1f} ms, HTTP round trip (`GET /health`, p50) "
+        f"{http * 1e3:.1f} ms; 2 x their sum = {limit * 1e3:.1f} ms "
+        f"({'met' if first <= limit else 'NOT met'})."
+    )
+
+
+def window_table(m: dict[str, Any], http: float) -> str:
+    """The batch window's trade-off: throughput ratio against the first event alone."""
+    rows = []
+    for w in m["windows"]:
+        tp = w["throughput"]
+        rows.append([f"{w['window']:g}", f"{tp['sequential']['tps']:.0f}",
+                     f"{tp['concurrent']['tps']:.0f}",
+                     f"{tp['ratio']:.2f}x ({tp['low']:.2f}-{tp['high']:.2f})",
+                     f"{w['first_1'] * 1e3:.1f}", f"{bound(w, http) * 1e3:.1f}"])  # fmt: skip
+    head = ["--batch-window (ms)", "one at a time tokens/s", "16 concurrent tokens/s",
+            "ratio (range)", "first event p50, concurrency 1 (ms)", "its target (ms)"]  # fmt: skip
+    return (
+        "The batch window trades the two targets: a request alone waits the window before "
+        "its first call, and 16 clients that do not arrive within the window split into "
+        "batches (each window: its own server, the same rounds):\n\n"
+        + markdown_grid(head, rows, "rrrrrr")
+    )
+
+
+def throughput(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
+    """`repeats` rounds of: `n` requests one at a time, then from `n` concurrent clients."""
+    body = {"prompt": PROMPT}
+    rounds = []
+    for _ in range(repeats):
+        seconds, res = run_clients(url, [body] * n, 1)
+        one = {"seconds": seconds, "tps": sum(r["tokens"] for r in res) / seconds, "res": res}
+        seconds, res = run_clients(url, [body] * n, n)
+        many = {"seconds": seconds, "tps": sum(r["tokens"] for r in res) / seconds, "res": res}
+        rounds.append({"sequential": one, "concurrent": many, "ratio": many["tps"] / one["tps"]})
+    return rounds
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median ratio (the reported one), its range across rounds."""
+    ordered = sorted(rounds, key=lambda r: r["ratio"])
+    mid = ordered[len(ordered) // 2]
+    return {**mid, "low": ordered[0]["ratio"], "high": ordered[-1]["ratio"]}
+
+
+def measure_window(run: Path, window: float, args: argparse.Namespace, full: bool) -> dict:
+    """One server at batch window `window` ms: throughput rounds, latencies and, when
+    `full`, the HTTP round trip, the load test and the server's memory."""
+    server = Server(run, "--max-batch", "16", "--max-queue", "256", "--batch-window",
+                    f"{window:g}")  # fmt: skip
+    m: dict[str, Any] = {"window": window}
+    try:
+        url = server.url
+        body = {"prompt": PROMPT}
+        streamed(url, body)  # warm up
+        m["throughput"] = median_round(throughput(url, args.requests, args.repeats))
+        latency = {
+            1: m["throughput"]["sequential"]["res"],
+            16: m["throughput"]["concurrent"]["res"],
+        }
+        m["draft_call"] = draft_call_seconds(latency[1])
+        m["first_1"] = quantiles(latency[1])["first"][0]
+        if full:
+            rtt = [timed(lambda: httpx.get(f"{url}/health", timeout=30))[0] for _ in range(20)]
+            m["http"] = statistics.median(rtt)
+            latency[4] = run_clients(url, [body] * args.requests, 4)[1]
+            m["latency"] = {c: quantiles(latency[c]) for c in (1, 4, 16)}
+            m["load"] = load_test(server, run, args.load, args.length)
+    finally:
+        server.stop()
+    return m
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="throughput rounds per window")
+    ap.add_argument("--windows", default="20,0,10", help="batch windows (ms); the first is "
+                    "measured in full (latencies, load test)")  # fmt: skip
     ap.add_argument("--load", type=int, default=200, help="requests of the load test")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (both processes)")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md section")
@@ -340,30 +427,12 @@ def main() -> None:
     from bench._report import machine, write_section
 
     m: dict[str, Any] = {"threads": args.threads, "machine": machine()}
+    m["load_before"] = os.getloadavg()[0]
+    windows = [float(w) for w in args.windows.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp), args.length)
-        server = Server(run, "--max-batch", "16", "--max-queue", "256")
-        try:
-            url = server.url
-            body = {"prompt": PROMPT}
-            streamed(url, body)  # warm up
-            rtt = []
-            for _ in range(20):
-                rtt.append(timed(lambda: httpx.get(f"{url}/health", timeout=30))[0])
-            m["http"] = statistics.median(rtt)
-            n = args.requests
-            seconds, res = run_clients(url, [body] * n, 1)
-            m["sequential"] = {"seconds": seconds, "tps": sum(r["tokens"] for r in res) / seconds}
-            latency = {1: res}
-            m["draft_call"] = draft_call_seconds(res)
-            seconds, res = run_clients(url, [body] * n, n)
-            m["concurrent"] = {"seconds": seconds, "tps": sum(r["tokens"] for r in res) / seconds}
-            latency[16] = res
-            latency[4] = run_clients(url, [body] * n, 4)[1]
-            m["latency"] = {c: quantiles(latency[c]) for c in (1, 4, 16)}
-            m["load"] = load_test(server, run, args.load, args.length)
-        finally:
-            server.stop()
+        m["windows"] = [measure_window(run, w, args, k == 0) for k, w in enumerate(windows)]
+    m["load_after"] = os.getloadavg()[0]
     text = report(args, m)
     print(text)
     if args.write:

@@ -1,20 +1,32 @@
-"""Error correction with `sbd edit` on the synthetic language, judged by the oracle.
+"""Error correction with `sbd edit`: corrupt true texts, edit them, judge before and after.
 
-What it is: a driver that takes N true samples of the topic-markov language (drawn from the
-oracle), replaces a fraction rho of each sample's positions by uniformly drawn other words,
-writes the corrupted texts, runs the real `sbd edit` command on them (masked, posthoc and
-random scorers at gamma = rho and 2 rho, one full bidirectional revise block), and reports
-from the records `sbd edit --records` writes: the oracle NLL per token of the true, the
-corrupted and the edited texts, the fraction of the corruption's excess NLL the edit
-recovered, the recall (corrupted positions selected) and precision (selected positions that
-were corrupted) of the selection, and the fraction of corrupted positions restored to the
-true word. It writes the section `<!-- results:edit-correction -->` of docs/results.md.
-What it is not: training (the commands below train the model it reads) or a speed benchmark.
+What it is: a driver that takes N true texts, replaces a fraction rho of each text's
+positions by uniformly drawn other tokens, writes the corrupted texts, runs the real `sbd
+edit` command on them (masked, posthoc and random scorers at gamma = rho and 2 rho, one
+full bidirectional revise block), and reports from the records `sbd edit --records` writes:
+the NLL per token of the true, the corrupted and the edited texts, the fraction of the
+corruption's excess NLL the edit recovered, the recall (corrupted positions selected) and
+precision (selected positions that were corrupted) of the selection, and the fraction of
+corrupted positions restored to the true token. Two datasets:
+- synthetic (`--run RUN` trained on `topic-markov`): N samples drawn from the oracle,
+  corrupted by other words, judged by the exact oracle; section `edit-correction`.
+- text (`--run RUN --judge JUDGE`, e.g. tinyshakespeare in bytes): the first N validation
+  rows of RUN's data, corrupted by other characters of those rows, judged by JUDGE, an sbd
+  run trained with block size 1 on the same data (exact autoregressive NLL); section
+  `edit-correction-<name>`.
+What it is not: training (the commands below train the models it reads) or a speed
+benchmark.
 
     sbd prepare --synthetic topic-markov --out OUT/data
     sbd train --data OUT/data --out OUT/run --mix 4,128 --lambda 0.5 --steps 1000
     python -m experiments.edit_correction run --run OUT/run --out OUT/edit --n 512
     python -m experiments.edit_correction report --out OUT/edit
+
+    sbd prepare --text tinyshakespeare.txt --seq-len 256 --out SH/data
+    sbd train --data SH/data --out SH/run --mix 4,256 --lambda 0.5 --steps 1200
+    sbd train --data SH/data --out SH/judge --block 1 --eps-min 1 --steps 1200
+    python -m experiments.edit_correction run --run SH/run --judge SH/judge --out SH/edit
+    python -m experiments.edit_correction report --out SH/edit --name shakespeare
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +56,13 @@ SECTION = "edit-correction"
 
 
 def corrupt(
-    true: torch.Tensor, rho: float, vocab: int, seed: int
+    true: torch.Tensor, rho: float, vocab: int | torch.Tensor, seed: int
 ) -> tuple[torch.Tensor, list[list[int]]]:
-    """Replace round(rho * (L-1)) positions in 1..L-1 of each row by another uniform word."""
+    """Replace round(rho * (L-1)) positions in 1..L-1 of each row by another token of the
+    alphabet (`vocab` ids 0..vocab-1, or the ids of a tensor) drawn uniformly."""
+    alphabet = torch.arange(vocab) if isinstance(vocab, int) else vocab
+    where_in = torch.full((int(alphabet.max()) + 1,), -1, dtype=torch.long)
+    where_in[alphabet] = torch.arange(len(alphabet))
     gen = torch.Generator().manual_seed(seed)
     out = true.clone()
     n, length = true.shape
@@ -53,10 +70,54 @@ def corrupt(
     where: list[list[int]] = []
     for i in range(n):
         pos = (torch.randperm(length - 1, generator=gen)[:k] + 1).sort().values
-        shift = torch.randint(1, vocab, (k,), generator=gen)
-        out[i, pos] = (true[i, pos] + shift) % vocab  # never the true word
+        shift = torch.randint(1, len(alphabet), (k,), generator=gen)
+        out[i, pos] = alphabet[(where_in[true[i, pos]] + shift) % len(alphabet)]  # never true
         where.append(pos.tolist())
     return out, where
+
+
+class OracleTruth:
+    """Synthetic texts: samples of the run's oracle, judged by the oracle."""
+
+    def __init__(self, run: Path, n: int, seed: int) -> None:
+        self.oracle = load_oracle(run / "data" / "oracle.safetensors")
+        self.codec = SyntheticCodec(self.oracle.vocab)
+        length = json.loads((run / "data" / "manifest.json").read_text())["seq_len"]
+        self.true = self.oracle.sample(n, length, torch.Generator().manual_seed(seed))
+        self.alphabet: int | torch.Tensor = self.oracle.vocab
+
+    def write(self, rows: torch.Tensor, path: Path) -> Path:
+        texts = path.with_suffix(".txt")
+        texts.write_text("".join(self.codec.decode(r[1:].tolist()) + "\n" for r in rows))
+        return texts
+
+    def nll(self, tokens: torch.Tensor) -> float:
+        return nll_per_token(self.oracle, tokens)
+
+
+class JudgedText:
+    """Text rows of the run's validation split, judged by a block-1 sbd run."""
+
+    def __init__(self, run: Path, judge: Path, n: int) -> None:
+        from sbdcli.data.datadir import load_codec, load_split
+        from sbdcli.evaluate.judges import SbdJudge
+
+        self.codec = load_codec(run / "data")
+        self.true = load_split(run / "data", "val")[:n]
+        self.judge = SbdJudge.load(judge, batch_size=64)
+        self.alphabet = self.true[:, 1:].unique()  # the characters these rows use
+
+    def write(self, rows: torch.Tensor, path: Path) -> Path:
+        texts = path.with_suffix(".jsonl")
+        lines = [json.dumps({"id": f"t{i + 1}", "text": self.codec.decode(r[1:].tolist())})
+                 for i, r in enumerate(rows)]  # fmt: skip
+        texts.write_text("".join(line + "\n" for line in lines))
+        return texts
+
+    def nll(self, tokens: torch.Tensor) -> float:
+        """The judge's NLL per token of positions 1..L-1, over all rows."""
+        total = sum(float(-self.judge.token_logprobs(part).sum()) for part in tokens.split(64))
+        return total / (tokens.numel() - tokens.shape[0])
 
 
 def nll_per_token(oracle: Any, tokens: torch.Tensor) -> float:
@@ -81,28 +142,32 @@ def run_edit(
 def measure(args: argparse.Namespace) -> None:
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    oracle = load_oracle(run / "data" / "oracle.safetensors")
-    codec = SyntheticCodec(oracle.vocab)
-    length = json.loads((run / "data" / "manifest.json").read_text())["seq_len"]
-    true = oracle.sample(args.n, length, torch.Generator().manual_seed(args.seed))
+    truth: Any = (
+        OracleTruth(run, args.n, args.seed)
+        if args.judge is None
+        else JudgedText(run, Path(args.judge), args.n)
+    )
+    true = truth.true
     rows = []
     for rho in args.rhos:
-        bad, where = corrupt(true, rho, oracle.vocab, args.seed + 1)
-        texts = out / f"corrupted-rho{rho:g}.txt"
-        texts.write_text("".join(codec.decode(r[1:].tolist()) + "\n" for r in bad))
-        base = {"rho": rho, "nll_true": nll_per_token(oracle, true),
-                "nll_corrupted": nll_per_token(oracle, bad)}  # fmt: skip
+        bad, where = corrupt(true, rho, truth.alphabet, args.seed + 1)
+        texts = truth.write(bad, out / f"corrupted-rho{rho:g}")
+        base = {"rho": rho, "nll_true": truth.nll(true), "nll_corrupted": truth.nll(bad)}
         for scorer in args.scorers:
             for gamma in (rho, 2 * rho):
                 recs, seconds = run_edit(texts, run, scorer, gamma, out)
-                rows.append({**base, **score(recs, true, where, oracle), "scorer": scorer,
+                rows.append({**base, **score(recs, true, where, truth.nll), "scorer": scorer,
                              "gamma": gamma, "seconds": seconds})  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr)
                 # after every row: an interrupted run keeps (and reports) what it measured
-                (out / "edit-correction.json").write_text(json.dumps({"n": args.n, "rows": rows}))
+                judge = "oracle" if args.judge is None else "judge"
+                done = {"n": len(true), "judge": judge, "rows": rows}
+                (out / "edit-correction.json").write_text(json.dumps(done))
 
 
-def score(recs: list[dict], true: torch.Tensor, where: list[list[int]], oracle: Any) -> dict:
+def score(
+    recs: list[dict], true: torch.Tensor, where: list[list[int]], nll: Callable[[Any], float]
+) -> dict:
     """Selection recall/precision, restored words and the edited NLL of one `sbd edit` run."""
     by_id = {r["id"]: r for r in recs}
     edited = torch.tensor([by_id[f"t{i + 1}"]["tokens"] for i in range(len(true))])
@@ -113,7 +178,7 @@ def score(recs: list[dict], true: torch.Tensor, where: list[list[int]], oracle: 
         chosen += len(sel)
         restored += sum(int(edited[i, p] == true[i, p]) for p in pos)
     total = sum(len(p) for p in where)
-    return {"nll_edited": nll_per_token(oracle, edited), "recall": hit / total,
+    return {"nll_edited": nll(edited), "recall": hit / total,
             "precision": hit / max(chosen, 1), "restored": restored / total}  # fmt: skip
 
 
@@ -132,11 +197,14 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 def report(args: argparse.Namespace) -> None:
     data = json.loads((Path(args.out) / "edit-correction.json").read_text())
-    table = markdown_grid(HEADER, [_cells(r) for r in data["rows"]], "rlrrrrrrrrr")
-    body = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
+    head = (HEADER[:3], f"{data.get('judge', 'oracle')} NLL true", *HEADER[4:])
+    table = markdown_grid(head, [_cells(r) for r in data["rows"]], "rlrrrrrrrrr")
+    stem = SECTION if args.name is None else f"{SECTION}-{args.name}"
+    notes = Path(args.notes or ROOT / "experiments" / "study_notes" / f"{stem}.md")
+    body = notes.read_text() if notes.is_file() else ""
     body = body.replace("{n}", str(data["n"]))
     text = body.replace("{table}", table) if "{table}" in body else table
-    write_section(Path(args.doc), SECTION, text + "\n")
+    write_section(Path(args.doc), stem, text + "\n")
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -148,6 +216,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run")
     p.add_argument("--run", required=True)
+    p.add_argument("--judge", help="a block-1 sbd run: edit RUN's validation texts")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -155,10 +224,9 @@ def main() -> None:
     p.add_argument("--scorers", type=lambda s: s.split(","), default=SCORERS)
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
+    p.add_argument("--name", help="dataset name: section edit-correction-NAME")
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument(
-        "--notes", default=str(ROOT / "experiments" / "study_notes" / "edit-correction.md")
-    )
+    p.add_argument("--notes", help="notes (default study_notes/edit-correction[-NAME].md)")
     args = parser.parse_args()
     measure(args) if args.cmd == "run" else report(args)
 

@@ -198,3 +198,22 @@ def test_requests_arriving_together_at_an_idle_worker_run_together(ref):
     batcher.stop()
     batcher.join(30)
     assert [(s.requests, s.rows) for s in stats] == [(2, 2)]
+
+
+def test_the_worker_samples_with_its_own_thread_count(ref):
+    """`threads` is set in the worker thread (its own OpenMP team); the caller's is kept."""
+    import torch
+
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    batcher = Batcher(ref, threads=2)
+    t, sink = ticket(ref, {"seed": 1, "max_tokens": 4})
+    post = t.post
+    t.post = lambda event: (seen.append(torch.get_num_threads()), post(event))[1]
+    batcher.submit(t)
+    batcher.start()
+    assert sink.done.wait(60)
+    batcher.stop()
+    batcher.join(30)
+    assert seen and set(seen) == {2}
+    assert torch.get_num_threads() == before

@@ -119,8 +119,10 @@ def test_edits_sharing_a_batch_are_each_what_sbd_edit_writes(
     app, url, workdir, monkeypatch, capsys
 ):
     batcher = app.state.server.batcher
-    bodies = [{"text": TEXT, "gamma": 0.3, "seed": 5}, {"text": "w2 w2 w9 w1", "gamma": 0.3,
-              "seed": 6, "id": "other"}]  # fmt: skip (two seeds, one batch)
+    bodies = [
+        {"text": TEXT, "gamma": 0.3, "seed": 5},
+        {"text": "w2 w2 w9 w1", "gamma": 0.3, "seed": 6, "id": "other"},
+    ]  # fmt: skip (two seeds, one batch)
     answers: dict[int, httpx.Response] = {}
     with held_worker(app) as release:
         first = threading.Thread(target=edit, args=(url, {"text": "w1 w1", "gamma": 0.5}))

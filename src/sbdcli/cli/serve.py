@@ -22,6 +22,22 @@ def _check(name: str, value: int, low: int) -> None:
         raise UserError(f"{name} must be >= {low}, got {value}")
 
 
+def _one_sampling_team() -> int:
+    """torch's thread count, kept for the sampling worker; this (the HTTP) thread runs its
+    few tensor operations on one thread from now on.
+
+    With OpenMP, every thread that runs a parallel operation gets its own team of threads.
+    Once this thread has had a team of N, the worker thread's own team of N ran each network
+    call about 2x slower on two cores (measured: 0.49 s vs 0.21 s per request, torch 2.13,
+    docs/benchmarks.md "Serving"); with one thread here the worker runs at full speed.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return threads
+
+
 @app.command()
 def serve(
     model: ModelOpt = None,
@@ -78,9 +94,11 @@ def serve(
     if port > 65535:
         raise UserError(f"--port must be <= 65535, got {port}")
     key = api_key or os.environ.get("SBD_API_KEY") or None
+    threads = _one_sampling_team()
     ref = pl.load_model_ref(pl.default_model_path(model), device)
     limits = Limits(max_n=max_n)
-    settings = Settings(key, max_body, max_batch, max_queue, limits, batch_window / 1000)
+    settings = Settings(key, max_body, max_batch, max_queue, limits, batch_window / 1000,
+                        threads)  # fmt: skip
     application = create_app(ref, settings)
     sock = bind(host, port)
 

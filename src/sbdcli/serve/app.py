@@ -61,6 +61,8 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     batch_window: float = 0.02
     """Seconds an idle worker waits, from a request's arrival, for others to batch with it."""
+    threads: int | None = None
+    """torch threads of the sampling worker (None: leave torch's setting as it is)."""
 
 
 class _Auth:
@@ -162,7 +164,7 @@ class Server:
         self.ref, self.settings = ref, settings
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.batcher = Batcher(ref, settings.max_batch, settings.max_queue, self.metrics.batch,
-                               settings.batch_window)  # fmt: skip
+                               settings.batch_window, settings.threads)  # fmt: skip
         self.created = int(time.time())
 
     @property

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from sbdcli import pipeline as pl
 from sbdcli.artifacts.records import Record
 from sbdcli.config import RedrawConfig
@@ -96,9 +98,10 @@ class Batcher:
         max_queue: int = 64,
         on_batch: Callable[[BatchStats], None] | None = None,
         window: float = 0.02,
+        threads: int | None = None,
     ) -> None:
         self.ref, self.max_batch, self.max_queue = ref, max_batch, max_queue
-        self.window = window
+        self.window, self.threads = window, threads
         self.on_batch = on_batch
         self._queue: deque[Ticket] = deque()
         self._running: list[Ticket] = []
@@ -193,6 +196,8 @@ class Batcher:
         return bool(self._queue)
 
     def _loop(self) -> None:
+        if self.threads is not None:  # this thread's own OpenMP team (see `sbd serve`)
+            torch.set_num_threads(self.threads)
         while (batch := self._take()) is not None:
             start, tokens = time.monotonic(), 0
             try:
