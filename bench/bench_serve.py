@@ -315,7 +315,13 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
             "rrr",
         ),
     ]
-    lines += ["", first_event_line(main, main["http"]), "", window_table(m, main["http"]), ""]
+    lines += ["", workload_table(main, args.requests), ""]
+    lines += [
+        first_event_line(main, main["http"]),
+        "",
+        window_table(m, main["http"], args.requests),
+        "",
+    ]
     ld = main["load"]
     lines += [
         f"Load test: {ld['requests']} requests from 32 concurrent clients in "
@@ -327,6 +333,22 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
         f"({100 * (ld['after_mib'] / ld['idle_mib'] - 1):+.1f}%, target within 10%).",
     ]
     return "\n".join(lines)
+
+
+def workload_table(m: dict[str, Any], n: int) -> str:
+    """The throughput ratio of each workload: batching pays where calls are small."""
+    rows = []
+    for name, tp in [("draft + exact revise (the default)", m["throughput"]),
+                     *m["workloads"].items()]:  # fmt: skip
+        rows.append([name, f"{tp['sequential']['tps']:.0f}", f"{tp['concurrent']['tps']:.0f}",
+                     f"{tp['ratio']:.2f}x ({tp['low']:.2f}-{tp['high']:.2f})"])  # fmt: skip
+    head = ["workload", "one at a time tokens/s", f"{n} concurrent tokens/s", "ratio (range)"]
+    return (
+        "The same rounds with other settings (same server): a draft call of one row is "
+        "a few small matrix products dominated by fixed costs, so rows batch almost for "
+        "free; an exact revise call runs all L positions of every row, so its cost grows "
+        "with the rows:\n\n" + markdown_grid(head, rows, "lrrr")
+    )
 
 
 def bound(m: dict[str, Any], http: float) -> float:
@@ -344,7 +366,7 @@ def first_event_line(m: dict[str, Any], http: float) -> str:
     )
 
 
-def window_table(m: dict[str, Any], http: float) -> str:
+def window_table(m: dict[str, Any], http: float, n: int) -> str:
     """The batch window's trade-off: throughput ratio against the first event alone."""
     rows = []
     for w in m["windows"]:
@@ -353,19 +375,28 @@ def window_table(m: dict[str, Any], http: float) -> str:
                      f"{tp['concurrent']['tps']:.0f}",
                      f"{tp['ratio']:.2f}x ({tp['low']:.2f}-{tp['high']:.2f})",
                      f"{w['first_1'] * 1e3:.1f}", f"{bound(w, http) * 1e3:.1f}"])  # fmt: skip
-    head = ["--batch-window (ms)", "one at a time tokens/s", "16 concurrent tokens/s",
+    head = ["--batch-window (ms)", "one at a time tokens/s", f"{n} concurrent tokens/s",
             "ratio (range)", "first event p50, concurrency 1 (ms)", "its target (ms)"]  # fmt: skip
     return (
         "The batch window trades the two targets: a request alone waits the window before "
-        "its first call, and 16 clients that do not arrive within the window split into "
+        "its first call, and concurrent clients that do not arrive within the window split into "
         "batches (each window: its own server, the same rounds):\n\n"
         + markdown_grid(head, rows, "rrrrrr")
     )
 
 
-def throughput(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
+WORKLOADS = {
+    "draft only (`stages` 4)": {"prompt": PROMPT, "sbd": {"stages": "4", "gammas": ""}},
+    "draft + approximate revise (`cache` approx)": {"prompt": PROMPT, "sbd": {"cache": "approx"}},
+}
+"""Other settings, measured like the default at the first window: where batching pays."""
+
+
+def throughput(
+    url: str, n: int, repeats: int, body: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """`repeats` rounds of: `n` requests one at a time, then from `n` concurrent clients."""
-    body = {"prompt": PROMPT}
+    body = body or {"prompt": PROMPT}
     rounds = []
     for _ in range(repeats):
         seconds, res = run_clients(url, [body] * n, 1)
@@ -405,6 +436,10 @@ def measure_window(run: Path, window: float, args: argparse.Namespace, full: boo
             m["http"] = statistics.median(rtt)
             latency[4] = run_clients(url, [body] * args.requests, 4)[1]
             m["latency"] = {c: quantiles(latency[c]) for c in (1, 4, 16)}
+            m["workloads"] = {
+                name: median_round(throughput(url, args.requests, args.repeats, b))
+                for name, b in WORKLOADS.items()
+            }
             m["load"] = load_test(server, run, args.load, args.length)
     finally:
         server.stop()
