@@ -10,10 +10,10 @@ precision (selected positions that were corrupted) of the selection, and the fra
 corrupted positions restored to the true token. Two datasets:
 - synthetic (`--run RUN` trained on `topic-markov`): N samples drawn from the oracle,
   corrupted by other words, judged by the exact oracle; section `edit-correction`.
-- text (`--run RUN --judge JUDGE`, e.g. tinyshakespeare in bytes): the first N validation
-  rows of RUN's data, corrupted by other characters of those rows, judged by JUDGE, an sbd
-  run trained with block size 1 on the same data (exact autoregressive NLL); section
-  `edit-correction-<name>`.
+- text (`--run RUN --judge JUDGE --data DIR`, e.g. tinyshakespeare in bytes): the first N
+  validation rows of DIR (RUN's training data), corrupted by other characters of those
+  rows, judged by JUDGE, an sbd run trained with block size 1 on the same data (exact
+  autoregressive NLL); section `edit-correction-<name>`.
 What it is not: training (the commands below train the models it reads) or a speed
 benchmark.
 
@@ -23,9 +23,10 @@ benchmark.
     python -m experiments.edit_correction report --out OUT/edit
 
     sbd prepare --text tinyshakespeare.txt --seq-len 256 --out SH/data
-    sbd train --data SH/data --out SH/run --mix 4,256 --lambda 0.5 --steps 1200
-    sbd train --data SH/data --out SH/judge --block 1 --eps-min 1 --steps 1200
-    python -m experiments.edit_correction run --run SH/run --judge SH/judge --out SH/edit
+    sbd train --data SH/data --out SH/run --mix 4,256 --lambda 0.5 --steps 1500
+    sbd train --data SH/data --out SH/judge --block 1 --eps-min 1 --steps 1500
+    python -m experiments.edit_correction run --run SH/run --judge SH/judge --data SH/data \
+        --out SH/edit
     python -m experiments.edit_correction report --out SH/edit --name shakespeare
 """
 
@@ -87,7 +88,7 @@ class OracleTruth:
         self.alphabet: int | torch.Tensor = self.oracle.vocab
 
     def write(self, rows: torch.Tensor, path: Path) -> Path:
-        texts = path.with_suffix(".txt")
+        texts = path.with_name(path.name + ".txt")
         texts.write_text("".join(self.codec.decode(r[1:].tolist()) + "\n" for r in rows))
         return texts
 
@@ -98,17 +99,17 @@ class OracleTruth:
 class JudgedText:
     """Text rows of the run's validation split, judged by a block-1 sbd run."""
 
-    def __init__(self, run: Path, judge: Path, n: int) -> None:
+    def __init__(self, data: Path, judge: Path, n: int) -> None:
         from sbdcli.data.datadir import load_codec, load_split
         from sbdcli.evaluate.judges import SbdJudge
 
-        self.codec = load_codec(run / "data")
-        self.true = load_split(run / "data", "val")[:n]
+        self.codec = load_codec(data)
+        self.true = load_split(data, "val")[:n]
         self.judge = SbdJudge.load(judge, batch_size=64)
         self.alphabet = self.true[:, 1:].unique()  # the characters these rows use
 
     def write(self, rows: torch.Tensor, path: Path) -> Path:
-        texts = path.with_suffix(".jsonl")
+        texts = path.with_name(path.name + ".jsonl")
         lines = [json.dumps({"id": f"t{i + 1}", "text": self.codec.decode(r[1:].tolist())})
                  for i, r in enumerate(rows)]  # fmt: skip
         texts.write_text("".join(line + "\n" for line in lines))
@@ -145,7 +146,7 @@ def measure(args: argparse.Namespace) -> None:
     truth: Any = (
         OracleTruth(run, args.n, args.seed)
         if args.judge is None
-        else JudgedText(run, Path(args.judge), args.n)
+        else JudgedText(Path(args.data), Path(args.judge), args.n)
     )
     true = truth.true
     rows = []
@@ -196,7 +197,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 
 def report(args: argparse.Namespace) -> None:
-    data = json.loads((Path(args.out) / "edit-correction.json").read_text())
+    parts = [json.loads((Path(o) / "edit-correction.json").read_text()) for o in args.out]
+    data = {**parts[0], "rows": [r for part in parts for r in part["rows"]]}  # one run per rho
     head = (HEADER[:3], f"{data.get('judge', 'oracle')} NLL true", *HEADER[4:])
     table = markdown_grid(head, [_cells(r) for r in data["rows"]], "rlrrrrrrrrr")
     stem = SECTION if args.name is None else f"{SECTION}-{args.name}"
@@ -216,14 +218,15 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run")
     p.add_argument("--run", required=True)
-    p.add_argument("--judge", help="a block-1 sbd run: edit RUN's validation texts")
+    p.add_argument("--judge", help="a block-1 sbd run: edit the validation texts of --data")
+    p.add_argument("--data", help="with --judge: the data directory RUN was trained on")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rhos", type=floats, default=RHOS, help="corruption rates, comma list")
     p.add_argument("--scorers", type=lambda s: s.split(","), default=SCORERS)
     p = sub.add_parser("report")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, nargs="+", help="run outputs (e.g. one per rho)")
     p.add_argument("--name", help="dataset name: section edit-correction-NAME")
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--notes", help="notes (default study_notes/edit-correction[-NAME].md)")
