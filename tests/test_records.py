@@ -160,3 +160,16 @@ def test_bundle_errors(tmp_path):
     artifacts.save_tensors(newer, lengths, "sbd.records", {"records": [{}], "per_token": []}, 2)
     with pytest.raises(UserError, match="record bundle version is newer"):
         artifacts.load_record_bundle(newer)
+
+
+@pytest.mark.parametrize(("stage", "how"), [("draft", "drafted by a model"),
+                                            ("encode", "encoded for a vocabulary")])  # fmt: skip
+def test_another_vocabulary_is_named_by_how_the_record_came(stage, how):
+    from sbdcli.artifacts.records import ModelIds
+
+    rec = make_record()
+    rec["stages"] = [{"name": stage, "vocab_size": 12, "mask_id": 11, "bos_id": 10}]
+    with pytest.raises(
+        UserError, match=f"record 0 .*{how} with vocab_size 12.* m has vocab_size 10"
+    ):
+        artifacts.validate_record(rec, 0, model=ModelIds("m", 10, 9, 8))

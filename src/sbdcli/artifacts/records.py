@@ -190,8 +190,9 @@ def _check_model_ids(rec: Mapping[str, Any], where: str, model: ModelIds) -> Non
     if all(entry.get(k, getattr(model, k)) == getattr(model, k) for k in MODEL_ID_KEYS):
         return
     drafted = ", ".join(f"{k} {entry.get(k, '?')}" for k in MODEL_ID_KEYS)
+    how = "encoded for a vocabulary" if entry.get("name") == "encode" else "drafted by a model"
     raise UserError(
-        f"{where}: drafted by a model with {drafted}, but {model.name} has "
+        f"{where}: {how} with {drafted}, but {model.name} has "
         f"{model.describe()} (another vocabulary)"
     )
 
