@@ -199,7 +199,7 @@ def _cells(r: dict[str, Any]) -> list[str]:
 def report(args: argparse.Namespace) -> None:
     parts = [json.loads((Path(o) / "edit-correction.json").read_text()) for o in args.out]
     data = {**parts[0], "rows": [r for part in parts for r in part["rows"]]}  # one run per rho
-    head = (HEADER[:3], f"{data.get('judge', 'oracle')} NLL true", *HEADER[4:])
+    head = (*HEADER[:3], f"{data.get('judge', 'oracle')} NLL true", *HEADER[4:])
     table = markdown_grid(head, [_cells(r) for r in data["rows"]], "rlrrrrrrrrr")
     stem = SECTION if args.name is None else f"{SECTION}-{args.name}"
     notes = Path(args.notes or ROOT / "experiments" / "study_notes" / f"{stem}.md")
