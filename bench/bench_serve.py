@@ -1,7 +1,7 @@
 """`sbd serve` under concurrency: batched vs one-at-a-time throughput, latency, a load test.
 
     python -m bench.bench_serve [--length 128] [--requests 16] [--repeats 3]
-        [--windows 20,0,10] [--load 200] [--write]
+        [--windows 10,20,0] [--load 200] [--write]
 
 One run, side by side on the same model and server (a random tiny model, the `tiny`
 preset, at L = `--length` with a synthetic vocabulary; its text is meaningless, its
@@ -22,6 +22,8 @@ can be read from /proc), clients are threads on loopback.
    and not), malformed ones (expect 400) and clients that leave after their first event;
    then the server must be up, every valid request answered 200 with the record computed
    for it in this process, and its resident memory within 10% of its idle value.
+5. The ceiling: the same requests through the sampler alone in this process (one at a
+   time, then as one batch), which is all that batching can give before any server cost.
 
 Not here: unit tests of the server (tests/test_serve_*.py).
 """
@@ -315,6 +317,14 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> str:
             "rrr",
         ),
     ]
+    ip = m["in_process"]
+    lines += [
+        "",
+        f"The sampler alone, without the server (the same {args.requests} requests in this "
+        "process's main thread, no HTTP, no events; best of the rounds): one at a time "
+        f"{ip['one']:.2f} s, as one batch of {args.requests} rows {ip['batch']:.2f} s: "
+        f"**{ip['ratio']:.2f}x**, the most batching can give at this size on these cores.",
+    ]
     lines += ["", workload_table(main, args.requests), ""]
     lines += [
         first_event_line(main, main["http"]),
@@ -414,6 +424,27 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {**mid, "low": ordered[0]["ratio"], "high": ordered[-1]["ratio"]}
 
 
+def in_process(run: Path, n: int, repeats: int) -> dict[str, float]:
+    """The sampler alone, in this process's main thread (no HTTP, no events): `n` default
+    requests one at a time, then as one batch of `n` rows; best of `repeats` each."""
+    from sbdcli import pipeline as pl
+    from sbdcli.serve.jobs import Limits, make_job
+    from sbdcli.serve.schemas import CompletionRequest
+
+    ref = pl.load_model_ref(str(run), "cpu")
+    req = CompletionRequest.model_validate({"prompt": PROMPT, "seed": 0})
+    job = make_job(req, ref, Limits(), "x")
+
+    def generate(rows: int) -> None:
+        prompts = [pl.Prompt(f"r{i}", job.prompts[0].tokens) for i in range(rows)]
+        pl.generate_batch(ref, prompts, job.length, job.draft_cfg, 0, job.plan)
+
+    generate(1)  # warm up
+    one = min(timed(lambda: [generate(1) for _ in range(n)])[0] for _ in range(repeats))
+    batch = min(timed(lambda: generate(n))[0] for _ in range(repeats))
+    return {"one": one, "batch": batch, "ratio": one / batch}
+
+
 def measure_window(run: Path, window: float, args: argparse.Namespace, full: bool) -> dict:
     """One server at batch window `window` ms: throughput rounds, latencies and, when
     `full`, the HTTP round trip, the load test and the server's memory."""
@@ -451,7 +482,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3, help="throughput rounds per window")
-    ap.add_argument("--windows", default="20,0,10", help="batch windows (ms); the first is "
+    ap.add_argument("--windows", default="10,20,0", help="batch windows (ms); the first is "
                     "measured in full (latencies, load test)")  # fmt: skip
     ap.add_argument("--load", type=int, default=200, help="requests of the load test")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (both processes)")
@@ -467,6 +498,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp), args.length)
         m["windows"] = [measure_window(run, w, args, k == 0) for k, w in enumerate(windows)]
+        m["in_process"] = in_process(run, args.requests, args.repeats)
     m["load_after"] = os.getloadavg()[0]
     text = report(args, m)
     print(text)

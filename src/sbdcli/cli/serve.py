@@ -65,7 +65,7 @@ def serve(
             help="Milliseconds an idle server waits, from a request's arrival, for others to "
             "batch with it.",
         ),
-    ] = 20.0,
+    ] = 10.0,
     max_body: Annotated[
         int, typer.Option("--max-body", help="Largest request body in bytes; beyond, 413.")
     ] = 1 << 20,

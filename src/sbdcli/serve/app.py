@@ -59,7 +59,7 @@ class Settings:
     max_queue: int = 64
     """Rows waiting for a batch; beyond, 429."""
     limits: Limits = field(default_factory=Limits)
-    batch_window: float = 0.02
+    batch_window: float = 0.01
     """Seconds an idle worker waits, from a request's arrival, for others to batch with it."""
     threads: int | None = None
     """torch threads of the sampling worker (None: leave torch's setting as it is)."""

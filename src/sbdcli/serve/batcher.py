@@ -2,7 +2,7 @@
 
 Rules (docs/serving.md, "Batching"):
 - Requests wait in arrival order. When the worker is free and a request arrives, it waits
-  `window` seconds from that request's arrival (default 20 ms) for others to arrive with
+  `window` seconds from that request's arrival (default 10 ms) for others to arrive with
   it, unless a batch is full sooner. Then it takes the oldest request and
   every queued request with the same `Job.key` (same length and settings) behind it, in
   order, while the batch has at most `max_batch` rows; they run as one batch of rows
@@ -97,7 +97,7 @@ class Batcher:
         max_batch: int = 16,
         max_queue: int = 64,
         on_batch: Callable[[BatchStats], None] | None = None,
-        window: float = 0.02,
+        window: float = 0.01,
         threads: int | None = None,
     ) -> None:
         self.ref, self.max_batch, self.max_queue = ref, max_batch, max_queue
