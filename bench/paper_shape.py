@@ -22,11 +22,12 @@ import resource
 import statistics
 import subprocess
 import sys
+from itertools import pairwise
 from typing import Any
 
 import torch
 
-from bench.timer import timed
+from bench.timer import stopwatch, sync, timed
 from sbdcli.config import ModelConfig, legacy_sampler
 from sbdcli.diffusion import remask as rm
 from sbdcli.diffusion import sampler as sp
@@ -172,7 +173,8 @@ def paper_rows(
     rows = []
     for length in lengths:
         model = build(length, device)
-        sbd_draft(model, n, 16, device)  # warm-up
+        for prec in precisions:  # warm-up (bf16: also makes the bf16 weight copy)
+            sbd_draft(model, n, 16, device, precision=prec)
         times: dict[str, dict[str, list[float]]] = {p: {} for p in precisions}
         for _ in range(repeats):
             for prec in precisions:
@@ -238,32 +240,44 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def call_ends(
+    model: Denoiser, tokens: torch.Tensor, todo: torch.Tensor, cfg: Any, g: Any, device: str
+) -> list[float]:
+    """One fill's start (0) and the end of each of its network calls (seconds, synced)."""
+    ends = [0.0]
+
+    def ended(_: Any) -> None:
+        sync(device)
+        ends.append(clock())
+
+    sync(device)
+    clock = stopwatch()
+    sp.fill_masked(model, tokens, todo, cfg, g, progress=ended)
+    return ends
+
+
 def one_call(length: int, kind: str, device: str, prec: str, calls: int = 2) -> dict[str, Any]:
     """Time `calls` network calls of one kind at L in this process; peak memory after.
 
-    draft: a cached draft of the last 4 positions (its first call encodes the L - 4 clean
-    tokens before them into the cache: timed alone as `prefill_s`; the other 3 calls give
-    `s_per_call`); revise: `calls` calls of one global bidirectional block (the exact
-    revise's call: every one of the L positions runs).
+    draft: a cached draft of the last 4 positions, each call timed as it ends (the first
+    also encodes the L - 4 clean tokens before them into the cache: `prefill_s`; the
+    median of the other 3 is `s_per_call`); revise: `calls` calls of one global
+    bidirectional block (the exact revise's call: every one of the L positions runs).
     """
     model = build(length, device)
     n = 1
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB - 2, (n, length), generator=g).to(device)
     tokens[:, 0] = model.config.bos_id
-    sp.draft(
-        model, [[model.config.bos_id]], 8, sp.SamplerConfig(block_size=4), gens(1, "w", device)
-    )
+    warm = sp.SamplerConfig(block_size=4, precision=prec)  # also makes the bf16 weight copy
+    sp.draft(model, [[model.config.bos_id]], 8, warm, gens(1, "w", device))
     todo = torch.zeros(n, length, dtype=torch.bool, device=device)
     if kind == "draft":
         cfg = sp.SamplerConfig(block_size=4, precision=prec)
-        todo[:, -1:] = True  # one position: one call, which also fills the cache
-        first, _ = clock(lambda: sp.fill_masked(model, tokens, todo, cfg, gens(n, "d", device)),
-                         device)  # fmt: skip
-        todo[:, -4:] = True  # four calls: the first as above, then three with the cache warm
-        secs, _ = clock(lambda: sp.fill_masked(model, tokens, todo, cfg, gens(n, "d", device)),
-                        device)  # fmt: skip
-        row = {"prefill_s": first, "s_per_call": (secs - first) / 3, "calls": 4}
+        todo[:, -4:] = True  # four calls: the first also fills the cache, three with it warm
+        ends = call_ends(model, tokens, todo, cfg, gens(n, "d", device), device)
+        steps = [b - a for a, b in pairwise(ends)]
+        row = {"prefill_s": steps[0], "s_per_call": statistics.median(steps[1:]), "calls": 4}
     else:  # `calls` calls of the global block, 2 positions each
         cfg = legacy_sampler(0, precision=prec, steps_per_block=calls)
         todo[:, 1 : 1 + 4 * 2 * calls : 4] = True
