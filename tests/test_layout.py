@@ -46,8 +46,8 @@ MAX_LINES = 450
 """The size past which a module must be listed in `LONG_MODULES`."""
 LONG_MODULES = {
     "pipeline/stages.py": "draft, remask and revise share the stage entry, the record checks "
-    "and the per-record generators (each entry now also says its precision); remask_batch "
-    "with its scorers is the part to split out next",
+    "and the per-record generators and seeds (each entry also says its precision); "
+    "remask_batch with its scorers is the part to split out next",
     "config.py": "every settings dataclass with its field docs, the one place a default "
     "lives (the command line, stage entries and docs read these fields)",
     "diffusion/sampler.py": "one engine for draft and revise: the block loop, the per-sample "

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
+import sbdcli.pipeline.encode as enc
 from sbdcli.artifacts.records import (
     ModelIds,
     Record,
@@ -42,7 +43,6 @@ from sbdcli.diffusion import windows as win
 from sbdcli.diffusion.degenerate import is_degenerate
 from sbdcli.diffusion.precision import stage_entry as precision_entry
 from sbdcli.errors import UserError
-from sbdcli.pipeline import encode as enc
 from sbdcli.pipeline.modelref import ModelRef
 from sbdcli.pipeline.prompts import Prompt
 

@@ -40,11 +40,11 @@ from typing import Any
 
 import torch
 
+import sbdcli.serve.events as ev
 from sbdcli import pipeline as pl
 from sbdcli.artifacts.records import Record
 from sbdcli.config import RedrawConfig
 from sbdcli.pipeline.edit import edit_batch
-from sbdcli.serve import events as ev
 from sbdcli.serve.jobs import EditJob, Job
 
 log = logging.getLogger("sbdcli.serve")

@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
+import sbdcli.train.tracking as tracking
 from sbdcli.artifacts.files import sha256_file
 from sbdcli.artifacts.rundir import LOCK_FILE, RunDir, RunLock, new_run_dir, point_latest
 from sbdcli.config import TrainConfig, preset
@@ -33,7 +34,6 @@ from sbdcli.data.synthetic import oracle_references
 from sbdcli.errors import UserError
 from sbdcli.model.checkpoint import load_model
 from sbdcli.model.denoiser import Denoiser
-from sbdcli.train import tracking
 from sbdcli.train.checkpoint import restore_checkpoint
 from sbdcli.train.state import RunData, resolve_block_sizes, seed_for
 from sbdcli.train.trainer import StepInfo, Trainer, TrainSummary
