@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -139,3 +140,16 @@ def generate(
         main(["generate", "--prompts", str(src), "--seed", str(seed), "-o", str(out), *argv])
     assert info.value.code in (0, None)
     return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def ref_in(workdir: Path) -> Any:
+    """runs/latest of `workdir`, loaded from there: its records name the model as a
+    command run in that directory (`sbd generate`, `sbd edit -m runs/latest`) does."""
+    from sbdcli import pipeline as pl
+
+    here = Path.cwd()
+    os.chdir(workdir)
+    try:
+        return pl.load_model_ref("runs/latest")
+    finally:
+        os.chdir(here)

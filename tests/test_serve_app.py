@@ -7,7 +7,6 @@ is stopped."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from serve_helpers import (
     held_worker,
     live_server,
     make_run,
+    ref_in,
     sse_events,
     wait_for,
 )
@@ -45,12 +45,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ref(workdir) -> pl.ModelRef:
-    here = Path.cwd()
-    os.chdir(workdir)  # records name the model as `sbd generate` run there does
-    try:
-        return pl.load_model_ref("runs/latest")
-    finally:
-        os.chdir(here)
+    return ref_in(workdir)
 
 
 @pytest.fixture(scope="module")

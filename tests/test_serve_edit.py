@@ -6,7 +6,6 @@ texts or options are 400s naming the field. Every request is bounded; the server
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,15 @@ from fake_model import one_thread  # noqa: F401 (autouse fixture)
 from sbdcli import pipeline as pl
 from sbdcli.cli import main
 from sbdcli.serve import Settings, create_app
-from serve_helpers import comparable, held_worker, live_server, make_run, sse_events, wait_for
+from serve_helpers import (
+    comparable,
+    held_worker,
+    live_server,
+    make_run,
+    ref_in,
+    sse_events,
+    wait_for,
+)
 
 TIMEOUT = httpx.Timeout(60.0)
 TEXT = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w1 w2"
@@ -38,12 +45,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ref(workdir) -> pl.ModelRef:
-    here = Path.cwd()
-    os.chdir(workdir)  # records name the model as `sbd edit -m runs/latest` run there does
-    try:
-        return pl.load_model_ref("runs/latest")
-    finally:
-        os.chdir(here)
+    return ref_in(workdir)
 
 
 @pytest.fixture(scope="module")
